@@ -1,0 +1,165 @@
+"""Provider adapters: one base class plus capability mixins, in the style of dstack's `Compute`.
+
+Every resource an adapter creates carries our instance id as a tag (or in its name), so a retried
+create finds what the first try made, and the reconciler can list what is ours. `delete` and
+`delete_volume` are idempotent: a missing resource is success. Blocking SDK calls run through
+`asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+# The tag every resource carries: its value is the Inventiv instance id.
+INSTANCE_TAG = "inventiv-instance-id"
+MANAGED_TAG = "inventiv-managed"
+
+AGENT_PORT = 8090
+ENGINE_PORT = 8000
+
+
+class ProviderError(Exception):
+    """Base of adapter errors. `retryable` tells the workflow whether a retry can help."""
+
+    retryable = True
+
+
+class TransientProviderError(ProviderError):
+    """Rate limit, timeout, 5xx: retried."""
+
+
+class NoCapacityError(ProviderError):
+    """No capacity or quota for this type/zone: not retried for that type."""
+
+    retryable = False
+
+
+class InvalidRequestError(ProviderError):
+    """The request can never succeed as given (bad type, bad image, bad volume): not retried."""
+
+    retryable = False
+
+
+class ProvisioningError(ProviderError):
+    """The machine was created but failed to come up (e.g. agent install failed)."""
+
+    retryable = False
+
+
+@dataclass
+class VolumeSpec:
+    size_gb: float
+    volume_type: str = "data"
+    delete_on_terminate: bool = True
+    name: str | None = None
+
+
+@dataclass
+class ProviderVolume:
+    volume_id: str
+    volume_type: str
+    size_gb: float
+    is_boot: bool = False
+    delete_on_terminate: bool = True
+    instance_id: str | None = None  # our tag, when the volume carries one
+
+
+@dataclass
+class ProviderInstance:
+    resource_id: str
+    instance_id: str  # our tag
+    state: str  # pending | running | stopped | terminated
+    ip_address: str | None = None
+    private_ip: str | None = None
+    zone: str | None = None
+    agent_url: str | None = None
+    engine_url: str | None = None
+    created_at: datetime | None = None
+    volumes: list[ProviderVolume] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CreateRequest:
+    instance_id: str
+    instance_type: str
+    model: str
+    served_name: str
+    flavor: str = "cpu-sim"
+    zone: str | None = None
+    engine_args: dict[str, Any] = field(default_factory=dict)
+    # Environment handed to the agent (control-plane URL, per-instance token, expected checksum).
+    agent_env: dict[str, str] = field(default_factory=dict)
+    volumes: list[VolumeSpec] = field(default_factory=list)
+    gpu_count: int = 1
+
+
+@dataclass
+class InstanceOffer:
+    """One entry of a provider's instance-type catalogue."""
+
+    name: str
+    gpu_model: str | None
+    gpu_count: int
+    gpu_memory_gb: float
+    vcpus: int
+    ram_gb: float
+    price_per_hour: float
+    currency: str = "EUR"
+    zones: list[str] = field(default_factory=list)
+
+
+class Compute(abc.ABC):
+    """What every provider adapter does."""
+
+    kind: str = ""
+
+    @abc.abstractmethod
+    async def create(self, request: CreateRequest) -> ProviderInstance:
+        """Create (or find, by tag) the machine for `request.instance_id`."""
+
+    @abc.abstractmethod
+    async def start(self, resource_id: str) -> None:
+        """Power the machine on (a no-op where create already starts it)."""
+
+    @abc.abstractmethod
+    async def get(self, resource_id: str) -> ProviderInstance | None:
+        """Current state and addresses; None when the machine no longer exists."""
+
+    @abc.abstractmethod
+    async def delete(self, resource_id: str) -> None:
+        """Delete the machine. Idempotent: a missing machine is success."""
+
+    @abc.abstractmethod
+    async def list_tagged(self) -> list[ProviderInstance]:
+        """Every machine carrying our tags (for the reconciler)."""
+
+    @abc.abstractmethod
+    async def list_volumes(self, resource_id: str) -> list[ProviderVolume]:
+        """Volumes attached to (or created for) the machine, boot volume included."""
+
+    @abc.abstractmethod
+    async def delete_volume(self, volume_id: str) -> None:
+        """Delete one volume. Idempotent: a missing volume is success."""
+
+    @abc.abstractmethod
+    def catalogue(self) -> list[InstanceOffer]:
+        """Instance types this adapter can create, with prices."""
+
+    async def list_tagged_volumes(self) -> list[ProviderVolume]:
+        """Volumes carrying our tag, attached or not (orphan detection). Empty if unsupported."""
+        return []
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release clients and connections."""
+
+
+class PublicIPMixin(abc.ABC):
+    """Providers with detachable public addresses (Scaleway flexible IP, AWS Elastic IP)."""
+
+    @abc.abstractmethod
+    async def release_ips(self, resource_id: str, instance_id: str) -> list[str]:
+        """Detach and delete every address tagged for the instance; returns what was released."""

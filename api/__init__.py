@@ -1,0 +1,1 @@
+"""The control/business-plane REST API (FastAPI)."""

@@ -1,0 +1,79 @@
+"""Dependency aliases (SessionDep, RedisDep, CurrentUser, ...) in the full-stack-fastapi style."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import redis.asyncio as aioredis
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio.client import Client
+
+from api.security import decode_access_token
+from core.models import Role, User
+from core.settings import Settings
+
+SESSION_COOKIE = "inventiv_session"
+_bearer = HTTPBearer(auto_error=False)
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with request.app.state.sessionmaker() as session:
+        yield session
+
+
+def get_redis(request: Request) -> aioredis.Redis:
+    return request.app.state.redis  # type: ignore[no-any-return]
+
+
+def get_temporal(request: Request) -> Client:
+    return request.app.state.temporal  # type: ignore[no-any-return]
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+RedisDep = Annotated[aioredis.Redis, Depends(get_redis)]
+TemporalDep = Annotated[Client, Depends(get_temporal)]
+
+
+async def get_current_user(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> User:
+    """A person logged in with a bearer token or the httpOnly session cookie."""
+    token = credentials.credentials if credentials else request.cookies.get(SESSION_COOKIE)
+    subject = decode_access_token(token, settings.secret_key or "") if token else None
+    if subject is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "not authenticated: log in at POST /api/v1/auth/login",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    try:
+        user = await session.get(User, uuid.UUID(subject))
+    except ValueError:
+        user = None
+    if user is None or not user.is_active:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "user is unknown or disabled")
+    return user
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+async def get_current_admin(user: CurrentUser) -> User:
+    if user.role != Role.admin:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "admin role required")
+    return user
+
+
+CurrentAdmin = Annotated[User, Depends(get_current_admin)]

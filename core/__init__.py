@@ -1,0 +1,1 @@
+"""What every Inventiv service shares: settings, database, state machine, wire types, keys."""

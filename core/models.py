@@ -1,0 +1,298 @@
+"""SQLModel tables and their API families (Base -> Create/Update -> table -> Public)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, DateTime, Index, UniqueConstraint
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _json(default: Any) -> Any:
+    return Field(default_factory=lambda: default.copy(), sa_column=Column(JSONB, nullable=False))
+
+
+class Role(StrEnum):
+    admin = "admin"
+    member = "member"
+
+
+class InstanceState(StrEnum):
+    provisioning = "provisioning"
+    booting = "booting"
+    ready = "ready"
+    draining = "draining"
+    terminating = "terminating"
+    terminated = "terminated"
+    archived = "archived"
+    startup_failed = "startup_failed"
+    provider_deleted = "provider_deleted"
+
+
+class TerminationReason(StrEnum):
+    user_request = "user_request"
+    scale_down = "scale_down"
+    boot_timeout = "boot_timeout"
+    startup_error = "startup_error"
+    unhealthy = "unhealthy"
+    provider_deleted = "provider_deleted"
+    orphan = "orphan"
+    error = "error"
+
+
+class ActionStatus(StrEnum):
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+
+
+# ---------------------------------------------------------------- users and projects
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    email: str = Field(index=True, unique=True, max_length=255)
+    full_name: str | None = Field(default=None, max_length=255)
+    hashed_password: str
+    role: Role = Field(default=Role.member)
+    is_active: bool = True
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class Project(SQLModel, table=True):
+    __tablename__ = "projects"
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    name: str = Field(index=True, unique=True, max_length=120)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class ProjectMember(SQLModel, table=True):
+    __tablename__ = "project_members"
+    project_id: uuid.UUID = Field(foreign_key="projects.id", primary_key=True, ondelete="CASCADE")
+    user_id: uuid.UUID = Field(foreign_key="users.id", primary_key=True, ondelete="CASCADE")
+
+
+class ApiKey(SQLModel, table=True):
+    """An inference key. Only the SHA-256 of the secret is stored; `prefix` lets people recognise it."""
+
+    __tablename__ = "api_keys"
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    project_id: uuid.UUID = Field(foreign_key="projects.id", index=True, ondelete="CASCADE")
+    name: str = Field(max_length=120)
+    prefix: str = Field(max_length=16)
+    key_hash: str = Field(index=True, unique=True, max_length=64)
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+    created_by: uuid.UUID | None = Field(default=None, foreign_key="users.id", ondelete="SET NULL")
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+    revoked_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    last_used_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+
+
+# ---------------------------------------------------------------- providers and catalogue
+
+
+class Provider(SQLModel, table=True):
+    """A provider account. Credentials never live here: they come from settings/environment."""
+
+    __tablename__ = "providers"
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    name: str = Field(index=True, unique=True, max_length=64)
+    kind: str = Field(max_length=32)  # local | scaleway | aws | ssh
+    enabled: bool = True
+    config: dict[str, Any] = _json({})
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class InstanceType(SQLModel, table=True):
+    __tablename__ = "instance_types"
+    __table_args__ = (UniqueConstraint("provider_id", "name"),)
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    provider_id: uuid.UUID = Field(foreign_key="providers.id", index=True, ondelete="CASCADE")
+    name: str = Field(max_length=64)
+    gpu_model: str | None = Field(default=None, max_length=64)
+    gpu_count: int = 0
+    gpu_memory_gb: float = 0
+    vcpus: int = 0
+    ram_gb: float = 0
+    price_per_hour: float = 0
+    currency: str = Field(default="EUR", max_length=3)
+    zones: list[str] = _json([])
+
+
+# ---------------------------------------------------------------- deployments and instances
+
+
+class Deployment(SQLModel, table=True):
+    __tablename__ = "deployments"
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    project_id: uuid.UUID = Field(foreign_key="projects.id", index=True, ondelete="CASCADE")
+    name: str = Field(max_length=120)
+    model: str = Field(max_length=255)
+    served_name: str = Field(index=True, max_length=255)
+    flavor: str = Field(default="cpu-sim", max_length=64)
+    provider_id: uuid.UUID = Field(foreign_key="providers.id", index=True)
+    instance_type_id: uuid.UUID = Field(foreign_key="instance_types.id")
+    min_instances: int = 0
+    max_instances: int = 1
+    autoscaling_enabled: bool = False
+    autoscaling: dict[str, Any] = _json({})
+    engine_args: dict[str, Any] = _json({})
+    boot_timeout_s: float | None = None
+    session_affinity: str = Field(default="header", max_length=16)  # none | header | user
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class Instance(SQLModel, table=True):
+    __tablename__ = "instances"
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    deployment_id: uuid.UUID = Field(foreign_key="deployments.id", index=True)
+    project_id: uuid.UUID = Field(foreign_key="projects.id", index=True)
+    provider_id: uuid.UUID = Field(foreign_key="providers.id", index=True)
+    instance_type_id: uuid.UUID = Field(foreign_key="instance_types.id")
+    state: InstanceState = Field(default=InstanceState.provisioning, index=True)
+    workflow_id: str = Field(max_length=80)
+    provider_resource_id: str | None = Field(default=None, max_length=255)
+    zone: str | None = Field(default=None, max_length=64)
+    ip_address: str | None = Field(default=None, max_length=64)
+    agent_url: str | None = Field(default=None, max_length=255)
+    engine_url: str | None = Field(default=None, max_length=255)
+    agent_token_hash: str | None = Field(default=None, max_length=64)
+    agent_version: str | None = Field(default=None, max_length=32)
+    agent_checksum: str | None = Field(default=None, max_length=64)
+    agent_integrity_ok: bool | None = None
+    termination_reason: TerminationReason | None = None
+    error: str | None = None
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+    ready_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    terminated_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    last_heartbeat_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+
+
+class InstanceStateHistory(SQLModel, table=True):
+    __tablename__ = "instance_state_history"
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True))
+    instance_id: uuid.UUID = Field(foreign_key="instances.id", index=True, ondelete="CASCADE")
+    from_state: InstanceState | None = None
+    to_state: InstanceState
+    reason: str | None = None
+    at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class InstanceAction(SQLModel, table=True):
+    """One step of an instance's life (the action log): start, end, outcome, error text."""
+
+    __tablename__ = "instance_actions"
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True))
+    instance_id: uuid.UUID = Field(foreign_key="instances.id", index=True, ondelete="CASCADE")
+    step: str = Field(max_length=64)
+    status: ActionStatus = Field(default=ActionStatus.running)
+    detail: str | None = None
+    error: str | None = None
+    started_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+    finished_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+
+
+class InstanceVolume(SQLModel, table=True):
+    __tablename__ = "instance_volumes"
+    __table_args__ = (UniqueConstraint("instance_id", "provider_volume_id"),)
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    instance_id: uuid.UUID = Field(foreign_key="instances.id", index=True, ondelete="CASCADE")
+    provider_volume_id: str = Field(max_length=255)
+    volume_type: str = Field(max_length=64)
+    size_gb: float = 0
+    is_boot: bool = False
+    delete_on_terminate: bool = True
+    state: str = Field(default="attached", max_length=16)  # attached | deleted | kept
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+    deleted_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+
+
+# ---------------------------------------------------------------- time series
+
+
+class RequestLog(SQLModel, table=True):
+    __tablename__ = "request_logs"
+    __table_args__ = (
+        Index("ix_request_logs_project_at", "project_id", "at"),
+        Index("ix_request_logs_deployment_at", "deployment_id", "at"),
+    )
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True))
+    at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False, index=True))
+    api_key_id: uuid.UUID | None = None
+    project_id: uuid.UUID | None = None
+    deployment_id: uuid.UUID | None = None
+    instance_id: uuid.UUID | None = None
+    model: str = Field(max_length=255)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    ttft_ms: float | None = None
+    latency_ms: float = 0
+    status_code: int = 200
+    streamed: bool = False
+
+
+class InstanceMetric(SQLModel, table=True):
+    __tablename__ = "instance_metrics"
+    __table_args__ = (Index("ix_instance_metrics_instance_at", "instance_id", "at"),)
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True))
+    instance_id: uuid.UUID = Field(foreign_key="instances.id", ondelete="CASCADE")
+    at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    gpu_utilization: float | None = None
+    gpu_memory_used_mb: float | None = None
+    gpu_memory_total_mb: float | None = None
+    gpu_temperature_c: float | None = None
+    gpu_power_w: float | None = None
+    cpu_percent: float | None = None
+    ram_percent: float | None = None
+    requests_running: float | None = None
+    requests_waiting: float | None = None
+    kv_cache_usage: float | None = None
+    data: dict[str, Any] = _json({})

