@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from datetime import UTC, datetime, timedelta
 
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+
+from core.tokens import token_hash
 
 _hasher = PasswordHasher()
 ALGORITHM = "HS256"
@@ -40,11 +41,6 @@ def decode_access_token(token: str, secret: str) -> str | None:
         return None
     sub = payload.get("sub")
     return sub if isinstance(sub, str) else None
-
-
-def token_hash(secret: str) -> str:
-    """SHA-256 of a high-entropy secret (API keys, agent tokens): enough, since they are random."""
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def new_api_key() -> tuple[str, str, str]:
