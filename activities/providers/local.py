@@ -1,0 +1,350 @@
+"""The `local` provider: each "machine" is the node agent running as a local process with the
+simulator engine, and each "volume" a folder. Machines and volumes are recorded as files under
+`<data_dir>/local-provider/`, so they outlive the worker (a worker crash must not kill them, as it
+would not kill a cloud VM) and the reconciler can list them.
+
+Fault injection (settings, prefix INVENTIV_LOCAL_) drives every lifecycle path in tests and in
+`make dev`: create fails, no IP, engine never ready, delete fails N times, machine disappears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from activities.providers.base import (
+    Compute,
+    CreateRequest,
+    InstanceOffer,
+    InvalidRequestError,
+    NoCapacityError,
+    ProviderInstance,
+    ProviderVolume,
+    TransientProviderError,
+)
+from core.embedded import free_port
+from core.settings import Settings
+
+LOCAL_INSTANCE_TYPE = "local-sim-1"
+
+
+class LocalFaults(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INVENTIV_LOCAL_", extra="ignore")
+
+    fail_create: str | None = Field(
+        default=None, description="Make create fail: 'transient', 'capacity' or 'invalid'"
+    )
+    no_ip: bool = Field(default=False, description="Machines never get an IP address")
+    engine_never_ready: bool = Field(
+        default=False, description="The engine starts but never serves the model"
+    )
+    delete_failures: int = Field(
+        default=0, description="Each machine/volume delete fails this many times first"
+    )
+    vanish_after_s: float | None = Field(
+        default=None, description="Machines disappear (process and record) after this many seconds"
+    )
+    boot_volume_gb: float = Field(default=20, description="Size recorded for each boot volume")
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited child not yet reaped) is not alive.
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    return True
+
+
+class LocalCompute(Compute):
+    kind = "local"
+
+    def __init__(self, settings: Settings, faults: LocalFaults | None = None) -> None:
+        self.settings = settings
+        self.faults = faults or LocalFaults()
+        self.root = settings.data_dir.resolve() / "local-provider"
+        self.machines = self.root / "machines"
+        self.volumes = self.root / "volumes"
+        self._lock = asyncio.Lock()
+
+    # ------------------------------------------------------------ records
+
+    def _machine_file(self, resource_id: str) -> Path:
+        return self.machines / f"{resource_id}.json"
+
+    def _read_machine(self, resource_id: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(self._machine_file(resource_id).read_text())  # type: ignore[no-any-return]
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def _write_json(self, path: Path, data: dict[str, Any]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(path)  # atomic: a crash never leaves half a record
+
+    def _all_machines(self) -> list[dict[str, Any]]:
+        if not self.machines.exists():
+            return []
+        records = []
+        for path in sorted(self.machines.glob("*.json")):
+            with contextlib.suppress(json.JSONDecodeError, FileNotFoundError):
+                records.append(json.loads(path.read_text()))
+        return records
+
+    def _volume_meta(self, volume_id: str) -> Path:
+        return self.volumes / volume_id / "volume.json"
+
+    def _all_volumes(self) -> list[ProviderVolume]:
+        if not self.volumes.exists():
+            return []
+        found = []
+        for meta in sorted(self.volumes.glob("*/volume.json")):
+            with contextlib.suppress(json.JSONDecodeError, FileNotFoundError):
+                found.append(ProviderVolume(**json.loads(meta.read_text())))
+        return found
+
+    def _to_instance(self, record: dict[str, Any]) -> ProviderInstance:
+        running = _pid_alive(record.get("pid"))
+        ip = None if self.faults.no_ip or not running else "127.0.0.1"
+        return ProviderInstance(
+            resource_id=record["resource_id"],
+            instance_id=record["instance_id"],
+            state="running" if running else "stopped",
+            ip_address=ip,
+            zone="local",
+            agent_url=f"http://127.0.0.1:{record['agent_port']}" if ip else None,
+            engine_url=f"http://127.0.0.1:{record['engine_port']}" if ip else None,
+            created_at=datetime.fromisoformat(record["created_at"]),
+            volumes=[v for v in self._all_volumes() if v.instance_id == record["instance_id"]],
+        )
+
+    def _vanish_expired(self, record: dict[str, Any]) -> bool:
+        """Fault injection: a machine older than vanish_after_s is gone, as if deleted by hand."""
+        if self.faults.vanish_after_s is None:
+            return False
+        age = (datetime.now(UTC) - datetime.fromisoformat(record["created_at"])).total_seconds()
+        if age < self.faults.vanish_after_s:
+            return False
+        self._kill(record)
+        with contextlib.suppress(FileNotFoundError):
+            self._machine_file(record["resource_id"]).unlink()
+        return True
+
+    def _new_volume(self, instance_id: str, volume_type: str, size_gb: float, **kw: Any) -> None:
+        volume_id = f"vol-{uuid.uuid4().hex[:12]}"
+        meta = {
+            "volume_id": volume_id,
+            "volume_type": volume_type,
+            "size_gb": size_gb,
+            "is_boot": kw.get("is_boot", False),
+            "delete_on_terminate": kw.get("delete_on_terminate", True),
+            "instance_id": instance_id,
+        }
+        self._write_json(self._volume_meta(volume_id), meta)
+
+    # ------------------------------------------------------------ Compute
+
+    async def create(self, request: CreateRequest) -> ProviderInstance:
+        async with self._lock:
+            for record in self._all_machines():
+                if record["instance_id"] == request.instance_id:
+                    return self._to_instance(record)
+            match self.faults.fail_create:
+                case "transient":
+                    raise TransientProviderError("local provider: injected transient create failure")
+                case "capacity":
+                    raise NoCapacityError(f"local provider: no capacity for {request.instance_type}")
+                case "invalid":
+                    raise InvalidRequestError("local provider: injected invalid request")
+            if request.instance_type != LOCAL_INSTANCE_TYPE:
+                raise InvalidRequestError(
+                    f"local provider has no instance type {request.instance_type!r}; "
+                    f"use {LOCAL_INSTANCE_TYPE!r}"
+                )
+            resource_id = f"local-{uuid.uuid4().hex[:12]}"
+            # Volumes first, then the machine record: a crash in between leaves tagged volumes
+            # that the reconciler finds, never a machine with forgotten volumes.
+            self._new_volume(
+                request.instance_id, "boot", self.faults.boot_volume_gb, is_boot=True
+            )
+            for spec in request.volumes:
+                self._new_volume(
+                    request.instance_id,
+                    spec.volume_type,
+                    spec.size_gb,
+                    delete_on_terminate=spec.delete_on_terminate,
+                )
+            record = {
+                "resource_id": resource_id,
+                "instance_id": request.instance_id,
+                "created_at": datetime.now(UTC).isoformat(),
+                "agent_port": free_port(),
+                "engine_port": free_port(),
+                "pid": None,
+                "env": self._agent_env(request),
+                "delete_attempts": 0,
+            }
+            self._write_json(self._machine_file(resource_id), record)
+            return self._to_instance(record)
+
+    def _agent_env(self, request: CreateRequest) -> dict[str, str]:
+        engine_command = f"{sys.executable} -m agent.sim"
+        if self.faults.engine_never_ready:
+            # An engine that starts and never answers: the boot deadline must catch it.
+            engine_command = f"{sys.executable} -c 'import time; time.sleep(10**9)'"
+        return {
+            "INVENTIV_AGENT_HOST": "127.0.0.1",
+            "INVENTIV_AGENT_MODEL": request.model,
+            "INVENTIV_AGENT_SERVED_NAME": request.served_name,
+            "INVENTIV_AGENT_ENGINE_COMMAND": engine_command,
+            "INVENTIV_AGENT_ENGINE_ARGS": json.dumps(request.engine_args),
+            "INVENTIV_AGENT_GPU_COUNT": str(request.gpu_count),
+            "INVENTIV_AGENT_INSTANCE_ID": request.instance_id,
+            **request.agent_env,
+        }
+
+    async def start(self, resource_id: str) -> None:
+        async with self._lock:
+            record = self._read_machine(resource_id)
+            if record is None:
+                raise InvalidRequestError(f"local machine {resource_id} does not exist")
+            if _pid_alive(record.get("pid")):
+                return
+            self._spawn(record)
+
+    def _spawn(self, record: dict[str, Any]) -> None:
+        env = {**os.environ, **record["env"]}
+        env["INVENTIV_AGENT_PORT"] = str(record["agent_port"])
+        env["INVENTIV_AGENT_ENGINE_PORT"] = str(record["engine_port"])
+        log_path = self.root / "logs" / f"{record['resource_id']}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            # Its own session: the machine outlives the worker that started it.
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "agent"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        record["pid"] = proc.pid
+        self._write_json(self._machine_file(record["resource_id"]), record)
+
+    def _kill(self, record: dict[str, Any]) -> None:
+        pid = record.get("pid")
+        if not _pid_alive(pid):
+            return
+        assert pid is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        for _ in range(100):
+            if not _pid_alive(pid):
+                return
+            import time
+
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+
+    async def get(self, resource_id: str) -> ProviderInstance | None:
+        async with self._lock:
+            record = self._read_machine(resource_id)
+            if record is None or self._vanish_expired(record):
+                return None
+            return self._to_instance(record)
+
+    async def delete(self, resource_id: str) -> None:
+        async with self._lock:
+            record = self._read_machine(resource_id)
+            if record is None:
+                return
+            if record["delete_attempts"] < self.faults.delete_failures:
+                record["delete_attempts"] += 1
+                self._write_json(self._machine_file(resource_id), record)
+                raise TransientProviderError(
+                    f"local provider: injected delete failure {record['delete_attempts']}"
+                )
+            await asyncio.to_thread(self._kill, record)
+            self._machine_file(resource_id).unlink(missing_ok=True)
+
+    async def list_tagged(self) -> list[ProviderInstance]:
+        async with self._lock:
+            return [
+                self._to_instance(r) for r in self._all_machines() if not self._vanish_expired(r)
+            ]
+
+    async def list_volumes(self, resource_id: str) -> list[ProviderVolume]:
+        async with self._lock:
+            record = self._read_machine(resource_id)
+            if record is None:
+                return []
+            return [v for v in self._all_volumes() if v.instance_id == record["instance_id"]]
+
+    async def list_tagged_volumes(self) -> list[ProviderVolume]:
+        async with self._lock:
+            return self._all_volumes()
+
+    async def delete_volume(self, volume_id: str) -> None:
+        async with self._lock:
+            folder = self.volumes / volume_id
+            if not folder.exists():
+                return
+            await asyncio.to_thread(shutil.rmtree, folder, True)
+
+    def catalogue(self) -> list[InstanceOffer]:
+        return [
+            InstanceOffer(
+                name=LOCAL_INSTANCE_TYPE,
+                gpu_model="sim",
+                gpu_count=1,
+                gpu_memory_gb=80,
+                vcpus=1,
+                ram_gb=1,
+                price_per_hour=0.10,
+                zones=["local"],
+            )
+        ]
+
+    # ------------------------------------------------------------ dev supervisor helpers
+
+    def power_off_all(self) -> int:
+        """Stop every local machine's processes, keeping records (a power cut, not a delete)."""
+        count = 0
+        for record in self._all_machines():
+            if _pid_alive(record.get("pid")):
+                self._kill(record)
+                count += 1
+        return count
+
+    def power_on_all(self) -> int:
+        """Restart machines that were powered off (used when `inventiv dev` starts again)."""
+        count = 0
+        for record in self._all_machines():
+            if record.get("pid") and not _pid_alive(record.get("pid")):
+                self._spawn(record)
+                count += 1
+        return count
