@@ -22,3 +22,106 @@ class RegistryChange(BaseModel):
     op: str  # "put" | "remove"
     instance_id: str
     instance: RoutableInstance | None = None
+
+
+# ---------------------------------------------------------------- agent heartbeats
+
+
+class GpuSample(BaseModel):
+    """One GPU as NVML reads it; a field is None when the board does not report it."""
+
+    index: int
+    name: str | None = None
+    utilization_pct: float | None = None
+    memory_used_mb: float | None = None
+    memory_total_mb: float | None = None
+    temperature_c: float | None = None
+    power_w: float | None = None
+
+
+class HostSample(BaseModel):
+    cpu_percent: float | None = None
+    ram_percent: float | None = None
+    disk_percent: float | None = None  # of the volume holding the model cache
+
+
+class EngineLoad(BaseModel):
+    """The engine's own figures, from its Prometheus /metrics (vLLM names)."""
+
+    requests_running: float | None = None
+    requests_waiting: float | None = None
+    kv_cache_usage: float | None = None  # 0..1
+    in_flight: float | None = None  # running + waiting: drained when 0
+    prompt_tokens_total: float | None = None
+    generation_tokens_total: float | None = None
+    ttft_seconds_sum: float | None = None
+    ttft_seconds_count: float | None = None
+
+
+class ModelDownload(BaseModel):
+    """Progress of the model download, for the dashboard's "model loading" bar."""
+
+    state: str = "idle"  # idle | downloading | verifying | done | failed
+    source: str | None = None  # s3 | hub | cache
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    files_done: int = 0
+    files_total: int | None = None
+    error: str | None = None
+
+
+class AgentInfo(BaseModel):
+    version: str
+    build_date: str
+    checksum: str  # SHA-256 of agent/agent.py
+
+
+class AgentHeartbeat(BaseModel):
+    """POST /api/v1/agents/heartbeat body; authenticated with the instance's agent token."""
+
+    instance_id: str
+    agent_info: AgentInfo
+    engine_state: str
+    engine_ready: bool
+    engine_restarts: int = 0
+    engine_error: str | None = None
+    gpus: list[GpuSample] | None = None  # None: no NVIDIA GPU readable (not "idle")
+    host: HostSample = HostSample()
+    load: EngineLoad = EngineLoad()
+    model_download: ModelDownload | None = None
+
+
+class HeartbeatAck(BaseModel):
+    ok: bool = True
+    integrity_ok: bool
+
+
+class InstanceLoad(BaseModel):
+    """Latest load of an instance (INSTANCE_LOAD hash), read by the gateway and the autoscaler."""
+
+    instance_id: str
+    ts: float  # epoch seconds of the heartbeat's arrival
+    engine_ready: bool
+    engine_state: str
+    requests_running: float | None = None
+    requests_waiting: float | None = None
+    kv_cache_usage: float | None = None
+    in_flight: float | None = None
+    gpu_utilization: float | None = None  # mean over GPUs, percent
+    model_download: ModelDownload | None = None
+
+
+class GatewayLoad(BaseModel):
+    """A gateway replica's load for one deployment, published every second or so to the hash
+    `gateway_load_key(deployment_id)` (field = replica id) for the autoscaler. Values older than a
+    few periods (see `ts`) come from a replica that stopped and should be ignored."""
+
+    ts: float  # epoch seconds when published
+    replica_id: str  # host:pid of the gateway process
+    model: str  # served name of the deployment
+    queue_length: int  # requests waiting in this replica's queue for the model
+    queue_wait_p50_ms: float  # queue wait of requests that left the queue over the last period
+    queue_wait_p95_ms: float
+    in_flight: int  # requests this replica has in flight on the deployment's instances
+    arrival_rate_per_s: float  # requests for the model per second over the last period
+    rejected_per_s: float = 0.0  # requests turned away with 503 (queue full or deadline) per second
