@@ -1,0 +1,181 @@
+"""Simulator settings, parsed from `vllm serve`-style command lines.
+
+Defaults model Llama-3.1-8B-Instruct in BF16 on one H100 80GB under vLLM 0.6-0.8, from vLLM's own
+benchmarks and logs (figures rounded):
+- prefill: ~20k prompt tokens/s at batch 1 -> 50 us per prompt token, plus ~15 ms of scheduling and
+  kernel-launch overhead per step that carries prefill work;
+- decode: ~8 ms per output token for a single sequence (~120 tokens/s), growing roughly linearly
+  with the batch: ~12 ms per token at 64 concurrent sequences -> +0.6% per extra sequence;
+- `--max-num-seqs` 256 and `--max-num-batched-tokens` 8192 are vLLM's defaults;
+- KV cache: 128 KiB per token for this model; ~50 GB left at `--gpu-memory-utilization 0.9` gives
+  ~400k tokens; the default here is a smaller 131072 so saturation shows at dev scale;
+- model load: 30-60 s for a real 8B load with CUDA-graph capture; 1.5 s here keeps dev fast.
+Every figure is a flag, so a calibration run (bench/sim) can replace them with measured ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SimConfig:
+    model: str = "demo-llm"
+    served_model_names: list[str] = field(default_factory=list)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    seed: int = 0
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    max_model_len: int = 8192
+    block_size: int = 16
+    kv_cache_tokens: int = 131072
+    gpu_memory_utilization: float = 0.9
+    tensor_parallel_size: int = 1
+    prefill_overhead_s: float = 0.015
+    prefill_per_token_s: float = 0.00005
+    inter_token_latency_s: float = 0.008
+    decode_slowdown_per_seq: float = 0.006
+    default_max_tokens: int = 64
+    model_load_delay_s: float = 1.5
+    legacy_kv_metric: bool = False
+    # fault injection
+    fault_error_rates: dict[int, float] = field(default_factory=dict)
+    fault_hang_rate: float = 0.0
+    fault_hang_s: float = 3600.0
+    fault_crash_after: int = 0
+    fault_slow_start_s: float = 0.0
+    ignored_args: list[str] = field(default_factory=list)
+
+    @property
+    def served_names(self) -> list[str]:
+        return self.served_model_names or [self.model]
+
+    def step_time(self, decoding: int, prefill_tokens: int) -> float:
+        """Seconds one engine step takes: a decode pass for the batch plus any prefill chunk."""
+        seconds = 0.0
+        if decoding:
+            seconds += self.inter_token_latency_s * (
+                1 + self.decode_slowdown_per_seq * (decoding - 1)
+            )
+        if prefill_tokens:
+            seconds += self.prefill_overhead_s + self.prefill_per_token_s * prefill_tokens
+        return seconds
+
+
+def _error_rates(text: str) -> dict[int, float]:
+    """`500:0.05,429:0.02` -> {500: 0.05, 429: 0.02}."""
+    rates: dict[int, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        code, _, rate = item.partition(":")
+        try:
+            rates[int(code)] = float(rate)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"bad error rate {item!r}: expected STATUS:RATE, e.g. 500:0.05"
+            ) from None
+    if sum(rates.values()) > 1:
+        raise argparse.ArgumentTypeError("error rates add up to more than 1")
+    return rates
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m agent.sim",
+        description="OpenAI-compatible vLLM simulator. Accepts `vllm serve` flags; "
+        "flags it does not model are accepted and ignored.",
+    )
+    d = SimConfig()
+    parser.add_argument("model_tag", nargs="?", help="model, as in `vllm serve MODEL`")
+    parser.add_argument("--model", help="model (the --model form)")
+    parser.add_argument("--served-model-name", nargs="+", default=[], dest="served_model_names")
+    parser.add_argument("--host", default=d.host)
+    parser.add_argument("--port", type=int, default=d.port)
+    parser.add_argument("--seed", type=int, default=d.seed, help="seed for repeatable runs")
+    parser.add_argument("--max-num-seqs", type=int, default=d.max_num_seqs)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=d.max_num_batched_tokens)
+    parser.add_argument("--max-model-len", type=int, default=d.max_model_len)
+    parser.add_argument("--block-size", type=int, default=d.block_size)
+    parser.add_argument(
+        "--num-gpu-blocks-override", type=int, default=None, help="KV budget in blocks"
+    )
+    parser.add_argument(
+        "--kv-cache-tokens", type=int, default=d.kv_cache_tokens, help="KV budget in tokens"
+    )
+    parser.add_argument("--gpu-memory-utilization", type=float, default=d.gpu_memory_utilization)
+    parser.add_argument("--tensor-parallel-size", "-tp", type=int, default=d.tensor_parallel_size)
+    parser.add_argument("--prefill-overhead-s", type=float, default=d.prefill_overhead_s)
+    parser.add_argument("--prefill-per-token-s", type=float, default=d.prefill_per_token_s)
+    parser.add_argument("--inter-token-latency-s", type=float, default=d.inter_token_latency_s)
+    parser.add_argument("--decode-slowdown-per-seq", type=float, default=d.decode_slowdown_per_seq)
+    parser.add_argument("--default-max-tokens", type=int, default=d.default_max_tokens)
+    parser.add_argument("--model-load-delay-s", type=float, default=d.model_load_delay_s)
+    parser.add_argument(
+        "--legacy-kv-metric",
+        action="store_true",
+        help="name KV usage vllm:gpu_cache_usage_perc, as vLLM did before v0.7",
+    )
+    parser.add_argument(
+        "--fault-error-rate",
+        type=_error_rates,
+        default={},
+        dest="fault_error_rates",
+        help="answer this share of requests with an HTTP error, e.g. 500:0.05,429:0.02",
+    )
+    parser.add_argument("--fault-hang-rate", type=float, default=d.fault_hang_rate)
+    parser.add_argument("--fault-hang-s", type=float, default=d.fault_hang_s)
+    parser.add_argument(
+        "--fault-crash-after",
+        type=int,
+        default=d.fault_crash_after,
+        help="exit abruptly when request N+1 arrives (0: never)",
+    )
+    parser.add_argument(
+        "--fault-slow-start-s",
+        type=float,
+        default=d.fault_slow_start_s,
+        help="extra start-up delay on top of the model load",
+    )
+    return parser
+
+
+def parse_args(argv: list[str]) -> SimConfig:
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    model = args.model or args.model_tag
+    if not model:
+        parser.error("a model is required: `python -m agent.sim MODEL` or `--model MODEL`")
+    kv_tokens = args.kv_cache_tokens
+    if args.num_gpu_blocks_override:
+        kv_tokens = args.num_gpu_blocks_override * args.block_size
+    for name in ("max_num_seqs", "max_model_len", "block_size", "max_num_batched_tokens"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    return SimConfig(
+        model=model,
+        served_model_names=args.served_model_names,
+        host=args.host,
+        port=args.port,
+        seed=args.seed,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        max_model_len=args.max_model_len,
+        block_size=args.block_size,
+        kv_cache_tokens=kv_tokens,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        tensor_parallel_size=args.tensor_parallel_size,
+        prefill_overhead_s=args.prefill_overhead_s,
+        prefill_per_token_s=args.prefill_per_token_s,
+        inter_token_latency_s=args.inter_token_latency_s,
+        decode_slowdown_per_seq=args.decode_slowdown_per_seq,
+        default_max_tokens=args.default_max_tokens,
+        model_load_delay_s=args.model_load_delay_s,
+        legacy_kv_metric=args.legacy_kv_metric,
+        fault_error_rates=args.fault_error_rates,
+        fault_hang_rate=args.fault_hang_rate,
+        fault_hang_s=args.fault_hang_s,
+        fault_crash_after=args.fault_crash_after,
+        fault_slow_start_s=args.fault_slow_start_s,
+        ignored_args=unknown,
+    )

@@ -1,0 +1,283 @@
+"""The simulated engine: continuous batching with vLLM's limits and a timing model.
+
+One loop runs engine steps, as vLLM's scheduler does. Each step admits waiting requests (FIFO)
+while fewer than `max_num_seqs` run and their KV blocks fit in the budget, spends at most
+`max_num_batched_tokens` on one decode token per running sequence plus chunks of pending
+prefills, then sleeps for the step's modelled duration and hands out the tokens produced.
+A request reserves the KV blocks of its whole sequence (prompt + max tokens) when admitted, so
+it never needs preempting; vLLM allocates blocks lazily and preempts instead, which shows the
+same saturation from outside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from agent.sim.config import SimConfig
+from agent.sim.tokenizer import next_token
+
+# vLLM's histogram buckets for these metrics.
+_TTFT_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+    160.0,
+    640.0,
+    2560.0,
+)
+_LATENCY_BUCKETS = (
+    0.3,
+    0.5,
+    0.8,
+    1.0,
+    1.5,
+    2.0,
+    2.5,
+    5.0,
+    10.0,
+    15.0,
+    20.0,
+    30.0,
+    40.0,
+    50.0,
+    60.0,
+    120.0,
+    240.0,
+    480.0,
+    960.0,
+    1920.0,
+    7680.0,
+)
+_ITL_BUCKETS = (
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
+
+
+class EngineMetrics:
+    """The engine's Prometheus metrics, with vLLM's names and `model_name` label."""
+
+    def __init__(self, config: SimConfig) -> None:
+        self.registry = CollectorRegistry()
+        labels = ["model_name"]
+        model = config.served_names[0]
+        kv_name = (
+            "vllm:gpu_cache_usage_perc" if config.legacy_kv_metric else "vllm:kv_cache_usage_perc"
+        )
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, labels, registry=self.registry).labels(model)  # type: ignore[no-any-return]
+
+        self.running = gauge("vllm:num_requests_running", "Requests in the running batch")
+        self.waiting = gauge("vllm:num_requests_waiting", "Requests waiting to be scheduled")
+        self.kv_usage = gauge(kv_name, "KV-cache usage, 1 means 100 percent")
+        self.prompt_tokens = Counter(
+            "vllm:prompt_tokens", "Prefill tokens processed", labels, registry=self.registry
+        ).labels(model)
+        self.generation_tokens = Counter(
+            "vllm:generation_tokens", "Generation tokens processed", labels, registry=self.registry
+        ).labels(model)
+        self._success = Counter(
+            "vllm:request_success",
+            "Finished requests",
+            [*labels, "finished_reason"],
+            registry=self.registry,
+        )
+        self._model = model
+        self.ttft = Histogram(
+            "vllm:time_to_first_token_seconds",
+            "Time to first token",
+            labels,
+            buckets=_TTFT_BUCKETS,
+            registry=self.registry,
+        ).labels(model)
+        self.e2e = Histogram(
+            "vllm:e2e_request_latency_seconds",
+            "End-to-end request latency",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        ).labels(model)
+        self.itl = Histogram(
+            "vllm:time_per_output_token_seconds",
+            "Time per output token",
+            labels,
+            buckets=_ITL_BUCKETS,
+            registry=self.registry,
+        ).labels(model)
+        self.queue_time = Histogram(
+            "vllm:request_queue_time_seconds",
+            "Time spent waiting before being scheduled",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        ).labels(model)
+
+    def finished(self, reason: str) -> None:
+        self._success.labels(self._model, reason).inc()
+
+
+@dataclass(eq=False)
+class SimRequest:
+    prompt_tokens: int
+    max_tokens: int
+    rng: random.Random
+    arrival: float = field(default_factory=time.monotonic)
+    # tokens as produced; None marks the end of the sequence
+    output: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
+    prefilled: int = 0
+    generated: int = 0
+    kv_blocks: int = 0
+    scheduled_at: float | None = None
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    cancelled: bool = False
+    finish_reason: str = "length"
+
+
+class Engine:
+    def __init__(self, config: SimConfig, metrics: EngineMetrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.kv_total_blocks = max(1, config.kv_cache_tokens // config.block_size)
+        self.kv_used_blocks = 0
+        self.waiting: deque[SimRequest] = deque()
+        self.running: list[SimRequest] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def blocks_for(self, tokens: int) -> int:
+        return math.ceil(tokens / self.config.block_size)
+
+    def fits_at_all(self, prompt_tokens: int, max_tokens: int) -> bool:
+        return self.blocks_for(prompt_tokens + max_tokens) <= self.kv_total_blocks
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="sim-engine")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def submit(self, request: SimRequest) -> None:
+        self.waiting.append(request)
+        self._publish()
+        self._wakeup.set()
+
+    def cancel(self, request: SimRequest) -> None:
+        """The client went away: free its slot at the next step."""
+        request.cancelled = True
+        if request in self.waiting:
+            self.waiting.remove(request)
+            self._publish()
+
+    def _publish(self) -> None:
+        self.metrics.running.set(len(self.running))
+        self.metrics.waiting.set(len(self.waiting))
+        self.metrics.kv_usage.set(self.kv_used_blocks / self.kv_total_blocks)
+
+    def _admit(self) -> None:
+        while self.waiting and len(self.running) < self.config.max_num_seqs:
+            head = self.waiting[0]
+            blocks = self.blocks_for(head.prompt_tokens + head.max_tokens)
+            if self.kv_used_blocks + blocks > self.kv_total_blocks:
+                break  # FIFO: the head waits for KV space, as vLLM's scheduler does
+            self.waiting.popleft()
+            head.kv_blocks = blocks
+            head.scheduled_at = time.monotonic()
+            self.metrics.queue_time.observe(head.scheduled_at - head.arrival)
+            self.kv_used_blocks += blocks
+            self.running.append(head)
+
+    def _release(self, request: SimRequest) -> None:
+        self.running.remove(request)
+        self.kv_used_blocks -= request.kv_blocks
+        if not request.cancelled:
+            request.output.put_nowait(None)
+            self.metrics.finished(request.finish_reason)
+            self.metrics.e2e.observe(time.monotonic() - request.arrival)
+
+    async def _run(self) -> None:
+        while True:
+            for request in [r for r in self.running if r.cancelled]:
+                self._release(request)
+            self._admit()
+            self._publish()
+            if not self.running:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            budget = self.config.max_num_batched_tokens
+            decoding = [r for r in self.running if r.prefilled >= r.prompt_tokens]
+            budget -= len(decoding)
+            chunks: list[tuple[SimRequest, int]] = []
+            for request in self.running:
+                pending = request.prompt_tokens - request.prefilled
+                if pending > 0 and budget > 0:
+                    chunk = min(pending, budget)
+                    chunks.append((request, chunk))
+                    budget -= chunk
+            prefill_tokens = sum(chunk for _, chunk in chunks)
+            await asyncio.sleep(self.config.step_time(len(decoding), prefill_tokens))
+            now = time.monotonic()
+            self.metrics.prompt_tokens.inc(prefill_tokens)
+            producing = list(decoding)
+            for request, chunk in chunks:
+                request.prefilled += chunk
+                if request.prefilled >= request.prompt_tokens:
+                    producing.append(request)  # the step that ends a prefill samples a token
+            for request in producing:
+                if request.cancelled:
+                    continue
+                request.output.put_nowait(next_token(request.rng, request.generated))
+                request.generated += 1
+                self.metrics.generation_tokens.inc()
+                if request.first_token_at is None:
+                    request.first_token_at = now
+                    self.metrics.ttft.observe(now - request.arrival)
+                elif request.last_token_at is not None:
+                    self.metrics.itl.observe(now - request.last_token_at)
+                request.last_token_at = now
+                if request.generated >= request.max_tokens:
+                    self._release(request)

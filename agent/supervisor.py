@@ -1,0 +1,195 @@
+"""Starts the inference engine, streams its log, restarts it with backoff, reports crash loops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import shlex
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
+from typing import Any
+
+from agent.settings import AgentSettings
+
+log = logging.getLogger("agent.supervisor")
+engine_log = logging.getLogger("agent.engine")
+
+_PR_SET_PDEATHSIG = 1
+
+
+class EngineState(StrEnum):
+    preparing = "preparing"  # downloading the model
+    starting = "starting"  # process running, not answering yet (the agent's /readyz says more)
+    running = "running"
+    backoff = "backoff"  # died; waiting before the next start
+    crash_loop = "crash_loop"  # died quickly too many times in a row; still retried
+    failed = "failed"  # cannot start at all (bad command, model download failed)
+    stopped = "stopped"
+
+
+def engine_flags(args: dict[str, Any]) -> list[str]:
+    """{"max-num-seqs": 64, "enforce_eager": true} -> ["--max-num-seqs", "64", "--enforce-eager"]."""
+    flags: list[str] = []
+    for key, value in args.items():
+        flag = "--" + key.lstrip("-").replace("_", "-")
+        if value is True:
+            flags.append(flag)
+        elif value is False or value is None:
+            continue
+        elif isinstance(value, list):
+            flags += [flag, *(str(item) for item in value)]
+        elif isinstance(value, dict):
+            flags += [flag, json.dumps(value)]
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+def build_engine_command(settings: AgentSettings, model_path: str | None = None) -> list[str]:
+    """The `vllm serve` command line for this deployment (the simulator takes the same one)."""
+    command = shlex.split(settings.engine_command)
+    command += [model_path or settings.model]
+    command += ["--host", settings.engine_host, "--port", str(settings.engine_port)]
+    command += ["--served-model-name", settings.served]
+    if settings.gpu_count:
+        command += ["--tensor-parallel-size", str(settings.gpu_count)]
+    if settings.gpu_memory_utilization is not None:
+        command += ["--gpu-memory-utilization", str(settings.gpu_memory_utilization)]
+    if settings.max_model_len is not None:
+        command += ["--max-model-len", str(settings.max_model_len)]
+    if settings.max_num_seqs is not None:
+        command += ["--max-num-seqs", str(settings.max_num_seqs)]
+    return command + engine_flags(settings.engine_args)
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL if the agent dies without cleaning up (Linux only)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class EngineSupervisor:
+    """Keeps one engine process alive. `prepare` runs before each start (the model download)
+    and returns the model path to serve, or None for the configured model."""
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        prepare: Callable[[], Awaitable[str | None]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._prepare = prepare
+        self.state = EngineState.stopped
+        self.restarts = 0
+        self.consecutive_failures = 0
+        self.last_exit_code: int | None = None
+        self.last_error: str | None = None
+        self.pid: int | None = None
+        self.started_at: float | None = None
+        self._process: asyncio.subprocess.Process | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.command: list[str] = build_engine_command(settings)
+
+    @property
+    def crash_loop(self) -> bool:
+        return self.consecutive_failures >= self.settings.crash_loop_threshold
+
+    def start(self) -> None:
+        self._stopping = False
+        self._task = asyncio.create_task(self._run(), name="engine-supervisor")
+
+    async def _run(self) -> None:
+        model_path: str | None = None
+        if self._prepare is not None:
+            self.state = EngineState.preparing
+            try:
+                model_path = await self._prepare()
+            except Exception as exc:
+                self.state = EngineState.failed
+                self.last_error = f"model preparation failed: {exc}"
+                log.error("%s", self.last_error)
+                return
+        self.command = build_engine_command(self.settings, model_path)
+        while not self._stopping:
+            try:
+                await self._run_once()
+            except OSError as exc:
+                self.state = EngineState.failed
+                self.last_error = f"cannot start the engine ({self.command[0]}): {exc}"
+                log.error("%s", self.last_error)
+                return
+            if self._stopping:
+                break
+            self.restarts += 1
+            self.state = EngineState.crash_loop if self.crash_loop else EngineState.backoff
+            delay = min(
+                self.settings.restart_backoff_max_s,
+                self.settings.restart_backoff_s * 2 ** max(0, self.consecutive_failures - 1),
+            )
+            log.warning(
+                "engine exited with code %s (restart %d%s); restarting in %.1fs",
+                self.last_exit_code,
+                self.restarts,
+                ", crash loop" if self.crash_loop else "",
+                delay,
+            )
+            await asyncio.sleep(delay)
+        self.state = EngineState.stopped
+
+    async def _run_once(self) -> None:
+        log.info("starting engine: %s", shlex.join(self.command))
+        self.state = EngineState.starting
+        self._process = await asyncio.create_subprocess_exec(
+            *self.command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stopping it stops its workers too
+            preexec_fn=_die_with_parent,
+        )
+        self.pid = self._process.pid
+        self.started_at = time.monotonic()
+        assert self._process.stdout is not None
+        async for line in self._process.stdout:
+            engine_log.info("%s", line.decode(errors="replace").rstrip())
+        self.last_exit_code = await self._process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._process.pid, signal.SIGKILL)  # workers the engine left behind
+        ran_for = time.monotonic() - self.started_at
+        if ran_for >= self.settings.engine_stable_s:
+            self.consecutive_failures = 1
+        else:
+            self.consecutive_failures += 1
+        self.last_error = f"engine exited with code {self.last_exit_code} after {ran_for:.1f}s"
+        self.pid = None
+
+    def mark_running(self) -> None:
+        """The engine answered with the model: it is up (called by readiness probes)."""
+        if self.state == EngineState.starting:
+            self.state = EngineState.running
+
+    async def stop(self) -> None:
+        """Stops the engine's whole process group: SIGTERM, then SIGKILL after the grace time."""
+        self._stopping = True
+        process = self._process
+        if process is not None and process.returncode is None:
+            log.info("stopping engine (pid %d)", process.pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), self.settings.engine_stop_timeout_s)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                await process.wait()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self.state = EngineState.stopped
