@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 from fastapi import APIRouter, FastAPI
 from temporalio.client import Client
 
-from api.routers import auth, deployments, instances
+from api.routers import agents, auth, deployments, instances
 from core.db import make_engine, make_sessionmaker
 from core.settings import Settings
 
@@ -42,7 +42,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     router = APIRouter(prefix=API_PREFIX)
-    for module in (auth, deployments, instances):
+    for module in (auth, deployments, instances, agents):
         router.include_router(module.router)
     app.include_router(router)
 

@@ -1,0 +1,190 @@
+"""Agent heartbeats reach a real API (uvicorn, PostgreSQL, Redis); wrong tokens are refused."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from sqlmodel import select
+
+from agent.agent import AGENT_VERSION, _get_agent_checksum
+from api.app import create_app
+from api.security import new_agent_token
+from core.models import Deployment, Instance, InstanceMetric, InstanceType, Project, Provider
+from core.redis_keys import INSTANCE_LOAD
+from core.settings import Settings
+from tests.agent.helpers import running_agent, serving, wait_for
+
+HEARTBEAT = "/api/v1/agents/heartbeat"
+
+
+@pytest.fixture
+async def api_url(settings: Settings) -> AsyncIterator[str]:
+    async with serving(create_app(settings)) as url:
+        yield url
+
+
+@pytest.fixture
+async def instance(sessionmaker: Any) -> tuple[uuid.UUID, str]:
+    """An instance row and the agent token handed to its machine."""
+    token, hashed = new_agent_token()
+    async with sessionmaker() as session:
+        project = Project(name="p")
+        provider = Provider(name="local", kind="local")
+        session.add_all([project, provider])
+        await session.flush()
+        itype = InstanceType(provider_id=provider.id, name="cpu-sim")
+        session.add(itype)
+        await session.flush()
+        deployment = Deployment(
+            project_id=project.id,
+            name="d",
+            model="sim-model",
+            served_name="sim-model",
+            provider_id=provider.id,
+            instance_type_id=itype.id,
+        )
+        session.add(deployment)
+        await session.flush()
+        row = Instance(
+            deployment_id=deployment.id,
+            project_id=project.id,
+            provider_id=provider.id,
+            instance_type_id=itype.id,
+            workflow_id="instance-test",
+            agent_token_hash=hashed,
+        )
+        session.add(row)
+        await session.commit()
+        return row.id, token
+
+
+def heartbeat_body(instance_id: uuid.UUID, **info: str) -> dict[str, Any]:
+    return {
+        "instance_id": str(instance_id),
+        "agent_info": {
+            "version": info.get("version", AGENT_VERSION),
+            "build_date": "2026-11-28",
+            "checksum": info.get("checksum", _get_agent_checksum()),
+        },
+        "engine_state": "running",
+        "engine_ready": True,
+        "load": {
+            "requests_running": 2,
+            "requests_waiting": 1,
+            "kv_cache_usage": 0.4,
+            "in_flight": 3,
+        },
+        "gpus": [
+            {"index": 0, "utilization_pct": 50, "memory_used_mb": 1000, "memory_total_mb": 8000},
+            {"index": 1, "utilization_pct": 70, "memory_used_mb": 3000, "memory_total_mb": 8000},
+        ],
+    }
+
+
+async def read_instance(sessionmaker: Any, instance_id: uuid.UUID) -> Instance:
+    async with sessionmaker() as session:
+        row = await session.get(Instance, instance_id)
+        assert row is not None
+        return row
+
+
+async def test_real_agent_heartbeats_reach_the_api(
+    tmp_path: Path,
+    api_url: str,
+    instance: tuple[uuid.UUID, str],
+    sessionmaker: Any,
+    redis_client: aioredis.Redis,
+) -> None:
+    instance_id, token = instance
+    async with running_agent(
+        tmp_path, control_plane_url=api_url, instance_id=instance_id, token=token
+    ) as agent:
+
+        async def ready_load() -> dict[str, Any] | None:
+            raw = await redis_client.hget(INSTANCE_LOAD, str(instance_id))
+            load = json.loads(raw) if raw else None
+            return load if load and load["engine_ready"] else None
+
+        load = await wait_for(ready_load, 30, "a heartbeat from a ready engine")
+        assert load["in_flight"] == 0 and load["kv_cache_usage"] == 0
+        assert load["ts"] > 0
+        assert load["gpu_utilization"] is None  # no GPU here: absent, not zero
+        row = await read_instance(sessionmaker, instance_id)
+        assert row.last_heartbeat_at is not None
+        assert row.agent_version == AGENT_VERSION
+        assert row.agent_checksum == _get_agent_checksum()
+        assert row.agent_integrity_ok is True
+        async with sessionmaker() as session:
+            samples = (await session.exec(select(InstanceMetric))).all()
+        assert samples and all(s.instance_id == instance_id for s in samples)
+        assert any(s.requests_running == 0 for s in samples)
+        assert token not in agent.log()
+
+
+async def test_wrong_token_is_refused_and_logged_without_the_token(
+    api_url: str,
+    instance: tuple[uuid.UUID, str],
+    sessionmaker: Any,
+    redis_client: aioredis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    instance_id, token = instance
+    wrong = token[:-4] + "AAAA"
+    caplog.set_level(logging.WARNING, logger="api.agents")
+    async with httpx.AsyncClient(base_url=api_url) as client:
+        refused = await client.post(
+            HEARTBEAT,
+            json=heartbeat_body(instance_id),
+            headers={"Authorization": f"Bearer {wrong}"},
+        )
+        missing = await client.post(HEARTBEAT, json=heartbeat_body(instance_id))
+        unknown = await client.post(
+            HEARTBEAT,
+            json=heartbeat_body(uuid.uuid4()),
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        malformed = await client.post(
+            HEARTBEAT,
+            json={"instance_id": str(instance_id)},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert (refused.status_code, missing.status_code, unknown.status_code) == (401, 401, 401)
+    assert malformed.status_code == 422
+    assert "refused agent heartbeat" in caplog.text and str(instance_id) in caplog.text
+    assert wrong not in caplog.text and token not in caplog.text
+    row = await read_instance(sessionmaker, instance_id)
+    assert row.last_heartbeat_at is None
+    assert await redis_client.hget(INSTANCE_LOAD, str(instance_id)) is None
+
+
+async def test_heartbeat_records_load_gpus_and_flags_a_foreign_agent(
+    api_url: str,
+    instance: tuple[uuid.UUID, str],
+    sessionmaker: Any,
+    redis_client: aioredis.Redis,
+) -> None:
+    instance_id, token = instance
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=api_url, headers=headers) as client:
+        good = await client.post(HEARTBEAT, json=heartbeat_body(instance_id))
+        assert good.status_code == 200 and good.json()["integrity_ok"] is True
+        load = json.loads(await redis_client.hget(INSTANCE_LOAD, str(instance_id)) or "{}")
+        assert (load["requests_running"], load["requests_waiting"], load["in_flight"]) == (2, 1, 3)
+        assert load["gpu_utilization"] == 60
+
+        tampered = await client.post(HEARTBEAT, json=heartbeat_body(instance_id, checksum="0" * 64))
+        assert tampered.status_code == 200 and tampered.json()["integrity_ok"] is False
+    row = await read_instance(sessionmaker, instance_id)
+    assert row.agent_integrity_ok is False and row.agent_checksum == "0" * 64
+    async with sessionmaker() as session:
+        samples = (await session.exec(select(InstanceMetric))).all()
+    assert len(samples) == 2
+    assert samples[0].gpu_memory_used_mb == 4000 and samples[0].kv_cache_usage == 0.4
