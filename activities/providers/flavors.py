@@ -1,0 +1,161 @@
+"""Worker flavors: which engine runs on a machine, from which image, with which defaults.
+
+A flavor names the worker container image (agent + engine, built from the Dockerfiles under
+`agent/`), the machine image each provider boots, the environment and the default engine
+arguments. `cpu-sim` runs the vLLM simulator (`python -m agent.sim`) instead of vLLM, so every
+provider path can be exercised without a GPU. Adapters add their own specifics (Scaleway's
+block-volume model cache and private network, AWS's S3 model cache and EFA flags) through
+`agent_environment(..., provider_env=...)`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from activities.providers.base import (
+    AGENT_PORT,
+    ENGINE_PORT,
+    CreateRequest,
+    InstanceOffer,
+    InvalidRequestError,
+)
+
+
+@dataclass(frozen=True)
+class Flavor:
+    name: str
+    description: str
+    accelerator: str  # cpu | nvidia | amd
+    # Engine command; "{python}" is replaced by the interpreter that runs the agent.
+    engine_command: str
+    # Worker container image (agent + engine); None: the agent runs as a plain process.
+    engine_image: str | None
+    # GPU models this flavor's image is built for; empty: any machine.
+    gpu_models: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    engine_args: Mapping[str, Any] = field(default_factory=dict)
+    # Machine image per provider kind: a Scaleway image label; for AWS "owner:AMI name pattern".
+    machine_images: Mapping[str, str] = field(default_factory=dict)
+
+    def command(self, python: str) -> str:
+        return self.engine_command.replace("{python}", python)
+
+    def machine_image(self, provider: str) -> str:
+        try:
+            return self.machine_images[provider]
+        except KeyError:
+            raise InvalidRequestError(
+                f"flavor {self.name!r} has no machine image on {provider}"
+            ) from None
+
+    def check_offer(self, offer: InstanceOffer) -> None:
+        """Refuse an instance type this flavor's image cannot use."""
+        if self.gpu_models and offer.gpu_model not in self.gpu_models:
+            raise InvalidRequestError(
+                f"flavor {self.name!r} needs one of {', '.join(self.gpu_models)} GPUs; "
+                f"{offer.name} has {offer.gpu_model or 'no GPU'}"
+            )
+
+
+_UBUNTU_AMI = "099720109477:ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*"
+_NVIDIA_AMI = "amazon:Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *"
+
+FLAVORS: dict[str, Flavor] = {
+    f.name: f
+    for f in (
+        Flavor(
+            name="cpu-sim",
+            description="vLLM simulator on CPU: the full path without a GPU",
+            accelerator="cpu",
+            engine_command="{python} -m agent.sim",
+            engine_image=None,
+            machine_images={"scaleway": "ubuntu_noble", "aws": _UBUNTU_AMI},
+        ),
+        Flavor(
+            name="nvidia-h100",
+            description="vLLM on NVIDIA Hopper (H100), CUDA 12 image built for sm_90",
+            accelerator="nvidia",
+            engine_command="vllm serve",
+            engine_image="inventiv/worker-nvidia-hopper:cuda12",
+            gpu_models=("H100",),
+            env={
+                "NVIDIA_VISIBLE_DEVICES": "all",
+                "TORCH_CUDA_ARCH_LIST": "9.0",
+                "VLLM_WORKER_MULTIPROC_METHOD": "spawn",
+            },
+            engine_args={"gpu-memory-utilization": 0.92, "enable-prefix-caching": True},
+            machine_images={"scaleway": "ubuntu_jammy_gpu_os_12", "aws": _NVIDIA_AMI},
+        ),
+        Flavor(
+            name="nvidia-cuda12",
+            description="vLLM on NVIDIA Ampere/Ada GPUs (L4, L40S, A10G, A100, RTX), CUDA 12",
+            accelerator="nvidia",
+            engine_command="vllm serve",
+            engine_image="inventiv/worker-nvidia:cuda12",
+            gpu_models=("L4", "L40S", "A10G", "A100", "RTX-3070"),
+            env={
+                "NVIDIA_VISIBLE_DEVICES": "all",
+                "TORCH_CUDA_ARCH_LIST": "8.0 8.6 8.9",
+                "VLLM_WORKER_MULTIPROC_METHOD": "spawn",
+            },
+            engine_args={"gpu-memory-utilization": 0.9},
+            machine_images={"scaleway": "ubuntu_jammy_gpu_os_12", "aws": _NVIDIA_AMI},
+        ),
+        Flavor(
+            name="amd-mi300",
+            description="vLLM on AMD Instinct MI300X, ROCm image",
+            accelerator="amd",
+            engine_command="vllm serve",
+            engine_image="inventiv/worker-rocm:rocm6",
+            gpu_models=("MI300X",),
+            # AMD's vLLM tuning guide for MI300X.
+            env={
+                "HIP_FORCE_DEV_KERNARG": "1",
+                "TORCH_BLAS_PREFER_HIPBLASLT": "1",
+                "NCCL_MIN_NCHANNELS": "112",
+                "VLLM_USE_TRITON_FLASH_ATTN": "0",
+            },
+            engine_args={"gpu-memory-utilization": 0.9},
+        ),
+    )
+}
+
+
+def get_flavor(name: str) -> Flavor:
+    """The flavor by name (case-insensitive: "NVIDIA-H100" is "nvidia-h100")."""
+    try:
+        return FLAVORS[name.lower()]
+    except KeyError:
+        raise InvalidRequestError(
+            f"unknown flavor {name!r}; known: {', '.join(sorted(FLAVORS))}"
+        ) from None
+
+
+def agent_environment(
+    request: CreateRequest,
+    *,
+    python: str = "python3",
+    agent_port: int = AGENT_PORT,
+    engine_port: int = ENGINE_PORT,
+    provider_env: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The agent's environment (its launch contract): flavor defaults, then provider specifics,
+    then what the control plane asked for (token, URL, expected checksum), which wins."""
+    flavor = get_flavor(request.flavor)
+    engine_args = {**flavor.engine_args, **request.engine_args}
+    return {
+        **flavor.env,
+        "INVENTIV_AGENT_PORT": str(agent_port),
+        "INVENTIV_AGENT_ENGINE_PORT": str(engine_port),
+        "INVENTIV_AGENT_MODEL": request.model,
+        "INVENTIV_AGENT_SERVED_NAME": request.served_name,
+        "INVENTIV_AGENT_ENGINE_COMMAND": flavor.command(python),
+        "INVENTIV_AGENT_ENGINE_ARGS": json.dumps(engine_args),
+        "INVENTIV_AGENT_GPU_COUNT": str(request.gpu_count if flavor.accelerator != "cpu" else 0),
+        "INVENTIV_AGENT_INSTANCE_ID": request.instance_id,
+        **(provider_env or {}),
+        **request.agent_env,
+    }
