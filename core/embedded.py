@@ -44,11 +44,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None) -> None:
+def wait_for_port(
+    host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with code {proc.returncode} before port {port} opened")
+            raise RuntimeError(
+                f"process exited with code {proc.returncode} before port {port} opened"
+            )
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.settimeout(0.2)
             if sock.connect_ex((host, port)) == 0:
@@ -168,7 +172,15 @@ class EmbeddedTemporal:
 
     def start(self, timeout: float = 60) -> str:
         require_free_port(self.host, self.port, "INVENTIV_TEMPORAL_PORT")
-        args = [temporal_cli_path(), "server", "start-dev", "--ip", self.host, "--port", str(self.port)]
+        args = [
+            temporal_cli_path(),
+            "server",
+            "start-dev",
+            "--ip",
+            self.host,
+            "--port",
+            str(self.port),
+        ]
         args += ["--log-level", "error", "--namespace", "default"]
         if self.ui_port is None:
             args.append("--headless")
@@ -179,7 +191,7 @@ class EmbeddedTemporal:
             self.db_file.parent.mkdir(parents=True, exist_ok=True)
             args += ["--db-filename", str(self.db_file)]
         args += self.extra_args
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         self.proc = subprocess.Popen(args, stdout=out, stderr=out, start_new_session=True)
         wait_for_port(self.host, self.port, timeout, self.proc)
         return f"{self.host}:{self.port}"

@@ -17,7 +17,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INVENTIV_", extra="ignore")
 
     # Where embedded servers keep their data, dev credentials and the local provider's machines.
-    data_dir: Path = Field(default=Path(".inventiv"), description="Data folder of the embedded stack")
+    data_dir: Path = Field(
+        default=Path(".inventiv"), description="Data folder of the embedded stack"
+    )
 
     database_url: str | None = Field(
         default=None,

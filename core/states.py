@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from itertools import pairwise
 from typing import Any
 
 from sqlalchemy import select, update
@@ -46,7 +47,9 @@ FINAL_STATES = frozenset({S.terminated, S.provider_deleted, S.archived})
 
 
 class IllegalTransitionError(Exception):
-    def __init__(self, instance_id: uuid.UUID, current: InstanceState | None, target: InstanceState):
+    def __init__(
+        self, instance_id: uuid.UUID, current: InstanceState | None, target: InstanceState
+    ):
         self.instance_id = instance_id
         self.current = current
         self.target = target
@@ -61,7 +64,7 @@ class UnknownInstanceError(IllegalTransitionError):
 def is_legal_path(states: Iterable[InstanceState]) -> bool:
     """True when consecutive states only take legal transitions (used to audit histories)."""
     seq = list(states)
-    return all(b in LEGAL_TRANSITIONS[a] for a, b in zip(seq, seq[1:], strict=False))
+    return all(b in LEGAL_TRANSITIONS[a] for a, b in pairwise(seq))
 
 
 async def _transition(

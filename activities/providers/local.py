@@ -174,9 +174,13 @@ class LocalCompute(Compute):
                     return self._to_instance(record)
             match self.faults.fail_create:
                 case "transient":
-                    raise TransientProviderError("local provider: injected transient create failure")
+                    raise TransientProviderError(
+                        "local provider: injected transient create failure"
+                    )
                 case "capacity":
-                    raise NoCapacityError(f"local provider: no capacity for {request.instance_type}")
+                    raise NoCapacityError(
+                        f"local provider: no capacity for {request.instance_type}"
+                    )
                 case "invalid":
                     raise InvalidRequestError("local provider: injected invalid request")
             if request.instance_type != LOCAL_INSTANCE_TYPE:
@@ -187,9 +191,7 @@ class LocalCompute(Compute):
             resource_id = f"local-{uuid.uuid4().hex[:12]}"
             # Volumes first, then the machine record: a crash in between leaves tagged volumes
             # that the reconciler finds, never a machine with forgotten volumes.
-            self._new_volume(
-                request.instance_id, "boot", self.faults.boot_volume_gb, is_boot=True
-            )
+            self._new_volume(request.instance_id, "boot", self.faults.boot_volume_gb, is_boot=True)
             for spec in request.volumes:
                 self._new_volume(
                     request.instance_id,

@@ -1,0 +1,52 @@
+"""Create an instance row and start its InstanceWorkflow (used by the API and by replacements)."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio.client import Client
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from core.models import Deployment, Instance
+from workflows.instance import InstanceWorkflow
+from workflows.types import InstanceWorkflowInput
+
+
+def workflow_id_for(instance_id: uuid.UUID) -> str:
+    return f"instance-{instance_id}"
+
+
+async def start_instance_workflow(client: Client, task_queue: str, instance_id: uuid.UUID) -> None:
+    """Start the instance's workflow; a second start of the same instance is a no-op."""
+    try:
+        await client.start_workflow(
+            InstanceWorkflow.run,
+            InstanceWorkflowInput(str(instance_id)),
+            id=workflow_id_for(instance_id),
+            task_queue=task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        )
+    except WorkflowAlreadyStartedError:
+        pass
+
+
+async def create_instance(
+    session: AsyncSession, client: Client, task_queue: str, *, deployment: Deployment
+) -> Instance:
+    """A new instance of the deployment in `provisioning`, its workflow started."""
+    instance_id = uuid.uuid4()
+    instance = Instance(
+        id=instance_id,
+        deployment_id=deployment.id,
+        project_id=deployment.project_id,
+        provider_id=deployment.provider_id,
+        instance_type_id=deployment.instance_type_id,
+        workflow_id=workflow_id_for(instance_id),
+    )
+    session.add(instance)
+    await session.commit()
+    await session.refresh(instance)
+    await start_instance_workflow(client, task_queue, instance_id)
+    return instance

@@ -1,0 +1,221 @@
+"""Instances: list, detail (progress, current step, history, actions, volumes), drain, terminate."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from datetime import datetime
+
+from fastapi import APIRouter, HTTPException, Query, status
+from pydantic import BaseModel
+from sqlmodel import col, func, select
+
+from api.access import require_project, visible_project_ids
+from api.deps import CurrentUser, SessionDep, SettingsDep, TemporalDep
+from core.models import (
+    Instance,
+    InstanceAction,
+    InstanceState,
+    InstanceStateHistory,
+    InstanceVolume,
+    Provider,
+    TerminationReason,
+)
+from core.progress import current_step, progress_percent
+from core.states import FINAL_STATES
+
+router = APIRouter(prefix="/instances", tags=["instances"])
+
+
+class InstanceSummary(BaseModel):
+    id: uuid.UUID
+    deployment_id: uuid.UUID
+    project_id: uuid.UUID
+    state: InstanceState
+    progress: int
+    current_step: str | None
+    provider_resource_id: str | None
+    ip_address: str | None
+    termination_reason: TerminationReason | None
+    error: str | None
+    agent_version: str | None
+    agent_integrity_ok: bool | None
+    workflow_id: str
+    created_at: datetime
+    ready_at: datetime | None
+    terminated_at: datetime | None
+
+
+class StateChange(BaseModel):
+    from_state: InstanceState | None
+    to_state: InstanceState
+    reason: str | None
+    at: datetime
+
+
+class ActionPublic(BaseModel):
+    step: str
+    status: str
+    detail: str | None
+    error: str | None
+    started_at: datetime
+    finished_at: datetime | None
+    duration_ms: float | None
+
+
+class VolumePublic(BaseModel):
+    provider_volume_id: str
+    volume_type: str
+    size_gb: float
+    is_boot: bool
+    delete_on_terminate: bool
+    state: str
+
+
+class InstanceDetail(InstanceSummary):
+    engine_url: str | None
+    agent_url: str | None
+    agent_checksum: str | None
+    last_heartbeat_at: datetime | None
+    history: list[StateChange]
+    actions: list[ActionPublic]
+    volumes: list[VolumePublic]
+    temporal_url: str
+
+
+class InstancePage(BaseModel):
+    items: list[InstanceSummary]
+    total: int
+
+
+def summarize(instance: Instance, actions: list[InstanceAction]) -> InstanceSummary:
+    return InstanceSummary(
+        **instance.model_dump(include=set(InstanceSummary.model_fields)),
+        progress=progress_percent(actions),
+        current_step=current_step(actions),
+    )
+
+
+def action_public(a: InstanceAction) -> ActionPublic:
+    duration = (a.finished_at - a.started_at).total_seconds() * 1000 if a.finished_at else None
+    return ActionPublic(**a.model_dump(exclude={"id", "instance_id"}), duration_ms=duration)
+
+
+async def get_visible_instance(
+    session: SessionDep, user: CurrentUser, instance_id: uuid.UUID
+) -> Instance:
+    instance = await session.get(Instance, instance_id)
+    if instance is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"instance {instance_id} not found")
+    await require_project(session, user, instance.project_id)
+    return instance
+
+
+@router.get("", response_model=InstancePage)
+async def list_instances(
+    session: SessionDep,
+    user: CurrentUser,
+    state: InstanceState | None = None,
+    deployment_id: uuid.UUID | None = None,
+    provider: str | None = Query(default=None, max_length=64),
+    limit: int = Query(default=50, ge=1, le=500),
+    offset: int = Query(default=0, ge=0),
+) -> InstancePage:
+    query = select(Instance)
+    if state is not None:
+        query = query.where(Instance.state == state)
+    if deployment_id is not None:
+        query = query.where(Instance.deployment_id == deployment_id)
+    if provider is not None:
+        query = query.join(Provider).where(Provider.name == provider)
+    visible = await visible_project_ids(session, user)
+    if visible is not None:
+        query = query.where(col(Instance.project_id).in_(visible))
+    total = (await session.exec(select(func.count()).select_from(query.subquery()))).one()
+    page = query.order_by(col(Instance.created_at).desc()).limit(limit).offset(offset)
+    instances = list((await session.exec(page)).all())
+    by_instance: dict[uuid.UUID, list[InstanceAction]] = defaultdict(list)
+    if instances:
+        actions = await session.exec(
+            select(InstanceAction).where(
+                col(InstanceAction.instance_id).in_([i.id for i in instances])
+            )
+        )
+        for a in actions.all():
+            by_instance[a.instance_id].append(a)
+    return InstancePage(items=[summarize(i, by_instance[i.id]) for i in instances], total=total)
+
+
+@router.get("/{instance_id}", response_model=InstanceDetail)
+async def get_instance(
+    instance_id: uuid.UUID, session: SessionDep, user: CurrentUser, settings: SettingsDep
+) -> InstanceDetail:
+    instance = await get_visible_instance(session, user, instance_id)
+    actions = list(
+        (
+            await session.exec(
+                select(InstanceAction)
+                .where(InstanceAction.instance_id == instance_id)
+                .order_by(col(InstanceAction.started_at), col(InstanceAction.id))
+            )
+        ).all()
+    )
+    history = (
+        await session.exec(
+            select(InstanceStateHistory)
+            .where(InstanceStateHistory.instance_id == instance_id)
+            .order_by(col(InstanceStateHistory.at), col(InstanceStateHistory.id))
+        )
+    ).all()
+    volumes = (
+        await session.exec(select(InstanceVolume).where(InstanceVolume.instance_id == instance_id))
+    ).all()
+    summary = summarize(instance, actions)
+    return InstanceDetail(
+        **summary.model_dump(),
+        engine_url=instance.engine_url,
+        agent_url=instance.agent_url,
+        agent_checksum=instance.agent_checksum,
+        last_heartbeat_at=instance.last_heartbeat_at,
+        history=[StateChange(**h.model_dump()) for h in history],
+        actions=[action_public(a) for a in actions],
+        volumes=[VolumePublic(**v.model_dump()) for v in volumes],
+        temporal_url=(
+            f"{settings.temporal_ui}/namespaces/{settings.temporal_namespace}"
+            f"/workflows/{instance.workflow_id}"
+        ),
+    )
+
+
+class ActionAccepted(BaseModel):
+    id: uuid.UUID
+    state: InstanceState
+    action: str
+
+
+@router.post("/{instance_id}/drain", response_model=ActionAccepted, status_code=202)
+async def drain_instance(
+    instance_id: uuid.UUID, session: SessionDep, user: CurrentUser, temporal: TemporalDep
+) -> ActionAccepted:
+    """Stop routing new requests to it, let in-flight ones finish, then terminate."""
+    instance = await get_visible_instance(session, user, instance_id)
+    if instance.state not in (InstanceState.ready, InstanceState.draining):
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"instance is {instance.state.value}: only a ready instance can be drained "
+            "(use DELETE to terminate it)",
+        )
+    await temporal.get_workflow_handle(instance.workflow_id).signal("drain", "user_request")
+    return ActionAccepted(id=instance.id, state=instance.state, action="drain")
+
+
+@router.delete("/{instance_id}", response_model=ActionAccepted, status_code=202)
+async def terminate_instance(
+    instance_id: uuid.UUID, session: SessionDep, user: CurrentUser, temporal: TemporalDep
+) -> ActionAccepted:
+    """Drain (if serving) and terminate: server, then volumes; persistent volumes are kept."""
+    instance = await get_visible_instance(session, user, instance_id)
+    if instance.state in FINAL_STATES:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"instance is already {instance.state.value}")
+    await temporal.get_workflow_handle(instance.workflow_id).signal("terminate", "user_request")
+    return ActionAccepted(id=instance.id, state=instance.state, action="terminate")

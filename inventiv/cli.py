@@ -1,0 +1,81 @@
+"""The `inventiv` command line: dev stack, migrations, and each service on its own."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import runpy
+import signal
+import sys
+
+from core.settings import Settings
+
+
+def _need(settings: Settings, *names: str) -> None:
+    missing = [n for n in names if not getattr(settings, n)]
+    if missing:
+        env = ", ".join(n.upper() for n in missing)
+        raise SystemExit(f"error: set {env} (or run `inventiv dev`, which starts embedded servers)")
+
+
+def cmd_migrate(settings: Settings) -> int:
+    from core.migrate import upgrade
+
+    _need(settings, "database_url")
+    upgrade(settings.database_url or "")
+    print("database is at the latest migration")
+    return 0
+
+
+def cmd_api(settings: Settings) -> int:
+    import uvicorn
+
+    from api.app import create_app
+
+    _need(settings, "database_url", "redis_url", "temporal_address", "secret_key")
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.api_port, log_level="warning"
+    )
+    return 0
+
+
+def cmd_worker(settings: Settings) -> int:
+    from workers.worker import run_worker
+
+    _need(settings, "database_url", "redis_url", "temporal_address", "secret_key")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_worker(settings, stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_dev(settings: Settings) -> int:
+    from inventiv.dev import run_dev
+
+    return run_dev(settings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="inventiv", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("dev", help="run the whole platform with embedded servers (foreground)")
+    sub.add_parser("migrate", help="apply database migrations (DATABASE_URL)")
+    sub.add_parser("api", help="run the API service")
+    sub.add_parser("worker", help="run the orchestrator worker")
+    sub.add_parser("gateway", help="run the gateway")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.command == "gateway":
+        sys.argv = ["gateway"]
+        runpy.run_module("gateway", run_name="__main__")
+        return 0
+    settings = Settings()
+    commands = {"dev": cmd_dev, "migrate": cmd_migrate, "api": cmd_api, "worker": cmd_worker}
+    return commands[args.command](settings)

@@ -1,0 +1,78 @@
+"""Helpers for lifecycle tests: a worker on a fresh task queue, waiting on database state."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio.client import Client
+
+from activities.providers.base import Compute
+from activities.providers.local import LocalCompute, LocalFaults
+from core.models import Instance, InstanceAction, InstanceState, InstanceStateHistory
+from core.settings import Settings
+from workers.worker import build_worker
+
+
+@asynccontextmanager
+async def running_worker(
+    settings: Settings, client: Client, providers: dict[str, Compute] | None = None
+) -> AsyncIterator[None]:
+    async with build_worker(settings, client, providers) as worker, worker:
+        yield
+
+
+def local_providers(settings: Settings, **faults: object) -> dict[str, Compute]:
+    return {"local": LocalCompute(settings, LocalFaults(**faults))}  # type: ignore[arg-type]
+
+
+async def wait_state(
+    maker: async_sessionmaker[AsyncSession],
+    instance_id: uuid.UUID,
+    states: set[InstanceState] | InstanceState,
+    timeout: float = 60,
+) -> Instance:
+    wanted = {states} if isinstance(states, InstanceState) else states
+    deadline = time.monotonic() + timeout
+    instance = None
+    while time.monotonic() < deadline:
+        async with maker() as session:
+            instance = await session.get(Instance, instance_id)
+        if instance is not None and instance.state in wanted:
+            return instance
+        await asyncio.sleep(0.2)
+    state = instance.state if instance else None
+    raise AssertionError(f"instance {instance_id} is {state}, not {wanted}, after {timeout}s")
+
+
+async def history(
+    maker: async_sessionmaker[AsyncSession], instance_id: uuid.UUID
+) -> list[InstanceState]:
+    """The states the instance went through, starting with provisioning."""
+    async with maker() as session:
+        rows = (
+            await session.exec(
+                select(InstanceStateHistory)
+                .where(InstanceStateHistory.instance_id == instance_id)
+                .order_by(col(InstanceStateHistory.at), col(InstanceStateHistory.id))
+            )
+        ).all()
+    return [InstanceState.provisioning, *[r.to_state for r in rows]]
+
+
+async def actions(
+    maker: async_sessionmaker[AsyncSession], instance_id: uuid.UUID
+) -> list[InstanceAction]:
+    async with maker() as session:
+        rows = await session.exec(
+            select(InstanceAction)
+            .where(InstanceAction.instance_id == instance_id)
+            .order_by(col(InstanceAction.started_at), col(InstanceAction.id))
+        )
+        return list(rows.all())

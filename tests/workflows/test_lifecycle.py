@@ -1,0 +1,73 @@
+"""Instance lifecycle against a real Temporal server, PostgreSQL, Redis and local machines."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import redis.asyncio as aioredis
+from sqlmodel import select
+
+from activities.launch import create_instance
+from activities.providers.local import LocalCompute
+from core.models import InstanceState, InstanceVolume
+from core.progress import progress_percent
+from core.redis_keys import ROUTING_REGISTRY
+from core.settings import Settings
+from core.states import is_legal_path
+from tests.factories import seed
+from tests.workflows.helpers import actions, history, running_worker, wait_state
+
+S = InstanceState
+SIM_FAST = {"model-load-delay-s": 0.2}
+
+
+async def test_happy_path_provision_serve_terminate(
+    settings: Settings, sessionmaker, temporal_client, redis_client: aioredis.Redis
+) -> None:
+    async with sessionmaker() as session:
+        seeded = await seed(
+            session,
+            engine_args={**SIM_FAST, "volumes": [{"size_gb": 5, "delete_on_terminate": True}]},
+        )
+    async with running_worker(settings, temporal_client):
+        async with sessionmaker() as session:
+            instance = await create_instance(
+                session, temporal_client, settings.task_queue, deployment=seeded.deployment
+            )
+        ready = await wait_state(sessionmaker, instance.id, S.ready)
+        assert progress_percent(await actions(sessionmaker, instance.id)) == 100
+        assert ready.agent_integrity_ok is True
+
+        # Routable: the gateway's registry has it, with an engine that answers.
+        entry = json.loads(await redis_client.hget(ROUTING_REGISTRY, str(instance.id)))
+        assert entry["model"] == "test-model"
+        async with httpx.AsyncClient() as http:
+            r = await http.post(
+                f"{entry['engine_url']}/v1/chat/completions",
+                json={"model": "test-model", "messages": [{"role": "user", "content": "hi"}]},
+            )
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] > 0
+
+        await temporal_client.get_workflow_handle(instance.workflow_id).signal(
+            "terminate", "user_request"
+        )
+        done = await wait_state(sessionmaker, instance.id, S.terminated)
+        assert done.termination_reason == "user_request"
+        assert await redis_client.hget(ROUTING_REGISTRY, str(instance.id)) is None
+
+    path = await history(sessionmaker, instance.id)
+    assert path == [S.provisioning, S.booting, S.ready, S.draining, S.terminating, S.terminated]
+    assert is_legal_path(path)
+    steps = [a.step for a in await actions(sessionmaker, instance.id) if a.status == "succeeded"]
+    for step in ("request_created", "provider_create", "provider_start", "ip_assigned",
+                 "agent_installed", "engine_http_up", "model_loaded", "warmup",
+                 "health_check", "ready", "drain", "discover_volumes", "delete_server",
+                 "confirm_gone"):  # fmt: skip
+        assert step in steps, f"{step} missing from {steps}"
+    assert steps.count("delete_volume") == 2  # boot volume + the data volume
+    async with sessionmaker() as session:
+        volumes = (await session.exec(select(InstanceVolume))).all()
+    assert {v.state for v in volumes} == {"deleted"}
+    local = LocalCompute(settings)
+    assert await local.list_tagged() == [] and await local.list_tagged_volumes() == []
