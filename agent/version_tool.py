@@ -1,0 +1,110 @@
+"""Agent version tooling: `python -m agent.version_tool checksum|bump|record|check`.
+
+`agent/agent.sha256` records the SHA-256 of `agent/agent.py` and the version it was recorded
+for. `check` fails when the file no longer matches the record, so a change to the agent cannot
+ship under the old version: `bump` raises the patch version and build date, then records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+AGENT_DIR = Path(__file__).resolve().parent
+_VERSION_RE = re.compile(r'^AGENT_VERSION = "(\d+)\.(\d+)\.(\d+)"$', re.MULTILINE)
+_DATE_RE = re.compile(r'^AGENT_BUILD_DATE = "[^"]*"$', re.MULTILINE)
+
+
+@dataclass
+class Record:
+    checksum: str
+    version: str
+
+
+def checksum(agent_dir: Path) -> str:
+    return hashlib.sha256((agent_dir / "agent.py").read_bytes()).hexdigest()
+
+
+def current_version(agent_dir: Path) -> str:
+    match = _VERSION_RE.search((agent_dir / "agent.py").read_text())
+    if match is None:
+        raise SystemExit(f'{agent_dir / "agent.py"} has no AGENT_VERSION = "X.Y.Z" line')
+    return ".".join(match.groups())
+
+
+def read_record(agent_dir: Path) -> Record | None:
+    path = agent_dir / "agent.sha256"
+    if not path.exists():
+        return None
+    lines = path.read_text().splitlines()
+    digest = lines[0].split()[0] if lines else ""
+    version = next((line.split("=", 1)[1] for line in lines if line.startswith("version=")), "")
+    return Record(checksum=digest, version=version)
+
+
+def write_record(agent_dir: Path) -> Record:
+    """First line in `sha256sum` format, so `sha256sum -c` style tools and bootstrap.sh read it."""
+    record = Record(checksum=checksum(agent_dir), version=current_version(agent_dir))
+    (agent_dir / "agent.sha256").write_text(
+        f"{record.checksum}  agent.py\nversion={record.version}\n"
+    )
+    return record
+
+
+def bump(agent_dir: Path, today: str | None = None) -> Record:
+    path = agent_dir / "agent.py"
+    text = path.read_text()
+    match = _VERSION_RE.search(text)
+    if match is None:
+        raise SystemExit(f'{path} has no AGENT_VERSION = "X.Y.Z" line')
+    major, minor, patch = (int(part) for part in match.groups())
+    text = _VERSION_RE.sub(f'AGENT_VERSION = "{major}.{minor}.{patch + 1}"', text, count=1)
+    date = today or datetime.now(UTC).date().isoformat()
+    text = _DATE_RE.sub(f'AGENT_BUILD_DATE = "{date}"', text, count=1)
+    path.write_text(text)
+    return write_record(agent_dir)
+
+
+def check(agent_dir: Path) -> tuple[bool, str]:
+    record = read_record(agent_dir)
+    digest, version = checksum(agent_dir), current_version(agent_dir)
+    if record is None:
+        return False, "agent/agent.sha256 is missing: run `make agent-version-bump`"
+    if record.checksum == digest and record.version == version:
+        return True, f"agent {version} matches agent/agent.sha256 ({digest})"
+    if version == record.version:
+        return False, (
+            f"agent/agent.py changed but AGENT_VERSION is still {version}: "
+            "run `make agent-version-bump` and commit agent/agent.py with agent/agent.sha256"
+        )
+    return False, (
+        f"AGENT_VERSION is {version} but agent/agent.sha256 records {record.version}: "
+        "run `python -m agent.version_tool record`"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m agent.version_tool", description=__doc__)
+    parser.add_argument("command", choices=["checksum", "bump", "record", "check"])
+    parser.add_argument("--agent-dir", type=Path, default=AGENT_DIR, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    agent_dir: Path = args.agent_dir
+    if args.command == "checksum":
+        print(checksum(agent_dir))
+    elif args.command in ("bump", "record"):
+        record = bump(agent_dir) if args.command == "bump" else write_record(agent_dir)
+        print(f"agent {record.version} recorded: {record.checksum}")
+    else:
+        ok, message = check(agent_dir)
+        print(message, file=sys.stdout if ok else sys.stderr)
+        return 0 if ok else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

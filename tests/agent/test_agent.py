@@ -1,0 +1,170 @@
+"""The agent as the local provider runs it: `python -m agent` supervising the simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+import agent.agent as agent_module
+from agent.agent import _get_agent_checksum
+from tests.agent.helpers import get_json, pid_alive, running_agent, stop_agent, wait_for
+
+
+async def test_info_checksum_is_the_agent_files_sha256(tmp_path: Path) -> None:
+    source = await asyncio.to_thread(Path(agent_module.__file__).read_bytes)
+    expected = hashlib.sha256(source).hexdigest()
+    assert _get_agent_checksum() == expected
+    async with running_agent(tmp_path) as agent:
+        status, info = await wait_for(lambda: get_json(f"{agent.url}/info"), 20, "/info")
+    assert status == 200
+    assert info["checksum"] == expected
+    assert info["version"] == agent_module.AGENT_VERSION
+    assert info["build_date"] == agent_module.AGENT_BUILD_DATE
+    assert info["model"] == info["served_name"] == "sim-model"
+    assert info["gpus"] is None  # no NVIDIA GPU on this machine: absent, not zeros
+
+
+async def test_readiness_flips_only_once_the_model_is_loaded(tmp_path: Path) -> None:
+    async with running_agent(tmp_path, engine_args='{"model-load-delay-s": 1.5}') as agent:
+        status, _ = await wait_for(lambda: get_json(f"{agent.url}/healthz"), 20, "liveness")
+        assert status == 200
+        seen: list[tuple[int, str]] = []
+
+        async def ready() -> bool:
+            answer = await get_json(f"{agent.url}/readyz")
+            if answer is not None:
+                seen.append((answer[0], answer[1]["reason"]))
+            return answer is not None and answer[0] == 200
+
+        await wait_for(ready, 30, "readiness")
+        # the engine was still loading when the agent already answered
+        assert seen[0][0] == 503 and "not answering" in seen[0][1]
+        models = await get_json(f"{agent.engine_url}/v1/models")
+        assert models is not None and models[1]["data"][0]["id"] == "sim-model"
+
+
+async def test_a_killed_engine_is_restarted_and_reported(tmp_path: Path) -> None:
+    async with running_agent(tmp_path) as agent:
+        await wait_for(lambda: _ready(agent.url), 30, "readiness")
+        _, info = await get_json(f"{agent.url}/info") or (0, {})
+        first_pid = info["engine"]["pid"]
+        os.kill(first_pid, signal.SIGKILL)
+
+        async def restarted() -> dict | None:
+            answer = await get_json(f"{agent.url}/info")
+            body = answer[1] if answer else None
+            return body if body and body["engine_restarts"] == 1 else None
+
+        info = await wait_for(restarted, 30, "the restart to be reported")
+        assert info["engine"]["last_exit_code"] == -signal.SIGKILL
+        await wait_for(lambda: _ready(agent.url), 30, "readiness after the restart")
+        _, info = await get_json(f"{agent.url}/info") or (0, {})
+        assert info["engine"]["pid"] != first_pid and info["engine"]["state"] == "running"
+        assert "restart 1" in agent.log()
+
+
+async def test_an_engine_that_keeps_dying_is_reported_as_a_crash_loop(tmp_path: Path) -> None:
+    crashing = f"{sys.executable} -c 'import sys; sys.exit(3)'"
+    async with running_agent(
+        tmp_path, engine_command=crashing, crash_loop_threshold=3, restart_backoff_s=0.05
+    ) as agent:
+
+        async def crash_loop() -> dict | None:
+            answer = await get_json(f"{agent.url}/info")
+            body = answer[1] if answer else None
+            return body if body and body["engine"]["crash_loop"] else None
+
+        info = await wait_for(crash_loop, 30, "a crash loop")
+        assert info["engine_restarts"] >= 3 and info["engine"]["last_exit_code"] == 3
+        status, body = await get_json(f"{agent.url}/readyz") or (0, {})
+        assert status == 503 and body["engine_state"] in ("crash_loop", "starting")
+
+
+async def test_stopping_the_agent_stops_its_engine(tmp_path: Path) -> None:
+    async with running_agent(tmp_path) as agent:
+        await wait_for(lambda: _ready(agent.url), 30, "readiness")
+        _, info = await get_json(f"{agent.url}/info") or (0, {})
+        engine_pid = info["engine"]["pid"]
+        assert pid_alive(engine_pid)
+        await asyncio.to_thread(stop_agent, agent)
+        # uvicorn re-raises the SIGTERM it caught once shutdown is complete
+        assert agent.process.returncode in (0, -signal.SIGTERM)
+        assert "stopping engine" in agent.log()
+        await wait_for(lambda: _gone(engine_pid), 10, "the engine to be gone")
+
+
+async def test_load_reports_requests_in_flight_until_they_finish(tmp_path: Path) -> None:
+    slow_engine = '{"model-load-delay-s": 0.3, "inter-token-latency-s": 0.05, "max-num-seqs": 2}'
+    async with running_agent(tmp_path, engine_args=slow_engine) as agent:
+        await wait_for(lambda: _ready(agent.url), 30, "readiness")
+        async with httpx.AsyncClient(base_url=agent.engine_url, timeout=60) as client:
+            requests = [
+                asyncio.create_task(
+                    client.post(
+                        "/v1/completions",
+                        json={"model": "sim-model", "prompt": "hello", "max_tokens": 20},
+                    )
+                )
+                for _ in range(4)
+            ]
+
+            async def busy() -> dict | None:
+                _, load = await get_json(f"{agent.url}/load") or (0, {})
+                return load if load.get("requests_waiting") else None
+
+            load = await wait_for(busy, 20, "queued requests to show")
+            assert load["requests_running"] == 2 and load["in_flight"] == 4
+            assert all(r.status_code == 200 for r in await asyncio.gather(*requests))
+        _, load = await get_json(f"{agent.url}/load") or (0, {})
+        assert load["in_flight"] == 0 and load["engine_reachable"] is True
+
+
+@pytest.mark.parametrize(
+    "legacy", [False, True], ids=["kv_cache_usage_perc", "gpu_cache_usage_perc"]
+)
+async def test_kv_cache_usage_is_read_under_both_vllm_names(tmp_path: Path, legacy: bool) -> None:
+    engine = {"model-load-delay-s": 0.3, "kv-cache-tokens": 4096, "inter-token-latency-s": 0.05}
+    if legacy:
+        engine["legacy-kv-metric"] = True
+    async with running_agent(tmp_path, engine_args=json.dumps(engine)) as agent:
+        await wait_for(lambda: _ready(agent.url), 30, "readiness")
+        async with httpx.AsyncClient(base_url=agent.engine_url, timeout=60) as client:
+            long_prompt = "word " * 1500
+            request = asyncio.create_task(
+                client.post(
+                    "/v1/completions",
+                    json={"model": "sim-model", "prompt": long_prompt, "max_tokens": 40},
+                )
+            )
+
+            async def kv_used() -> float | None:
+                _, load = await get_json(f"{agent.url}/load") or (0, {})
+                return load.get("kv_cache_usage") or None
+
+            usage = await wait_for(kv_used, 20, "KV usage to rise")
+            assert usage > 0.3
+            assert (await request).status_code == 200
+        metrics = await _text(f"{agent.url}/metrics")
+        assert "inventiv_agent_engine_ready 1.0" in metrics
+
+
+async def _ready(url: str) -> bool:
+    answer = await get_json(f"{url}/readyz")
+    return answer is not None and answer[0] == 200
+
+
+async def _gone(pid: int) -> bool:
+    return not pid_alive(pid)
+
+
+async def _text(url: str) -> str:
+    async with httpx.AsyncClient() as client:
+        return (await client.get(url)).text
