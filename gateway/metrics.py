@@ -1,0 +1,124 @@
+"""Prometheus metrics of the gateway, served at /metrics.
+
+With several worker processes (`INVENTIV_GATEWAY_WORKERS` > 1) `python -m gateway` sets
+PROMETHEUS_MULTIPROC_DIR before any worker imports this module, and /metrics aggregates all
+workers' values.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as prom_multiprocess
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_RATE_BUCKETS = (1, 5, 10, 20, 40, 60, 80, 100, 150, 200, 400)
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+REQUESTS = Counter(
+    "inventiv_gateway_requests",
+    "Requests answered, by model and HTTP status code",
+    ["model", "code"],
+    registry=REGISTRY,
+)
+UPSTREAM_ERRORS = Counter(
+    "inventiv_gateway_upstream_errors",
+    "Engine failures seen by the gateway (connect errors, 5xx, broken streams)",
+    ["model", "kind"],
+    registry=REGISTRY,
+)
+RETRIES = Counter(
+    "inventiv_gateway_retries",
+    "Requests retried on another instance after a failure before the first byte",
+    ["model"],
+    registry=REGISTRY,
+)
+EJECTIONS = Counter(
+    "inventiv_gateway_ejections",
+    "Instances ejected for a while after repeated failures",
+    ["model"],
+    registry=REGISTRY,
+)
+TTFT = Histogram(
+    "inventiv_gateway_time_to_first_token_seconds",
+    "Time from the request to the first streamed chunk",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+LATENCY = Histogram(
+    "inventiv_gateway_request_duration_seconds",
+    "Time from the request to the end of its response",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+OUTPUT_TOKENS = Counter(
+    "inventiv_gateway_output_tokens",
+    "Output tokens generated, from the engine's usage",
+    ["model"],
+    registry=REGISTRY,
+)
+INPUT_TOKENS = Counter(
+    "inventiv_gateway_input_tokens",
+    "Input tokens processed, from the engine's usage",
+    ["model"],
+    registry=REGISTRY,
+)
+TOKENS_PER_SECOND = Histogram(
+    "inventiv_gateway_output_tokens_per_second",
+    "Output tokens per second of each streamed request, after its first token",
+    ["model"],
+    buckets=_RATE_BUCKETS,
+    registry=REGISTRY,
+)
+QUEUE_LENGTH = Gauge(
+    "inventiv_gateway_queue_length",
+    "Requests waiting for capacity",
+    ["model"],
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+QUEUE_WAIT = Histogram(
+    "inventiv_gateway_queue_wait_seconds",
+    "Time requests waited in the queue (served or timed out)",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+INFLIGHT = Gauge(
+    "inventiv_gateway_inflight_requests",
+    "Requests in flight per instance",
+    ["model", "instance"],
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+RATE_LIMITED = Counter(
+    "inventiv_gateway_rate_limit_rejections",
+    "Requests refused with 429, by limit",
+    ["limit"],
+    registry=REGISTRY,
+)
+LOGS_DROPPED = Counter(
+    "inventiv_gateway_request_logs_dropped",
+    "Request log rows dropped because the buffer was full while the database was down",
+    registry=REGISTRY,
+)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text (all workers' values when running several processes)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        prom_multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,68 @@
+"""Gateway-only settings (environment variables prefixed INVENTIV_GATEWAY_).
+
+Addresses (host, port, database, Redis) come from core.settings.Settings; these tune the data
+plane itself.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INVENTIV_GATEWAY_", extra="ignore")
+
+    workers: int = Field(
+        default=1, ge=1, description="Worker processes sharing the port (SO_REUSEPORT)"
+    )
+    # Routing
+    max_inflight_per_gpu: int = Field(
+        default=64, ge=1, description="Requests in flight per GPU before an instance is saturated"
+    )
+    sticky_load_factor: float = Field(
+        default=1.25,
+        gt=1.0,
+        description="Bounded-load stickiness: a session's instance is used unless its load "
+        "exceeds this factor times the average",
+    )
+    session_header: str = Field(
+        default="x-session-id", description="Header naming a session (affinity 'header')"
+    )
+    load_stale_s: float = Field(
+        default=5.0, description="Engine load reports older than this are ignored"
+    )
+    eject_after_failures: int = Field(
+        default=3, ge=1, description="Consecutive failures before an instance is ejected"
+    )
+    eject_s: float = Field(default=10.0, description="How long an ejected instance is skipped")
+    # Queue
+    queue_size: int = Field(default=1000, ge=0, description="Waiting requests per model, at most")
+    queue_deadline_s: float = Field(
+        default=30.0, description="Longest wait in the queue before 503 with Retry-After"
+    )
+    # Upstream
+    connect_timeout_s: float = Field(default=5.0, description="Engine connect timeout")
+    keepalive_interval_s: float = Field(
+        default=15.0, description="SSE keep-alive comment period while waiting for a first token"
+    )
+    # Background refreshes
+    registry_refresh_s: float = Field(
+        default=3.0, description="Full re-read of the routing registry (safety net for pub/sub)"
+    )
+    load_poll_s: float = Field(default=1.0, description="Engine load poll period")
+    deployments_refresh_s: float = Field(
+        default=5.0, description="Refresh period of the model -> deployment cache"
+    )
+    load_publish_s: float = Field(
+        default=1.0, description="Period of the load signals published for the autoscaler"
+    )
+    unknown_key_ttl_s: float = Field(
+        default=5.0, description="How long an unknown API key is remembered as unknown"
+    )
+    # Request logs
+    log_flush_s: float = Field(default=1.0, description="Request log batch period")
+    log_batch_size: int = Field(default=500, ge=1, description="Rows per request log insert")
+    log_buffer_max: int = Field(
+        default=100_000, ge=1, description="Request logs kept while the database is down"
+    )

@@ -1,0 +1,164 @@
+"""Gateway fixtures: real engines on loopback, the gateway served by uvicorn, rows in PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from api.security import new_api_key
+from core.embedded import free_port
+from core.models import ApiKey
+from core.redis_keys import ROUTING_CHANNEL, ROUTING_REGISTRY
+from core.settings import Settings
+from core.wire import RegistryChange, RoutableInstance
+from gateway.app import Gateway, create_app
+from gateway.settings import GatewaySettings
+from tests.factories import Seeded, seed
+from tests.gateway.engine import RunningServer, TestEngine
+
+MODEL = "test-model"
+
+
+@pytest.fixture
+def gateway_settings() -> GatewaySettings:
+    """Short periods so tests see changes quickly; tests may tweak fields before the gateway starts."""
+    return GatewaySettings(
+        registry_refresh_s=0.5,
+        load_poll_s=0.2,
+        deployments_refresh_s=0.5,
+        load_publish_s=0.2,
+        log_flush_s=0.2,
+        queue_deadline_s=2.0,
+        keepalive_interval_s=0.3,
+        eject_s=1.0,
+        max_inflight_per_gpu=64,
+    )
+
+
+@pytest.fixture
+async def seeded(sessionmaker) -> Seeded:  # type: ignore[no-untyped-def]
+    async with sessionmaker() as session:
+        return await seed(session, model=MODEL)
+
+
+async def add_key(
+    sessionmaker,  # type: ignore[no-untyped-def]
+    project_id: uuid.UUID,
+    rpm: int | None = None,
+    tpm: int | None = None,
+) -> tuple[str, ApiKey]:
+    secret, prefix, key_hash = new_api_key()
+    row = ApiKey(
+        project_id=project_id,
+        name="extra",
+        prefix=prefix,
+        key_hash=key_hash,
+        rpm_limit=rpm,
+        tpm_limit=tpm,
+    )
+    async with sessionmaker() as session:
+        session.add(row)
+        await session.commit()
+    return secret, row
+
+
+@dataclass
+class Engines:
+    """Real engine servers started for a test."""
+
+    start: Callable[[str], Awaitable[TestEngine]]
+    servers: dict[str, RunningServer]
+
+
+@pytest.fixture
+async def engines() -> AsyncIterator[Engines]:
+    servers: dict[str, RunningServer] = {}
+
+    async def start(name: str) -> TestEngine:
+        engine = TestEngine(name=name)
+        server = RunningServer(engine, free_port())
+        await server.start()
+        servers[name] = server
+        return engine
+
+    yield Engines(start, servers)
+    for server in servers.values():
+        await server.stop()
+
+
+class Registry:
+    """Writes the routing registry the way the worker's activities do (hash + channel)."""
+
+    def __init__(self, redis: aioredis.Redis, seeded: Seeded) -> None:
+        self.redis = redis
+        self.seeded = seeded
+
+    def instance(
+        self, url: str, *, gpu_count: int = 1, affinity: str = "header", model: str = MODEL
+    ) -> RoutableInstance:
+        return RoutableInstance(
+            instance_id=str(uuid.uuid4()),
+            deployment_id=str(self.seeded.deployment.id),
+            project_id=str(self.seeded.project.id),
+            model=model,
+            engine_url=url,
+            gpu_count=gpu_count,
+            session_affinity=affinity,
+        )
+
+    async def put(self, instance: RoutableInstance) -> None:
+        await self.redis.hset(ROUTING_REGISTRY, instance.instance_id, instance.model_dump_json())
+        change = RegistryChange(op="put", instance_id=instance.instance_id, instance=instance)
+        await self.redis.publish(ROUTING_CHANNEL, change.model_dump_json())
+
+    async def remove(self, instance_id: str) -> None:
+        await self.redis.hdel(ROUTING_REGISTRY, instance_id)
+        change = RegistryChange(op="remove", instance_id=instance_id)
+        await self.redis.publish(ROUTING_CHANNEL, change.model_dump_json())
+
+
+@pytest.fixture
+def registry(redis_client: aioredis.Redis, seeded: Seeded) -> Registry:
+    return Registry(redis_client, seeded)
+
+
+@dataclass
+class RunningGateway:
+    app: Gateway
+    url: str
+    server: RunningServer
+
+    def client(self, key: str | None) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=30)
+
+
+@pytest.fixture
+async def start_gateway(
+    settings: Settings, gateway_settings: GatewaySettings
+) -> AsyncIterator[Callable[[], Awaitable[RunningGateway]]]:
+    started: list[RunningGateway] = []
+
+    async def start() -> RunningGateway:
+        app = create_app(settings, gateway_settings)
+        server = RunningServer(app, free_port())
+        await server.start()
+        running = RunningGateway(app, server.url, server)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        await running.server.stop()
+
+
+@pytest.fixture
+async def gateway(
+    start_gateway: Callable[[], Awaitable[RunningGateway]], seeded: Seeded
+) -> RunningGateway:
+    return await start_gateway()

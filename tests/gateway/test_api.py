@@ -1,0 +1,155 @@
+"""The OpenAI surface: keys, errors, models, completions (plain and streamed) with the official
+client, and request logs with usage."""
+
+from __future__ import annotations
+
+import asyncio
+
+import openai
+import pytest
+from sqlmodel import select
+
+from core.models import RequestLog
+from tests.factories import Seeded
+from tests.gateway.conftest import MODEL, Engines, Registry, RunningGateway
+
+
+async def wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+def assert_openai_error(body: dict, code: str | None) -> None:  # type: ignore[type-arg]
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    assert error["code"] == code
+
+
+async def test_keys_are_required_and_checked(gateway: RunningGateway, seeded: Seeded) -> None:
+    payload = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    async with gateway.client(None) as client:
+        missing = await client.post("/v1/chat/completions", json=payload)
+    async with gateway.client("sk-inv-not-a-key") as client:
+        wrong = await client.post("/v1/chat/completions", json=payload)
+        models = await client.get("/v1/models")
+    for response in (missing, wrong, models):
+        assert response.status_code == 401
+        assert_openai_error(response.json(), "invalid_api_key")
+
+
+async def test_bad_requests_get_clear_4xx(gateway: RunningGateway, seeded: Seeded) -> None:
+    async with gateway.client(seeded.api_key) as client:
+        not_json = await client.post(
+            "/v1/chat/completions", content=b"{nope", headers={"content-type": "application/json"}
+        )
+        no_messages = await client.post("/v1/chat/completions", json={"model": MODEL})
+        no_model = await client.post("/v1/completions", json={"prompt": "x"})
+        not_object = await client.post("/v1/completions", json=[1, 2])
+        bad_stream = await client.post(
+            "/v1/completions", json={"model": MODEL, "prompt": "x", "stream": "yes"}
+        )
+        unknown = await client.post(
+            "/v1/chat/completions",
+            json={"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]},
+        )
+        wrong_method = await client.get("/v1/chat/completions")
+    for response in (not_json, no_messages, no_model, not_object, bad_stream):
+        assert response.status_code == 400, response.text
+        assert_openai_error(response.json(), "invalid_request")
+    assert no_messages.json()["error"]["param"] == "messages"
+    assert unknown.status_code == 404
+    assert_openai_error(unknown.json(), "model_not_found")
+    assert wrong_method.status_code == 405
+
+
+async def test_models_lists_served_names(
+    gateway: RunningGateway, seeded: Seeded, engines: Engines, registry: Registry
+) -> None:
+    engine = await engines.start("a")
+    await registry.put(registry.instance(engines.servers["a"].url, model="other-model"))
+    await wait_for(lambda: "other-model" in gateway.app.router.by_model)
+    client = openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=seeded.api_key)
+    names = sorted([m.id async for m in client.models.list()])
+    assert names == ["other-model", MODEL]
+    assert (await client.models.retrieve(MODEL)).id == MODEL
+    with pytest.raises(openai.NotFoundError):
+        await client.models.retrieve("nothing")
+    assert engine.requests == []  # listing models never reaches an engine
+
+
+async def test_openai_client_every_endpoint_and_usage_logged(
+    gateway: RunningGateway,
+    seeded: Seeded,
+    engines: Engines,
+    registry: Registry,
+    sessionmaker,  # type: ignore[no-untyped-def]
+) -> None:
+    engine = await engines.start("a")
+    instance = registry.instance(engines.servers["a"].url)
+    await registry.put(instance)
+    await wait_for(lambda: MODEL in gateway.app.router.by_model)
+    client = openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=seeded.api_key)
+
+    chat = await client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hello"}]
+    )
+    assert chat.choices[0].message.content == "t0 t1 t2"
+    assert chat.usage is not None and chat.usage.completion_tokens == 3
+
+    completion = await client.completions.create(model=MODEL, prompt="hello")
+    assert completion.choices[0].text == "t0 t1 t2"
+
+    embedding = await client.embeddings.create(model=MODEL, input="hello")
+    assert embedding.data[0].embedding == [0.1, 0.2, 0.3]
+
+    # A stream without include_usage: the client sees no usage chunk, the log still has usage.
+    pieces = []
+    stream = await client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hello"}], stream=True
+    )
+    async for chunk in stream:
+        assert chunk.choices, "the usage-only chunk the gateway asked for must be removed"
+        pieces.append(chunk.choices[0].delta.content)
+    assert "".join(p for p in pieces if p) == "t0 t1 t2 "
+    assert engine.requests[-1].body["stream_options"] == {"include_usage": True}
+
+    # A stream that asked for usage keeps it.
+    stream = await client.completions.create(
+        model=MODEL, prompt="hello", stream=True, stream_options={"include_usage": True}
+    )
+    usages = [chunk.usage async for chunk in stream if chunk.usage is not None]
+    assert [u.completion_tokens for u in usages] == [3]
+
+    async def logged() -> list[RequestLog]:
+        async with sessionmaker() as session:
+            return list((await session.exec(select(RequestLog).order_by(RequestLog.id))).all())
+
+    rows: list[RequestLog] = []
+    for _ in range(100):
+        rows = await logged()
+        if len(rows) == 5:
+            break
+        await asyncio.sleep(0.05)
+    assert len(rows) == 5
+    assert [r.streamed for r in rows] == [False, False, False, True, True]
+    assert [r.output_tokens for r in rows] == [3, 3, 0, 3, 3]
+    assert all(r.input_tokens == 7 for r in rows)
+    assert all(r.status_code == 200 for r in rows)
+    assert {r.api_key_id for r in rows} == {seeded.api_key_row.id}
+    assert {str(r.instance_id) for r in rows} == {instance.instance_id}
+    assert {r.deployment_id for r in rows} == {seeded.deployment.id}
+    assert all(r.ttft_ms is not None and r.ttft_ms > 0 for r in rows if r.streamed)
+
+
+async def test_metrics_exposed(gateway: RunningGateway, seeded: Seeded) -> None:
+    async with gateway.client(None) as client:
+        health = await client.get("/healthz")
+        ready = await client.get("/readyz")
+        metrics = await client.get("/metrics")
+    assert health.status_code == 200
+    assert ready.status_code == 200
+    assert "inventiv_gateway_requests_total" in metrics.text
