@@ -87,8 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         "flags it does not model are accepted and ignored.",
     )
     d = SimConfig()
-    parser.add_argument("model_tag", nargs="?", help="model, as in `vllm serve MODEL`")
-    parser.add_argument("--model", help="model (the --model form)")
+    parser.add_argument("--model", help="model; `vllm serve MODEL` puts it first instead")
     parser.add_argument("--served-model-name", nargs="+", default=[], dest="served_model_names")
     parser.add_argument("--host", default=d.host)
     parser.add_argument("--port", type=int, default=d.port)
@@ -142,8 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str]) -> SimConfig:
     parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    model = args.model or args.model_tag
+    # `vllm serve MODEL --flags`: the model comes first. It is not an argparse positional, which
+    # would swallow the value of the first unknown flag (`--dtype bfloat16`).
+    model_tag = argv[0] if argv and not argv[0].startswith("-") else None
+    args, unknown = parser.parse_known_args(argv[1:] if model_tag else argv)
+    model = args.model or model_tag
     if not model:
         parser.error("a model is required: `python -m agent.sim MODEL` or `--model MODEL`")
     kv_tokens = args.kv_cache_tokens

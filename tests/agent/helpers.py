@@ -136,7 +136,14 @@ async def serving(app: Any) -> AsyncIterator[str]:
 
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="on",
+            timeout_graceful_shutdown=1,
+        )
     )
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]  # pytest's
     task = asyncio.create_task(server.serve())

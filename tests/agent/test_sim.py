@@ -1,0 +1,213 @@
+"""The vLLM simulator, served for real over HTTP and read with the official `openai` client."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent.sim.config import parse_args
+from agent.sim.server import create_app
+from core.embedded import free_port
+from tests.agent.helpers import REPO_ROOT, serving, spawn, wait_for
+
+MODEL = "sim-model"
+
+
+@asynccontextmanager
+async def simulator(*flags: str) -> AsyncIterator[str]:
+    """The simulator's app in this process, behind a real uvicorn server."""
+    config = parse_args([MODEL, *flags])
+    async with serving(create_app(config)) as url:
+        yield url
+
+
+def client(url: str, **options: float) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, **options)
+
+
+async def scrape(url: str) -> dict[str, float]:
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"{url}/metrics")).text
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_every_endpoint_parses_with_the_openai_client() -> None:
+    async with simulator("--served-model-name", MODEL, "alias") as url:
+        api = client(url)
+        models = await api.models.list()
+        assert [m.id for m in models.data] == [MODEL, "alias"]
+
+        chat = await api.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Hello there, engine!"}],
+            max_tokens=7,
+        )
+        assert chat.choices[0].message.role == "assistant" and chat.choices[0].message.content
+        assert chat.choices[0].finish_reason == "length"
+        assert chat.usage is not None and chat.usage.completion_tokens == 7
+        # deterministic tokenizer: 3 reply + 4 per message + "Hell o ther e , engi ne !" = 15
+        assert chat.usage.prompt_tokens == 15
+
+        stream = await api.chat.completions.create(
+            model="alias",
+            messages=[{"role": "user", "content": "Hi"}],
+            max_tokens=5,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [chunk async for chunk in stream]
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert len(text.split()) == 5
+        assert chunks[-1].choices == [] and chunks[-1].usage is not None
+        assert chunks[-1].usage.completion_tokens == 5
+        assert all(c.usage is None for c in chunks[:-1])
+
+        completion = await api.completions.create(model=MODEL, prompt="Once upon", max_tokens=4)
+        assert completion.usage is not None and completion.usage.prompt_tokens == 2
+        assert len(completion.choices[0].text.split()) == 4
+
+        streamed = await api.completions.create(
+            model=MODEL, prompt=[1, 2, 3], max_tokens=3, stream=True
+        )
+        pieces = [chunk async for chunk in streamed]
+        assert pieces[-1].choices[0].finish_reason == "length"
+        assert all(p.usage is None for p in pieces)  # no usage chunk unless asked for
+
+
+async def test_same_seed_gives_the_same_output() -> None:
+    async with simulator("--seed", "7") as url:
+        api = client(url)
+        texts = [
+            (await api.completions.create(model=MODEL, prompt="x", max_tokens=8, seed=42))
+            .choices[0]
+            .text
+            for _ in range(2)
+        ]
+    assert texts[0] == texts[1]
+
+
+async def test_bad_requests_get_vllm_style_errors() -> None:
+    async with simulator("--max-model-len", "64") as url:
+        api = client(url)
+        with pytest.raises(openai.NotFoundError, match="does not exist"):
+            await api.completions.create(model="other", prompt="x", max_tokens=1)
+        with pytest.raises(openai.BadRequestError, match="maximum context length is 64"):
+            await api.completions.create(model=MODEL, prompt="word " * 80, max_tokens=1)
+        async with httpx.AsyncClient(base_url=url) as http:
+            broken = await http.post("/v1/chat/completions", content=b"{not json")
+            missing = await http.post("/v1/chat/completions", json={"model": MODEL})
+        assert broken.status_code == 400 and missing.status_code == 400
+        assert "messages" in missing.json()["message"]
+
+
+async def test_requests_beyond_max_num_seqs_wait_and_their_ttft_grows() -> None:
+    async with simulator("--max-num-seqs", "2", "--inter-token-latency-s", "0.02") as url:
+        api = client(url)
+
+        async def ttft() -> float:
+            start = time.monotonic()
+            stream = await api.completions.create(
+                model=MODEL, prompt="hello", max_tokens=15, stream=True
+            )
+            first: float | None = None
+            async for _ in stream:
+                first = first or time.monotonic() - start
+            assert first is not None
+            return first
+
+        tasks = [asyncio.create_task(ttft()) for _ in range(6)]
+
+        async def queued() -> dict[str, float] | None:
+            metrics = await scrape(url)
+            return metrics if metrics["vllm:num_requests_waiting"] > 0 else None
+
+        metrics = await wait_for(queued, 10, "requests to queue")
+        assert metrics["vllm:num_requests_running"] == 2
+        assert metrics["vllm:num_requests_waiting"] == 4
+        ttfts = sorted(await asyncio.gather(*tasks))
+        # the last two waited for two full batches of 15 tokens before their first token
+        assert ttfts[-1] > 3 * ttfts[0]
+        after = await scrape(url)
+        assert after["vllm:num_requests_waiting"] == after["vllm:num_requests_running"] == 0
+        assert after["vllm:time_to_first_token_seconds_count"] == 6
+        assert after["vllm:generation_tokens_total"] == 6 * 15
+
+
+async def test_kv_cache_usage_rises_with_long_prompts_and_full_cache_makes_requests_wait() -> None:
+    async with simulator("--kv-cache-tokens", "2048", "--inter-token-latency-s", "0.02") as url:
+        api = client(url)
+        long_prompt = "word " * 1200  # 1200 tokens + 20 output: 60% of the cache each
+        tasks = [
+            asyncio.create_task(
+                api.completions.create(model=MODEL, prompt=long_prompt, max_tokens=20)
+            )
+            for _ in range(2)
+        ]
+
+        async def full() -> dict[str, float] | None:
+            metrics = await scrape(url)
+            return metrics if metrics["vllm:kv_cache_usage_perc"] > 0.5 else None
+
+        metrics = await wait_for(full, 10, "KV usage to rise")
+        assert metrics["vllm:num_requests_running"] == 1  # the second does not fit beside it
+        assert metrics["vllm:num_requests_waiting"] == 1
+        await asyncio.gather(*tasks)
+        assert (await scrape(url))["vllm:kv_cache_usage_perc"] == 0
+
+
+async def test_injected_errors_and_hangs() -> None:
+    async with simulator("--fault-error-rate", "503:1.0") as url:
+        with pytest.raises(openai.APIStatusError) as raised:
+            await client(url).completions.create(model=MODEL, prompt="x", max_tokens=1)
+        assert raised.value.status_code == 503
+    async with simulator("--fault-hang-rate", "1", "--fault-hang-s", "5") as url:
+        with pytest.raises(openai.APITimeoutError):
+            await client(url, timeout=0.5).completions.create(model=MODEL, prompt="x", max_tokens=1)
+
+
+async def test_cli_accepts_vllm_flags_and_crashes_after_n_requests(tmp_path: Path) -> None:
+    port = free_port()
+    command = [
+        sys.executable, "-m", "agent.sim",
+        "--model", MODEL, "--port", str(port), "--model-load-delay-s", "0.1",
+        "--enable-prefix-caching", "--dtype", "bfloat16", "--fault-crash-after", "2",
+    ]  # fmt: skip
+    process = await asyncio.to_thread(
+        spawn, command, {"PYTHONPATH": str(REPO_ROOT)}, tmp_path / "sim.log"
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        await wait_for(lambda: _answers(url), 20, "the simulator to listen")
+        api = client(url)
+        for _ in range(2):
+            await api.completions.create(model=MODEL, prompt="x", max_tokens=1)
+        with pytest.raises(openai.APIConnectionError):
+            await api.completions.create(model=MODEL, prompt="x", max_tokens=1)
+        assert await asyncio.to_thread(process.wait, 10) == 70
+        log = (tmp_path / "sim.log").read_text()
+        assert "--enable-prefix-caching --dtype bfloat16" in log and "simulated crash" in log
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+async def _answers(url: str) -> bool:
+    try:
+        async with httpx.AsyncClient() as http:
+            return (await http.get(f"{url}/health")).status_code == 200
+    except httpx.HTTPError:
+        return False
