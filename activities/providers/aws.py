@@ -49,6 +49,10 @@ AWS_OFFERS: tuple[InstanceOffer, ...] = (
 EFA_TYPES = frozenset({"p4d.24xlarge", "p5.48xlarge"})
 EFA_ENV = {"FI_PROVIDER": "efa", "FI_EFA_USE_DEVICE_RDMA": "1", "NCCL_NET": "ofi"}
 
+# io1/io2 volumes need an explicit IOPS figure; this one is within both types' limits.
+PROVISIONED_IOPS_TYPES = frozenset({"io1", "io2"})
+PROVISIONED_IOPS = 3000
+
 _CAPACITY_CODES = frozenset(
     {
         "InsufficientInstanceCapacity",
@@ -286,17 +290,14 @@ class AWSCompute(Compute, PublicIPMixin):
             }
         ]
         for index, volume in enumerate(request.volumes):
-            ebs_type = volume.volume_type if volume.volume_type != "data" else "gp3"
-            mappings.append(
-                {
-                    "DeviceName": f"/dev/sd{chr(ord('f') + index)}",
-                    "Ebs": {
-                        "VolumeSize": max(1, round(volume.size_gb)),
-                        "VolumeType": ebs_type,
-                        "DeleteOnTermination": volume.delete_on_terminate,
-                    },
-                }
-            )
+            ebs: dict[str, Any] = {
+                "VolumeSize": max(1, round(volume.size_gb)),
+                "VolumeType": volume.volume_type if volume.volume_type != "data" else "gp3",
+                "DeleteOnTermination": volume.delete_on_terminate,
+            }
+            if ebs["VolumeType"] in PROVISIONED_IOPS_TYPES:
+                ebs["Iops"] = PROVISIONED_IOPS
+            mappings.append({"DeviceName": f"/dev/sd{chr(ord('f') + index)}", "Ebs": ebs})
         tags = _tags(request.instance_id)
         kwargs: dict[str, Any] = {
             "ImageId": image["ImageId"],

@@ -58,7 +58,7 @@ async def test_tags_volumes_and_user_data(aws_settings: AWSSettings, ec2: EC2Cli
     request = _request(
         volumes=[
             VolumeSpec(size_gb=50),
-            VolumeSpec(size_gb=20, delete_on_terminate=False, volume_type="io2"),
+            VolumeSpec(size_gb=20, delete_on_terminate=False, volume_type="gp2"),
         ]
     )
     created = await compute.create(request)
@@ -72,7 +72,7 @@ async def test_tags_volumes_and_user_data(aws_settings: AWSSettings, ec2: EC2Cli
     assert set(volumes) == {100, 50, 20}
     assert volumes[100].is_boot and volumes[100].delete_on_terminate
     assert volumes[50].delete_on_terminate and not volumes[50].is_boot
-    assert not volumes[20].delete_on_terminate and volumes[20].volume_type == "io2"
+    assert not volumes[20].delete_on_terminate and volumes[20].volume_type == "gp2"
     for volume in ec2.describe_volumes(VolumeIds=[v.volume_id for v in volumes.values()])[
         "Volumes"
     ]:
@@ -95,12 +95,12 @@ async def test_tags_volumes_and_user_data(aws_settings: AWSSettings, ec2: EC2Cli
     ]  # DeleteOnTermination removed boot and data volumes
     await compute.delete_volume(volumes[20].volume_id)
     await compute.delete_volume(volumes[20].volume_id)  # idempotent
-    assert not [v for v in await compute.list_tagged_volumes() if v.instance_id == request.instance_id]
+    assert not [
+        v for v in await compute.list_tagged_volumes() if v.instance_id == request.instance_id
+    ]
 
 
-async def test_elastic_ip_attached_and_released(
-    aws_settings: AWSSettings, ec2: EC2Client
-) -> None:
+async def test_elastic_ip_attached_and_released(aws_settings: AWSSettings, ec2: EC2Client) -> None:
     compute = AWSCompute(aws_settings.model_copy(update={"elastic_ip": True}))
     request = _request()
     created = await compute.create(request)
