@@ -52,6 +52,9 @@ class AgentSettings(BaseSettings):
     hf_token: SecretStr = Field(default=SecretStr(""), description="Hub token for gated models")
     model_revision: str = Field(default="main", description="Hub revision to download")
     download_attempts: int = Field(default=3, description="Tries per file before giving up")
+    verify_cache: bool = Field(
+        default=True, description="Check cached files' digests at start, not only their sizes"
+    )
 
     restart_backoff_s: float = Field(default=1.0, description="First restart delay; doubles")
     restart_backoff_max_s: float = Field(default=60.0, description="Longest restart delay")

@@ -1,0 +1,218 @@
+"""Model download and cache against a local hub-compatible HTTP server and moto's S3 server."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from fastapi import FastAPI, Response
+from moto.server import ThreadedMotoServer
+
+from agent.model_cache import MANIFEST, ModelCache, ModelDownloadError
+from agent.settings import AgentSettings
+from core.embedded import free_port
+from tests.agent.helpers import get_json, running_agent, serving, wait_for
+
+MODEL = "acme/tiny-llm"
+FILES = {
+    "config.json": b'{"architectures": ["LlamaForCausalLM"]}',
+    "model.safetensors": os.urandom(300_000),
+    "tokenizer/tokenizer.json": b'{"version": "1.0"}' * 50,
+}
+LFS = {"model.safetensors"}
+
+
+def git_blob_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+@dataclass
+class FakeHub:
+    """Serves FILES the way huggingface.co does: a tree listing with sizes and digests."""
+
+    requests: Counter[str] = field(default_factory=Counter)
+    short_responses: int = 0  # this many downloads stop at half the file
+    corrupt: bool = False
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.get("/api/models/{org}/{name}/tree/{revision}")
+        async def tree(org: str, name: str, revision: str) -> Any:
+            if f"{org}/{name}" != MODEL:
+                return Response(status_code=404)
+            return [{"type": "directory", "path": "tokenizer", "size": 0}] + [
+                {
+                    "type": "file",
+                    "path": path,
+                    "size": len(data),
+                    "oid": git_blob_sha1(data),
+                    "lfs": {"oid": hashlib.sha256(data).hexdigest(), "size": len(data)}
+                    if path in LFS
+                    else None,
+                }
+                for path, data in FILES.items()
+            ]
+
+        @app.get("/{org}/{name}/resolve/{revision}/{path:path}")
+        async def resolve(org: str, name: str, revision: str, path: str) -> Response:
+            self.requests[path] += 1
+            data = FILES[path]
+            if self.short_responses > 0:
+                self.short_responses -= 1
+                data = data[: len(data) // 2]
+            elif self.corrupt:
+                data = bytes([data[0] ^ 0xFF]) + data[1:]
+            return Response(data, media_type="application/octet-stream")
+
+        return app
+
+
+@pytest.fixture
+async def hub() -> AsyncIterator[tuple[FakeHub, str]]:
+    fake = FakeHub()
+    async with serving(fake.app()) as url:
+        yield fake, url
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def cache_settings(tmp_path: Path, hub_url: str, **extra: Any) -> AgentSettings:
+    return AgentSettings(
+        model=MODEL, model_cache_dir=tmp_path / "cache", hf_endpoint=hub_url, **extra
+    )
+
+
+def cached_bytes(path: str | Path) -> dict[str, bytes]:
+    root = Path(path)
+    return {name: (root / name).read_bytes() for name in FILES}
+
+
+async def test_downloads_from_the_hub_then_serves_from_the_cache(
+    tmp_path: Path, hub: tuple[FakeHub, str]
+) -> None:
+    fake, url = hub
+    cache = ModelCache(cache_settings(tmp_path, url))
+    folder = await cache.ensure()
+    assert await asyncio.to_thread(cached_bytes, folder) == FILES
+    assert cache.progress.state == "done" and cache.progress.source == "hub"
+    assert cache.progress.bytes_done == cache.progress.bytes_total == sum(map(len, FILES.values()))
+    assert cache.progress.files_done == 3
+
+    again = ModelCache(cache_settings(tmp_path, url))
+    assert await again.ensure() == folder
+    assert again.progress.source == "cache"
+    assert sum(fake.requests.values()) == 3  # nothing downloaded twice
+
+
+async def test_a_truncated_cached_file_is_detected_and_downloaded_again(
+    tmp_path: Path, hub: tuple[FakeHub, str]
+) -> None:
+    fake, url = hub
+    folder = Path(await ModelCache(cache_settings(tmp_path, url)).ensure())
+    weights = folder / "model.safetensors"
+    await asyncio.to_thread(weights.write_bytes, FILES["model.safetensors"][:1000])
+
+    cache = ModelCache(cache_settings(tmp_path, url))
+    await cache.ensure()
+    assert cache.progress.source == "hub"
+    assert await asyncio.to_thread(cached_bytes, folder) == FILES
+    assert fake.requests["model.safetensors"] == 2 and fake.requests["config.json"] == 1
+
+
+async def test_a_short_download_is_retried(tmp_path: Path, hub: tuple[FakeHub, str]) -> None:
+    fake, url = hub
+    fake.short_responses = 1
+    folder = await ModelCache(cache_settings(tmp_path, url)).ensure()
+    assert await asyncio.to_thread(cached_bytes, folder) == FILES
+    assert sum(fake.requests.values()) == 4
+
+
+async def test_a_corrupt_download_is_never_served(tmp_path: Path, hub: tuple[FakeHub, str]) -> None:
+    fake, url = hub
+    fake.corrupt = True
+    cache = ModelCache(cache_settings(tmp_path, url, download_attempts=2))
+    with pytest.raises(ModelDownloadError, match=r"git sha1|sha256"):
+        await cache.ensure()
+    assert cache.progress.state == "failed" and cache.progress.error
+    leftovers = [p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert leftovers == []  # no file in place, no .partial, no manifest
+
+
+async def test_an_unknown_model_fails_with_a_clear_error(
+    tmp_path: Path, hub: tuple[FakeHub, str]
+) -> None:
+    _, url = hub
+    settings = cache_settings(tmp_path, url)
+    settings.model = "acme/missing"
+    with pytest.raises(ModelDownloadError, match="HTTP 404 for acme/missing"):
+        await ModelCache(settings).ensure()
+
+
+async def test_the_s3_prefix_is_tried_before_the_hub(
+    tmp_path: Path, hub: tuple[FakeHub, str], s3: str
+) -> None:
+    fake, url = hub
+
+    def upload() -> None:
+        client = boto3.client("s3", endpoint_url=s3)
+        client.create_bucket(Bucket="models")
+        for path, data in FILES.items():
+            client.put_object(Bucket="models", Key=f"mirror/{MODEL}/{path}", Body=data)
+
+    await asyncio.to_thread(upload)
+    cache = ModelCache(
+        cache_settings(tmp_path, url, model_s3_prefix="s3://models/mirror", s3_endpoint_url=s3)
+    )
+    folder = await cache.ensure()
+    assert cache.progress.source == "s3"
+    assert await asyncio.to_thread(cached_bytes, folder) == FILES
+    assert sum(fake.requests.values()) == 0
+
+    elsewhere = ModelCache(
+        cache_settings(
+            tmp_path / "other", url, model_s3_prefix="s3://models/empty", s3_endpoint_url=s3
+        )
+    )
+    await elsewhere.ensure()
+    assert elsewhere.progress.source == "hub"  # nothing under that prefix: the hub serves it
+
+
+async def test_the_agent_downloads_the_model_then_serves_it_from_the_cache(
+    tmp_path: Path, hub: tuple[FakeHub, str]
+) -> None:
+    _, url = hub
+    async with running_agent(
+        tmp_path, model=MODEL, model_cache_dir=tmp_path / "cache", hf_endpoint=url
+    ) as agent:
+
+        async def ready() -> bool:
+            answer = await get_json(f"{agent.url}/readyz")
+            return answer is not None and answer[0] == 200
+
+        await wait_for(ready, 30, "readiness")
+        _, info = await get_json(f"{agent.url}/info") or (0, {})
+    assert info["model_download"]["state"] == "done"
+    assert info["model_download"]["bytes_done"] == sum(map(len, FILES.values()))
+    local = str(tmp_path / "cache" / "acme--tiny-llm")
+    assert info["engine"]["command"][3] == local  # the engine loads the cached copy
+    assert info["served_name"] == MODEL
+    assert (tmp_path / "cache" / "acme--tiny-llm" / MANIFEST).exists()
