@@ -175,7 +175,9 @@ async def test_bad_credentials_and_unknown_types(
         await ScalewayCompute(scaleway_settings).create(
             _request(instance_type="H100-1-80G", flavor="amd-mi300")
         )
-    wrong = ScalewayCompute(scaleway_settings.model_copy(update={"secret_key": SecretStr(str(uuid.uuid4()))}))
+    wrong = ScalewayCompute(
+        scaleway_settings.model_copy(update={"secret_key": SecretStr(str(uuid.uuid4()))})
+    )
     with pytest.raises(InvalidRequestError, match="401 denied_authentication"):
         await wrong.list_tagged()
     malformed = scaleway_settings.model_copy(update={"secret_key": SecretStr("hunter2-secret")})
