@@ -12,7 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 
-from api.security import decode_access_token
+from api.security import decode_access_token, revoked_session_key
 from core.models import Role, User
 from core.settings import Settings
 
@@ -43,15 +43,24 @@ RedisDep = Annotated[aioredis.Redis, Depends(get_redis)]
 TemporalDep = Annotated[Client, Depends(get_temporal)]
 
 
-async def get_current_user(
+def session_token(
     request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str | None:
+    """The session token: a bearer token, else the httpOnly session cookie."""
+    return credentials.credentials if credentials else request.cookies.get(SESSION_COOKIE)
+
+
+SessionToken = Annotated[str | None, Depends(session_token)]
+
+
+async def get_current_user(
+    session: SessionDep, redis: RedisDep, settings: SettingsDep, token: SessionToken
 ) -> User:
-    """A person logged in with a bearer token or the httpOnly session cookie."""
-    token = credentials.credentials if credentials else request.cookies.get(SESSION_COOKIE)
+    """A person logged in with a bearer token or the httpOnly session cookie, not logged out."""
     subject = decode_access_token(token, settings.secret_key or "") if token else None
+    if subject is not None and token and await redis.exists(revoked_session_key(token)):
+        subject = None
     if subject is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,

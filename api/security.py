@@ -9,6 +9,7 @@ import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from core.redis_keys import PREFIX
 from core.tokens import token_hash
 
 _hasher = PasswordHasher()
@@ -29,18 +30,42 @@ def verify_password(password: str, hashed: str) -> bool:
 
 def create_access_token(subject: str, secret: str, ttl_s: int) -> str:
     now = datetime.now(UTC)
-    payload = {"sub": subject, "iat": now, "exp": now + timedelta(seconds=ttl_s)}
+    payload = {
+        "sub": subject,
+        "iat": now,
+        "exp": now + timedelta(seconds=ttl_s),
+        "jti": secrets.token_hex(8),  # each login its own token, so logout ends only that one
+    }
     return jwt.encode(payload, secret, algorithm=ALGORITHM)
 
 
 def decode_access_token(token: str, secret: str) -> str | None:
     """The subject of a valid, unexpired token; None otherwise."""
+    payload = _claims(token, secret)
+    sub = payload.get("sub") if payload else None
+    return sub if isinstance(sub, str) else None
+
+
+def token_seconds_left(token: str, secret: str) -> int:
+    """Seconds before a valid token expires (0 for an invalid or expired one)."""
+    payload = _claims(token, secret)
+    exp = payload.get("exp") if payload else None
+    if not isinstance(exp, int | float):
+        return 0
+    return max(0, int(exp - datetime.now(UTC).timestamp()) + 1)
+
+
+def _claims(token: str, secret: str) -> dict[str, object] | None:
     try:
         payload = jwt.decode(token, secret, algorithms=[ALGORITHM])
     except jwt.PyJWTError:
         return None
-    sub = payload.get("sub")
-    return sub if isinstance(sub, str) else None
+    return payload if isinstance(payload, dict) else None
+
+
+def revoked_session_key(token: str) -> str:
+    """Redis key marking a logged-out session token (kept until the token would expire)."""
+    return f"{PREFIX}:sessions:revoked:{token_hash(token)}"
 
 
 def new_api_key() -> tuple[str, str, str]:

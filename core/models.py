@@ -167,6 +167,10 @@ class Deployment(SQLModel, table=True):
     updated_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
+    # Set when retired: kept on record for history and costs; its served name becomes free.
+    deleted_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
 
 
 class Instance(SQLModel, table=True):
@@ -296,3 +300,41 @@ class InstanceMetric(SQLModel, table=True):
     requests_waiting: float | None = None
     kv_cache_usage: float | None = None
     data: dict[str, Any] = _json({})
+
+
+# ---------------------------------------------------------------- bare metal
+
+
+class BareMetalHost(SQLModel, table=True):
+    """A machine reachable over SSH that the `ssh` provider lends to one instance at a time.
+
+    `private_key_ref` names the SSH key, never holds it in clear: `file:<path on the control
+    plane>` or `fernet:<key encrypted with INVENTIV_SSH_KEY_ENCRYPTION_KEY>`. `host_key` is the
+    host's public key (known_hosts pinning). `claimed_by` is the instance using the host (unique:
+    a conditional UPDATE claims it, so two instances never share a host).
+    """
+
+    __tablename__ = "bare_metal_hosts"
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    name: str = Field(index=True, unique=True, max_length=120)
+    address: str = Field(max_length=255)
+    port: int = 22
+    user: str = Field(max_length=64)
+    private_key_ref: str
+    host_key: str | None = None
+    instance_type: str = Field(default="bare-metal", index=True, max_length=64)
+    gpu_inventory: list[dict[str, Any]] = _json([])
+    python: str = Field(default="python3", max_length=255)
+    agent_port: int = 8090
+    engine_port: int = 8000
+    project_id: uuid.UUID | None = Field(
+        default=None, foreign_key="projects.id", index=True, ondelete="SET NULL"
+    )
+    enabled: bool = True
+    claimed_by: uuid.UUID | None = Field(default=None, unique=True, index=True)
+    claimed_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )

@@ -1,14 +1,31 @@
-"""Login for people: a bearer token in the body and the same token as an httpOnly cookie."""
+"""Login for people: a bearer token in the body and the same token as an httpOnly cookie;
+logout ends that session everywhere (the token is refused until it would have expired)."""
 
 from __future__ import annotations
 
+import uuid
+
 from fastapi import APIRouter, HTTPException, Response, status
 from pydantic import BaseModel, Field
-from sqlmodel import select
+from sqlmodel import col, select
 
-from api.deps import SESSION_COOKIE, CurrentUser, SessionDep, SettingsDep
-from api.security import create_access_token, verify_password
-from core.models import User
+from api.deps import (
+    SESSION_COOKIE,
+    CurrentUser,
+    RedisDep,
+    SessionDep,
+    SessionToken,
+    SettingsDep,
+)
+from api.security import (
+    create_access_token,
+    hash_password,
+    revoked_session_key,
+    token_seconds_left,
+    verify_password,
+)
+from api.validation import Password
+from core.models import Project, ProjectMember, Role, User
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -24,13 +41,27 @@ class Token(BaseModel):
     expires_in: int
 
 
+class ProjectRef(BaseModel):
+    id: uuid.UUID
+    name: str
+
+
 class Me(BaseModel):
     id: str
     email: str
-    role: str
+    full_name: str | None
+    role: Role
+    projects: list[ProjectRef]
 
 
-@router.post("/login", response_model=Token)
+class PasswordChange(BaseModel):
+    current_password: str = Field(min_length=1, max_length=1024)
+    new_password: Password
+
+
+@router.post(
+    "/login", response_model=Token, responses={401: {"description": "wrong e-mail or password"}}
+)
 async def login(
     body: LoginRequest, response: Response, session: SessionDep, settings: SettingsDep
 ) -> Token:
@@ -58,10 +89,41 @@ async def login(
 
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
-async def logout(response: Response) -> None:
+async def logout(
+    response: Response, token: SessionToken, redis: RedisDep, settings: SettingsDep
+) -> None:
+    """End this session: the cookie is cleared and the token refused from now on."""
+    if token:
+        left = token_seconds_left(token, settings.secret_key or "")
+        if left > 0:
+            await redis.set(revoked_session_key(token), "1", ex=left)
     response.delete_cookie(SESSION_COOKIE)
 
 
 @router.get("/me", response_model=Me)
-async def me(user: CurrentUser) -> Me:
-    return Me(id=str(user.id), email=user.email, role=user.role.value)
+async def me(user: CurrentUser, session: SessionDep) -> Me:
+    """Who is logged in, and the projects they belong to (admins see every project)."""
+    query = select(Project).order_by(col(Project.name))
+    if user.role != Role.admin:
+        query = query.join(ProjectMember).where(ProjectMember.user_id == user.id)
+    projects = (await session.exec(query)).all()
+    return Me(
+        id=str(user.id),
+        email=user.email,
+        full_name=user.full_name,
+        role=user.role,
+        projects=[ProjectRef(id=p.id, name=p.name) for p in projects],
+    )
+
+
+@router.post(
+    "/password",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={400: {"description": "the current password is wrong"}},
+)
+async def change_password(body: PasswordChange, user: CurrentUser, session: SessionDep) -> None:
+    if not verify_password(body.current_password, user.hashed_password):
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "the current password is wrong")
+    user.hashed_password = hash_password(body.new_password)
+    session.add(user)
+    await session.commit()

@@ -1,22 +1,104 @@
-"""Deployments: list, and provision a new instance of one."""
+"""Deployments: a model served on a provider's instance type, min/max instances, autoscaling
+and engine arguments. Create, update, delete (kept on record for costs), provision an instance,
+start/stop autoscaling."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, status
-from pydantic import BaseModel
-from sqlmodel import col, select
+from pydantic import AfterValidator, BaseModel, Field, model_validator
+from sqlmodel import col, func, select
 
 from activities.launch import create_instance
+from activities.providers.flavors import FLAVORS
 from api.access import require_project, visible_project_ids
-from api.deps import CurrentUser, SessionDep, SettingsDep, TemporalDep
+from api.deps import CurrentUser, RedisDep, SessionDep, SettingsDep, TemporalDep
 from api.routers.instances import InstanceSummary, summarize
-from core.models import Deployment, Provider
+from api.validation import JsonObject, Name
+from core.events import publish_event
+from core.models import Deployment, Instance, InstanceType, Provider, utcnow
+from core.states import LIVE_STATES
 
 router = APIRouter(prefix="/deployments", tags=["deployments"])
+
+MAX_INSTANCES = 1000
+_ENGINE_FLAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_MODEL = r"^[^\s\x00]+$"
+
+
+def _engine_args(value: dict[str, Any]) -> dict[str, Any]:
+    for key, item in value.items():
+        if not _ENGINE_FLAG.match(key):
+            raise ValueError(
+                f"engine argument {key!r} is not a flag name (letters, digits, '-', '_', '.'; "
+                "without leading dashes)"
+            )
+        if isinstance(item, dict):
+            raise ValueError(f"engine argument {key!r}: a value is a string, number, bool or list")
+    return value
+
+
+EngineArgs = Annotated[JsonObject, AfterValidator(_engine_args)]
+ModelName = Annotated[str, Field(min_length=1, max_length=255, pattern=_MODEL)]
+Affinity = Literal["none", "header", "user"]
+
+
+class DeploymentBase(BaseModel):
+    name: Name
+    model: ModelName = Field(description="model to load, e.g. a Hugging Face id")
+    served_name: ModelName | None = Field(
+        default=None, description="name clients ask the gateway for; the model when unset"
+    )
+    flavor: str = Field(
+        default="cpu-sim", max_length=64, description="see GET /deployments/flavors"
+    )
+    provider_id: uuid.UUID
+    instance_type_id: uuid.UUID
+    min_instances: int = Field(default=0, ge=0, le=MAX_INSTANCES)
+    max_instances: int = Field(default=1, ge=0, le=MAX_INSTANCES)
+    autoscaling_enabled: bool = False
+    autoscaling: JsonObject = Field(
+        default_factory=dict, description="autoscaling policy (thresholds, cooldowns)"
+    )
+    engine_args: EngineArgs = Field(
+        default_factory=dict,
+        description='engine flags without dashes, e.g. {"max-model-len": 8192}',
+    )
+    boot_timeout_s: float | None = Field(default=None, gt=0, le=86400)
+    session_affinity: Affinity = "header"
+
+
+class DeploymentCreate(DeploymentBase):
+    project_id: uuid.UUID
+
+
+class DeploymentUpdate(BaseModel):
+    """Fields left out are unchanged. Changes apply to instances started afterwards."""
+
+    name: Name | None = None
+    model: ModelName | None = None
+    served_name: ModelName | None = None
+    flavor: str | None = Field(default=None, max_length=64)
+    provider_id: uuid.UUID | None = None
+    instance_type_id: uuid.UUID | None = None
+    min_instances: int | None = Field(default=None, ge=0, le=MAX_INSTANCES)
+    max_instances: int | None = Field(default=None, ge=0, le=MAX_INSTANCES)
+    autoscaling: JsonObject | None = None
+    engine_args: EngineArgs | None = None
+    boot_timeout_s: float | None = Field(default=None, gt=0, le=86400)
+    session_affinity: Affinity | None = None
+
+    @model_validator(mode="after")
+    def _no_nulls(self) -> DeploymentUpdate:
+        nullable = {"boot_timeout_s"}
+        for field in self.model_fields_set - nullable:
+            if getattr(self, field) is None:
+                raise ValueError(f"{field} cannot be null")
+        return self
 
 
 class DeploymentPublic(BaseModel):
@@ -27,6 +109,7 @@ class DeploymentPublic(BaseModel):
     served_name: str
     flavor: str
     provider: str
+    provider_id: uuid.UUID
     instance_type_id: uuid.UUID
     min_instances: int
     max_instances: int
@@ -34,12 +117,32 @@ class DeploymentPublic(BaseModel):
     autoscaling: dict[str, Any]
     engine_args: dict[str, Any]
     boot_timeout_s: float | None
+    session_affinity: str
     created_at: datetime
+    updated_at: datetime
+    deleted_at: datetime | None
+    live_instances: int = Field(description="instances that may be running at the provider")
 
 
-def to_public(d: Deployment, provider_name: str) -> DeploymentPublic:
+class FlavorPublic(BaseModel):
+    name: str
+    description: str
+    accelerator: str
+    gpu_models: list[str]
+    engine_args: dict[str, Any]
+
+
+async def to_public(session: SessionDep, d: Deployment) -> DeploymentPublic:
+    provider = await session.get(Provider, d.provider_id)
+    live = (
+        await session.exec(
+            select(func.count())
+            .select_from(Instance)
+            .where(Instance.deployment_id == d.id, col(Instance.state).in_(LIVE_STATES))
+        )
+    ).one()
     return DeploymentPublic(
-        **d.model_dump(exclude={"provider_id", "updated_at"}), provider=provider_name
+        **d.model_dump(), provider=provider.name if provider else "?", live_instances=live
     )
 
 
@@ -53,13 +156,195 @@ async def get_visible_deployment(
     return deployment
 
 
+def _active(deployment: Deployment) -> Deployment:
+    if deployment.deleted_at is not None:
+        raise HTTPException(status.HTTP_409_CONFLICT, "the deployment is deleted")
+    return deployment
+
+
+async def validate(session: SessionDep, d: Deployment) -> None:
+    """Checks that span rows: raise 422/409 with the reason."""
+    problems: list[str] = []
+    if d.min_instances > d.max_instances:
+        problems.append(
+            f"min_instances ({d.min_instances}) is above max_instances ({d.max_instances})"
+        )
+    flavor = FLAVORS.get(d.flavor.lower())
+    if flavor is None:
+        problems.append(f"unknown flavor {d.flavor!r}; known: {', '.join(sorted(FLAVORS))}")
+    provider = await session.get(Provider, d.provider_id)
+    itype = await session.get(InstanceType, d.instance_type_id)
+    if provider is None:
+        problems.append(f"provider {d.provider_id} not found")
+    elif not provider.enabled:
+        problems.append(f"provider {provider.name!r} is disabled")
+    if itype is None:
+        problems.append(f"instance type {d.instance_type_id} not found")
+    elif provider is not None and itype.provider_id != provider.id:
+        problems.append(
+            f"instance type {itype.name!r} does not belong to provider {provider.name!r}"
+        )
+    elif flavor is not None and flavor.gpu_models and itype.gpu_model not in flavor.gpu_models:
+        problems.append(
+            f"flavor {flavor.name!r} needs one of {', '.join(flavor.gpu_models)} GPUs; "
+            f"{itype.name} has {itype.gpu_model or 'no GPU'}"
+        )
+    if problems:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "; ".join(problems))
+    clash = (
+        await session.exec(
+            select(Deployment.id).where(
+                Deployment.served_name == d.served_name,
+                col(Deployment.deleted_at).is_(None),
+                Deployment.id != d.id,
+            )
+        )
+    ).first()
+    if clash is not None:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"served name {d.served_name!r} is already used by another deployment",
+        )
+
+
+async def _changed(redis: RedisDep, d: Deployment, what: str) -> None:
+    await publish_event(
+        redis, "deployment", str(d.project_id), {"deployment_id": str(d.id), "change": what}
+    )
+
+
 @router.get("", response_model=list[DeploymentPublic])
-async def list_deployments(session: SessionDep, user: CurrentUser) -> list[DeploymentPublic]:
-    query = select(Deployment, Provider.name).join(Provider).order_by(col(Deployment.created_at))
+async def list_deployments(
+    session: SessionDep,
+    user: CurrentUser,
+    project_id: uuid.UUID | None = None,
+    include_deleted: bool = False,
+) -> list[DeploymentPublic]:
+    query = select(Deployment).order_by(col(Deployment.created_at))
+    if project_id is not None:
+        await require_project(session, user, project_id)
+        query = query.where(Deployment.project_id == project_id)
     visible = await visible_project_ids(session, user)
     if visible is not None:
         query = query.where(col(Deployment.project_id).in_(visible))
-    return [to_public(d, name) for d, name in (await session.exec(query)).all()]
+    if not include_deleted:
+        query = query.where(col(Deployment.deleted_at).is_(None))
+    return [await to_public(session, d) for d in (await session.exec(query)).all()]
+
+
+@router.get("/flavors", response_model=list[FlavorPublic])
+async def list_flavors(user: CurrentUser) -> list[FlavorPublic]:
+    """Worker flavors a deployment can use (engine image and defaults)."""
+    return [
+        FlavorPublic(
+            name=f.name,
+            description=f.description,
+            accelerator=f.accelerator,
+            gpu_models=list(f.gpu_models),
+            engine_args=dict(f.engine_args),
+        )
+        for f in FLAVORS.values()
+    ]
+
+
+@router.post("", response_model=DeploymentPublic, status_code=status.HTTP_201_CREATED)
+async def create_deployment(
+    body: DeploymentCreate, session: SessionDep, redis: RedisDep, user: CurrentUser
+) -> DeploymentPublic:
+    await require_project(session, user, body.project_id)
+    values = body.model_dump()
+    values["served_name"] = body.served_name or body.model
+    values["flavor"] = body.flavor.lower()
+    deployment = Deployment(**values)
+    await validate(session, deployment)
+    session.add(deployment)
+    await session.commit()
+    await _changed(redis, deployment, "created")
+    return await to_public(session, deployment)
+
+
+@router.get("/{deployment_id}", response_model=DeploymentPublic)
+async def get_deployment(
+    deployment_id: uuid.UUID, session: SessionDep, user: CurrentUser
+) -> DeploymentPublic:
+    return await to_public(session, await get_visible_deployment(session, user, deployment_id))
+
+
+@router.patch("/{deployment_id}", response_model=DeploymentPublic)
+async def update_deployment(
+    deployment_id: uuid.UUID,
+    body: DeploymentUpdate,
+    session: SessionDep,
+    redis: RedisDep,
+    user: CurrentUser,
+) -> DeploymentPublic:
+    deployment = _active(await get_visible_deployment(session, user, deployment_id))
+    changes = body.model_dump(exclude_unset=True)
+    if "flavor" in changes:
+        changes["flavor"] = changes["flavor"].lower()
+    for field, value in changes.items():
+        setattr(deployment, field, value)
+    await validate(session, deployment)
+    deployment.updated_at = utcnow()
+    session.add(deployment)
+    await session.commit()
+    await _changed(redis, deployment, "updated")
+    return await to_public(session, deployment)
+
+
+@router.delete("/{deployment_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_deployment(
+    deployment_id: uuid.UUID, session: SessionDep, redis: RedisDep, user: CurrentUser
+) -> None:
+    """Retire the deployment (kept on record for its history and costs; its served name becomes
+    free). Refused while it has live instances: terminate them first."""
+    deployment = _active(await get_visible_deployment(session, user, deployment_id))
+    live = (
+        await session.exec(
+            select(func.count())
+            .select_from(Instance)
+            .where(Instance.deployment_id == deployment.id, col(Instance.state).in_(LIVE_STATES))
+        )
+    ).one()
+    if live:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"the deployment has {live} live instance(s): terminate them first",
+        )
+    deployment.deleted_at = utcnow()
+    deployment.autoscaling_enabled = False
+    deployment.updated_at = deployment.deleted_at
+    session.add(deployment)
+    await session.commit()
+    await _changed(redis, deployment, "deleted")
+
+
+async def _set_autoscaling(
+    session: SessionDep, redis: RedisDep, user: CurrentUser, deployment_id: uuid.UUID, on: bool
+) -> DeploymentPublic:
+    deployment = _active(await get_visible_deployment(session, user, deployment_id))
+    deployment.autoscaling_enabled = on
+    deployment.updated_at = utcnow()
+    session.add(deployment)
+    await session.commit()
+    await _changed(redis, deployment, "autoscaling started" if on else "autoscaling stopped")
+    return await to_public(session, deployment)
+
+
+@router.post("/{deployment_id}/autoscaling/start", response_model=DeploymentPublic)
+async def start_autoscaling(
+    deployment_id: uuid.UUID, session: SessionDep, redis: RedisDep, user: CurrentUser
+) -> DeploymentPublic:
+    """Let the autoscaler add and drain instances between min and max."""
+    return await _set_autoscaling(session, redis, user, deployment_id, True)
+
+
+@router.post("/{deployment_id}/autoscaling/stop", response_model=DeploymentPublic)
+async def stop_autoscaling(
+    deployment_id: uuid.UUID, session: SessionDep, redis: RedisDep, user: CurrentUser
+) -> DeploymentPublic:
+    """Freeze the instance count: the autoscaler leaves the deployment alone."""
+    return await _set_autoscaling(session, redis, user, deployment_id, False)
 
 
 @router.post(
@@ -75,6 +360,6 @@ async def provision_instance(
     settings: SettingsDep,
 ) -> InstanceSummary:
     """Start a new instance of the deployment; returns at once, follow it at /instances/{id}."""
-    deployment = await get_visible_deployment(session, user, deployment_id)
+    deployment = _active(await get_visible_deployment(session, user, deployment_id))
     instance = await create_instance(session, temporal, settings.task_queue, deployment=deployment)
     return summarize(instance, [])

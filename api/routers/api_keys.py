@@ -1,0 +1,130 @@
+"""Inference API keys of a project: the secret is shown once at creation and stored hashed;
+revoking or changing limits reaches every gateway within seconds (Redis pub/sub)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from fastapi import APIRouter, HTTPException, status
+from pydantic import BaseModel, Field
+from sqlmodel import col, select
+
+from api.access import require_project, visible_project_ids
+from api.deps import CurrentUser, RedisDep, SessionDep
+from api.security import new_api_key
+from api.validation import Name, PositiveLimit
+from core.models import ApiKey, utcnow
+from core.redis_keys import API_KEY_CHANNEL
+
+router = APIRouter(prefix="/keys", tags=["keys"])
+
+
+class ApiKeyCreate(BaseModel):
+    project_id: uuid.UUID
+    name: Name
+    rpm_limit: PositiveLimit | None = Field(default=None, description="requests per minute")
+    tpm_limit: PositiveLimit | None = Field(default=None, description="tokens per minute")
+
+
+class ApiKeyUpdate(BaseModel):
+    """Fields left out are unchanged; a limit set to null is removed."""
+
+    name: Name | None = None
+    rpm_limit: PositiveLimit | None = None
+    tpm_limit: PositiveLimit | None = None
+
+
+class ApiKeyPublic(BaseModel):
+    id: uuid.UUID
+    project_id: uuid.UUID
+    name: str
+    prefix: str = Field(description="the first characters of the secret, to recognise it")
+    rpm_limit: int | None
+    tpm_limit: int | None
+    created_by: uuid.UUID | None
+    created_at: datetime
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyPublic):
+    secret: str = Field(description="the key itself: shown this once, never again")
+
+
+def to_public(key: ApiKey) -> ApiKeyPublic:
+    return ApiKeyPublic(**key.model_dump(exclude={"key_hash"}))
+
+
+async def get_visible_key(session: SessionDep, user: CurrentUser, key_id: uuid.UUID) -> ApiKey:
+    key = await session.get(ApiKey, key_id)
+    if key is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"API key {key_id} not found")
+    await require_project(session, user, key.project_id)
+    return key
+
+
+@router.get("", response_model=list[ApiKeyPublic])
+async def list_keys(
+    session: SessionDep,
+    user: CurrentUser,
+    project_id: uuid.UUID | None = None,
+    include_revoked: bool = False,
+) -> list[ApiKeyPublic]:
+    query = select(ApiKey).order_by(col(ApiKey.created_at).desc())
+    if project_id is not None:
+        await require_project(session, user, project_id)
+        query = query.where(ApiKey.project_id == project_id)
+    visible = await visible_project_ids(session, user)
+    if visible is not None:
+        query = query.where(col(ApiKey.project_id).in_(visible))
+    if not include_revoked:
+        query = query.where(col(ApiKey.revoked_at).is_(None))
+    return [to_public(k) for k in (await session.exec(query)).all()]
+
+
+@router.post("", response_model=ApiKeyCreated, status_code=status.HTTP_201_CREATED)
+async def create_key(body: ApiKeyCreate, session: SessionDep, user: CurrentUser) -> ApiKeyCreated:
+    await require_project(session, user, body.project_id)
+    secret, prefix, key_hash = new_api_key()
+    key = ApiKey(**body.model_dump(), prefix=prefix, key_hash=key_hash, created_by=user.id)
+    session.add(key)
+    await session.commit()
+    return ApiKeyCreated(**to_public(key).model_dump(), secret=secret)
+
+
+@router.get("/{key_id}", response_model=ApiKeyPublic)
+async def get_key(key_id: uuid.UUID, session: SessionDep, user: CurrentUser) -> ApiKeyPublic:
+    return to_public(await get_visible_key(session, user, key_id))
+
+
+@router.patch("/{key_id}", response_model=ApiKeyPublic)
+async def update_key(
+    key_id: uuid.UUID, body: ApiKeyUpdate, session: SessionDep, redis: RedisDep, user: CurrentUser
+) -> ApiKeyPublic:
+    key = await get_visible_key(session, user, key_id)
+    if key.revoked_at is not None:
+        raise HTTPException(status.HTTP_409_CONFLICT, "the key is revoked")
+    changes = body.model_dump(exclude_unset=True)
+    if "name" in changes and changes["name"] is None:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "name cannot be null")
+    for field, value in changes.items():
+        setattr(key, field, value)
+    session.add(key)
+    await session.commit()
+    await redis.publish(API_KEY_CHANNEL, key.key_hash)  # gateways reload its limits
+    return to_public(key)
+
+
+@router.delete("/{key_id}", response_model=ApiKeyPublic)
+async def revoke_key(
+    key_id: uuid.UUID, session: SessionDep, redis: RedisDep, user: CurrentUser
+) -> ApiKeyPublic:
+    """Revoke the key: every gateway refuses it within seconds. Revoking twice is harmless."""
+    key = await get_visible_key(session, user, key_id)
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+        session.add(key)
+        await session.commit()
+    await redis.publish(API_KEY_CHANNEL, key.key_hash)
+    return to_public(key)

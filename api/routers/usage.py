@@ -1,0 +1,5 @@
+"""usage (in progress)."""
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/usage", tags=["usage"])
