@@ -1,8 +1,9 @@
-"""Agent version tooling: `python -m agent.version_tool checksum|bump|record|check`.
+"""Agent version tooling: `python -m agent.version_tool checksum|bump|record|check|bundle FILE`.
 
 `agent/agent.sha256` records the SHA-256 of `agent/agent.py` and the version it was recorded
 for. `check` fails when the file no longer matches the record, so a change to the agent cannot
 ship under the old version: `bump` raises the patch version and build date, then records.
+`bundle` packs what a worker machine needs (agent/ and core/wire.py) for bootstrap.sh.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import hashlib
 import re
 import sys
+import tarfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,6 +72,21 @@ def bump(agent_dir: Path, today: str | None = None) -> Record:
     return write_record(agent_dir)
 
 
+def bundle(output: Path, agent_dir: Path = AGENT_DIR) -> Path:
+    """A tar.gz of the agent package plus the one core module it imports (core.wire)."""
+    core_dir = agent_dir.parent / "core"
+
+    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        return None if "__pycache__" in info.name or info.name.endswith(".pyc") else info
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(output, "w:gz") as archive:
+        archive.add(agent_dir, arcname="agent", filter=keep)
+        archive.add(core_dir / "__init__.py", arcname="core/__init__.py")
+        archive.add(core_dir / "wire.py", arcname="core/wire.py")
+    return output
+
+
 def check(agent_dir: Path) -> tuple[bool, str]:
     record = read_record(agent_dir)
     digest, version = checksum(agent_dir), current_version(agent_dir)
@@ -90,12 +107,17 @@ def check(agent_dir: Path) -> tuple[bool, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m agent.version_tool", description=__doc__)
-    parser.add_argument("command", choices=["checksum", "bump", "record", "check"])
+    parser.add_argument("command", choices=["checksum", "bump", "record", "check", "bundle"])
+    parser.add_argument("output", nargs="?", type=Path, help="bundle: the .tar.gz to write")
     parser.add_argument("--agent-dir", type=Path, default=AGENT_DIR, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     agent_dir: Path = args.agent_dir
     if args.command == "checksum":
         print(checksum(agent_dir))
+    elif args.command == "bundle":
+        if args.output is None:
+            parser.error("bundle needs the output file, e.g. dist/agent.tar.gz")
+        print(bundle(args.output, agent_dir))
     elif args.command in ("bump", "record"):
         record = bump(agent_dir) if args.command == "bump" else write_record(agent_dir)
         print(f"agent {record.version} recorded: {record.checksum}")

@@ -1,0 +1,132 @@
+#!/bin/sh
+# Installs and starts the Inventiv node agent on a worker machine (cloud-init, SSH adapter, images).
+#
+# Where the agent comes from, first match wins:
+#   WORKER_AGENT_TARBALL  a bundle already on the machine (the SSH adapter uploads it)
+#   WORKER_AGENT_URL      a bundle to download (curl or wget)
+#   WORKER_AGENT_DIR      an unpacked agent already in place (worker images); default below
+# A bundle is `python -m agent.version_tool bundle FILE`: agent/ plus core/wire.py.
+#
+# WORKER_AGENT_SHA256, when set, must equal the SHA-256 of agent/agent.py; otherwise the agent is
+# not started and this script exits with status 3.
+#
+# WORKER_AGENT_MODE: background (default: start detached, wait for /healthz, exit), foreground
+# (exec the agent: containers), systemd (install and start a unit that restarts it).
+# WORKER_PYTHON: the Python to use (default python3); the agent's requirements are installed into
+# a virtual environment beside it when that Python lacks them (WORKER_AGENT_PIP=0 forbids it).
+# The agent itself is configured by the INVENTIV_AGENT_* variables, passed through unchanged.
+set -eu
+
+say() { printf '%s inventiv-bootstrap: %s\n' "$(date -u +%FT%TZ)" "$*" >&2; }
+die() { code=$1; shift; say "ERROR: $*"; exit "$code"; }
+
+INSTALL_DIR=${WORKER_INSTALL_DIR:-/opt/inventiv}
+AGENT_DIR=${WORKER_AGENT_DIR:-$INSTALL_DIR/agent-src}
+PYTHON=${WORKER_PYTHON:-python3}
+MODE=${WORKER_AGENT_MODE:-background}
+mkdir -p "$INSTALL_DIR"
+
+unpack() {
+    rm -rf "$AGENT_DIR.new"
+    mkdir -p "$AGENT_DIR.new"
+    tar -xzf "$1" -C "$AGENT_DIR.new" || die 2 "cannot unpack the agent bundle $1"
+    rm -rf "$AGENT_DIR"
+    mv "$AGENT_DIR.new" "$AGENT_DIR"
+}
+
+if [ -n "${WORKER_AGENT_TARBALL:-}" ]; then
+    [ -f "$WORKER_AGENT_TARBALL" ] || die 2 "WORKER_AGENT_TARBALL $WORKER_AGENT_TARBALL does not exist"
+    say "installing the agent from $WORKER_AGENT_TARBALL"
+    unpack "$WORKER_AGENT_TARBALL"
+elif [ -n "${WORKER_AGENT_URL:-}" ]; then
+    bundle="$INSTALL_DIR/agent-bundle.tar.gz"
+    say "downloading the agent from $WORKER_AGENT_URL"
+    if command -v curl >/dev/null 2>&1; then
+        curl -fsSL --retry 5 --retry-delay 2 -o "$bundle" "$WORKER_AGENT_URL" \
+            || die 2 "cannot download the agent from $WORKER_AGENT_URL"
+    elif command -v wget >/dev/null 2>&1; then
+        wget -q -O "$bundle" "$WORKER_AGENT_URL" || die 2 "cannot download the agent from $WORKER_AGENT_URL"
+    else
+        die 2 "neither curl nor wget is installed: cannot download the agent"
+    fi
+    unpack "$bundle"
+fi
+[ -f "$AGENT_DIR/agent/agent.py" ] || die 2 "no agent found at $AGENT_DIR/agent/agent.py"
+
+actual=$(sha256sum "$AGENT_DIR/agent/agent.py" | cut -d' ' -f1)
+if [ -n "${WORKER_AGENT_SHA256:-}" ]; then
+    if [ "$actual" != "$WORKER_AGENT_SHA256" ]; then
+        die 3 "refusing to start: agent/agent.py has SHA-256 $actual but WORKER_AGENT_SHA256 is $WORKER_AGENT_SHA256 (tampered or wrong agent version)"
+    fi
+    say "agent checksum verified: $actual"
+else
+    say "WORKER_AGENT_SHA256 not set: starting the agent unverified (SHA-256 $actual)"
+fi
+
+IMPORTS="import fastapi, uvicorn, httpx, pydantic_settings, prometheus_client, psutil, boto3, orjson"
+if ! "$PYTHON" -c "$IMPORTS" >/dev/null 2>&1; then
+    [ "${WORKER_AGENT_PIP:-1}" != "0" ] || die 4 "$PYTHON lacks the agent's requirements and WORKER_AGENT_PIP=0"
+    say "installing the agent's requirements into $INSTALL_DIR/venv"
+    "$PYTHON" -m venv "$INSTALL_DIR/venv" || die 4 "cannot create a virtual environment with $PYTHON"
+    "$INSTALL_DIR/venv/bin/pip" install -q -r "$AGENT_DIR/agent/requirements.txt" \
+        || die 4 "cannot install the agent's requirements"
+    PYTHON="$INSTALL_DIR/venv/bin/python"
+fi
+
+export PYTHONPATH="$AGENT_DIR${PYTHONPATH:+:$PYTHONPATH}"
+LOG="${INVENTIV_AGENT_LOG_FILE:-$INSTALL_DIR/agent.log}"
+PORT="${INVENTIV_AGENT_PORT:-8090}"
+
+case "$MODE" in
+foreground)
+    say "starting the agent in the foreground"
+    exec "$PYTHON" -m agent
+    ;;
+systemd)
+    envfile="$INSTALL_DIR/agent.env"
+    umask 077
+    # systemd's EnvironmentFile syntax: KEY="value" with backslash escapes
+    env | grep -E '^(INVENTIV_AGENT_|AWS_|HF_|PYTHONPATH=)' \
+        | sed 's/\\/\\\\/g; s/"/\\"/g; s/=/="/; s/$/"/' > "$envfile"
+    cat > /etc/systemd/system/inventiv-agent.service <<UNIT
+[Unit]
+Description=Inventiv node agent
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+EnvironmentFile=$envfile
+ExecStart=$PYTHON -m agent
+Restart=always
+RestartSec=3
+KillMode=mixed
+TimeoutStopSec=30
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+    systemctl daemon-reload
+    systemctl enable --now inventiv-agent.service
+    say "agent installed as the inventiv-agent systemd service"
+    ;;
+background)
+    say "starting the agent in the background (log: $LOG)"
+    nohup setsid "$PYTHON" -m agent >>"$LOG" 2>&1 </dev/null &
+    pid=$!
+    echo "$pid" > "$INSTALL_DIR/agent.pid"
+    tries=0
+    while [ "$tries" -lt "${WORKER_AGENT_START_TIMEOUT_S:-60}" ]; do
+        kill -0 "$pid" 2>/dev/null || die 5 "the agent exited during start-up; see $LOG"
+        if "$PYTHON" -c "import sys, urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT/healthz', timeout=1)" >/dev/null 2>&1; then
+            say "agent running (pid $pid), answering on port $PORT"
+            exit 0
+        fi
+        tries=$((tries + 1))
+        sleep 1
+    done
+    die 5 "the agent did not answer on port $PORT within ${WORKER_AGENT_START_TIMEOUT_S:-60}s; see $LOG"
+    ;;
+*)
+    die 2 "unknown WORKER_AGENT_MODE $MODE (background, foreground or systemd)"
+    ;;
+esac
