@@ -8,6 +8,7 @@ import logging
 import runpy
 import signal
 import sys
+import warnings
 
 from core.settings import Settings
 
@@ -71,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("worker", help="run the orchestrator worker")
     sub.add_parser("gateway", help="run the gateway")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+    # The dev supervisor prints its own summary; services log INFO to their log files.
+    level = logging.WARNING if args.command == "dev" else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.command == "gateway":
         sys.argv = ["gateway"]
         runpy.run_module("gateway", run_name="__main__")

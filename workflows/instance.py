@@ -200,11 +200,13 @@ class InstanceWorkflow:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(InstanceWorkflowInput(ref.instance_id, self.state))
             rounds += 1
-            await workflow.wait_condition(
-                self._stop_wanted, timeout=timedelta(seconds=spec.health_interval_s)
-            )
-            if self._stop_wanted():
+            try:
+                await workflow.wait_condition(
+                    self._stop_wanted, timeout=timedelta(seconds=spec.health_interval_s)
+                )
                 break
+            except TimeoutError:
+                pass  # time for the next health check
             health = await workflow.execute_activity_method(
                 InstanceActivities.check_health,
                 StepInput(ref.instance_id, self.state.resource_id or ""),
