@@ -1,0 +1,41 @@
+import { describe, expect, it } from "vitest";
+import { fmtDuration, humanize, toCsv } from "./format";
+import { describeError, rows } from "../api/client";
+import { eventInstanceId } from "./events";
+
+describe("format", () => {
+  it("writes durations a person reads", () => {
+    expect(fmtDuration(250)).toBe("250 ms");
+    expect(fmtDuration(4200)).toBe("4.2 s");
+    expect(fmtDuration(125000)).toBe("2 min 5 s");
+    expect(fmtDuration(null)).toBe("—");
+  });
+  it("quotes CSV cells that need it", () => {
+    const csv = toCsv([{ model: 'a,"b"', tokens: 3 }, { model: "c", tokens: null }]);
+    expect(csv).toBe('model,tokens\r\n"a,""b""",3\r\nc,\r\n');
+  });
+  it("humanizes keys", () => expect(humanize("input_tokens")).toBe("Input tokens"));
+});
+
+describe("api errors", () => {
+  it("uses FastAPI's detail string", () => {
+    expect(describeError(409, { detail: "instance is already terminated" })).toBe("instance is already terminated");
+  });
+  it("names the field of a validation error", () => {
+    const body = { detail: [{ loc: ["body", "max_instances"], msg: "Input should be greater than 0" }] };
+    expect(describeError(422, body)).toBe("max_instances: Input should be greater than 0");
+  });
+  it("says when the server is unreachable", () => {
+    expect(describeError(0, null)).toMatch(/Cannot reach/);
+  });
+  it("reads arrays and pages", () => {
+    expect(rows([1, 2])).toEqual([1, 2]);
+    expect(rows({ items: [3], total: 1 })).toEqual([3]);
+    expect(rows(null)).toEqual([]);
+  });
+  it("finds the instance an event is about", () => {
+    expect(eventInstanceId({ instance_id: "a" })).toBe("a");
+    expect(eventInstanceId({ instance: { id: "b" } })).toBe("b");
+    expect(eventInstanceId("text")).toBeUndefined();
+  });
+});

@@ -1,0 +1,320 @@
+import { useMemo, useState, type FormEvent } from "react";
+import { client, request, typed, type Deployment, type InstanceSummary } from "../api/client";
+import { Empty, ErrorBox, Guard, LiveIndicator, Notice, PageHeader, ProgressBar, StateBadge } from "../components/ui";
+import { useFlavors, useInstanceTypes, useProviders } from "../lib/catalog";
+import { useLiveEvents, type LiveEvent } from "../lib/events";
+import { useResource, useThrottled } from "../lib/hooks";
+import { useProjects } from "../lib/projects";
+import { fmtMoney, fmtTime, humanize, shortId } from "../lib/format";
+import { href } from "../lib/router";
+import { ACTIVE_STATES, drainInstance, provisionInstance, terminateInstance } from "../lib/actions";
+
+type Full = Deployment & { live_instances?: number; session_affinity?: string; deleted_at?: string | null };
+type Msg = { tone: "ok" | "bad"; text: string } | null;
+
+// Autoscaling thresholds edited as fields; any other policy keys are kept as they are.
+const POLICY_FIELDS = [
+  { key: "target_queue_per_instance", label: "Scale up above this many waiting requests per instance", step: "0.1" },
+  { key: "scale_down_utilization", label: "Scale down below this load per instance (0–1)", step: "0.05" },
+  { key: "scale_up_cooldown_s", label: "Cooldown after scaling up (s)", step: "1" },
+  { key: "scale_down_cooldown_s", label: "Cooldown after scaling down (s)", step: "1" },
+];
+
+export function DeploymentsPage() {
+  const deployments = useResource(() => typed(client.GET("/api/v1/deployments")), []);
+  const instances = useResource(
+    () => typed(client.GET("/api/v1/instances", { params: { query: { limit: 500 } } })),
+    [],
+  );
+  const [decisions, setDecisions] = useState<{ at: number; text: string; deployment?: string }[]>([]);
+  const [editing, setEditing] = useState<Full | "new" | null>(null);
+  const [notice, setNotice] = useState<Msg>(null);
+  const types = useInstanceTypes();
+
+  const refresh = useThrottled(() => {
+    void instances.reload();
+    void deployments.reload();
+  }, 700);
+  const onEvent = (e: LiveEvent) => {
+    refresh();
+    const body = (e.data ?? {}) as { kind?: string; data?: Record<string, unknown> };
+    const kind = body.kind ?? e.type;
+    if (["deployment", "scaling", "scaling_decision", "autoscaler", "scale"].includes(kind)) {
+      const d = body.data ?? {};
+      const text = String(d.decision ?? d.change ?? d.reason ?? d.detail ?? JSON.stringify(d));
+      setDecisions((prev) => [{ at: Date.now(), text: `${humanize(kind)}: ${text}`, deployment: d.deployment_id as string }, ...prev].slice(0, 20));
+    }
+  };
+  const mode = useLiveEvents(onEvent, refresh, 4000);
+
+  const byDeployment = useMemo(() => {
+    const m = new Map<string, InstanceSummary[]>();
+    for (const i of instances.data?.items ?? []) {
+      if (!ACTIVE_STATES.includes(i.state) && i.state !== "startup_failed") continue;
+      m.set(i.deployment_id, [...(m.get(i.deployment_id) ?? []), i]);
+    }
+    return m;
+  }, [instances.data]);
+
+  const say = (r: { ok: boolean; message?: string }, ok: string) => {
+    setNotice(r.ok ? { tone: "ok", text: ok } : { tone: "bad", text: r.message ?? "failed" });
+    refresh();
+  };
+
+  const provision = async (d: Full) => {
+    const r = await provisionInstance(d.id);
+    say(r, r.ok ? `Provisioning instance ${shortId(r.data.id)} of ${d.name}.` : "");
+  };
+  const autoscaling = async (d: Full, on: boolean) => {
+    const r = await request("POST", `/api/v1/deployments/${d.id}/autoscaling/${on ? "start" : "stop"}`);
+    say(r, on ? `Autoscaling started for ${d.name}.` : `Autoscaling stopped for ${d.name}.`);
+  };
+  const remove = async (d: Full) => {
+    if (!window.confirm(`Delete deployment ${d.name}? Its live instances are drained and terminated.`)) return;
+    const r = await request("DELETE", `/api/v1/deployments/${d.id}`);
+    say(r, `Deployment ${d.name} deleted.`);
+  };
+  const instanceAction = async (what: "drain" | "terminate", i: InstanceSummary) => {
+    if (what === "terminate" && !window.confirm(`Terminate instance ${shortId(i.id)}?`)) return;
+    const r = what === "drain" ? await drainInstance(i.id) : await terminateInstance(i.id);
+    say(r, `${humanize(what)} requested for ${shortId(i.id)}.`);
+  };
+  const typeOf = (id: string) => types.data?.find((t) => t.id === id);
+
+  return (
+    <>
+      <PageHeader title="Deployments">
+        <LiveIndicator mode={mode} />
+        {editing === null && <button type="button" onClick={() => setEditing("new")}>New deployment</button>}
+      </PageHeader>
+      {notice && <Notice tone={notice.tone} onClose={() => setNotice(null)}>{notice.text}</Notice>}
+      {editing !== null && (
+        <DeploymentForm
+          initial={editing === "new" ? null : editing}
+          onDone={(text) => { setEditing(null); if (text) setNotice({ tone: "ok", text }); refresh(); }}
+        />
+      )}
+      <Guard res={deployments} what="Deployments" path="GET /api/v1/deployments">
+        {(list) => list.length === 0 ? (
+          <Empty>No deployments yet. Create one with “New deployment”.</Empty>
+        ) : (
+          <div className="cards">
+            {(list as Full[]).filter((d) => !d.deleted_at).map((d) => {
+              const live = byDeployment.get(d.id) ?? [];
+              const t = typeOf(d.instance_type_id);
+              return (
+                <article key={d.id} className="card deployment" aria-labelledby={`dep-${d.id}`} data-deployment-id={d.id}>
+                  <header className="card-head">
+                    <h2 id={`dep-${d.id}`}>{d.name}</h2>
+                    <span className={`badge ${d.autoscaling_enabled ? "badge-ok" : "badge-muted"}`}>
+                      Autoscaling {d.autoscaling_enabled ? "on" : "off"}
+                    </span>
+                  </header>
+                  <dl className="kv">
+                    <dt>Model</dt><dd className="mono">{d.model}</dd>
+                    <dt>Served as</dt><dd className="mono">{d.served_name}</dd>
+                    <dt>Provider</dt><dd>{d.provider}</dd>
+                    <dt>Instance type</dt><dd>{t ? `${t.name} (${fmtMoney(t.price_per_hour, t.currency)}/h)` : shortId(d.instance_type_id)}</dd>
+                    <dt>Flavor</dt><dd>{d.flavor}</dd>
+                    <dt>Instances</dt><dd>{live.length} live · min {d.min_instances} · max {d.max_instances}</dd>
+                  </dl>
+                  <div className="button-row">
+                    <button type="button" onClick={() => provision(d)} aria-label={`Provision an instance of ${d.name}`}>Provision instance</button>
+                    <button type="button" className="secondary" onClick={() => autoscaling(d, !d.autoscaling_enabled)}>
+                      {d.autoscaling_enabled ? "Stop autoscaling" : "Start autoscaling"}
+                    </button>
+                    <button type="button" className="secondary" onClick={() => setEditing(d)} aria-label={`Edit ${d.name}`}>Edit</button>
+                    <button type="button" className="danger" onClick={() => remove(d)} aria-label={`Delete ${d.name}`}>Delete</button>
+                  </div>
+                  {live.length > 0 && (
+                    <table aria-label={`Instances of ${d.name}`} className="compact">
+                      <tbody>
+                        {live.map((i) => (
+                          <tr key={i.id} data-instance-id={i.id} data-state={i.state}>
+                            <td><a className="mono" href={href(`/instances/${i.id}`)}>{shortId(i.id)}</a></td>
+                            <td><StateBadge state={i.state} /></td>
+                            <td className="w-progress"><ProgressBar value={i.progress} label={`Progress of ${shortId(i.id)}`} /></td>
+                            <td className="row-actions">
+                              {i.state === "ready" && <button type="button" className="secondary" onClick={() => instanceAction("drain", i)} aria-label={`Drain ${shortId(i.id)}`}>Drain</button>}
+                              {i.state !== "terminating" && i.state !== "startup_failed" && (
+                                <button type="button" className="danger" onClick={() => instanceAction("terminate", i)} aria-label={`Terminate ${shortId(i.id)}`}>Terminate</button>
+                              )}
+                            </td>
+                          </tr>
+                        ))}
+                      </tbody>
+                    </table>
+                  )}
+                </article>
+              );
+            })}
+          </div>
+        )}
+      </Guard>
+      <section className="card" aria-labelledby="decisions-title">
+        <h2 id="decisions-title">Scaling decisions and changes</h2>
+        {decisions.length === 0 ? (
+          <Empty>Nothing since this page opened. Decisions of the autoscaler appear here live.</Empty>
+        ) : (
+          <ul className="event-list">
+            {decisions.map((x, n) => (
+              <li key={n}><time>{fmtTime(new Date(x.at).toISOString())}</time> {x.text}</li>
+            ))}
+          </ul>
+        )}
+      </section>
+    </>
+  );
+}
+
+function DeploymentForm({ initial, onDone }: { initial: Full | null; onDone: (msg?: string) => void }) {
+  const projects = useProjects();
+  const providers = useProviders();
+  const types = useInstanceTypes();
+  const flavors = useFlavors();
+  const [f, setF] = useState({
+    name: initial?.name ?? "",
+    project_id: initial?.project_id ?? "",
+    model: initial?.model ?? "",
+    served_name: initial?.served_name ?? "",
+    flavor: initial?.flavor ?? "cpu-sim",
+    provider_id: (initial as { provider_id?: string } | null)?.provider_id ?? "",
+    instance_type_id: initial?.instance_type_id ?? "",
+    min_instances: String(initial?.min_instances ?? 0),
+    max_instances: String(initial?.max_instances ?? 1),
+    autoscaling_enabled: initial?.autoscaling_enabled ?? false,
+    engine_args: JSON.stringify(initial?.engine_args ?? {}, null, 1),
+  });
+  const [policy, setPolicy] = useState<Record<string, unknown>>(initial?.autoscaling ?? {});
+  const [error, setError] = useState<string | null>(null);
+  const [busy, setBusy] = useState(false);
+  const set = (k: keyof typeof f) => (e: { target: { value: string } }) => setF({ ...f, [k]: e.target.value });
+
+  const providerId = f.provider_id || providers.data?.[0]?.id || "";
+  const typeChoices = (types.data ?? []).filter((t) => !providerId || t.provider_id === providerId);
+  const typeId = f.instance_type_id || typeChoices[0]?.id || "";
+  const projectId = f.project_id || projects.data?.[0]?.id || "";
+
+  const submit = async (e: FormEvent) => {
+    e.preventDefault();
+    setError(null);
+    let engineArgs: unknown;
+    try {
+      engineArgs = JSON.parse(f.engine_args || "{}");
+    } catch {
+      setError("Engine arguments: not valid JSON (expected an object such as {\"max-model-len\": 8192}).");
+      return;
+    }
+    const min = Number(f.min_instances);
+    const max = Number(f.max_instances);
+    if (min > max) {
+      setError("Minimum instances cannot be more than maximum instances.");
+      return;
+    }
+    const body: Record<string, unknown> = {
+      name: f.name.trim(), model: f.model.trim(), served_name: f.served_name.trim() || undefined,
+      flavor: f.flavor, provider_id: providerId, instance_type_id: typeId,
+      min_instances: min, max_instances: max, autoscaling: policy, engine_args: engineArgs,
+    };
+    if (!initial) {
+      body.project_id = projectId;
+      body.autoscaling_enabled = f.autoscaling_enabled;
+    }
+    setBusy(true);
+    const r = initial
+      ? await request("PATCH", `/api/v1/deployments/${initial.id}`, { body })
+      : await request("POST", "/api/v1/deployments", { body });
+    setBusy(false);
+    if (!r.ok) {
+      setError(r.notAvailable ? "This API server cannot create or edit deployments yet." : r.message);
+      return;
+    }
+    onDone(initial ? `Deployment ${f.name} saved.` : `Deployment ${f.name} created.`);
+  };
+
+  return (
+    <form className="card form-grid" onSubmit={submit} aria-labelledby="dep-form-title">
+      <h2 id="dep-form-title">{initial ? `Edit ${initial.name}` : "New deployment"}</h2>
+      <label htmlFor="dep-name">Name</label>
+      <input id="dep-name" required maxLength={120} value={f.name} onChange={set("name")} />
+      {!initial && (
+        <>
+          <label htmlFor="dep-project">Project</label>
+          <select id="dep-project" value={projectId} onChange={set("project_id")} required>
+            {(projects.data ?? []).map((p) => <option key={p.id} value={p.id}>{p.name}</option>)}
+          </select>
+        </>
+      )}
+      <label htmlFor="dep-model">Model</label>
+      <input id="dep-model" required value={f.model} onChange={set("model")} placeholder="e.g. Qwen/Qwen2.5-0.5B-Instruct" />
+      <label htmlFor="dep-served">Served name (optional)</label>
+      <input id="dep-served" value={f.served_name} onChange={set("served_name")} placeholder="defaults to the model" />
+      <label htmlFor="dep-flavor">Flavor</label>
+      {flavors.data && flavors.data.length > 0 ? (
+        <select id="dep-flavor" value={f.flavor} onChange={set("flavor")}>
+          {flavors.data.map((x) => <option key={x.name} value={x.name} title={x.description}>{x.name}</option>)}
+        </select>
+      ) : (
+        <input id="dep-flavor" value={f.flavor} onChange={set("flavor")} />
+      )}
+      <label htmlFor="dep-provider">Provider</label>
+      {providers.data ? (
+        <select id="dep-provider" value={providerId} onChange={(e) => setF({ ...f, provider_id: e.target.value, instance_type_id: "" })}>
+          {providers.data.map((p) => <option key={p.id} value={p.id}>{p.name} ({p.kind})</option>)}
+        </select>
+      ) : (
+        <input id="dep-provider" value={f.provider_id} onChange={set("provider_id")} placeholder="provider id" />
+      )}
+      <label htmlFor="dep-type">Instance type</label>
+      {types.data ? (
+        <select id="dep-type" value={typeId} onChange={set("instance_type_id")}>
+          {typeChoices.map((t) => (
+            <option key={t.id} value={t.id}>
+              {t.name} — {t.gpu_count}× {t.gpu_model ?? "CPU"}, {fmtMoney(t.price_per_hour, t.currency)}/h
+            </option>
+          ))}
+        </select>
+      ) : (
+        <input id="dep-type" value={f.instance_type_id} onChange={set("instance_type_id")} placeholder="instance type id" />
+      )}
+      <label htmlFor="dep-min">Minimum instances</label>
+      <input id="dep-min" type="number" min={0} max={1000} required value={f.min_instances} onChange={set("min_instances")} />
+      <label htmlFor="dep-max">Maximum instances</label>
+      <input id="dep-max" type="number" min={0} max={1000} required value={f.max_instances} onChange={set("max_instances")} />
+      {!initial && (
+        <label className="check full">
+          <input type="checkbox" checked={f.autoscaling_enabled} onChange={(e) => setF({ ...f, autoscaling_enabled: e.target.checked })} />
+          Start autoscaling now
+        </label>
+      )}
+      <fieldset className="full">
+        <legend>Autoscaling thresholds (empty: the platform's defaults)</legend>
+        <div className="form-grid inner">
+          {POLICY_FIELDS.map((p) => (
+            <label key={p.key} className="stack">
+              {p.label}
+              <input type="number" step={p.step} min={0} value={policy[p.key] === undefined ? "" : String(policy[p.key])}
+                onChange={(e) => {
+                  const next = { ...policy };
+                  if (e.target.value === "") delete next[p.key];
+                  else next[p.key] = Number(e.target.value);
+                  setPolicy(next);
+                }} />
+            </label>
+          ))}
+        </div>
+      </fieldset>
+      <label htmlFor="dep-engine" className="full">Engine arguments (JSON, flags without dashes)</label>
+      <textarea id="dep-engine" className="full mono" rows={3} value={f.engine_args} onChange={set("engine_args")} />
+      {(projects.error || providers.error || types.error) && !(providers.data && types.data) && (
+        <div className="full"><ErrorBox message={`Could not load choices: ${[providers.error && `providers (${providers.error})`, types.error && `instance types (${types.error})`].filter(Boolean).join(", ")}`} /></div>
+      )}
+      {error && <div className="error-box full" role="alert">{error}</div>}
+      <div className="full button-row">
+        <button type="submit" disabled={busy}>{busy ? "Saving…" : initial ? "Save" : "Create deployment"}</button>
+        <button type="button" className="secondary" onClick={() => onDone()}>Cancel</button>
+      </div>
+    </form>
+  );
+}
+

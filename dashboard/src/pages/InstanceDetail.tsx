@@ -1,0 +1,188 @@
+import { useState } from "react";
+import { client, request, typed, type InstanceDetail } from "../api/client";
+import { LineChart, toSeries } from "../components/LineChart";
+import { ErrorBox, Empty, LiveIndicator, Loading, NotAvailable, Notice, PageHeader, ProgressBar, StateBadge } from "../components/ui";
+import { eventInstanceId, useLiveEvents } from "../lib/events";
+import { useInterval, useResource, useThrottled } from "../lib/hooks";
+import { fmtDuration, fmtNumber, fmtTime, humanize, shortId } from "../lib/format";
+import { href } from "../lib/router";
+import { ACTIVE_STATES, drainInstance, terminateInstance } from "../lib/actions";
+
+export function InstanceDetailPage({ id }: { id: string }) {
+  const [notice, setNotice] = useState<{ tone: "ok" | "bad"; text: string } | null>(null);
+  const res = useResource(
+    () => typed(client.GET("/api/v1/instances/{instance_id}", { params: { path: { instance_id: id } } })),
+    [id],
+  );
+  const refresh = useThrottled(() => void res.reload(), 500);
+  const mode = useLiveEvents(
+    (e) => {
+      const about = eventInstanceId(e.data);
+      if (!about || about === id) refresh();
+    },
+    () => void res.reload(),
+    3000,
+  );
+
+  const act = async (what: "drain" | "terminate") => {
+    if (what === "terminate" && !window.confirm(`Terminate instance ${shortId(id)}?`)) return;
+    const r = what === "drain" ? await drainInstance(id) : await terminateInstance(id);
+    setNotice(r.ok ? { tone: "ok", text: `${humanize(what)} requested.` } : { tone: "bad", text: r.message });
+    void res.reload();
+  };
+
+  if (res.loading) return <Loading what="Loading instance" />;
+  if (res.error && !res.data) {
+    return (
+      <>
+        <PageHeader title={`Instance ${shortId(id)}`} />
+        <ErrorBox message={res.error} onRetry={() => void res.reload()} />
+        <p><a href={href("/instances")}>Back to instances</a></p>
+      </>
+    );
+  }
+  const i = res.data as InstanceDetail;
+  return (
+    <>
+      <p className="crumbs"><a href={href("/instances")}>Instances</a> / <span className="mono">{shortId(i.id)}</span></p>
+      <PageHeader title={`Instance ${shortId(i.id)}`}>
+        <LiveIndicator mode={mode} />
+        <a className="button secondary" href={i.temporal_url} target="_blank" rel="noreferrer">
+          Open workflow in Temporal UI
+        </a>
+        {i.state === "ready" && <button type="button" className="secondary" onClick={() => act("drain")}>Drain</button>}
+        {ACTIVE_STATES.includes(i.state) && i.state !== "terminating" && (
+          <button type="button" className="danger" onClick={() => act("terminate")}>Terminate</button>
+        )}
+      </PageHeader>
+      {notice && <Notice tone={notice.tone} onClose={() => setNotice(null)}>{notice.text}</Notice>}
+      {i.error && <div className="error-box" role="alert"><strong>Error:</strong> {i.error}</div>}
+
+      <section className="grid-2" aria-label="Summary">
+        <div className="card">
+          <h2>Status</h2>
+          <dl className="kv">
+            <dt>State</dt><dd><StateBadge state={i.state} /></dd>
+            <dt>Progress</dt><dd><ProgressBar value={i.progress} label="Instance progress" /></dd>
+            <dt>Current step</dt><dd>{i.current_step ? humanize(i.current_step) : "—"}</dd>
+            <dt>Created</dt><dd>{fmtTime(i.created_at)}</dd>
+            <dt>Ready at</dt><dd>{fmtTime(i.ready_at)}</dd>
+            <dt>Terminated at</dt><dd>{fmtTime(i.terminated_at)}</dd>
+            {i.termination_reason && (<><dt>Termination reason</dt><dd>{humanize(i.termination_reason)}</dd></>)}
+          </dl>
+        </div>
+        <div className="card">
+          <h2>Machine and agent</h2>
+          <dl className="kv">
+            <dt>Provider resource</dt><dd className="mono">{i.provider_resource_id ?? "—"}</dd>
+            <dt>IP address</dt><dd className="mono">{i.ip_address ?? "—"}</dd>
+            <dt>Engine</dt><dd className="mono">{i.engine_url ?? "—"}</dd>
+            <dt>Agent</dt><dd className="mono">{i.agent_url ?? "—"}</dd>
+            <dt>Agent version</dt>
+            <dd>
+              {i.agent_version ?? "—"}{" "}
+              {i.agent_integrity_ok === true && <span className="badge badge-ok">checksum OK</span>}
+              {i.agent_integrity_ok === false && <span className="badge badge-bad">checksum mismatch</span>}
+            </dd>
+            <dt>Last heartbeat</dt><dd>{fmtTime(i.last_heartbeat_at)}</dd>
+            <dt>Workflow</dt><dd className="mono">{i.workflow_id}</dd>
+          </dl>
+        </div>
+      </section>
+
+      <section className="card" aria-labelledby="timeline-title">
+        <h2 id="timeline-title">State timeline</h2>
+        {i.history.length === 0 ? (
+          <Empty>No state changes yet: the instance is being provisioned.</Empty>
+        ) : (
+          <ol className="timeline">
+            {i.history.map((h, n) => (
+              <li key={n}>
+                <time dateTime={h.at}>{fmtTime(h.at)}</time>
+                <span>{h.from_state ? <StateBadge state={h.from_state} /> : null} → <StateBadge state={h.to_state} /></span>
+                {h.reason && <span className="reason">{h.reason}</span>}
+              </li>
+            ))}
+          </ol>
+        )}
+      </section>
+
+      <section className="card" aria-labelledby="actions-title">
+        <h2 id="actions-title">Action log</h2>
+        {i.actions.length === 0 ? (
+          <Empty>No actions recorded yet.</Empty>
+        ) : (
+          <div className="table-wrap">
+            <table aria-label="Action log">
+              <thead>
+                <tr><th scope="col">Step</th><th scope="col">Status</th><th scope="col">Started</th><th scope="col">Duration</th><th scope="col">Detail / error</th></tr>
+              </thead>
+              <tbody>
+                {i.actions.map((a, n) => (
+                  <tr key={n} className={a.error ? "row-error" : undefined}>
+                    <td>{humanize(a.step)}</td>
+                    <td><span className={`badge badge-${a.status === "succeeded" || a.status === "success" ? "ok" : a.status === "failed" ? "bad" : a.status === "running" ? "info" : "muted"}`}>{humanize(a.status)}</span></td>
+                    <td>{fmtTime(a.started_at)}</td>
+                    <td>{a.finished_at ? fmtDuration(a.duration_ms) : "running…"}</td>
+                    <td>{a.error ? <span className="cell-error">{a.error}</span> : (a.detail ?? "")}</td>
+                  </tr>
+                ))}
+              </tbody>
+            </table>
+          </div>
+        )}
+      </section>
+
+      <section className="card" aria-labelledby="volumes-title">
+        <h2 id="volumes-title">Volumes</h2>
+        {i.volumes.length === 0 ? (
+          <Empty>No volumes attached.</Empty>
+        ) : (
+          <div className="table-wrap">
+            <table aria-label="Volumes">
+              <thead><tr><th scope="col">Volume</th><th scope="col">Type</th><th scope="col">Size</th><th scope="col">Boot</th><th scope="col">On terminate</th><th scope="col">State</th></tr></thead>
+              <tbody>
+                {i.volumes.map((v) => (
+                  <tr key={v.provider_volume_id}>
+                    <td className="mono">{v.provider_volume_id}</td>
+                    <td>{v.volume_type}</td>
+                    <td>{fmtNumber(v.size_gb)} GB</td>
+                    <td>{v.is_boot ? "yes" : "no"}</td>
+                    <td>{v.delete_on_terminate ? "deleted" : "kept"}</td>
+                    <td>{humanize(v.state)}</td>
+                  </tr>
+                ))}
+              </tbody>
+            </table>
+          </div>
+        )}
+      </section>
+
+      <InstanceCharts id={i.id} />
+    </>
+  );
+}
+
+function InstanceCharts({ id }: { id: string }) {
+  const path = `/api/v1/instances/${id}/metrics`;
+  const res = useResource(() => request<unknown>("GET", path, { query: { range: "1h" } }), [id]);
+  useInterval(() => void res.reload(), res.notAvailable ? null : 10000);
+  return (
+    <section className="card" aria-labelledby="charts-title">
+      <h2 id="charts-title">GPU and engine (last hour)</h2>
+      {res.loading ? <Loading what="Loading metrics" /> : res.notAvailable ? (
+        <NotAvailable what="Instance metrics" path={`GET ${path}`} />
+      ) : res.error ? <ErrorBox message={res.error} /> : (
+        <div className="grid-2">
+          <LineChart title="GPU utilisation" unit=" %" series={toSeries(res.data, ["gpu_utilization", "gpu_util"], "GPU")} format={(v) => v.toFixed(0)} />
+          <LineChart title="GPU memory used" unit=" MB" series={toSeries(res.data, ["gpu_memory_used_mb"], "memory")} format={(v) => v.toFixed(0)} />
+          <LineChart title="Requests running / waiting" series={[
+            ...toSeries(res.data, ["requests_running"], "running"),
+            ...toSeries(res.data, ["requests_waiting"], "waiting"),
+          ]} format={(v) => v.toFixed(0)} />
+          <LineChart title="KV cache usage" unit=" %" series={toSeries(res.data, ["kv_cache_usage"], "KV cache").map((s) => ({ ...s, points: s.points.map((p) => ({ ...p, v: p.v <= 1 ? p.v * 100 : p.v })) }))} format={(v) => v.toFixed(0)} />
+        </div>
+      )}
+    </section>
+  );
+}

@@ -1,0 +1,129 @@
+import { useState, type FormEvent } from "react";
+import { request } from "../api/client";
+import { Empty, Guard, Notice, PageHeader } from "../components/ui";
+import { PROVIDERS_PATH, TYPES_PATH, useInstanceTypes, useProviders, type InstanceType } from "../lib/catalog";
+import { fmtMoney, fmtNumber } from "../lib/format";
+
+const KINDS = ["local", "scaleway", "aws", "ssh"];
+
+export function ProvidersPage({ isAdmin }: { isAdmin: boolean }) {
+  const providers = useProviders();
+  const types = useInstanceTypes();
+  const [notice, setNotice] = useState<{ tone: "ok" | "bad"; text: string } | null>(null);
+  const [prices, setPrices] = useState<Record<string, string>>({});
+  const [newProvider, setNewProvider] = useState({ name: "", kind: "local" });
+
+  const savePrice = async (t: InstanceType) => {
+    const value = Number(prices[t.id]);
+    if (!(value >= 0)) {
+      setNotice({ tone: "bad", text: "A price is a number of at least 0." });
+      return;
+    }
+    const r = await request("PATCH", `${TYPES_PATH}/${t.id}`, { body: { price_per_hour: value } });
+    setNotice(r.ok ? { tone: "ok", text: `Price of ${t.name} set to ${fmtMoney(value, t.currency)}/h.` } : { tone: "bad", text: r.message });
+    if (r.ok) {
+      setPrices((p) => { const n = { ...p }; delete n[t.id]; return n; });
+      void types.reload();
+    }
+  };
+
+  const addProvider = async (e: FormEvent) => {
+    e.preventDefault();
+    const r = await request("POST", PROVIDERS_PATH, { body: { name: newProvider.name.trim(), kind: newProvider.kind } });
+    setNotice(r.ok ? { tone: "ok", text: `Provider ${newProvider.name} added.` } : { tone: "bad", text: r.message });
+    if (r.ok) {
+      setNewProvider({ name: "", kind: "local" });
+      void providers.reload();
+    }
+  };
+
+  const toggle = async (id: string, name: string, enabled: boolean) => {
+    const r = await request("PATCH", `${PROVIDERS_PATH}/${id}`, { body: { enabled } });
+    setNotice(r.ok ? { tone: "ok", text: `${name} ${enabled ? "enabled" : "disabled"}.` } : { tone: "bad", text: r.message });
+    void providers.reload();
+  };
+
+  return (
+    <>
+      <PageHeader title="Providers and prices" />
+      {!isAdmin && <Notice tone="bad">Only administrators can change providers and prices.</Notice>}
+      {notice && <Notice tone={notice.tone} onClose={() => setNotice(null)}>{notice.text}</Notice>}
+      <section className="card" aria-labelledby="providers-title">
+        <h2 id="providers-title">Providers</h2>
+        <Guard res={providers} what="Providers" path={`GET ${PROVIDERS_PATH}`}>
+          {(list) => list.length === 0 ? <Empty>No providers configured.</Empty> : (
+            <div className="table-wrap">
+              <table aria-label="Providers">
+                <thead><tr><th scope="col">Name</th><th scope="col">Kind</th><th scope="col">Status</th><th scope="col">Instance types</th><th scope="col"><span className="sr-only">Actions</span></th></tr></thead>
+                <tbody>
+                  {list.map((p) => (
+                    <tr key={p.id}>
+                      <td>{p.name}</td>
+                      <td>{p.kind}</td>
+                      <td>{p.enabled === false ? <span className="badge badge-muted">Disabled</span> : <span className="badge badge-ok">Enabled</span>}</td>
+                      <td>{(types.data ?? []).filter((t) => t.provider_id === p.id).length}</td>
+                      <td className="row-actions">
+                        {isAdmin && (
+                          <button type="button" className="secondary" onClick={() => toggle(p.id, p.name, p.enabled === false)}>
+                            {p.enabled === false ? "Enable" : "Disable"}
+                          </button>
+                        )}
+                      </td>
+                    </tr>
+                  ))}
+                </tbody>
+              </table>
+            </div>
+          )}
+        </Guard>
+        {isAdmin && !providers.notAvailable && (
+          <form className="inline-form" onSubmit={addProvider} aria-label="Add a provider">
+            <label htmlFor="prov-name">Name</label>
+            <input id="prov-name" required value={newProvider.name} onChange={(e) => setNewProvider({ ...newProvider, name: e.target.value })} />
+            <label htmlFor="prov-kind">Kind</label>
+            <select id="prov-kind" value={newProvider.kind} onChange={(e) => setNewProvider({ ...newProvider, kind: e.target.value })}>
+              {KINDS.map((k) => <option key={k}>{k}</option>)}
+            </select>
+            <button type="submit">Add provider</button>
+          </form>
+        )}
+      </section>
+      <section className="card" aria-labelledby="types-title">
+        <h2 id="types-title">Instance types and prices</h2>
+        <Guard res={types} what="Instance types" path={`GET ${TYPES_PATH}`}>
+          {(list) => list.length === 0 ? <Empty>No instance types.</Empty> : (
+            <div className="table-wrap">
+              <table aria-label="Instance types">
+                <thead><tr><th scope="col">Provider</th><th scope="col">Type</th><th scope="col">GPU</th><th scope="col" className="num">GPU memory</th><th scope="col" className="num">vCPU / RAM</th><th scope="col" className="num">Price per hour</th></tr></thead>
+                <tbody>
+                  {list.map((t) => (
+                    <tr key={t.id}>
+                      <td>{providers.data?.find((p) => p.id === t.provider_id)?.name ?? t.provider_id.slice(0, 8)}</td>
+                      <td>{t.name}</td>
+                      <td>{t.gpu_count ? `${t.gpu_count}× ${t.gpu_model ?? "GPU"}` : "none"}</td>
+                      <td className="num">{fmtNumber(t.gpu_memory_gb)} GB</td>
+                      <td className="num">{t.vcpus ?? "—"} / {t.ram_gb !== undefined ? `${fmtNumber(t.ram_gb)} GB` : "—"}</td>
+                      <td className="num">
+                        {isAdmin ? (
+                          <span className="price-edit">
+                            <input type="number" min={0} step="0.01" aria-label={`Price per hour of ${t.name}`}
+                              value={prices[t.id] ?? String(t.price_per_hour)}
+                              onChange={(e) => setPrices({ ...prices, [t.id]: e.target.value })} />
+                            <span>{t.currency}</span>
+                            {prices[t.id] !== undefined && prices[t.id] !== String(t.price_per_hour) && (
+                              <button type="button" onClick={() => savePrice(t)} aria-label={`Save price of ${t.name}`}>Save</button>
+                            )}
+                          </span>
+                        ) : fmtMoney(t.price_per_hour, t.currency)}
+                      </td>
+                    </tr>
+                  ))}
+                </tbody>
+              </table>
+            </div>
+          )}
+        </Guard>
+      </section>
+    </>
+  );
+}
