@@ -176,11 +176,13 @@ def create_app(config: SimConfig) -> FastAPI:
         return sim_request
 
     async def tokens_of(sim_request: SimRequest) -> AsyncIterator[str]:
+        finished = False
         try:
             while (token := await sim_request.output.get()) is not None:
                 yield token
+            finished = True
         finally:
-            if sim_request.output.empty() and sim_request.generated < sim_request.max_tokens:
+            if not finished:  # the client went away: free the sequence's slot and KV blocks
                 engine.cancel(sim_request)
 
     def usage(sim_request: SimRequest) -> dict[str, Any]:

@@ -211,3 +211,37 @@ async def _answers(url: str) -> bool:
             return (await http.get(f"{url}/health")).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+async def test_decoding_slows_down_as_the_batch_grows() -> None:
+    flags = ("--inter-token-latency-s", "0.01", "--decode-slowdown-per-seq", "0.5")
+    async with simulator(*flags) as url:
+        api = client(url)
+
+        async def latency() -> float:
+            start = time.monotonic()
+            await api.completions.create(model=MODEL, prompt="x", max_tokens=20)
+            return time.monotonic() - start
+
+        alone = await latency()
+        together = await asyncio.gather(*(latency() for _ in range(8)))
+    # 8 sequences decode at 1 + 0.5 * 7 = 4.5 times the single-sequence step
+    assert min(together) > 2.5 * alone
+
+
+async def test_a_client_that_disconnects_frees_its_slot() -> None:
+    flags = ("--max-num-seqs", "1", "--inter-token-latency-s", "0.02")
+    async with simulator(*flags) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            body = {"model": MODEL, "prompt": "x", "max_tokens": 1000, "stream": True}
+            async with http.stream("POST", "/v1/completions", json=body) as response:
+                async for line in response.aiter_lines():
+                    if line.startswith("data:"):
+                        break  # one token, then hang up: 1000 tokens would take 20 s
+
+            async def idle() -> bool:
+                return (await scrape(url))["vllm:num_requests_running"] == 0
+
+            await wait_for(idle, 10, "the abandoned sequence to be dropped")
+            done = await client(url).completions.create(model=MODEL, prompt="y", max_tokens=2)
+        assert done.usage is not None and done.usage.completion_tokens == 2
