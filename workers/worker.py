@@ -21,7 +21,7 @@ from activities.reconcile import ReconcileActivities
 from core.db import make_engine, make_sessionmaker
 from core.settings import Settings
 from workflows.instance import InstanceWorkflow
-from workflows.reconciler import RECONCILER_WORKFLOW_ID, ReconcilerWorkflow
+from workflows.reconciler import ReconcilerWorkflow, reconciler_workflow_id
 from workflows.types import ReconcileInput
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ async def ensure_reconciler(client: Client, settings: Settings) -> None:
     await client.start_workflow(
         ReconcilerWorkflow.run,
         ReconcileInput(settings.reconcile_interval_s, settings.orphan_grace_s),
-        id=RECONCILER_WORKFLOW_ID,
+        id=reconciler_workflow_id(settings.task_queue),
         task_queue=settings.task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
     )

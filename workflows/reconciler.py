@@ -12,7 +12,10 @@ with workflow.unsafe.imports_passed_through():
     from activities.reconcile import ReconcileActivities
     from workflows.types import ReconcileInput, ReconcileResult
 
-RECONCILER_WORKFLOW_ID = "reconciler"
+
+def reconciler_workflow_id(task_queue: str) -> str:
+    """One reconciler per orchestrator task queue (one per Inventiv installation)."""
+    return f"reconciler-{task_queue}"
 
 
 @workflow.defn

@@ -17,11 +17,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -60,21 +62,20 @@ class LocalFaults(BaseSettings):
     boot_volume_gb: float = Field(default=20, description="Size recorded for each boot volume")
 
 
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited child not yet reaped) is not alive.
-    with contextlib.suppress(OSError):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat.rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-    return True
+def machine_pids(instance_id: str) -> list[int]:
+    """Processes of a local machine: the agent and its engine carry the instance id in their
+    environment, as cloud resources carry it as a tag. Found this way, a process started by an
+    attempt that crashed before recording its pid is still found (and stopped)."""
+    pids = []
+    for proc in psutil.process_iter(["pid", "status"]):
+        try:
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if proc.environ().get("INVENTIV_AGENT_INSTANCE_ID") == instance_id:
+                pids.append(proc.info["pid"])
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return pids
 
 
 class LocalCompute(Compute):
@@ -127,7 +128,7 @@ class LocalCompute(Compute):
         return found
 
     def _to_instance(self, record: dict[str, Any]) -> ProviderInstance:
-        running = _pid_alive(record.get("pid"))
+        running = bool(machine_pids(record["instance_id"]))
         ip = None if self.faults.no_ip or not running else "127.0.0.1"
         return ProviderInstance(
             resource_id=record["resource_id"],
@@ -153,24 +154,13 @@ class LocalCompute(Compute):
             self._machine_file(record["resource_id"]).unlink()
         return True
 
-    def _new_volume(self, instance_id: str, volume_type: str, size_gb: float, **kw: Any) -> None:
-        volume_id = f"vol-{uuid.uuid4().hex[:12]}"
-        meta = {
-            "volume_id": volume_id,
-            "volume_type": volume_type,
-            "size_gb": size_gb,
-            "is_boot": kw.get("is_boot", False),
-            "delete_on_terminate": kw.get("delete_on_terminate", True),
-            "instance_id": instance_id,
-        }
-        self._write_json(self._volume_meta(volume_id), meta)
-
     # ------------------------------------------------------------ Compute
 
     async def create(self, request: CreateRequest) -> ProviderInstance:
         async with self._lock:
             for record in self._all_machines():
                 if record["instance_id"] == request.instance_id:
+                    self._ensure_volumes(record)
                     return self._to_instance(record)
             match self.faults.fail_create:
                 case "transient":
@@ -188,19 +178,18 @@ class LocalCompute(Compute):
                     f"local provider has no instance type {request.instance_type!r}; "
                     f"use {LOCAL_INSTANCE_TYPE!r}"
                 )
-            resource_id = f"local-{uuid.uuid4().hex[:12]}"
-            # Volumes first, then the machine record: a crash in between leaves tagged volumes
-            # that the reconciler finds, never a machine with forgotten volumes.
-            self._new_volume(request.instance_id, "boot", self.faults.boot_volume_gb, is_boot=True)
-            for spec in request.volumes:
-                self._new_volume(
-                    request.instance_id,
-                    spec.volume_type,
-                    spec.size_gb,
-                    delete_on_terminate=spec.delete_on_terminate,
+            planned = [
+                self._volume_plan(
+                    request.instance_id, "boot", self.faults.boot_volume_gb, True, True
                 )
+            ] + [
+                self._volume_plan(
+                    request.instance_id, v.volume_type, v.size_gb, False, v.delete_on_terminate
+                )
+                for v in request.volumes
+            ]
             record = {
-                "resource_id": resource_id,
+                "resource_id": f"local-{uuid.uuid4().hex[:12]}",
                 "instance_id": request.instance_id,
                 "created_at": datetime.now(UTC).isoformat(),
                 "agent_port": free_port(),
@@ -208,9 +197,32 @@ class LocalCompute(Compute):
                 "pid": None,
                 "env": self._agent_env(request),
                 "delete_attempts": 0,
+                "volumes": planned,
             }
-            self._write_json(self._machine_file(resource_id), record)
+            # The record (with its planned volumes) is written atomically before anything else:
+            # a crash at any point leaves something a retry finds by the instance tag.
+            self._write_json(self._machine_file(record["resource_id"]), record)
+            self._ensure_volumes(record)
             return self._to_instance(record)
+
+    @staticmethod
+    def _volume_plan(
+        instance_id: str, volume_type: str, size_gb: float, is_boot: bool, delete: bool
+    ) -> dict[str, Any]:
+        return {
+            "volume_id": f"vol-{uuid.uuid4().hex[:12]}",
+            "volume_type": volume_type,
+            "size_gb": size_gb,
+            "is_boot": is_boot,
+            "delete_on_terminate": delete,
+            "instance_id": instance_id,
+        }
+
+    def _ensure_volumes(self, record: dict[str, Any]) -> None:
+        for meta in record.get("volumes", []):
+            path = self._volume_meta(meta["volume_id"])
+            if not path.exists():
+                self._write_json(path, meta)
 
     def _agent_env(self, request: CreateRequest) -> dict[str, str]:
         engine_command = f"{sys.executable} -m agent.sim"
@@ -233,7 +245,7 @@ class LocalCompute(Compute):
             record = self._read_machine(resource_id)
             if record is None:
                 raise InvalidRequestError(f"local machine {resource_id} does not exist")
-            if _pid_alive(record.get("pid")):
+            if machine_pids(record["instance_id"]):
                 return
             self._spawn(record)
 
@@ -257,20 +269,16 @@ class LocalCompute(Compute):
         self._write_json(self._machine_file(record["resource_id"]), record)
 
     def _kill(self, record: dict[str, Any]) -> None:
-        pid = record.get("pid")
-        if not _pid_alive(pid):
-            return
-        assert pid is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-        for _ in range(100):
-            if not _pid_alive(pid):
-                return
-            import time
-
-            time.sleep(0.05)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
+        """Stop every process of the machine: SIGTERM, then SIGKILL what is left."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            pids = machine_pids(record["instance_id"])
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            for _ in range(100):
+                if not machine_pids(record["instance_id"]):
+                    return
+                time.sleep(0.05)
 
     async def get(self, resource_id: str) -> ProviderInstance | None:
         async with self._lock:
@@ -337,7 +345,7 @@ class LocalCompute(Compute):
         """Stop every local machine's processes, keeping records (a power cut, not a delete)."""
         count = 0
         for record in self._all_machines():
-            if _pid_alive(record.get("pid")):
+            if machine_pids(record["instance_id"]):
                 self._kill(record)
                 count += 1
         return count
@@ -346,7 +354,7 @@ class LocalCompute(Compute):
         """Restart machines that were powered off (used when `inventiv dev` starts again)."""
         count = 0
         for record in self._all_machines():
-            if record.get("pid") and not _pid_alive(record.get("pid")):
+            if record.get("pid") and not machine_pids(record["instance_id"]):
                 self._spawn(record)
                 count += 1
         return count

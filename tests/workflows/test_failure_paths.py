@@ -219,6 +219,7 @@ async def test_vanished_machine_becomes_provider_deleted(
     settings: Settings, sessionmaker, temporal_client
 ) -> None:
     from workers.worker import ensure_reconciler
+    from workflows.reconciler import reconciler_workflow_id
 
     settings = settings.model_copy(update={"reconcile_interval_s": 0.5})
     async with sessionmaker() as session:
@@ -241,7 +242,9 @@ async def test_vanished_machine_becomes_provider_deleted(
             if rows and all(a.status == "succeeded" for a in rows):
                 break
             await asyncio.sleep(0.2)
-        await temporal_client.get_workflow_handle("reconciler").terminate()
+        await temporal_client.get_workflow_handle(
+            reconciler_workflow_id(settings.task_queue)
+        ).terminate()
     path = await history(sessionmaker, instance.id)
     assert path[-1] == S.provider_deleted and is_legal_path(path)
     await _nothing_left(settings)
