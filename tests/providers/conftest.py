@@ -1,11 +1,18 @@
-"""Stand-ins for the providers: moto's EC2 server (server mode, real HTTP on loopback) and a
-local HTTP server speaking the Scaleway API's JSON."""
+"""Stand-ins for the providers: moto's EC2 server (server mode, real HTTP on loopback), a local
+HTTP server speaking the Scaleway API's JSON, and a real SSH server (asyncssh) on loopback."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import signal
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
+import asyncssh
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
@@ -76,3 +83,62 @@ def scaleway_settings(fake_scaleway: FakeScaleway) -> ScalewaySettings:
         poll_interval_s=0.05,
         state_timeout_s=5,
     )
+
+
+@dataclass
+class SSHHost:
+    """A real SSH server (asyncssh) on loopback that runs commands in `home` with a real shell."""
+
+    port: int
+    home: Path
+    host_key: asyncssh.SSHKey
+    client_key_path: Path
+
+    def public_host_key(self) -> str:
+        return self.host_key.export_public_key().decode().strip()
+
+
+@pytest.fixture
+async def ssh_host(tmp_path: Path) -> AsyncIterator[SSHHost]:
+    home = tmp_path / "home"
+    home.mkdir()
+    host_key = asyncssh.generate_private_key("ssh-ed25519")
+    client_key = asyncssh.generate_private_key("ssh-ed25519")
+    client_key_path = tmp_path / "id_ed25519"
+    client_key.write_private_key(str(client_key_path))
+    client_key_path.chmod(0o600)
+
+    async def run(process: asyncssh.SSHServerProcess[str]) -> None:
+        proc = await asyncio.create_subprocess_shell(
+            process.command or "true",
+            cwd=home,
+            env={"HOME": str(home), "PATH": os.environ["PATH"]},
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate()
+        process.stdout.write(out.decode())
+        process.stderr.write(err.decode())
+        process.exit(proc.returncode or 0)
+
+    server = await asyncssh.listen(
+        "127.0.0.1",
+        0,
+        server_host_keys=[host_key],
+        authorized_client_keys=asyncssh.import_authorized_keys(
+            client_key.export_public_key().decode()
+        ),
+        process_factory=run,
+        sftp_factory=lambda chan: asyncssh.SFTPServer(chan, chroot=str(home).encode()),
+    )
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield SSHHost(port, home, host_key, client_key_path)
+    finally:
+        # Whatever a failed test left running there.
+        for pid_file in home.glob(".inventiv/*/agent.pid"):
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+        server.close()
+        await server.wait_closed()

@@ -1,0 +1,375 @@
+"""Bare metal over SSH (asyncssh): registered hosts lent to one instance at a time.
+
+Provisioning claims a free host with one conditional UPDATE (two instances never share a host),
+connects with the host key verified (the key pinned with the host, else the known_hosts file;
+never unverified), uploads the agent bundle and `agent/bootstrap.sh`, and runs the bootstrap,
+which verifies `WORKER_AGENT_SHA256` before starting anything. The agent runs in the flavor's
+worker container when the flavor has one and Docker answers on a GPU host, as a plain process
+otherwise. A host that cannot be reached or refuses us is released at once, with a clear error.
+Terminating stops the agent and its engine, removes the working folder and releases the host.
+
+Resource ids are `<host id>/<instance id>`: a stale id never touches the host's next tenant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import asyncssh
+from cryptography.fernet import Fernet, InvalidToken
+from sqlalchemy import func, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+
+from activities.providers.base import (
+    Compute,
+    CreateRequest,
+    InstanceOffer,
+    InvalidRequestError,
+    NoCapacityError,
+    ProviderError,
+    ProviderInstance,
+    ProviderVolume,
+    ProvisioningError,
+    TransientProviderError,
+)
+from activities.providers.cloud_init import BOOTSTRAP_PATH, env_file, read_bootstrap
+from activities.providers.flavors import agent_environment, get_flavor
+from activities.providers.settings import SSHSettings
+from core.db import make_engine, make_sessionmaker
+from core.models import BareMetalHost
+
+REPO_ROOT = BOOTSTRAP_PATH.parents[1]
+BARE_METAL_TYPE = "bare-metal"
+# bootstrap.sh exit statuses
+_CHECKSUM_MISMATCH = 3
+
+
+def encrypt_private_key(private_key: str, settings: SSHSettings) -> str:
+    """A `private_key_ref` for a key given through the API: Fernet-encrypted, never clear."""
+    if settings.key_encryption_key is None:
+        raise InvalidRequestError(
+            "set INVENTIV_SSH_KEY_ENCRYPTION_KEY to register keys; or give a key path instead"
+        )
+    try:
+        asyncssh.import_private_key(private_key)
+    except (asyncssh.KeyImportError, ValueError):
+        raise InvalidRequestError("the private key is not a valid unencrypted SSH key") from None
+    fernet = Fernet(settings.key_encryption_key.get_secret_value().encode())
+    return "fernet:" + fernet.encrypt(private_key.encode()).decode()
+
+
+def load_private_key(ref: str, settings: SSHSettings) -> asyncssh.SSHKey:
+    scheme, _, value = ref.partition(":")
+    try:
+        if scheme == "file":
+            return asyncssh.read_private_key(value)
+        if scheme == "fernet" and settings.key_encryption_key is not None:
+            fernet = Fernet(settings.key_encryption_key.get_secret_value().encode())
+            return asyncssh.import_private_key(fernet.decrypt(value.encode()))
+    except (OSError, asyncssh.KeyImportError, InvalidToken, ValueError) as exc:
+        raise InvalidRequestError(f"cannot load the host's SSH key ({scheme}): {exc}") from None
+    raise InvalidRequestError(f"unusable private key reference scheme {scheme!r}")
+
+
+def _known_hosts(host: BareMetalHost, settings: SSHSettings) -> asyncssh.SSHKnownHosts:
+    if host.host_key:
+        pattern = host.address if host.port == 22 else f"[{host.address}]:{host.port}"
+        return asyncssh.import_known_hosts(f"{pattern} {host.host_key.strip()}\n")
+    if settings.known_hosts is not None:
+        return asyncssh.read_known_hosts(str(settings.known_hosts))
+    raise InvalidRequestError(
+        f"no known host key for {host.name}: register its host key or set INVENTIV_SSH_KNOWN_HOSTS"
+    )
+
+
+class SSHCompute(Compute):
+    kind = "ssh"
+
+    def __init__(self, settings: SSHSettings, database_url: str) -> None:
+        self.settings = settings
+        self._engine = make_engine(database_url, pool_size=2)
+        self._sessions = make_sessionmaker(self._engine)
+        self._bundle: Path | None = None
+
+    def catalogue(self) -> list[InstanceOffer]:
+        return [
+            InstanceOffer(BARE_METAL_TYPE, None, 0, 0, 0, 0, self.settings.price_per_hour, "EUR")
+        ]
+
+    # ------------------------------------------------------------------ claiming
+
+    async def claim_host(self, instance_id: str, instance_type: str) -> BareMetalHost | None:
+        """This instance's host: the one it already holds, else a free one claimed atomically."""
+        owner = _uuid(instance_id)
+        async with self._sessions() as session:
+            held = await session.scalar(
+                select(BareMetalHost).where(col(BareMetalHost.claimed_by) == owner)
+            )
+            if held is not None:
+                return held
+            free = (
+                select(col(BareMetalHost.id))
+                .where(
+                    col(BareMetalHost.claimed_by).is_(None),
+                    col(BareMetalHost.enabled).is_(True),
+                    col(BareMetalHost.instance_type) == instance_type,
+                )
+                .order_by(col(BareMetalHost.created_at))
+                .limit(1)
+                .with_for_update(skip_locked=True)
+                .scalar_subquery()
+            )
+            try:
+                claimed = await session.scalar(
+                    update(BareMetalHost)
+                    .where(col(BareMetalHost.id) == free, col(BareMetalHost.claimed_by).is_(None))
+                    .values(claimed_by=owner, claimed_at=func.now())
+                    .returning(col(BareMetalHost.id))
+                )
+                await session.commit()
+            except IntegrityError:  # this instance claimed another host concurrently
+                await session.rollback()
+                return await self.claim_host(instance_id, instance_type)
+            return await session.get(BareMetalHost, claimed) if claimed is not None else None
+
+    async def release_host(self, host_id: uuid.UUID, instance_id: str) -> bool:
+        async with self._sessions() as session:
+            released = await session.scalar(
+                update(BareMetalHost)
+                .where(
+                    col(BareMetalHost.id) == host_id,
+                    col(BareMetalHost.claimed_by) == _uuid(instance_id),
+                )
+                .values(claimed_by=None, claimed_at=None)
+                .returning(col(BareMetalHost.id))
+            )
+            await session.commit()
+            return released is not None
+
+    async def _held(self, resource_id: str) -> tuple[BareMetalHost, str] | None:
+        host_id, _, instance_id = resource_id.partition("/")
+        async with self._sessions() as session:
+            host = await session.get(BareMetalHost, _uuid(host_id))
+        if host is None or str(host.claimed_by) != instance_id:
+            return None
+        return host, instance_id
+
+    # ------------------------------------------------------------------ SSH
+
+    async def _connect(self, host: BareMetalHost) -> asyncssh.SSHClientConnection:
+        known_hosts = _known_hosts(host, self.settings)
+        key = load_private_key(host.private_key_ref, self.settings)
+        where = f"bare-metal host {host.name} ({host.address}:{host.port})"
+        try:
+            return await asyncssh.connect(
+                host.address,
+                host.port,
+                username=host.user,
+                client_keys=[key],
+                known_hosts=known_hosts,
+                connect_timeout=self.settings.connect_timeout_s,
+                agent_path=None,
+                config=[],
+            )
+        except asyncssh.HostKeyNotVerifiable as exc:
+            raise InvalidRequestError(
+                f"{where} presented a host key that does not match the known one ({exc.reason}): "
+                "refusing to connect"
+            ) from None
+        except asyncssh.PermissionDenied:
+            raise InvalidRequestError(f"{where} refused our SSH key for user {host.user}") from None
+        except (OSError, TimeoutError, asyncssh.Error) as exc:
+            raise TransientProviderError(f"{where} is unreachable: {exc}") from None
+
+    def _remote_dir(self, instance_id: str) -> str:
+        return f"{self.settings.remote_dir}/{instance_id}"
+
+    async def _agent_bundle(self) -> Path:
+        """The agent bundle bootstrap.sh installs, built once by the agent's own tool."""
+        if self._bundle is None or not self._bundle.exists():
+            output = Path(tempfile.mkdtemp(prefix="inventiv-bundle-")) / "agent.tar.gz"
+            proc = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "agent.version_tool", "bundle", str(output)],
+                cwd=REPO_ROOT,
+                capture_output=True,
+                text=True,
+            )
+            if proc.returncode != 0:
+                raise ProvisioningError(f"cannot build the agent bundle: {proc.stderr.strip()}")
+            self._bundle = output
+        return self._bundle
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def create(self, request: CreateRequest) -> ProviderInstance:
+        get_flavor(request.flavor)  # an unknown flavor fails before a host is claimed
+        instance_type = request.instance_type
+        host = await self.claim_host(request.instance_id, instance_type)
+        if host is None:
+            raise NoCapacityError(f"no free bare-metal host of type {instance_type!r}")
+        try:
+            await self._install(host, request)
+        except ProviderError:
+            await self.release_host(host.id, request.instance_id)
+            raise
+        return self._to_instance(host, request.instance_id)
+
+    async def _install(self, host: BareMetalHost, request: CreateRequest) -> None:
+        flavor = get_flavor(request.flavor)
+        remote = self._remote_dir(request.instance_id)
+        env = agent_environment(
+            request,
+            python=host.python,
+            agent_port=host.agent_port,
+            engine_port=host.engine_port,
+        )
+        bundle = await self._agent_bundle()
+        async with await self._connect(host) as conn:
+            if (
+                await conn.run(self._running_command(request.instance_id), check=False)
+            ).exit_status == 0:
+                return  # a retried create: the first try's agent is running
+            await self._run(
+                conn, f"mkdir -p {shlex.quote(remote)} && chmod 700 {shlex.quote(remote)}"
+            )
+            async with conn.start_sftp_client() as sftp:
+                await sftp.put(str(bundle), f"{remote}/agent.tar.gz")
+                async with sftp.open(f"{remote}/bootstrap.sh", "w") as out:
+                    await out.write(read_bootstrap())
+                async with sftp.open(
+                    f"{remote}/agent.env", "w", asyncssh.SFTPAttrs(permissions=0o600)
+                ) as out:
+                    await out.write(env_file(env))
+            container = (
+                bool(flavor.engine_image and host.gpu_inventory)
+                and (await conn.run("docker info", check=False)).exit_status == 0
+            )
+            if container:
+                command = self._docker_command(
+                    flavor.engine_image or "", flavor.accelerator, request.instance_id, remote
+                )
+            else:
+                command = (
+                    f"cd {shlex.quote(remote)} && set -a && . ./agent.env && set +a && "
+                    f"WORKER_AGENT_TARBALL=$PWD/agent.tar.gz WORKER_INSTALL_DIR=$PWD "
+                    f"WORKER_PYTHON={shlex.quote(host.python)} WORKER_AGENT_MODE=background "
+                    "sh ./bootstrap.sh"
+                )
+            result = await conn.run(command, check=False)
+            if result.exit_status != 0:
+                log = await conn.run(f"tail -n 5 {shlex.quote(remote)}/agent.log", check=False)
+                await conn.run(self._cleanup_command(request.instance_id), check=False)
+                message = str(result.stderr or result.stdout or "").strip().splitlines()
+                detail = message[-1] if message else f"exit status {result.exit_status}"
+                if log.exit_status == 0 and log.stdout:
+                    detail += "; agent log ends with: " + str(log.stdout).strip()
+                if result.exit_status == _CHECKSUM_MISMATCH:
+                    raise ProvisioningError(
+                        f"agent integrity check failed on {host.name}: {detail}"
+                    )
+                raise ProvisioningError(f"agent did not start on {host.name}: {detail}")
+
+    @staticmethod
+    def _docker_command(image: str, accelerator: str, instance_id: str, remote: str) -> str:
+        devices = (
+            "--gpus all"
+            if accelerator == "nvidia"
+            else "--device /dev/kfd --device /dev/dri --group-add video"
+        )
+        # docker's --env-file takes values verbatim: build it from the shell-quoted file.
+        return (
+            f"cd {shlex.quote(remote)} && set -a && . ./agent.env && set +a && "
+            "env | grep -E '^(INVENTIV_AGENT_|WORKER_|HF_|AWS_|NVIDIA_|HIP_|TORCH_|NCCL_|VLLM_)' "
+            "> docker.env && chmod 600 docker.env && "
+            f"docker rm -f inventiv-{instance_id} >/dev/null 2>&1; "
+            f"docker run -d --name inventiv-{instance_id} --restart unless-stopped --network host "
+            f"{devices} --env-file docker.env -e WORKER_AGENT_MODE=foreground {shlex.quote(image)}"
+        )
+
+    def _running_command(self, instance_id: str) -> str:
+        remote = shlex.quote(self._remote_dir(instance_id))
+        return (
+            f'kill -0 "$(cat {remote}/agent.pid 2>/dev/null)" 2>/dev/null || '
+            f"[ \"$(docker inspect -f '{{{{.State.Running}}}}' inventiv-{instance_id} 2>/dev/null)\" = true ]"
+        )
+
+    def _cleanup_command(self, instance_id: str) -> str:
+        """Stop the container or the agent's process group (the engine with it), then forget."""
+        remote = shlex.quote(self._remote_dir(instance_id))
+        return (
+            f"docker rm -f inventiv-{instance_id} >/dev/null 2>&1; "
+            f"if [ -f {remote}/agent.pid ]; then pid=$(cat {remote}/agent.pid); "
+            'kill -TERM "-$pid" 2>/dev/null; '
+            'for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$pid" 2>/dev/null || break; sleep 1; done; '
+            'kill -KILL "-$pid" 2>/dev/null; fi; '
+            f"rm -rf {remote}; true"
+        )
+
+    async def _run(self, conn: asyncssh.SSHClientConnection, command: str) -> None:
+        result = await conn.run(command, check=False)
+        if result.exit_status != 0:
+            raise ProvisioningError(f"remote command failed: {str(result.stderr).strip()}")
+
+    def _to_instance(self, host: BareMetalHost, instance_id: str) -> ProviderInstance:
+        return ProviderInstance(
+            resource_id=f"{host.id}/{instance_id}",
+            instance_id=instance_id,
+            state="running",
+            ip_address=host.address,
+            agent_url=f"http://{host.address}:{host.agent_port}",
+            engine_url=f"http://{host.address}:{host.engine_port}",
+            created_at=host.claimed_at,
+            extra={"host": host.name, "gpus": host.gpu_inventory},
+        )
+
+    async def start(self, resource_id: str) -> None:
+        """The agent starts during create; a bare-metal host is always powered."""
+        if await self._held(resource_id) is None:
+            raise InvalidRequestError(f"bare-metal instance {resource_id} does not exist")
+
+    async def get(self, resource_id: str) -> ProviderInstance | None:
+        held = await self._held(resource_id)
+        return self._to_instance(*held) if held is not None else None
+
+    async def delete(self, resource_id: str) -> None:
+        held = await self._held(resource_id)
+        if held is None:
+            return
+        host, instance_id = held
+        async with await self._connect(host) as conn:
+            await conn.run(self._cleanup_command(instance_id), check=False)
+        await self.release_host(host.id, instance_id)
+
+    async def list_tagged(self) -> list[ProviderInstance]:
+        async with self._sessions() as session:
+            hosts = (
+                await session.scalars(
+                    select(BareMetalHost).where(col(BareMetalHost.claimed_by).is_not(None))
+                )
+            ).all()
+        return [self._to_instance(h, str(h.claimed_by)) for h in hosts]
+
+    async def list_volumes(self, resource_id: str) -> list[ProviderVolume]:
+        """A host's disks are its own: nothing to track or delete."""
+        return []
+
+    async def delete_volume(self, volume_id: str) -> None:
+        """Bare metal has no provider volumes."""
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+
+def _uuid(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidRequestError(f"not an id: {value!r}") from None
