@@ -102,9 +102,10 @@ export async function request<T>(
   return failure(response.status, body, path);
 }
 
-/** Lists come back either as an array or as a page {items, total}; both give the rows. */
+/** Lists come back as an array, a page {items, total} or a report {rows, …}: all give the rows. */
 export function rows<T>(data: unknown): T[] {
   if (Array.isArray(data)) return data as T[];
-  const items = (data as { items?: unknown } | null)?.items;
+  const d = data as { items?: unknown; rows?: unknown } | null;
+  const items = d?.items ?? d?.rows;
   return Array.isArray(items) ? (items as T[]) : [];
 }

@@ -14,7 +14,7 @@ export interface paths {
         get?: never;
         put?: never;
         /** Agent heartbeat (Authorization: Bearer <agent token>) */
-        post: operations["heartbeat_api_v1_agents_heartbeat_post"];
+        post: operations["agents-heartbeat"];
         delete?: never;
         options?: never;
         head?: never;
@@ -31,7 +31,7 @@ export interface paths {
         get?: never;
         put?: never;
         /** Login */
-        post: operations["login_api_v1_auth_login_post"];
+        post: operations["auth-login"];
         delete?: never;
         options?: never;
         head?: never;
@@ -47,8 +47,11 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Logout */
-        post: operations["logout_api_v1_auth_logout_post"];
+        /**
+         * Logout
+         * @description End this session: the cookie is cleared and the token refused from now on.
+         */
+        post: operations["auth-logout"];
         delete?: never;
         options?: never;
         head?: never;
@@ -62,10 +65,30 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Me */
-        get: operations["me_api_v1_auth_me_get"];
+        /**
+         * Me
+         * @description Who is logged in, and the projects they belong to (admins see every project).
+         */
+        get: operations["auth-me"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/auth/password": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Change Password */
+        post: operations["auth-change_password"];
         delete?: never;
         options?: never;
         head?: never;
@@ -80,9 +103,93 @@ export interface paths {
             cookie?: never;
         };
         /** List Deployments */
-        get: operations["list_deployments_api_v1_deployments_get"];
+        get: operations["deployments-list_deployments"];
+        put?: never;
+        /** Create Deployment */
+        post: operations["deployments-create_deployment"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/deployments/flavors": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Flavors
+         * @description Worker flavors a deployment can use (engine image and defaults).
+         */
+        get: operations["deployments-list_flavors"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/deployments/{deployment_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Get Deployment */
+        get: operations["deployments-get_deployment"];
+        put?: never;
+        post?: never;
+        /**
+         * Delete Deployment
+         * @description Retire the deployment (kept on record for its history and costs; its served name becomes
+         *     free). Refused while it has live instances: terminate them first.
+         */
+        delete: operations["deployments-delete_deployment"];
+        options?: never;
+        head?: never;
+        /** Update Deployment */
+        patch: operations["deployments-update_deployment"];
+        trace?: never;
+    };
+    "/api/v1/deployments/{deployment_id}/autoscaling/start": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Start Autoscaling
+         * @description Let the autoscaler add and drain instances between min and max.
+         */
+        post: operations["deployments-start_autoscaling"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/deployments/{deployment_id}/autoscaling/stop": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Stop Autoscaling
+         * @description Freeze the instance count: the autoscaler leaves the deployment alone.
+         */
+        post: operations["deployments-stop_autoscaling"];
         delete?: never;
         options?: never;
         head?: never;
@@ -102,7 +209,7 @@ export interface paths {
          * Provision Instance
          * @description Start a new instance of the deployment; returns at once, follow it at /instances/{id}.
          */
-        post: operations["provision_instance_api_v1_deployments__deployment_id__instances_post"];
+        post: operations["deployments-provision_instance"];
         delete?: never;
         options?: never;
         head?: never;
@@ -117,7 +224,7 @@ export interface paths {
             cookie?: never;
         };
         /** List Instances */
-        get: operations["list_instances_api_v1_instances_get"];
+        get: operations["instances-list_instances"];
         put?: never;
         post?: never;
         delete?: never;
@@ -134,14 +241,14 @@ export interface paths {
             cookie?: never;
         };
         /** Get Instance */
-        get: operations["get_instance_api_v1_instances__instance_id__get"];
+        get: operations["instances-get_instance"];
         put?: never;
         post?: never;
         /**
          * Terminate Instance
          * @description Drain (if serving) and terminate: server, then volumes; persistent volumes are kept.
          */
-        delete: operations["terminate_instance_api_v1_instances__instance_id__delete"];
+        delete: operations["instances-terminate_instance"];
         options?: never;
         head?: never;
         patch?: never;
@@ -160,11 +267,210 @@ export interface paths {
          * Drain Instance
          * @description Stop routing new requests to it, let in-flight ones finish, then terminate.
          */
-        post: operations["drain_instance_api_v1_instances__instance_id__drain_post"];
+        post: operations["instances-drain_instance"];
         delete?: never;
         options?: never;
         head?: never;
         patch?: never;
+        trace?: never;
+    };
+    "/api/v1/keys": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** List Keys */
+        get: operations["keys-list_keys"];
+        put?: never;
+        /** Create Key */
+        post: operations["keys-create_key"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/keys/{key_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Get Key */
+        get: operations["keys-get_key"];
+        put?: never;
+        post?: never;
+        /**
+         * Revoke Key
+         * @description Revoke the key: every gateway refuses it within seconds. Revoking twice is harmless.
+         */
+        delete: operations["keys-revoke_key"];
+        options?: never;
+        head?: never;
+        /** Update Key */
+        patch: operations["keys-update_key"];
+        trace?: never;
+    };
+    "/api/v1/projects": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** List Projects */
+        get: operations["projects-list_projects"];
+        put?: never;
+        /** Create Project */
+        post: operations["projects-create_project"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/projects/{project_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Get Project */
+        get: operations["projects-get_project"];
+        put?: never;
+        post?: never;
+        /**
+         * Delete Project
+         * @description Delete a project with its deployments, keys and memberships; refused once it has had
+         *     instances (their history and costs belong to it).
+         */
+        delete: operations["projects-delete_project"];
+        options?: never;
+        head?: never;
+        /** Update Project */
+        patch: operations["projects-update_project"];
+        trace?: never;
+    };
+    "/api/v1/projects/{project_id}/members": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** List Members */
+        get: operations["projects-list_members"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/projects/{project_id}/members/{user_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Add Member
+         * @description Make a person a member of the project (idempotent).
+         */
+        put: operations["projects-add_member"];
+        post?: never;
+        /** Remove Member */
+        delete: operations["projects-remove_member"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/usage": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Usage
+         * @description Usage of the caller's projects, grouped by the dimensions asked for (UTC days).
+         */
+        get: operations["usage-get_usage"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/usage/export": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Export Usage
+         * @description The same as GET /usage by day, project, key and model, as a CSV file.
+         */
+        get: operations["usage-export_usage"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/users": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** List Users */
+        get: operations["users-list_users"];
+        put?: never;
+        /** Create User */
+        post: operations["users-create_user"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/users/{user_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Get User */
+        get: operations["users-get_user"];
+        put?: never;
+        post?: never;
+        /**
+         * Delete User
+         * @description Delete a person and their memberships; the API keys they created stay with the project.
+         */
+        delete: operations["users-delete_user"];
+        options?: never;
+        head?: never;
+        /** Update User */
+        patch: operations["users-update_user"];
         trace?: never;
     };
 }
@@ -238,6 +544,186 @@ export interface components {
             /** Version */
             version: string;
         };
+        /** ApiKeyCreate */
+        ApiKeyCreate: {
+            /** Name */
+            name: string;
+            /**
+             * Project Id
+             * Format: uuid
+             */
+            project_id: string;
+            /**
+             * Rpm Limit
+             * @description requests per minute
+             */
+            rpm_limit?: number | null;
+            /**
+             * Tpm Limit
+             * @description tokens per minute
+             */
+            tpm_limit?: number | null;
+        };
+        /** ApiKeyCreated */
+        ApiKeyCreated: {
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Created By */
+            created_by: string | null;
+            /**
+             * Id
+             * Format: uuid
+             */
+            id: string;
+            /** Last Used At */
+            last_used_at: string | null;
+            /** Name */
+            name: string;
+            /**
+             * Prefix
+             * @description the first characters of the secret, to recognise it
+             */
+            prefix: string;
+            /**
+             * Project Id
+             * Format: uuid
+             */
+            project_id: string;
+            /** Revoked At */
+            revoked_at: string | null;
+            /** Rpm Limit */
+            rpm_limit: number | null;
+            /**
+             * Secret
+             * @description the key itself: shown this once, never again
+             */
+            secret: string;
+            /** Tpm Limit */
+            tpm_limit: number | null;
+        };
+        /** ApiKeyPublic */
+        ApiKeyPublic: {
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Created By */
+            created_by: string | null;
+            /**
+             * Id
+             * Format: uuid
+             */
+            id: string;
+            /** Last Used At */
+            last_used_at: string | null;
+            /** Name */
+            name: string;
+            /**
+             * Prefix
+             * @description the first characters of the secret, to recognise it
+             */
+            prefix: string;
+            /**
+             * Project Id
+             * Format: uuid
+             */
+            project_id: string;
+            /** Revoked At */
+            revoked_at: string | null;
+            /** Rpm Limit */
+            rpm_limit: number | null;
+            /** Tpm Limit */
+            tpm_limit: number | null;
+        };
+        /**
+         * ApiKeyUpdate
+         * @description Fields left out are unchanged; a limit set to null is removed.
+         */
+        ApiKeyUpdate: {
+            /** Name */
+            name?: string | null;
+            /** Rpm Limit */
+            rpm_limit?: number | null;
+            /** Tpm Limit */
+            tpm_limit?: number | null;
+        };
+        /** DeploymentCreate */
+        DeploymentCreate: {
+            /**
+             * Autoscaling
+             * @description autoscaling policy (thresholds, cooldowns)
+             */
+            autoscaling?: {
+                [key: string]: unknown;
+            };
+            /**
+             * Autoscaling Enabled
+             * @default false
+             */
+            autoscaling_enabled: boolean;
+            /** Boot Timeout S */
+            boot_timeout_s?: number | null;
+            /**
+             * Engine Args
+             * @description engine flags without dashes, e.g. {"max-model-len": 8192}
+             */
+            engine_args?: {
+                [key: string]: unknown;
+            };
+            /**
+             * Flavor
+             * @description see GET /deployments/flavors
+             * @default cpu-sim
+             */
+            flavor: string;
+            /**
+             * Instance Type Id
+             * Format: uuid
+             */
+            instance_type_id: string;
+            /**
+             * Max Instances
+             * @default 1
+             */
+            max_instances: number;
+            /**
+             * Min Instances
+             * @default 0
+             */
+            min_instances: number;
+            /**
+             * Model
+             * @description model to load, e.g. a Hugging Face id
+             */
+            model: string;
+            /** Name */
+            name: string;
+            /**
+             * Project Id
+             * Format: uuid
+             */
+            project_id: string;
+            /**
+             * Provider Id
+             * Format: uuid
+             */
+            provider_id: string;
+            /**
+             * Served Name
+             * @description name clients ask the gateway for; the model when unset
+             */
+            served_name?: string | null;
+            /**
+             * Session Affinity
+             * @default header
+             * @enum {string}
+             */
+            session_affinity: "none" | "header" | "user";
+        };
         /** DeploymentPublic */
         DeploymentPublic: {
             /** Autoscaling */
@@ -253,6 +739,8 @@ export interface components {
              * Format: date-time
              */
             created_at: string;
+            /** Deleted At */
+            deleted_at: string | null;
             /** Engine Args */
             engine_args: {
                 [key: string]: unknown;
@@ -269,6 +757,11 @@ export interface components {
              * Format: uuid
              */
             instance_type_id: string;
+            /**
+             * Live Instances
+             * @description instances that may be running at the provider
+             */
+            live_instances: number;
             /** Max Instances */
             max_instances: number;
             /** Min Instances */
@@ -284,8 +777,54 @@ export interface components {
             project_id: string;
             /** Provider */
             provider: string;
+            /**
+             * Provider Id
+             * Format: uuid
+             */
+            provider_id: string;
             /** Served Name */
             served_name: string;
+            /** Session Affinity */
+            session_affinity: string;
+            /**
+             * Updated At
+             * Format: date-time
+             */
+            updated_at: string;
+        };
+        /**
+         * DeploymentUpdate
+         * @description Fields left out are unchanged. Changes apply to instances started afterwards.
+         */
+        DeploymentUpdate: {
+            /** Autoscaling */
+            autoscaling?: {
+                [key: string]: unknown;
+            } | null;
+            /** Boot Timeout S */
+            boot_timeout_s?: number | null;
+            /** Engine Args */
+            engine_args?: {
+                [key: string]: unknown;
+            } | null;
+            /** Flavor */
+            flavor?: string | null;
+            /** Instance Type Id */
+            instance_type_id?: string | null;
+            /** Max Instances */
+            max_instances?: number | null;
+            /** Min Instances */
+            min_instances?: number | null;
+            /** Model */
+            model?: string | null;
+            /** Name */
+            name?: string | null;
+            /** Provider Id */
+            provider_id?: string | null;
+            /** Served Name */
+            served_name?: string | null;
+            /** Session Affinity */
+            session_affinity?: ("none" | "header" | "user") | null;
         };
         /**
          * EngineLoad
@@ -308,6 +847,21 @@ export interface components {
             ttft_seconds_count?: number | null;
             /** Ttft Seconds Sum */
             ttft_seconds_sum?: number | null;
+        };
+        /** FlavorPublic */
+        FlavorPublic: {
+            /** Accelerator */
+            accelerator: string;
+            /** Description */
+            description: string;
+            /** Engine Args */
+            engine_args: {
+                [key: string]: unknown;
+            };
+            /** Gpu Models */
+            gpu_models: string[];
+            /** Name */
+            name: string;
         };
         /**
          * GpuSample
@@ -361,6 +915,12 @@ export interface components {
             agent_checksum: string | null;
             /** Agent Integrity Ok */
             agent_integrity_ok: boolean | null;
+            /**
+             * Agent Status
+             * @description unknown before the first heartbeat; mismatch: not the agent we ship
+             * @enum {string}
+             */
+            agent_status: "unknown" | "ok" | "mismatch";
             /** Agent Url */
             agent_url: string | null;
             /** Agent Version */
@@ -370,6 +930,8 @@ export interface components {
              * Format: date-time
              */
             created_at: string;
+            /** Currency */
+            currency: string;
             /** Current Step */
             current_step: string | null;
             /**
@@ -381,6 +943,8 @@ export interface components {
             engine_url: string | null;
             /** Error */
             error: string | null;
+            /** Expected Agent Version */
+            expected_agent_version: string;
             /** History */
             history: components["schemas"]["StateChange"][];
             /**
@@ -388,10 +952,15 @@ export interface components {
              * Format: uuid
              */
             id: string;
+            /** Instance Type */
+            instance_type: string;
             /** Ip Address */
             ip_address: string | null;
             /** Last Heartbeat At */
             last_heartbeat_at: string | null;
+            latest_metrics: components["schemas"]["MetricSample"] | null;
+            /** Price Per Hour */
+            price_per_hour: number;
             /** Progress */
             progress: number;
             /**
@@ -399,6 +968,8 @@ export interface components {
              * Format: uuid
              */
             project_id: string;
+            /** Provider */
+            provider: string;
             /** Provider Resource Id */
             provider_resource_id: string | null;
             /** Ready At */
@@ -413,6 +984,8 @@ export interface components {
             volumes: components["schemas"]["VolumePublic"][];
             /** Workflow Id */
             workflow_id: string;
+            /** Zone */
+            zone: string | null;
         };
         /** InstancePage */
         InstancePage: {
@@ -482,10 +1055,54 @@ export interface components {
         Me: {
             /** Email */
             email: string;
+            /** Full Name */
+            full_name: string | null;
             /** Id */
             id: string;
-            /** Role */
-            role: string;
+            /** Projects */
+            projects: components["schemas"]["ProjectRef"][];
+            role: components["schemas"]["Role"];
+        };
+        /** MemberPublic */
+        MemberPublic: {
+            /** Email */
+            email: string;
+            /** Full Name */
+            full_name: string | null;
+            role: components["schemas"]["Role"];
+            /**
+             * User Id
+             * Format: uuid
+             */
+            user_id: string;
+        };
+        /** MetricSample */
+        MetricSample: {
+            /**
+             * At
+             * Format: date-time
+             */
+            at: string;
+            /** Cpu Percent */
+            cpu_percent: number | null;
+            /** Gpu Memory Total Mb */
+            gpu_memory_total_mb: number | null;
+            /** Gpu Memory Used Mb */
+            gpu_memory_used_mb: number | null;
+            /** Gpu Power W */
+            gpu_power_w: number | null;
+            /** Gpu Temperature C */
+            gpu_temperature_c: number | null;
+            /** Gpu Utilization */
+            gpu_utilization: number | null;
+            /** Kv Cache Usage */
+            kv_cache_usage: number | null;
+            /** Ram Percent */
+            ram_percent: number | null;
+            /** Requests Running */
+            requests_running: number | null;
+            /** Requests Waiting */
+            requests_waiting: number | null;
         };
         /**
          * ModelDownload
@@ -516,6 +1133,56 @@ export interface components {
              */
             state: string;
         };
+        /** PasswordChange */
+        PasswordChange: {
+            /** Current Password */
+            current_password: string;
+            /**
+             * New Password
+             * @description at least 8 characters
+             */
+            new_password: string;
+        };
+        /** ProjectCreate */
+        ProjectCreate: {
+            /** Name */
+            name: string;
+        };
+        /** ProjectPublic */
+        ProjectPublic: {
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Id
+             * Format: uuid
+             */
+            id: string;
+            /** Name */
+            name: string;
+        };
+        /** ProjectRef */
+        ProjectRef: {
+            /**
+             * Id
+             * Format: uuid
+             */
+            id: string;
+            /** Name */
+            name: string;
+        };
+        /** ProjectUpdate */
+        ProjectUpdate: {
+            /** Name */
+            name: string;
+        };
+        /**
+         * Role
+         * @enum {string}
+         */
+        Role: "admin" | "member";
         /** StateChange */
         StateChange: {
             /**
@@ -544,6 +1211,125 @@ export interface components {
              * @default bearer
              */
             token_type: string;
+        };
+        /**
+         * UsageDimension
+         * @enum {string}
+         */
+        UsageDimension: "day" | "project" | "key" | "model" | "deployment";
+        /** UsageReport */
+        UsageReport: {
+            /**
+             * End
+             * Format: date-time
+             */
+            end: string;
+            /** Errors */
+            errors: number;
+            /** Group By */
+            group_by: components["schemas"]["UsageDimension"][];
+            /** Input Tokens */
+            input_tokens: number;
+            /** Output Tokens */
+            output_tokens: number;
+            /** Requests */
+            requests: number;
+            /** Rows */
+            rows: components["schemas"]["UsageRow"][];
+            /**
+             * Start
+             * Format: date-time
+             */
+            start: string;
+        };
+        /** UsageRow */
+        UsageRow: {
+            /** Api Key Id */
+            api_key_id?: string | null;
+            /** Api Key Name */
+            api_key_name?: string | null;
+            /** Api Key Prefix */
+            api_key_prefix?: string | null;
+            /** Day */
+            day?: string | null;
+            /** Deployment Id */
+            deployment_id?: string | null;
+            /** Errors */
+            errors: number;
+            /** Input Tokens */
+            input_tokens: number;
+            /** Model */
+            model?: string | null;
+            /** Output Tokens */
+            output_tokens: number;
+            /** Project Id */
+            project_id?: string | null;
+            /** Requests */
+            requests: number;
+        };
+        /** UserCreate */
+        UserCreate: {
+            /** Email */
+            email: string;
+            /** Full Name */
+            full_name?: string | null;
+            /**
+             * Is Active
+             * @default true
+             */
+            is_active: boolean;
+            /**
+             * Password
+             * @description at least 8 characters
+             */
+            password: string;
+            /** @default member */
+            role: components["schemas"]["Role"];
+        };
+        /** UserPage */
+        UserPage: {
+            /** Items */
+            items: components["schemas"]["UserPublic"][];
+            /** Total */
+            total: number;
+        };
+        /** UserPublic */
+        UserPublic: {
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Email */
+            email: string;
+            /** Full Name */
+            full_name?: string | null;
+            /**
+             * Id
+             * Format: uuid
+             */
+            id: string;
+            /**
+             * Is Active
+             * @default true
+             */
+            is_active: boolean;
+            /** Project Ids */
+            project_ids: string[];
+            /** @default member */
+            role: components["schemas"]["Role"];
+        };
+        /** UserUpdate */
+        UserUpdate: {
+            /** Email */
+            email?: string | null;
+            /** Full Name */
+            full_name?: string | null;
+            /** Is Active */
+            is_active?: boolean | null;
+            /** Password */
+            password?: string | null;
+            role?: components["schemas"]["Role"] | null;
         };
         /** ValidationError */
         ValidationError: {
@@ -582,7 +1368,7 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
-    heartbeat_api_v1_agents_heartbeat_post: {
+    "agents-heartbeat": {
         parameters: {
             query?: never;
             header?: {
@@ -624,7 +1410,7 @@ export interface operations {
             };
         };
     };
-    login_api_v1_auth_login_post: {
+    "auth-login": {
         parameters: {
             query?: never;
             header?: never;
@@ -646,6 +1432,13 @@ export interface operations {
                     "application/json": components["schemas"]["Token"];
                 };
             };
+            /** @description wrong e-mail or password */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
             /** @description Validation Error */
             422: {
                 headers: {
@@ -657,7 +1450,7 @@ export interface operations {
             };
         };
     };
-    logout_api_v1_auth_logout_post: {
+    "auth-logout": {
         parameters: {
             query?: never;
             header?: never;
@@ -675,7 +1468,7 @@ export interface operations {
             };
         };
     };
-    me_api_v1_auth_me_get: {
+    "auth-me": {
         parameters: {
             query?: never;
             header?: never;
@@ -695,9 +1488,50 @@ export interface operations {
             };
         };
     };
-    list_deployments_api_v1_deployments_get: {
+    "auth-change_password": {
         parameters: {
             query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PasswordChange"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description the current password is wrong */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "deployments-list_deployments": {
+        parameters: {
+            query?: {
+                project_id?: string | null;
+                include_deleted?: boolean;
+            };
             header?: never;
             path?: never;
             cookie?: never;
@@ -713,9 +1547,228 @@ export interface operations {
                     "application/json": components["schemas"]["DeploymentPublic"][];
                 };
             };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
         };
     };
-    provision_instance_api_v1_deployments__deployment_id__instances_post: {
+    "deployments-create_deployment": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["DeploymentCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeploymentPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "deployments-list_flavors": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FlavorPublic"][];
+                };
+            };
+        };
+    };
+    "deployments-get_deployment": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                deployment_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeploymentPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "deployments-delete_deployment": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                deployment_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "deployments-update_deployment": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                deployment_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["DeploymentUpdate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeploymentPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "deployments-start_autoscaling": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                deployment_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeploymentPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "deployments-stop_autoscaling": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                deployment_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeploymentPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "deployments-provision_instance": {
         parameters: {
             query?: never;
             header?: never;
@@ -746,11 +1799,12 @@ export interface operations {
             };
         };
     };
-    list_instances_api_v1_instances_get: {
+    "instances-list_instances": {
         parameters: {
             query?: {
                 state?: components["schemas"]["InstanceState"] | null;
                 deployment_id?: string | null;
+                project_id?: string | null;
                 provider?: string | null;
                 limit?: number;
                 offset?: number;
@@ -781,7 +1835,7 @@ export interface operations {
             };
         };
     };
-    get_instance_api_v1_instances__instance_id__get: {
+    "instances-get_instance": {
         parameters: {
             query?: never;
             header?: never;
@@ -812,7 +1866,7 @@ export interface operations {
             };
         };
     };
-    terminate_instance_api_v1_instances__instance_id__delete: {
+    "instances-terminate_instance": {
         parameters: {
             query?: never;
             header?: never;
@@ -843,7 +1897,7 @@ export interface operations {
             };
         };
     };
-    drain_instance_api_v1_instances__instance_id__drain_post: {
+    "instances-drain_instance": {
         parameters: {
             query?: never;
             header?: never;
@@ -861,6 +1915,644 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ActionAccepted"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "keys-list_keys": {
+        parameters: {
+            query?: {
+                project_id?: string | null;
+                include_revoked?: boolean;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiKeyPublic"][];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "keys-create_key": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ApiKeyCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiKeyCreated"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "keys-get_key": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                key_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiKeyPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "keys-revoke_key": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                key_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiKeyPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "keys-update_key": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                key_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ApiKeyUpdate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiKeyPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "projects-list_projects": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProjectPublic"][];
+                };
+            };
+        };
+    };
+    "projects-create_project": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ProjectCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProjectPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "projects-get_project": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                project_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProjectPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "projects-delete_project": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                project_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "projects-update_project": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                project_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ProjectUpdate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProjectPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "projects-list_members": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                project_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MemberPublic"][];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "projects-add_member": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                project_id: string;
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MemberPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "projects-remove_member": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                project_id: string;
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "usage-get_usage": {
+        parameters: {
+            query?: {
+                /** @description from (default: 30 days ago) */
+                start?: string | null;
+                /** @description until, excluded (default: now) */
+                end?: string | null;
+                group_by?: components["schemas"]["UsageDimension"][];
+                project_id?: string | null;
+                api_key_id?: string | null;
+                deployment_id?: string | null;
+                model?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UsageReport"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "usage-export_usage": {
+        parameters: {
+            query?: {
+                start?: string | null;
+                end?: string | null;
+                project_id?: string | null;
+                api_key_id?: string | null;
+                deployment_id?: string | null;
+                model?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description CSV file */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/csv": string;
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "users-list_users": {
+        parameters: {
+            query?: {
+                limit?: number;
+                offset?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UserPage"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "users-create_user": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["UserCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UserPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "users-get_user": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UserPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "users-delete_user": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "users-update_user": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["UserUpdate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UserPublic"];
                 };
             };
             /** @description Validation Error */

@@ -16,7 +16,10 @@ function cell(v: unknown, key: string): string {
 
 /** A table for rows whose exact columns come from the server (usage, costs, statements). */
 export function DataTable({ rows, label, columns, hide = [] }: { rows: Row[]; label: string; columns?: string[]; hide?: string[] }) {
-  const cols = (columns ?? Array.from(new Set(rows.flatMap((r) => Object.keys(r))))).filter((c) => !hide.includes(c));
+  // Columns the server left empty in every row (dimensions not grouped by) are not shown.
+  const cols = (columns ?? Array.from(new Set(rows.flatMap((r) => Object.keys(r)))))
+    .filter((c) => !hide.includes(c))
+    .filter((c) => rows.some((r) => r[c] !== null && r[c] !== undefined));
   return (
     <div className="table-wrap">
       <table aria-label={label}>

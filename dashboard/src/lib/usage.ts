@@ -1,7 +1,7 @@
 // Usage, costs and chart metrics. Paths follow issue 6; rows are read leniently (field names
 // such as requests / input_tokens / output_tokens / cost) so the pages keep working as the
 // API's exact shapes settle.
-import { request, rows, type Result } from "../api/client";
+import { client, request, rows, typed, type Result, type Schemas } from "../api/client";
 
 export type Row = Record<string, unknown>;
 export type Dimension = "day" | "key" | "model" | "project" | "deployment";
@@ -14,13 +14,22 @@ export function isoDay(d: Date): string {
   return d.toISOString().slice(0, 10);
 }
 
-export async function fetchUsage(group_by: Dimension, start: string, end: string): Promise<Result<Row[]>> {
-  const r = await request<unknown>("GET", USAGE_PATH, { query: { group_by, start, end } });
-  return r.ok ? { ...r, data: rows<Row>(r.data) } : r;
+/** [start, end) in UTC for two calendar days (YYYY-MM-DD), both included. */
+export function dayRange(start: string, end: string): { start: string; end: string } {
+  const next = new Date(`${end}T00:00:00Z`);
+  next.setUTCDate(next.getUTCDate() + 1);
+  return { start: `${start}T00:00:00Z`, end: next.toISOString() };
+}
+
+export type UsageReport = Schemas["UsageReport"];
+export type UsageDimension = NonNullable<UsageReport["group_by"]>[number];
+
+export async function fetchUsage(group_by: UsageDimension, start: string, end: string): Promise<Result<UsageReport>> {
+  return typed(client.GET("/api/v1/usage", { params: { query: { group_by: [group_by], ...dayRange(start, end) } } }));
 }
 
 export async function fetchCosts(group_by: Dimension, start: string, end: string): Promise<Result<{ rows: Row[]; raw: unknown }>> {
-  const r = await request<unknown>("GET", COSTS_PATH, { query: { group_by, start, end } });
+  const r = await request<unknown>("GET", COSTS_PATH, { query: { group_by, ...dayRange(start, end) } });
   return r.ok ? { ...r, data: { rows: rows<Row>(r.data), raw: r.data } } : r;
 }
 

@@ -6,7 +6,7 @@ import { useLiveEvents } from "../lib/events";
 import { useInterval, useResource, useThrottled } from "../lib/hooks";
 import { fmtMoney, fmtNumber, fmtPercent } from "../lib/format";
 import { href } from "../lib/router";
-import { COST, ERRORS, METRICS_PATH, REQUESTS, TOKENS_IN, TOKENS_OUT, fetchCosts, fetchUsage, isoDay, num, spendRate } from "../lib/usage";
+import { COST, METRICS_PATH, fetchCosts, fetchUsage, isoDay, num, spendRate } from "../lib/usage";
 
 const ORDER = ["provisioning", "booting", "ready", "draining", "terminating", "startup_failed", "provider_deleted", "terminated", "archived"];
 
@@ -31,11 +31,11 @@ export function OverviewPage() {
     return m;
   }, [instances.data]);
 
-  const day = usage.data?.[0];
-  const requests = (usage.data ?? []).reduce((s, r) => s + num(r, ...REQUESTS), 0);
-  const errors = (usage.data ?? []).reduce((s, r) => s + num(r, ...ERRORS), 0);
-  const tokensIn = (usage.data ?? []).reduce((s, r) => s + num(r, ...TOKENS_IN), 0);
-  const tokensOut = (usage.data ?? []).reduce((s, r) => s + num(r, ...TOKENS_OUT), 0);
+  const day = usage.data;
+  const requests = day?.requests ?? 0;
+  const errors = day?.errors ?? 0;
+  const tokensIn = day?.input_tokens ?? 0;
+  const tokensOut = day?.output_tokens ?? 0;
   const spend = spendRate(costs.data?.raw);
   const costToday = (costs.data?.rows ?? []).reduce((s, r) => s + num(r, ...COST), 0);
   const currency = String((costs.data?.raw as { currency?: string } | undefined)?.currency ?? "EUR");

@@ -4,13 +4,14 @@ import { DataTable } from "../components/DataTable";
 import { Empty, Guard, PageHeader, Stat } from "../components/ui";
 import { useResource } from "../lib/hooks";
 import { downloadText, fmtMoney, fmtNumber, toCsv } from "../lib/format";
-import { COST, COSTS_PATH, REQUESTS, TOKENS_IN, TOKENS_OUT, USAGE_PATH, fetchCosts, fetchUsage, isoDay, label, num, spendRate, type Dimension } from "../lib/usage";
+import { COST, COSTS_PATH, TOKENS_IN, TOKENS_OUT, USAGE_PATH, dayRange, fetchCosts, fetchUsage, isoDay, label, num, spendRate, type Dimension, type Row, type UsageDimension } from "../lib/usage";
 
-const DIMENSIONS: { value: Dimension; label: string }[] = [
+const DIMENSIONS: { value: UsageDimension; label: string }[] = [
   { value: "day", label: "Day" },
   { value: "key", label: "API key" },
   { value: "model", label: "Model" },
   { value: "project", label: "Project" },
+  { value: "deployment", label: "Deployment" },
 ];
 const COST_DIMENSIONS: { value: Dimension; label: string }[] = [
   { value: "day", label: "Day" },
@@ -21,13 +22,14 @@ const COST_DIMENSIONS: { value: Dimension; label: string }[] = [
 export function UsagePage() {
   const [start, setStart] = useState(isoDay(new Date(Date.now() - 29 * 86400e3)));
   const [end, setEnd] = useState(isoDay(new Date()));
-  const [dim, setDim] = useState<Dimension>("day");
+  const [dim, setDim] = useState<UsageDimension>("day");
   const [costDim, setCostDim] = useState<Dimension>("day");
   const usage = useResource(() => fetchUsage(dim, start, end), [dim, start, end]);
-  const byDayForChart = useResource(() => fetchUsage("day", start, end), [start, end]);
   const costs = useResource(() => fetchCosts(costDim, start, end), [costDim, start, end]);
 
-  const total = (keys: string[]) => (byDayForChart.data ?? []).reduce((s, r) => s + num(r, ...keys), 0);
+  const report = usage.data;
+  const usageRows = (report?.rows ?? []) as Row[];
+  const exportHref = `${USAGE_PATH}/export?${new URLSearchParams(dayRange(start, end)).toString()}`;
   const currency = String((costs.data?.raw as { currency?: string } | undefined)?.currency ?? "EUR");
   const rate = spendRate(costs.data?.raw);
 
@@ -39,9 +41,9 @@ export function UsagePage() {
         <label>To <input type="date" aria-label="To date" value={end} min={start} onChange={(e) => setEnd(e.target.value)} /></label>
       </div>
       <section className="stats" aria-label="Period totals">
-        <Stat label="Requests" value={fmtNumber(total(REQUESTS))} />
-        <Stat label="Input tokens" value={fmtNumber(total(TOKENS_IN))} />
-        <Stat label="Output tokens" value={fmtNumber(total(TOKENS_OUT))} />
+        <Stat label="Requests" value={report ? fmtNumber(report.requests) : "—"} hint={report ? `${fmtNumber(report.errors)} failed` : undefined} />
+        <Stat label="Input tokens" value={report ? fmtNumber(report.input_tokens) : "—"} />
+        <Stat label="Output tokens" value={report ? fmtNumber(report.output_tokens) : "—"} />
         <Stat label="Server cost" value={costs.data ? fmtMoney(costs.data.rows.reduce((s, r) => s + num(r, ...COST), 0), currency) : "—"}
           hint={rate !== null ? `now ${fmtMoney(rate, currency)}/h` : undefined} />
       </section>
@@ -51,24 +53,25 @@ export function UsagePage() {
           <h2 id="usage-title">Tokens and requests</h2>
           <div className="button-row">
             <label>Group by{" "}
-              <select aria-label="Group usage by" value={dim} onChange={(e) => setDim(e.target.value as Dimension)}>
+              <select aria-label="Group usage by" value={dim} onChange={(e) => setDim(e.target.value as UsageDimension)}>
                 {DIMENSIONS.map((d) => <option key={d.value} value={d.value}>{d.label}</option>)}
               </select>
             </label>
-            <button type="button" className="secondary" disabled={!usage.data?.length}
-              onClick={() => downloadText(`usage-by-${dim}-${start}-${end}.csv`, toCsv(usage.data ?? []))}>
+            <button type="button" className="secondary" disabled={!usageRows.length}
+              onClick={() => downloadText(`usage-by-${dim}-${start}-${end}.csv`, toCsv(usageRows.map(compact)))}>
               Export CSV
             </button>
+            <a className="button secondary" href={exportHref} download>Full CSV (day × project × key × model)</a>
           </div>
         </header>
         <Guard res={usage} what="Usage" path={`GET ${USAGE_PATH}`}>
-          {(list) => list.length === 0 ? (
+          {(r) => r.rows.length === 0 ? (
             <Empty>No requests in this period. Requests sent through the gateway appear here within seconds.</Empty>
           ) : (
             <>
               <BarList title={`Tokens (in + out) by ${dim}`} format={(v) => fmtNumber(v)}
-                items={list.map((r) => ({ label: label(r, dim), value: num(r, ...TOKENS_IN) + num(r, ...TOKENS_OUT) }))} />
-              <DataTable rows={list} label={`Usage by ${dim}`} />
+                items={usageRows.map((r) => ({ label: label(r, dim), value: num(r, ...TOKENS_IN) + num(r, ...TOKENS_OUT) }))} />
+              <DataTable rows={usageRows} label={`Usage by ${dim}`} hide={["project_id", "api_key_id", "deployment_id"].filter((c) => c !== `${dim}_id`)} />
             </>
           )}
         </Guard>
@@ -84,7 +87,7 @@ export function UsagePage() {
               </select>
             </label>
             <button type="button" className="secondary" disabled={!costs.data?.rows.length}
-              onClick={() => downloadText(`costs-by-${costDim}-${start}-${end}.csv`, toCsv(costs.data?.rows ?? []))}>
+              onClick={() => downloadText(`costs-by-${costDim}-${start}-${end}.csv`, toCsv((costs.data?.rows ?? []).map(compact)))}>
               Export CSV
             </button>
           </div>
@@ -103,4 +106,9 @@ export function UsagePage() {
       </section>
     </>
   );
+}
+
+/** A row without the columns that are empty in it (dimensions not grouped by). */
+function compact(r: Row): Row {
+  return Object.fromEntries(Object.entries(r).filter(([, v]) => v !== null && v !== undefined));
 }

@@ -1,0 +1,242 @@
+"""The dashboard as an operator uses it, in a real browser against the real API, database,
+Redis, Temporal server and worker: sign in, provision an instance and watch it go live without
+reloading, read its detail, terminate it; create and revoke an API key; read usage."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from datetime import timedelta
+
+from playwright.async_api import Page, expect
+from sqlmodel import select
+
+from core.models import ApiKey, Instance, InstanceState, RequestLog, utcnow
+from tests.browser.conftest import SCREENSHOTS, ApiServer
+from tests.factories import Seeded, seed
+from tests.workflows.helpers import running_worker, wait_state
+
+SIM_FAST = {"model-load-delay-s": 0.2}
+
+
+async def login(page: Page, seeded: Seeded) -> None:
+    await page.goto("/")
+    await page.get_by_label("E-mail").fill(seeded.user.email)
+    await page.get_by_label("Password").fill(seeded.password)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+
+
+async def nav(page: Page, name: str) -> None:
+    await page.get_by_role("navigation", name="Main").get_by_role("link", name=name).click()
+
+
+def accept_dialogs(page: Page) -> None:
+    page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+
+
+async def shot(page: Page, name: str) -> None:
+    await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+async def test_login_refuses_a_wrong_password_then_signs_in(
+    page: Page, api_server: ApiServer, sessionmaker
+) -> None:
+    async with sessionmaker() as session:
+        seeded = await seed(session)
+    await page.goto("/")
+    await page.get_by_label("E-mail").fill(seeded.user.email)
+    await page.get_by_label("Password").fill("not-the-password")
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_role("alert")).to_have_text("Wrong e-mail or password.")
+    await shot(page, "login")
+
+    await page.get_by_label("Password").fill(seeded.password)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+    await expect(page.get_by_role("navigation", name="Main")).to_contain_text(seeded.user.email)
+
+    # The session is an httpOnly cookie: a reload stays signed in, signing out ends it.
+    await page.reload()
+    await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+    await page.get_by_role("button", name="Sign out").click()
+    await expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+    await page.reload()
+    await expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+
+
+async def test_new_instance_goes_live_without_reloading(
+    page: Page, api_server: ApiServer, sessionmaker, temporal_client
+) -> None:
+    settings = api_server.settings
+    async with sessionmaker() as session:
+        seeded = await seed(session, engine_args=SIM_FAST)
+    deployment = seeded.deployment
+    accept_dialogs(page)
+    async with running_worker(settings, temporal_client):
+        await login(page, seeded)
+        await nav(page, "Instances")
+        await expect(page.get_by_text("No instances yet")).to_be_visible()
+        # Anything that reloads the page drops this marker.
+        await page.evaluate("window.__stillTheSamePage = true")
+
+        await nav(page, "Deployments")
+        card = page.locator(f'[data-deployment-id="{deployment.id}"]')
+        await expect(card.get_by_role("heading", name=deployment.name)).to_be_visible()
+        await expect(card).to_contain_text("test-model")
+        await shot(page, "deployments")
+        await card.get_by_role("button", name=f"Provision an instance of {deployment.name}").click()
+        await expect(page.get_by_role("status").filter(has_text="Provisioning instance")).to_be_visible()
+
+        await nav(page, "Instances")
+        rows = page.get_by_role("table", name="Instances").locator("tbody tr")
+        await expect(rows).to_have_count(1)
+        instance_id = uuid.UUID(await rows.first.get_attribute("data-instance-id") or "")
+        row = page.locator(f'tr[data-instance-id="{instance_id}"]')
+        await expect(row).to_contain_text(deployment.name)
+        # It climbs through the lifecycle and reaches ready, updated in place.
+        await expect(row).to_have_attribute("data-state", "ready", timeout=60_000)
+        await expect(row.get_by_role("progressbar")).to_have_attribute("aria-valuenow", "100")
+        await expect(row.locator("[data-state=ready]")).to_have_text("Ready")
+        assert await page.evaluate("window.__stillTheSamePage === true"), "the page was reloaded"
+        await shot(page, "instances")
+
+        # Detail: timeline, action log with durations, link to the Temporal UI.
+        await row.get_by_role("link").first.click()
+        await expect(page.get_by_role("heading", name=f"Instance {str(instance_id)[:8]}")).to_be_visible()
+        timeline = page.locator("ol.timeline")
+        await expect(timeline).to_contain_text("Booting")
+        await expect(timeline).to_contain_text("Ready")
+        log = page.get_by_role("table", name="Action log")
+        model_loaded = log.locator("tr", has_text="Model loaded")
+        await expect(model_loaded).to_contain_text("Succeeded")
+        await expect(model_loaded).to_contain_text(re.compile(r"\d+(\.\d+)? (ms|s)"))
+        temporal = page.get_by_role("link", name="Open workflow in Temporal UI")
+        assert f"/workflows/instance-{instance_id}" in (await temporal.get_attribute("href") or "")
+        await shot(page, "instance-detail")
+
+        await nav(page, "Overview")
+        states = page.locator("section", has=page.get_by_role("heading", name="Instances by state"))
+        await expect(states.get_by_role("link", name="1 ready")).to_be_visible()
+        await shot(page, "overview")
+
+        # Terminate from the detail page and watch it end, still without a reload.
+        await page.goto(f"/#/instances/{instance_id}")
+        await page.evaluate("window.__stillTheSamePage = true")
+        await page.get_by_role("button", name="Terminate").click()
+        await expect(page.get_by_role("status").filter(has_text="Terminate requested")).to_be_visible()
+        status = page.locator("dl.kv").first
+        await expect(status.locator("[data-state]")).to_have_text("Terminated", timeout=60_000)
+        assert await page.evaluate("window.__stillTheSamePage === true"), "the page was reloaded"
+        done = await wait_state(sessionmaker, instance_id, InstanceState.terminated, timeout=30)
+        assert done.termination_reason == "user_request"
+
+
+async def test_create_and_revoke_a_key_then_read_usage(
+    page: Page, api_server: ApiServer, sessionmaker
+) -> None:
+    async with sessionmaker() as session:
+        seeded = await seed(session)
+        now = utcnow()
+        for n, (tokens_in, tokens_out, status) in enumerate([(100, 400, 200), (23, 56, 200), (7, 0, 500)]):
+            session.add(
+                RequestLog(
+                    at=now - timedelta(minutes=n + 1),
+                    api_key_id=seeded.api_key_row.id,
+                    project_id=seeded.project.id,
+                    deployment_id=seeded.deployment.id,
+                    model="test-model",
+                    input_tokens=tokens_in,
+                    output_tokens=tokens_out,
+                    latency_ms=120,
+                    status_code=status,
+                )
+            )
+        await session.commit()
+    accept_dialogs(page)
+    await login(page, seeded)
+
+    await nav(page, "API keys")
+    keys = page.get_by_role("table", name="API keys")
+    await expect(keys.locator("tr", has_text=seeded.api_key_row.prefix)).to_be_visible()
+    await page.get_by_label("Name").fill("ci-key")
+    await page.get_by_label("Requests per minute (optional)").fill("120")
+    await page.get_by_role("button", name="Create key").click()
+    secret_box = page.get_by_label("New API key secret")
+    await expect(secret_box).to_be_visible()
+    secret = await secret_box.input_value()
+    await expect(page.get_by_text("it will not be shown again")).to_be_visible()
+    row = keys.locator("tr", has_text="ci-key")
+    await expect(row).to_contain_text("120 req/min")
+    prefix = (await row.locator("td.mono").inner_text()).rstrip("…")
+    assert secret.startswith(prefix) and len(secret) > len(prefix) + 16
+    await shot(page, "keys")
+
+    # Shown once: gone after dismissing it and after a reload.
+    await page.get_by_role("button", name="I have saved it").click()
+    await expect(secret_box).to_have_count(0)
+    await page.reload()
+    await expect(keys.locator("tr", has_text="ci-key")).to_be_visible()
+    assert secret not in await page.content()
+
+    await page.get_by_role("button", name="Revoke key ci-key").click()
+    await expect(page.get_by_role("status").filter(has_text='Key "ci-key" revoked.')).to_be_visible()
+    await expect(keys.locator("tr", has_text="ci-key")).to_have_count(0)
+    await page.get_by_label("Show revoked keys").check()
+    await expect(keys.locator("tr", has_text="ci-key")).to_contain_text("Revoked")
+    async with sessionmaker() as session:
+        key = (await session.exec(select(ApiKey).where(ApiKey.name == "ci-key"))).one()
+        assert key.revoked_at is not None and secret not in key.key_hash
+
+    # Usage: the request logs of today, by day and by model, exported as CSV.
+    await nav(page, "Usage & costs")
+    await expect(page.get_by_role("heading", name="Usage and costs")).to_be_visible()
+    totals = page.get_by_role("region", name="Period totals")
+    await expect(totals.get_by_role("group", name="Requests")).to_contain_text("3")
+    await expect(totals.get_by_role("group", name="Requests")).to_contain_text("1 failed")
+    await expect(totals.get_by_role("group", name="Input tokens")).to_contain_text("130")
+    await expect(totals.get_by_role("group", name="Output tokens")).to_contain_text("456")
+    await page.get_by_label("Group usage by").select_option("model")
+    table = page.get_by_role("table", name="Usage by model")
+    await expect(table.locator("tbody tr", has_text="test-model")).to_contain_text("130")
+    await shot(page, "usage")
+    async with page.expect_download() as download_info:
+        await page.get_by_role("button", name="Export CSV").first.click()
+    download = await download_info.value
+    csv = (await download.path()).read_text() if await download.path() else ""
+    assert csv.splitlines()[0].startswith("model,") and "test-model" in csv and ",130," in csv
+
+    # Overview shows today's totals too.
+    await nav(page, "Overview")
+    await expect(page.get_by_role("group", name="Requests today")).to_contain_text("3")
+    await expect(page.get_by_role("group", name="Error rate today")).to_contain_text("33.3 %")
+
+
+async def test_instance_list_is_empty_and_says_so_for_a_new_member(
+    page: Page, api_server: ApiServer, sessionmaker
+) -> None:
+    """A member of another project sees none of the first project's instances or keys."""
+    async with sessionmaker() as session:
+        other = await seed(session)
+        session.add(
+            Instance(
+                deployment_id=other.deployment.id,
+                project_id=other.project.id,
+                provider_id=other.provider.id,
+                instance_type_id=other.instance_type.id,
+                workflow_id="instance-x",
+            )
+        )
+        await session.commit()
+        from core.models import Role
+
+        member = await seed(session, role=Role.member)
+    await login(page, member)
+    await nav(page, "Instances")
+    await expect(page.get_by_text("No instances yet")).to_be_visible()
+    await nav(page, "API keys")
+    keys = page.get_by_role("table", name="API keys")
+    await expect(keys.locator("tbody tr")).to_have_count(1)
+    await expect(keys).not_to_contain_text(other.api_key_row.prefix)
+    await expect(page.get_by_role("link", name="Providers & prices")).to_have_count(0)
