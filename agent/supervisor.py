@@ -21,6 +21,7 @@ log = logging.getLogger("agent.supervisor")
 engine_log = logging.getLogger("agent.engine")
 
 _PR_SET_PDEATHSIG = 1
+_MAX_LINE = 1 << 16
 
 
 class EngineState(StrEnum):
@@ -74,6 +75,22 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+async def _stream_lines(stream: asyncio.StreamReader) -> None:
+    """Copies the engine's output into the agent's log, line by line; very long lines (vLLM
+    prints whole configs) are cut into pieces rather than failing the reader."""
+    pending = b""
+    while chunk := await stream.read(1 << 16):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        if len(pending) > _MAX_LINE:
+            lines.append(pending)
+            pending = b""
+        for line in lines:
+            engine_log.info("%s", line.decode(errors="replace").rstrip())
+    if pending:
+        engine_log.info("%s", pending.decode(errors="replace").rstrip())
+
+
 class EngineSupervisor:
     """Keeps one engine process alive. `prepare` runs before each start (the model download)
     and returns the model path to serve, or None for the configured model."""
@@ -99,6 +116,10 @@ class EngineSupervisor:
 
     @property
     def crash_loop(self) -> bool:
+        """Quick exits in a row reached the threshold, and the current run is not yet stable."""
+        if self.pid is not None and self.started_at is not None:
+            if time.monotonic() - self.started_at >= self.settings.engine_stable_s:
+                return False
         return self.consecutive_failures >= self.settings.crash_loop_threshold
 
     def start(self) -> None:
@@ -125,6 +146,11 @@ class EngineSupervisor:
                 self.last_error = f"cannot start the engine ({self.command[0]}): {exc}"
                 log.error("%s", self.last_error)
                 return
+            except Exception:
+                # a bug here must not leave the engine unwatched: count it as a failed run
+                log.exception("engine supervision failed; restarting the engine")
+                await self._kill_group()
+                self.consecutive_failures += 1
             if self._stopping:
                 break
             self.restarts += 1
@@ -157,11 +183,9 @@ class EngineSupervisor:
         self.pid = self._process.pid
         self.started_at = time.monotonic()
         assert self._process.stdout is not None
-        async for line in self._process.stdout:
-            engine_log.info("%s", line.decode(errors="replace").rstrip())
+        await _stream_lines(self._process.stdout)
         self.last_exit_code = await self._process.wait()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self._process.pid, signal.SIGKILL)  # workers the engine left behind
+        await self._kill_group()  # workers the engine left behind
         ran_for = time.monotonic() - self.started_at
         if ran_for >= self.settings.engine_stable_s:
             self.consecutive_failures = 1
@@ -169,6 +193,13 @@ class EngineSupervisor:
             self.consecutive_failures += 1
         self.last_error = f"engine exited with code {self.last_exit_code} after {ran_for:.1f}s"
         self.pid = None
+
+    async def _kill_group(self) -> None:
+        if self._process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._process.pid, signal.SIGKILL)
+            if self._process.returncode is None:
+                await self._process.wait()
 
     def mark_running(self) -> None:
         """The engine answered with the model: it is up (called by readiness probes)."""

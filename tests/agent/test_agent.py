@@ -88,6 +88,20 @@ async def test_an_engine_that_keeps_dying_is_reported_as_a_crash_loop(tmp_path: 
         assert status == 503 and body["engine_state"] in ("crash_loop", "starting")
 
 
+async def test_very_long_engine_log_lines_do_not_stop_supervision(tmp_path: Path) -> None:
+    chatty = f"{sys.executable} -c 'print(\"x\" * 300000, flush=True); raise SystemExit(5)'"
+    async with running_agent(tmp_path, engine_command=chatty, restart_backoff_s=0.05) as agent:
+
+        async def restarted() -> dict | None:
+            answer = await get_json(f"{agent.url}/info")
+            body = answer[1] if answer else None
+            return body if body and body["engine_restarts"] >= 2 else None
+
+        info = await wait_for(restarted, 30, "the engine to be restarted")
+        assert info["engine"]["last_exit_code"] == 5
+        assert "x" * 60000 in agent.log()
+
+
 async def test_stopping_the_agent_stops_its_engine(tmp_path: Path) -> None:
     async with running_agent(tmp_path) as agent:
         await wait_for(lambda: _ready(agent.url), 30, "readiness")

@@ -14,6 +14,7 @@ from typing import Any
 import boto3
 import pytest
 from fastapi import FastAPI, Response
+from fastapi.responses import StreamingResponse
 from moto.server import ThreadedMotoServer
 
 from agent.model_cache import MANIFEST, ModelCache, ModelDownloadError
@@ -41,6 +42,7 @@ class FakeHub:
     requests: Counter[str] = field(default_factory=Counter)
     short_responses: int = 0  # this many downloads stop at half the file
     corrupt: bool = False
+    chunk_delay_s: float = 0.0  # slow transfers, to watch the progress
 
     def app(self) -> FastAPI:
         app = FastAPI()
@@ -71,9 +73,16 @@ class FakeHub:
                 data = data[: len(data) // 2]
             elif self.corrupt:
                 data = bytes([data[0] ^ 0xFF]) + data[1:]
+            if self.chunk_delay_s:
+                return StreamingResponse(self._slowly(data), media_type="application/octet-stream")
             return Response(data, media_type="application/octet-stream")
 
         return app
+
+    async def _slowly(self, data: bytes) -> AsyncIterator[bytes]:
+        for start in range(0, len(data), 32768):
+            await asyncio.sleep(self.chunk_delay_s)
+            yield data[start : start + 32768]
 
 
 @pytest.fixture
@@ -121,6 +130,26 @@ async def test_downloads_from_the_hub_then_serves_from_the_cache(
     assert await again.ensure() == folder
     assert again.progress.source == "cache"
     assert sum(fake.requests.values()) == 3  # nothing downloaded twice
+
+
+async def test_progress_is_reported_while_downloading(
+    tmp_path: Path, hub: tuple[FakeHub, str]
+) -> None:
+    fake, url = hub
+    fake.chunk_delay_s = 0.05
+    cache = ModelCache(cache_settings(tmp_path, url))
+    download = asyncio.create_task(cache.ensure())
+
+    async def midway() -> bool:
+        progress = cache.progress
+        return progress.state == "downloading" and 0 < progress.bytes_done < (
+            progress.bytes_total or 0
+        )
+
+    await wait_for(midway, 10, "a partial progress report")
+    assert cache.progress.source == "hub" and cache.progress.files_total == 3
+    await download
+    assert cache.progress.state == "done"
 
 
 async def test_a_truncated_cached_file_is_detected_and_downloaded_again(
