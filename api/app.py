@@ -18,10 +18,12 @@ from api.routers import (
     agents,
     api_keys,
     auth,
+    costs,
     deployments,
     events,
     instances,
     metrics,
+    overview,
     projects,
     usage,
     users,
@@ -46,7 +48,9 @@ def _routers() -> list[APIRouter]:
         api_keys.router,
         deployments.router,
         instances.router,
+        overview.router,
         usage.router,
+        costs.router,
         metrics.router,
         events.router,
         agents.router,
@@ -59,13 +63,16 @@ def _routers() -> list[APIRouter]:
     return found
 
 
-def create_app(settings: Settings, *, dashboard_dist: Path = DASHBOARD_DIST) -> FastAPI:
+def create_app(
+    settings: Settings, *, dashboard_dist: Path = DASHBOARD_DIST, sse_keepalive_s: float = 15
+) -> FastAPI:
     assert settings.database_url and settings.redis_url and settings.temporal_address
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings.database_url or "")
         app.state.settings = settings
+        app.state.sse_keepalive_s = sse_keepalive_s
         app.state.engine = engine
         app.state.sessionmaker = make_sessionmaker(engine)
         app.state.redis = aioredis.Redis.from_url(settings.redis_url or "", decode_responses=True)
@@ -98,9 +105,7 @@ def create_app(settings: Settings, *, dashboard_dist: Path = DASHBOARD_DIST) -> 
     async def data_error(request: Request, exc: DataError) -> JSONResponse:
         """A value PostgreSQL cannot store (out of range, NUL byte): the client's input."""
         message = str(exc.orig).splitlines()[0] if exc.orig else "invalid value"
-        return JSONResponse(
-            {"detail": f"invalid value: {message}"}, status.HTTP_422_UNPROCESSABLE_ENTITY
-        )
+        return JSONResponse({"detail": f"invalid value: {message}"}, status.HTTP_400_BAD_REQUEST)
 
     @app.exception_handler(IntegrityError)
     async def integrity_error(request: Request, exc: IntegrityError) -> JSONResponse:

@@ -54,10 +54,10 @@ def session_token(
 SessionToken = Annotated[str | None, Depends(session_token)]
 
 
-async def get_current_user(
-    session: SessionDep, redis: RedisDep, settings: SettingsDep, token: SessionToken
+async def authenticate(
+    session: AsyncSession, redis: aioredis.Redis, settings: Settings, token: str | None
 ) -> User:
-    """A person logged in with a bearer token or the httpOnly session cookie, not logged out."""
+    """The active user a session token belongs to, unless it expired or was logged out."""
     subject = decode_access_token(token, settings.secret_key or "") if token else None
     if subject is not None and token and await redis.exists(revoked_session_key(token)):
         subject = None
@@ -74,6 +74,13 @@ async def get_current_user(
     if user is None or not user.is_active:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "user is unknown or disabled")
     return user
+
+
+async def get_current_user(
+    session: SessionDep, redis: RedisDep, settings: SettingsDep, token: SessionToken
+) -> User:
+    """A person logged in with a bearer token or the httpOnly session cookie, not logged out."""
+    return await authenticate(session, redis, settings, token)
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]

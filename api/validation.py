@@ -3,9 +3,9 @@ before it reaches PostgreSQL (which, for one, cannot store NUL characters)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar, Self
 
-from pydantic import AfterValidator, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints, model_validator
 
 PG_INT_MAX = 2**31 - 1
 
@@ -56,3 +56,16 @@ Password = Annotated[
 ]
 JsonObject = Annotated[dict[str, Any], AfterValidator(_json_without_nul)]
 PositiveLimit = Annotated[int, Field(ge=1, le=PG_INT_MAX)]
+
+
+class PartialUpdate(BaseModel):
+    """A PATCH body: fields left out stay unchanged; only those in `nullable` may be set to null."""
+
+    nullable: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="after")
+    def _no_nulls(self) -> Self:
+        for field in sorted(self.model_fields_set - self.nullable):
+            if getattr(self, field) is None:
+                raise ValueError(f"{field} cannot be null")
+        return self

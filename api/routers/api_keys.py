@@ -13,7 +13,7 @@ from sqlmodel import col, select
 from api.access import require_project, visible_project_ids
 from api.deps import CurrentUser, RedisDep, SessionDep
 from api.security import new_api_key
-from api.validation import Name, PositiveLimit
+from api.validation import Name, PartialUpdate, PositiveLimit
 from core.models import ApiKey, utcnow
 from core.redis_keys import API_KEY_CHANNEL
 
@@ -27,12 +27,14 @@ class ApiKeyCreate(BaseModel):
     tpm_limit: PositiveLimit | None = Field(default=None, description="tokens per minute")
 
 
-class ApiKeyUpdate(BaseModel):
+class ApiKeyUpdate(PartialUpdate):
     """Fields left out are unchanged; a limit set to null is removed."""
 
     name: Name | None = None
     rpm_limit: PositiveLimit | None = None
     tpm_limit: PositiveLimit | None = None
+
+    nullable = frozenset({"rpm_limit", "tpm_limit"})
 
 
 class ApiKeyPublic(BaseModel):
@@ -106,8 +108,6 @@ async def update_key(
     if key.revoked_at is not None:
         raise HTTPException(status.HTTP_409_CONFLICT, "the key is revoked")
     changes = body.model_dump(exclude_unset=True)
-    if "name" in changes and changes["name"] is None:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "name cannot be null")
     for field, value in changes.items():
         setattr(key, field, value)
     session.add(key)

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, status
-from pydantic import AfterValidator, BaseModel, Field, model_validator
+from pydantic import AfterValidator, BaseModel, Field
 from sqlmodel import col, func, select
 
 from activities.launch import create_instance
@@ -18,7 +18,7 @@ from activities.providers.flavors import FLAVORS
 from api.access import require_project, visible_project_ids
 from api.deps import CurrentUser, RedisDep, SessionDep, SettingsDep, TemporalDep
 from api.routers.instances import InstanceSummary, summarize
-from api.validation import JsonObject, Name
+from api.validation import JsonObject, Name, PartialUpdate
 from core.events import publish_event
 from core.models import Deployment, Instance, InstanceType, Provider, utcnow
 from core.states import LIVE_STATES
@@ -76,7 +76,7 @@ class DeploymentCreate(DeploymentBase):
     project_id: uuid.UUID
 
 
-class DeploymentUpdate(BaseModel):
+class DeploymentUpdate(PartialUpdate):
     """Fields left out are unchanged. Changes apply to instances started afterwards."""
 
     name: Name | None = None
@@ -92,13 +92,7 @@ class DeploymentUpdate(BaseModel):
     boot_timeout_s: float | None = Field(default=None, gt=0, le=86400)
     session_affinity: Affinity | None = None
 
-    @model_validator(mode="after")
-    def _no_nulls(self) -> DeploymentUpdate:
-        nullable = {"boot_timeout_s"}
-        for field in self.model_fields_set - nullable:
-            if getattr(self, field) is None:
-                raise ValueError(f"{field} cannot be null")
-        return self
+    nullable = frozenset({"boot_timeout_s"})
 
 
 class DeploymentPublic(BaseModel):
@@ -134,16 +128,19 @@ class FlavorPublic(BaseModel):
 
 async def to_public(session: SessionDep, d: Deployment) -> DeploymentPublic:
     provider = await session.get(Provider, d.provider_id)
-    live = (
-        await session.exec(
-            select(func.count())
-            .select_from(Instance)
-            .where(Instance.deployment_id == d.id, col(Instance.state).in_(LIVE_STATES))
-        )
-    ).one()
+    live = await _live_instances(session, d.id)
     return DeploymentPublic(
         **d.model_dump(), provider=provider.name if provider else "?", live_instances=live
     )
+
+
+async def _live_instances(session: SessionDep, deployment_id: uuid.UUID) -> int:
+    query = (
+        select(func.count())
+        .select_from(Instance)
+        .where(Instance.deployment_id == deployment_id, col(Instance.state).in_(LIVE_STATES))
+    )
+    return (await session.exec(query)).one()
 
 
 async def get_visible_deployment(
@@ -190,7 +187,7 @@ async def validate(session: SessionDep, d: Deployment) -> None:
             f"{itype.name} has {itype.gpu_model or 'no GPU'}"
         )
     if problems:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "; ".join(problems))
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "; ".join(problems))
     clash = (
         await session.exec(
             select(Deployment.id).where(
@@ -299,13 +296,7 @@ async def delete_deployment(
     """Retire the deployment (kept on record for its history and costs; its served name becomes
     free). Refused while it has live instances: terminate them first."""
     deployment = _active(await get_visible_deployment(session, user, deployment_id))
-    live = (
-        await session.exec(
-            select(func.count())
-            .select_from(Instance)
-            .where(Instance.deployment_id == deployment.id, col(Instance.state).in_(LIVE_STATES))
-        )
-    ).one()
+    live = await _live_instances(session, deployment.id)
     if live:
         raise HTTPException(
             status.HTTP_409_CONFLICT,
@@ -361,5 +352,12 @@ async def provision_instance(
 ) -> InstanceSummary:
     """Start a new instance of the deployment; returns at once, follow it at /instances/{id}."""
     deployment = _active(await get_visible_deployment(session, user, deployment_id))
+    live = await _live_instances(session, deployment.id)
+    if live >= deployment.max_instances:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"the deployment already has {live} live instance(s) and max_instances is "
+            f"{deployment.max_instances}: raise max_instances first",
+        )
     instance = await create_instance(session, temporal, settings.task_queue, deployment=deployment)
     return summarize(instance, [])

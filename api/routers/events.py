@@ -1,5 +1,103 @@
-"""events (in progress)."""
+"""Live events (Server-Sent Events): instance state changes, action-log lines, scaling and
+deployment changes of the caller's projects.
 
-from fastapi import APIRouter
+Every API replica reads the same Redis stream (written by `core.events.publish_event`), so they
+all agree; each event's SSE id is its stream id, and a reconnect with `Last-Event-ID` resumes
+right after it without losing events (as long as the stream still holds them: it keeps the
+last ~10,000).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Header, HTTPException, Query, Request, status
+from fastapi.responses import StreamingResponse
+
+from api.access import require_project, visible_project_ids
+from api.deps import RedisDep, SessionToken, SettingsDep, authenticate
+from core.redis_keys import EVENTS_STREAM
 
 router = APIRouter(prefix="/events", tags=["events"])
+
+_STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+BATCH = 200
+
+EVENT_STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": (
+            "text/event-stream. Each event: `id: <stream id>` and `data: <JSON "
+            '{"kind": "state"|"action"|"deployment"|..., "project_id": "...", "data": {...}}>`; '
+            "comment lines (`: keep-alive`) every few seconds."
+        ),
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+    400: {"description": "Last-Event-ID is not a stream id"},
+}
+
+
+def format_event(event_id: str, payload: str) -> str:
+    return f"id: {event_id}\ndata: {payload}\n\n"
+
+
+@router.get("", response_class=StreamingResponse, responses=EVENT_STREAM_RESPONSE)
+async def stream_events(
+    request: Request,
+    redis: RedisDep,
+    settings: SettingsDep,
+    token: SessionToken,
+    project_id: uuid.UUID | None = Query(default=None, description="only this project"),
+    last_event_id: str | None = Header(
+        default=None, description="resume after this event (browsers send it on reconnect)"
+    ),
+) -> StreamingResponse:
+    """Live events of the caller's projects, oldest first; follow with an EventSource."""
+    if last_event_id is not None and not _STREAM_ID.match(last_event_id.strip()):
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST, "Last-Event-ID must be an event id like 1700000000000-0"
+        )
+    # A short database session: the stream may stay open for hours.
+    async with request.app.state.sessionmaker() as session:
+        user = await authenticate(session, redis, settings, token)
+        if project_id is not None:
+            await require_project(session, user, project_id)
+        visible = await visible_project_ids(session, user)
+    allowed = None if visible is None else {str(p) for p in visible}
+    wanted = str(project_id) if project_id is not None else None
+    if last_event_id is not None:
+        start = last_event_id.strip()
+    else:
+        newest = await redis.xrevrange(EVENTS_STREAM, count=1)
+        start = str(newest[0][0]) if newest else "0-0"
+    keepalive_ms = int(request.app.state.sse_keepalive_s * 1000)
+
+    async def events() -> AsyncIterator[str]:
+        last = start
+        yield "retry: 2000\n\n"
+        while True:
+            batch: Any = await redis.xread({EVENTS_STREAM: last}, count=BATCH, block=keepalive_ms)
+            if not batch:
+                yield ": keep-alive\n\n"
+                continue
+            for _stream, entries in batch:
+                for event_id, fields in entries:
+                    last = event_id
+                    payload = fields.get("event", "{}")
+                    try:
+                        owner = json.loads(payload).get("project_id")
+                    except ValueError:
+                        continue
+                    if wanted is not None and owner != wanted:
+                        continue
+                    if allowed is None or owner in allowed:
+                        yield format_event(event_id, payload)
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

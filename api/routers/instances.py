@@ -5,18 +5,22 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from datetime import datetime
+from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Query, status
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlmodel import col, func, select
 
+from agent.agent import AGENT_VERSION
 from api.access import require_project, visible_project_ids
 from api.deps import CurrentUser, SessionDep, SettingsDep, TemporalDep
 from core.models import (
     Instance,
     InstanceAction,
+    InstanceMetric,
     InstanceState,
     InstanceStateHistory,
+    InstanceType,
     InstanceVolume,
     Provider,
     TerminationReason,
@@ -72,11 +76,38 @@ class VolumePublic(BaseModel):
     state: str
 
 
+class MetricSample(BaseModel):
+    at: datetime
+    gpu_utilization: float | None
+    gpu_memory_used_mb: float | None
+    gpu_memory_total_mb: float | None
+    gpu_temperature_c: float | None
+    gpu_power_w: float | None
+    cpu_percent: float | None
+    ram_percent: float | None
+    requests_running: float | None
+    requests_waiting: float | None
+    kv_cache_usage: float | None
+
+
+AgentStatus = Literal["unknown", "ok", "mismatch"]
+
+
 class InstanceDetail(InstanceSummary):
+    provider: str
+    instance_type: str
+    price_per_hour: float
+    currency: str
+    zone: str | None
     engine_url: str | None
     agent_url: str | None
     agent_checksum: str | None
+    agent_status: AgentStatus = Field(
+        description="unknown before the first heartbeat; mismatch: not the agent we ship"
+    )
+    expected_agent_version: str
     last_heartbeat_at: datetime | None
+    latest_metrics: MetricSample | None
     history: list[StateChange]
     actions: list[ActionPublic]
     volumes: list[VolumePublic]
@@ -117,6 +148,7 @@ async def list_instances(
     user: CurrentUser,
     state: InstanceState | None = None,
     deployment_id: uuid.UUID | None = None,
+    project_id: uuid.UUID | None = None,
     provider: str | None = Query(default=None, max_length=64),
     limit: int = Query(default=50, ge=1, le=500),
     offset: int = Query(default=0, ge=0),
@@ -126,6 +158,8 @@ async def list_instances(
         query = query.where(Instance.state == state)
     if deployment_id is not None:
         query = query.where(Instance.deployment_id == deployment_id)
+    if project_id is not None:
+        query = query.where(Instance.project_id == project_id)
     if provider is not None:
         query = query.join(Provider).where(Provider.name == provider)
     visible = await visible_project_ids(session, user)
@@ -170,13 +204,38 @@ async def get_instance(
     volumes = (
         await session.exec(select(InstanceVolume).where(InstanceVolume.instance_id == instance_id))
     ).all()
+    latest = (
+        await session.exec(
+            select(InstanceMetric)
+            .where(InstanceMetric.instance_id == instance_id)
+            .order_by(col(InstanceMetric.at).desc())
+            .limit(1)
+        )
+    ).first()
+    provider = await session.get(Provider, instance.provider_id)
+    itype = await session.get(InstanceType, instance.instance_type_id)
     summary = summarize(instance, actions)
+    agent_status: AgentStatus = (
+        "unknown"
+        if instance.agent_integrity_ok is None
+        else "ok"
+        if instance.agent_integrity_ok
+        else "mismatch"
+    )
     return InstanceDetail(
         **summary.model_dump(),
+        provider=provider.name if provider else "?",
+        instance_type=itype.name if itype else "?",
+        price_per_hour=itype.price_per_hour if itype else 0.0,
+        currency=itype.currency if itype else "EUR",
+        zone=instance.zone,
         engine_url=instance.engine_url,
         agent_url=instance.agent_url,
         agent_checksum=instance.agent_checksum,
+        agent_status=agent_status,
+        expected_agent_version=settings.expected_agent_version or AGENT_VERSION,
         last_heartbeat_at=instance.last_heartbeat_at,
+        latest_metrics=MetricSample(**latest.model_dump()) if latest else None,
         history=[StateChange(**h.model_dump()) for h in history],
         actions=[action_public(a) for a in actions],
         volumes=[VolumePublic(**v.model_dump()) for v in volumes],

@@ -11,7 +11,7 @@ from sqlmodel import col, func, select
 
 from api.deps import CurrentAdmin, SessionDep
 from api.security import hash_password
-from api.validation import Email, Name, Password
+from api.validation import Email, Name, PartialUpdate, Password
 from core.models import ProjectMember, Role, User
 
 router = APIRouter(prefix="/users", tags=["users"])
@@ -28,12 +28,14 @@ class UserCreate(UserBase):
     password: Password
 
 
-class UserUpdate(BaseModel):
+class UserUpdate(PartialUpdate):
     email: Email | None = None
     full_name: Name | None = None
     role: Role | None = None
     is_active: bool | None = None
     password: Password | None = None
+
+    nullable = frozenset({"full_name"})
 
 
 class UserPublic(UserBase):
@@ -120,8 +122,6 @@ async def update_user(
     if password is not None:
         user.hashed_password = hash_password(password)
     for field, value in changes.items():
-        if value is None and field != "full_name":
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, f"{field} cannot be null")
         setattr(user, field, value)
     session.add(user)
     await session.commit()

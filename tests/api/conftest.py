@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -10,7 +12,7 @@ import pytest
 from fastapi import FastAPI
 
 from api.app import create_app
-from core.models import Role
+from core.models import Instance, InstanceState, RequestLog, Role, utcnow
 from core.settings import Settings
 from tests.factories import Seeded, seed
 
@@ -69,3 +71,51 @@ async def bob(client: httpx.AsyncClient, sessionmaker: Any) -> Tenant:
 @pytest.fixture
 async def admin(client: httpx.AsyncClient, sessionmaker: Any) -> Tenant:
     return await make_tenant(client, sessionmaker, role=Role.admin, model="admin-model")
+
+
+async def add_instance(
+    sessionmaker: Any,
+    tenant: Tenant,
+    *,
+    state: InstanceState = InstanceState.ready,
+    created_at: datetime | None = None,
+    terminated_at: datetime | None = None,
+) -> Instance:
+    """An instance row of the tenant's deployment (no workflow behind it)."""
+    instance_id = uuid.uuid4()
+    instance = Instance(
+        id=instance_id,
+        deployment_id=tenant.deployment.id,
+        project_id=tenant.project.id,
+        provider_id=tenant.provider.id,
+        instance_type_id=tenant.instance_type.id,
+        workflow_id=f"instance-{instance_id}",
+        state=state,
+        created_at=created_at or utcnow(),
+        terminated_at=terminated_at,
+    )
+    async with sessionmaker() as session:
+        session.add(instance)
+        await session.commit()
+    return instance
+
+
+async def add_request_logs(sessionmaker: Any, tenant: Tenant, *rows: dict[str, Any]) -> None:
+    """Request log rows as the gateway writes them, for the tenant's key and deployment."""
+    async with sessionmaker() as session:
+        for row in rows:
+            values = {
+                "at": utcnow(),
+                "api_key_id": tenant.api_key_row.id,
+                "project_id": tenant.project.id,
+                "deployment_id": tenant.deployment.id,
+                "model": tenant.deployment.served_name,
+                "input_tokens": 10,
+                "output_tokens": 20,
+                "ttft_ms": 50.0,
+                "latency_ms": 200.0,
+                "status_code": 200,
+                **row,
+            }
+            session.add(RequestLog(**values))
+        await session.commit()
