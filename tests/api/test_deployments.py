@@ -1,0 +1,111 @@
+"""Deployments: validation with precise messages, update, retire, autoscaling switch,
+provisioning bounded by max_instances."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from core.models import InstanceState, InstanceType, Provider
+from tests.api.conftest import Tenant, add_instance
+
+
+def body(t: Tenant, **overrides: Any) -> dict[str, Any]:
+    values = {
+        "project_id": str(t.project.id),
+        "name": "chat",
+        "model": "org/chat-model",
+        "served_name": "chat",
+        "provider_id": str(t.provider.id),
+        "instance_type_id": str(t.instance_type.id),
+        "min_instances": 1,
+        "max_instances": 3,
+        "engine_args": {"max-model-len": 4096, "enable-prefix-caching": True},
+        "autoscaling": {"target_queue_wait_ms": 500},
+    }
+    return values | overrides
+
+
+async def test_create_update_and_retire(client: httpx.AsyncClient, alice: Tenant) -> None:
+    h = alice.headers
+    created = await client.post("/api/v1/deployments", json=body(alice), headers=h)
+    assert created.status_code == 201, created.text
+    d = created.json()
+    assert (d["served_name"], d["provider"], d["live_instances"]) == (
+        "chat",
+        alice.provider.name,
+        0,
+    )
+    updated = await client.patch(
+        f"/api/v1/deployments/{d['id']}", json={"max_instances": 5, "model": "org/v2"}, headers=h
+    )
+    assert updated.status_code == 200, updated.text
+    assert (updated.json()["max_instances"], updated.json()["model"]) == (5, "org/v2")
+
+    started = await client.post(f"/api/v1/deployments/{d['id']}/autoscaling/start", headers=h)
+    assert started.json()["autoscaling_enabled"] is True
+    stopped = await client.post(f"/api/v1/deployments/{d['id']}/autoscaling/stop", headers=h)
+    assert stopped.json()["autoscaling_enabled"] is False
+
+    assert (await client.delete(f"/api/v1/deployments/{d['id']}", headers=h)).status_code == 204
+    listed = (await client.get("/api/v1/deployments", headers=h)).json()
+    assert d["id"] not in {x["id"] for x in listed}
+    kept = await client.get(f"/api/v1/deployments/{d['id']}", headers=h)
+    assert kept.json()["deleted_at"] is not None
+    # its served name is free again
+    again = await client.post("/api/v1/deployments", json=body(alice), headers=h)
+    assert again.status_code == 201
+    gone = await client.patch(f"/api/v1/deployments/{d['id']}", json={"name": "x"}, headers=h)
+    assert gone.status_code == 409
+
+
+async def test_validation_messages(
+    client: httpx.AsyncClient, sessionmaker: Any, alice: Tenant, bob: Tenant
+) -> None:
+    async with sessionmaker() as session:
+        other = Provider(name="other-provider", kind="local")
+        session.add(other)
+        await session.flush()
+        foreign_type = InstanceType(provider_id=other.id, name="big")
+        session.add(foreign_type)
+        await session.commit()
+    h = alice.headers
+    cases = [
+        (body(alice, min_instances=4, max_instances=2), 400, "min_instances (4) is above"),
+        (body(alice, instance_type_id=str(foreign_type.id)), 400, "does not belong to provider"),
+        (body(alice, provider_id=str(foreign_type.id)), 400, "not found"),
+        (body(alice, flavor="quantum"), 400, "unknown flavor 'quantum'"),
+        (body(alice, served_name="bob-model"), 409, "already used by another deployment"),
+        (body(alice, engine_args=["--max-model-len", "4096"]), 422, "dict"),
+        (body(alice, engine_args={"--max-model-len": 1}), 422, "is not a flag name"),
+        (body(alice, engine_args={"x": {"nested": 1}}), 422, "a value is a string"),
+        (body(alice, max_instances=-1), 422, "greater than or equal to 0"),
+        (body(alice, model="has spaces"), 422, "pattern"),
+    ]
+    for payload, code, message in cases:
+        response = await client.post("/api/v1/deployments", json=payload, headers=h)
+        assert response.status_code == code, (payload, response.text)
+        assert message in response.text, (message, response.text)
+    bad_patch = await client.patch(
+        f"/api/v1/deployments/{alice.deployment.id}", json={"min_instances": 10}, headers=h
+    )
+    assert bad_patch.status_code == 400 and "above max_instances" in bad_patch.text
+    null_patch = await client.patch(
+        f"/api/v1/deployments/{alice.deployment.id}", json={"model": None}, headers=h
+    )
+    assert null_patch.status_code == 422 and "model cannot be null" in null_patch.text
+
+
+async def test_live_instances_block_retirement_and_bound_provisioning(
+    client: httpx.AsyncClient, sessionmaker: Any, alice: Tenant
+) -> None:
+    h = alice.headers
+    dep = alice.deployment.id
+    await client.patch(f"/api/v1/deployments/{dep}", json={"max_instances": 1}, headers=h)
+    await add_instance(sessionmaker, alice, state=InstanceState.booting)
+    refused = await client.delete(f"/api/v1/deployments/{dep}", headers=h)
+    assert refused.status_code == 409 and "1 live instance" in refused.text
+    full = await client.post(f"/api/v1/deployments/{dep}/instances", headers=h)
+    assert full.status_code == 409 and "max_instances is 1" in full.text
+    assert (await client.get(f"/api/v1/deployments/{dep}", headers=h)).json()["live_instances"] == 1
