@@ -22,6 +22,7 @@ engine_log = logging.getLogger("agent.engine")
 
 _PR_SET_PDEATHSIG = 1
 _MAX_LINE = 1 << 16
+_AGENT_SECRETS = ("INVENTIV_AGENT_TOKEN", "INVENTIV_AGENT_HF_TOKEN")
 
 
 class EngineState(StrEnum):
@@ -67,6 +68,16 @@ def build_engine_command(settings: AgentSettings, model_path: str | None = None)
     if settings.max_num_seqs is not None:
         command += ["--max-num-seqs", str(settings.max_num_seqs)]
     return command + engine_flags(settings.engine_args)
+
+
+def engine_environment(settings: AgentSettings) -> dict[str, str]:
+    """The engine's environment: the agent's, without the agent's secrets. The hub token is
+    handed over under the name vLLM reads (HF_TOKEN), for engines that download themselves."""
+    env = {key: value for key, value in os.environ.items() if key not in _AGENT_SECRETS}
+    hub_token = settings.hf_token.get_secret_value()
+    if hub_token and "HF_TOKEN" not in env:
+        env["HF_TOKEN"] = hub_token
+    return env
 
 
 def _die_with_parent() -> None:
@@ -179,6 +190,7 @@ class EngineSupervisor:
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # its own process group: stopping it stops its workers too
             preexec_fn=_die_with_parent,
+            env=engine_environment(self.settings),
         )
         self.pid = self._process.pid
         self.started_at = time.monotonic()

@@ -24,6 +24,9 @@ from agent.sim.tokenizer import count_chat_tokens, count_prompt_tokens
 
 log = logging.getLogger("agent.sim")
 
+# vLLM's /version answers its release; the simulator names the release its behaviour follows.
+SIM_VERSION = "0.8.5+inventiv-sim"
+
 _ERROR_TYPES = {
     400: "BadRequestError",
     404: "NotFoundError",
@@ -99,6 +102,10 @@ def create_app(config: SimConfig) -> FastAPI:
     @app.get("/health")
     async def health() -> Response:
         return Response(status_code=200)
+
+    @app.get("/version")
+    async def version() -> dict[str, str]:
+        return {"version": SIM_VERSION}
 
     @app.get("/metrics")
     async def prometheus() -> Response:

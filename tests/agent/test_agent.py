@@ -102,6 +102,25 @@ async def test_very_long_engine_log_lines_do_not_stop_supervision(tmp_path: Path
         assert "x" * 60000 in agent.log()
 
 
+async def test_the_engine_does_not_inherit_the_agents_token(tmp_path: Path) -> None:
+    show_env = (
+        f"{sys.executable} -c 'import os; "
+        'print("ENV:", sorted(k for k in os.environ if "TOKEN" in k), flush=True)\''
+    )
+    async with running_agent(
+        tmp_path, engine_command=show_env, token="heartbeat-secret", hf_token="hub-secret"
+    ) as agent:
+        await wait_for(lambda: _logged(agent.log(), "agent.engine: ENV:"), 20, "the engine's output")
+        line = next(line for line in agent.log().splitlines() if "agent.engine: ENV:" in line)
+    assert "'HF_TOKEN'" in line and "INVENTIV_AGENT_TOKEN" not in line
+    assert "INVENTIV_AGENT_HF_TOKEN" not in line
+    assert "heartbeat-secret" not in agent.log() and "hub-secret" not in agent.log()
+
+
+async def _logged(log: str, text: str) -> bool:
+    return text in log
+
+
 async def test_stopping_the_agent_stops_its_engine(tmp_path: Path) -> None:
     async with running_agent(tmp_path) as agent:
         await wait_for(lambda: _ready(agent.url), 30, "readiness")

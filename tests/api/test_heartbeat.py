@@ -16,10 +16,12 @@ from sqlmodel import select
 
 from agent.agent import AGENT_VERSION, _get_agent_checksum
 from api.app import create_app
+from api.routers.agents import agent_integrity_ok
 from api.security import new_agent_token
 from core.models import Deployment, Instance, InstanceMetric, InstanceType, Project, Provider
 from core.redis_keys import INSTANCE_LOAD
 from core.settings import Settings
+from core.wire import AgentInfo
 from tests.agent.helpers import running_agent, serving, wait_for
 
 HEARTBEAT = "/api/v1/agents/heartbeat"
@@ -188,3 +190,15 @@ async def test_heartbeat_records_load_gpus_and_flags_a_foreign_agent(
         samples = (await session.exec(select(InstanceMetric))).all()
     assert len(samples) == 2
     assert samples[0].gpu_memory_used_mb == 4000 and samples[0].kv_cache_usage == 0.4
+
+
+def test_integrity_follows_the_expected_version_when_one_is_set(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    bundled = AgentInfo(version=AGENT_VERSION, build_date="", checksum=_get_agent_checksum())
+    tampered = bundled.model_copy(update={"checksum": "f" * 64})
+    assert agent_integrity_ok(bundled, settings)
+    assert not agent_integrity_ok(tampered, settings)
+    pinned = settings.model_copy(update={"expected_agent_version": "9.9.9"})
+    assert not agent_integrity_ok(bundled, pinned)
+    newer = AgentInfo(version="9.9.9", build_date="", checksum="a" * 64)
+    assert agent_integrity_ok(newer, pinned)  # another version's checksum is not known here
