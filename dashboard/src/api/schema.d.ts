@@ -95,6 +95,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/costs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Get Costs */
+        get: operations["costs-get_costs"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/deployments": {
         parameters: {
             query?: never;
@@ -216,6 +233,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Stream Events
+         * @description Live events of the caller's projects, oldest first; follow with an EventSource.
+         */
+        get: operations["events-stream_events"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/instances": {
         parameters: {
             query?: never;
@@ -314,6 +351,63 @@ export interface paths {
         patch: operations["keys-update_key"];
         trace?: never;
     };
+    "/api/v1/metrics/gpu": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Gpu Metrics
+         * @description GPU and engine load reported by the agents' heartbeats, one series per instance.
+         */
+        get: operations["metrics-gpu_metrics"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/metrics/requests": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Request Metrics
+         * @description Traffic through the gateway, bucketed; buckets without requests are left out.
+         */
+        get: operations["metrics-request_metrics"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/overview": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Get Overview */
+        get: operations["overview-get_overview"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/projects": {
         parameters: {
             query?: never;
@@ -388,6 +482,47 @@ export interface paths {
         post?: never;
         /** Remove Member */
         delete: operations["projects-remove_member"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/projects/{project_id}/statements/{month}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Statement
+         * @description The project's monthly statement: compute cost per deployment, usage per key and model.
+         */
+        get: operations["costs-get_statement"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/projects/{project_id}/statements/{month}/csv": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Export Statement
+         * @description The monthly statement as CSV: one line per deployment (compute), per key and model
+         *     (usage), then the totals.
+         */
+        get: operations["costs-export_statement"];
+        put?: never;
+        post?: never;
+        delete?: never;
         options?: never;
         head?: never;
         patch?: never;
@@ -651,6 +786,61 @@ export interface components {
             /** Tpm Limit */
             tpm_limit?: number | null;
         };
+        /**
+         * CostDimension
+         * @enum {string}
+         */
+        CostDimension: "day" | "project" | "deployment" | "instance";
+        /** CostReport */
+        CostReport: {
+            /**
+             * End
+             * Format: date-time
+             */
+            end: string;
+            /** Group By */
+            group_by: components["schemas"]["CostDimension"][];
+            /** Rows */
+            rows: components["schemas"]["CostRow"][];
+            /**
+             * Spend Rate Per Hour
+             * @description what the instances that may be running now cost per hour
+             */
+            spend_rate_per_hour: components["schemas"]["CurrencyAmount"][];
+            /**
+             * Start
+             * Format: date-time
+             */
+            start: string;
+            /** Totals */
+            totals: components["schemas"]["CurrencyAmount"][];
+        };
+        /** CostRow */
+        CostRow: {
+            /** Cost */
+            cost: number;
+            /** Currency */
+            currency: string;
+            /** Day */
+            day?: string | null;
+            /** Deployment Id */
+            deployment_id?: string | null;
+            /** Deployment Name */
+            deployment_name?: string | null;
+            /** Instance Hours */
+            instance_hours: number;
+            /** Instance Id */
+            instance_id?: string | null;
+            /** Project Id */
+            project_id?: string | null;
+        };
+        /** CurrencyAmount */
+        CurrencyAmount: {
+            /** Amount */
+            amount: number;
+            /** Currency */
+            currency: string;
+        };
         /** DeploymentCreate */
         DeploymentCreate: {
             /**
@@ -863,6 +1053,31 @@ export interface components {
             /** Name */
             name: string;
         };
+        /** GpuPoint */
+        GpuPoint: {
+            /**
+             * At
+             * Format: date-time
+             */
+            at: string;
+            /** Gpu Memory Total Mb */
+            gpu_memory_total_mb: number | null;
+            /** Gpu Memory Used Mb */
+            gpu_memory_used_mb: number | null;
+            /** Gpu Temperature C */
+            gpu_temperature_c: number | null;
+            /**
+             * Gpu Utilization
+             * @description mean over the bucket, percent
+             */
+            gpu_utilization: number | null;
+            /** Kv Cache Usage */
+            kv_cache_usage: number | null;
+            /** Requests Running */
+            requests_running: number | null;
+            /** Requests Waiting */
+            requests_waiting: number | null;
+        };
         /**
          * GpuSample
          * @description One GPU as NVML reads it; a field is None when the board does not report it.
@@ -882,6 +1097,23 @@ export interface components {
             temperature_c?: number | null;
             /** Utilization Pct */
             utilization_pct?: number | null;
+        };
+        /** GpuSeries */
+        GpuSeries: {
+            /**
+             * End
+             * Format: date-time
+             */
+            end: string;
+            /** Instances */
+            instances: components["schemas"]["InstanceGpuSeries"][];
+            /**
+             * Start
+             * Format: date-time
+             */
+            start: string;
+            /** Step S */
+            step_s: number;
         };
         /** HTTPValidationError */
         HTTPValidationError: {
@@ -986,6 +1218,16 @@ export interface components {
             workflow_id: string;
             /** Zone */
             zone: string | null;
+        };
+        /** InstanceGpuSeries */
+        InstanceGpuSeries: {
+            /**
+             * Instance Id
+             * Format: uuid
+             */
+            instance_id: string;
+            /** Points */
+            points: components["schemas"]["GpuPoint"][];
         };
         /** InstancePage */
         InstancePage: {
@@ -1133,6 +1375,17 @@ export interface components {
              */
             state: string;
         };
+        /** Overview */
+        Overview: {
+            /** Instances By State */
+            instances_by_state: {
+                [key: string]: number;
+            };
+            /** Spend Rate Per Hour */
+            spend_rate_per_hour: components["schemas"]["CurrencyAmount"][];
+            /** @description since 00:00 UTC */
+            today: components["schemas"]["Today"];
+        };
         /** PasswordChange */
         PasswordChange: {
             /** Current Password */
@@ -1178,6 +1431,59 @@ export interface components {
             /** Name */
             name: string;
         };
+        /** RequestPoint */
+        RequestPoint: {
+            /**
+             * At
+             * Format: date-time
+             * @description start of the bucket
+             */
+            at: string;
+            /**
+             * Error Rate
+             * @description share of requests answered with a status >= 400
+             */
+            error_rate: number;
+            /** Errors */
+            errors: number;
+            /** Input Tokens */
+            input_tokens: number;
+            /** Latency P50 Ms */
+            latency_p50_ms: number | null;
+            /** Latency P95 Ms */
+            latency_p95_ms: number | null;
+            /** Latency P99 Ms */
+            latency_p99_ms: number | null;
+            /** Output Tokens */
+            output_tokens: number;
+            /** Output Tokens Per S */
+            output_tokens_per_s: number;
+            /** Request Rate Per S */
+            request_rate_per_s: number;
+            /** Requests */
+            requests: number;
+            /** Ttft P50 Ms */
+            ttft_p50_ms: number | null;
+            /** Ttft P95 Ms */
+            ttft_p95_ms: number | null;
+        };
+        /** RequestSeries */
+        RequestSeries: {
+            /**
+             * End
+             * Format: date-time
+             */
+            end: string;
+            /** Points */
+            points: components["schemas"]["RequestPoint"][];
+            /**
+             * Start
+             * Format: date-time
+             */
+            start: string;
+            /** Step S */
+            step_s: number;
+        };
         /**
          * Role
          * @enum {string}
@@ -1195,11 +1501,60 @@ export interface components {
             reason: string | null;
             to_state: components["schemas"]["InstanceState"];
         };
+        /** Statement */
+        Statement: {
+            /**
+             * Compute
+             * @description instance hours and cost per deployment
+             */
+            compute: components["schemas"]["CostRow"][];
+            /**
+             * End
+             * Format: date-time
+             */
+            end: string;
+            /** Month */
+            month: string;
+            /**
+             * Project Id
+             * Format: uuid
+             */
+            project_id: string;
+            /** Project Name */
+            project_name: string;
+            /**
+             * Start
+             * Format: date-time
+             */
+            start: string;
+            /** Totals */
+            totals: components["schemas"]["CurrencyAmount"][];
+            /**
+             * Usage
+             * @description requests and tokens per key and model
+             */
+            usage: components["schemas"]["UsageRow"][];
+        };
         /**
          * TerminationReason
          * @enum {string}
          */
         TerminationReason: "user_request" | "scale_down" | "boot_timeout" | "startup_error" | "unhealthy" | "provider_deleted" | "orphan" | "error";
+        /** Today */
+        Today: {
+            /** Cost */
+            cost: components["schemas"]["CurrencyAmount"][];
+            /** Error Rate */
+            error_rate: number;
+            /** Errors */
+            errors: number;
+            /** Input Tokens */
+            input_tokens: number;
+            /** Output Tokens */
+            output_tokens: number;
+            /** Requests */
+            requests: number;
+        };
         /** Token */
         Token: {
             /** Access Token */
@@ -1526,6 +1881,43 @@ export interface operations {
             };
         };
     };
+    "costs-get_costs": {
+        parameters: {
+            query?: {
+                /** @description from (default: 30 days ago) */
+                start?: string | null;
+                /** @description until, excluded (default: now) */
+                end?: string | null;
+                group_by?: components["schemas"]["CostDimension"][];
+                project_id?: string | null;
+                deployment_id?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CostReport"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
     "deployments-list_deployments": {
         parameters: {
             query?: {
@@ -1787,6 +2179,48 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["InstanceSummary"];
                 };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "events-stream_events": {
+        parameters: {
+            query?: {
+                /** @description only this project */
+                project_id?: string | null;
+            };
+            header?: {
+                /** @description resume after this event (browsers send it on reconnect) */
+                "last-event-id"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description text/event-stream. Each event: `id: <stream id>` and `data: <JSON {"kind": "state"|"action"|"deployment"|..., "project_id": "...", "data": {...}}>`; comment lines (`: keep-alive`) every few seconds. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": string;
+                };
+            };
+            /** @description Last-Event-ID is not a stream id */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
             /** @description Validation Error */
             422: {
@@ -2090,6 +2524,115 @@ export interface operations {
             };
         };
     };
+    "metrics-gpu_metrics": {
+        parameters: {
+            query?: {
+                /** @description from (default: an hour ago) */
+                start?: string | null;
+                /** @description until (default: now) */
+                end?: string | null;
+                /** @description bucket width */
+                step_s?: number | null;
+                project_id?: string | null;
+                deployment_id?: string | null;
+                instance_id?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["GpuSeries"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "metrics-request_metrics": {
+        parameters: {
+            query?: {
+                /** @description from (default: an hour ago) */
+                start?: string | null;
+                /** @description until (default: now) */
+                end?: string | null;
+                /** @description bucket width */
+                step_s?: number | null;
+                project_id?: string | null;
+                deployment_id?: string | null;
+                instance_id?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RequestSeries"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "overview-get_overview": {
+        parameters: {
+            query?: {
+                project_id?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Overview"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
     "projects-list_projects": {
         parameters: {
             query?: never;
@@ -2319,6 +2862,72 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "costs-get_statement": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                project_id: string;
+                /** @description a month, like 2026-11 (UTC) */
+                month: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Statement"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "costs-export_statement": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                project_id: string;
+                /** @description a month, like 2026-11 (UTC) */
+                month: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description CSV file */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/csv": string;
+                };
             };
             /** @description Validation Error */
             422: {

@@ -100,31 +100,3 @@ export function BarList({ title, items, format = (v: number) => String(v) }: {
     </figure>
   );
 }
-
-/**
- * Turn whatever the metrics endpoint returns into series: [{t|at|time|bucket, value|v|…}],
- * {points: […]}, or {series: [{name, points}]}.
- */
-export function toSeries(data: unknown, valueKeys: string[], label = "value"): Series[] {
-  const d = data as Record<string, unknown> | unknown[] | null;
-  if (!d) return [];
-  if (!Array.isArray(d) && Array.isArray((d as { series?: unknown }).series)) {
-    return ((d as { series: Record<string, unknown>[] }).series).flatMap((s) =>
-      toSeries(s.points ?? s.data ?? [], valueKeys, String(s.name ?? s.label ?? s.metric ?? label)),
-    );
-  }
-  const pts = Array.isArray(d) ? d : ((d as { points?: unknown[]; items?: unknown[] }).points ?? (d as { items?: unknown[] }).items ?? []);
-  const points: Point[] = [];
-  for (const raw of pts as Record<string, unknown>[]) {
-    if (Array.isArray(raw)) {
-      points.push({ t: new Date(raw[0] as string).getTime(), v: Number(raw[1]) });
-      continue;
-    }
-    const when = raw.t ?? raw.at ?? raw.time ?? raw.ts ?? raw.bucket ?? raw.timestamp;
-    const key = valueKeys.find((k) => typeof raw[k] === "number");
-    if (when === undefined || key === undefined) continue;
-    points.push({ t: typeof when === "number" ? (when < 1e12 ? when * 1000 : when) : new Date(String(when)).getTime(), v: raw[key] as number });
-  }
-  points.sort((a, b) => a.t - b.t);
-  return points.length ? [{ label, points }] : [];
-}

@@ -14,7 +14,11 @@ describe("format", () => {
     const csv = toCsv([{ model: 'a,"b"', tokens: 3 }, { model: "c", tokens: null }]);
     expect(csv).toBe('model,tokens\r\n"a,""b""",3\r\nc,\r\n');
   });
-  it("humanizes keys", () => expect(humanize("input_tokens")).toBe("Input tokens"));
+  it("humanizes keys", () => {
+    expect(humanize("input_tokens")).toBe("Input tokens");
+    expect(humanize("engine_http_up")).toBe("Engine HTTP up");
+    expect(humanize("api_key_id")).toBe("API key id");
+  });
 });
 
 describe("api errors", () => {

@@ -46,9 +46,11 @@ export function shortId(id: string): string {
   return id.slice(0, 8);
 }
 
-/** "current_step" → "Current step". */
+const ACRONYMS: Record<string, string> = { ip: "IP", http: "HTTP", gpu: "GPU", kv: "KV", api: "API", ttft: "TTFT", id: "id" };
+
+/** "current_step" → "Current step", "ip_assigned" → "IP assigned". */
 export function humanize(key: string): string {
-  const s = key.replace(/[_.]+/g, " ").trim();
+  const s = key.replace(/[_.]+/g, " ").trim().split(" ").map((w) => ACRONYMS[w.toLowerCase()] ?? w).join(" ");
   return s.charAt(0).toUpperCase() + s.slice(1);
 }
 

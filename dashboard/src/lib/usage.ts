@@ -1,14 +1,15 @@
 // Usage, costs and chart metrics. Paths follow issue 6; rows are read leniently (field names
 // such as requests / input_tokens / output_tokens / cost) so the pages keep working as the
 // API's exact shapes settle.
-import { client, request, rows, typed, type Result, type Schemas } from "../api/client";
+import { client, typed, type Result, type Schemas } from "../api/client";
+import { fmtMoney } from "./format";
 
 export type Row = Record<string, unknown>;
-export type Dimension = "day" | "key" | "model" | "project" | "deployment";
+export type Dimension = "day" | "key" | "model" | "project" | "deployment" | "instance";
 
 export const USAGE_PATH = "/api/v1/usage";
-export const COSTS_PATH = "/api/v1/usage/costs";
-export const METRICS_PATH = "/api/v1/metrics";
+export const COSTS_PATH = "/api/v1/costs";
+export const METRICS_PATH = "/api/v1/metrics/requests";
 
 export function isoDay(d: Date): string {
   return d.toISOString().slice(0, 10);
@@ -28,9 +29,18 @@ export async function fetchUsage(group_by: UsageDimension, start: string, end: s
   return typed(client.GET("/api/v1/usage", { params: { query: { group_by: [group_by], ...dayRange(start, end) } } }));
 }
 
-export async function fetchCosts(group_by: Dimension, start: string, end: string): Promise<Result<{ rows: Row[]; raw: unknown }>> {
-  const r = await request<unknown>("GET", COSTS_PATH, { query: { group_by, ...dayRange(start, end) } });
-  return r.ok ? { ...r, data: { rows: rows<Row>(r.data), raw: r.data } } : r;
+export type CostReport = Schemas["CostReport"];
+export type CostDimension = Schemas["CostDimension"];
+export type CurrencyAmount = Schemas["CurrencyAmount"];
+
+export async function fetchCosts(group_by: CostDimension, start: string, end: string): Promise<Result<CostReport>> {
+  return typed(client.GET("/api/v1/costs", { params: { query: { group_by: [group_by], ...dayRange(start, end) } } }));
+}
+
+/** "€1.20 + $0.40": amounts in every currency present (usually one). */
+export function money(amounts: CurrencyAmount[] | undefined, digits = 2): string {
+  if (!amounts || amounts.length === 0) return fmtMoney(0, "EUR", digits);
+  return amounts.map((a) => fmtMoney(a.amount, a.currency, digits)).join(" + ");
 }
 
 export function num(row: Row | undefined, ...keys: string[]): number {
@@ -50,6 +60,7 @@ export function label(row: Row, dim: Dimension): string {
     model: ["model", "served_name"],
     project: ["project_name", "project", "project_id"],
     deployment: ["deployment_name", "deployment", "deployment_id"],
+    instance: ["instance_id"],
   };
   for (const k of candidates[dim]) {
     const v = row[k];
@@ -64,12 +75,3 @@ export const TOKENS_OUT = ["output_tokens", "completion_tokens", "tokens_out"];
 export const ERRORS = ["errors", "error_count", "failed"];
 export const COST = ["cost", "total_cost", "amount", "server_cost", "cost_eur"];
 
-/** The current spend rate per hour, wherever the costs answer puts it. */
-export function spendRate(raw: unknown): number | null {
-  if (!raw || typeof raw !== "object" || Array.isArray(raw)) return null;
-  const o = raw as Row;
-  for (const k of ["spend_rate_per_hour", "current_spend_rate", "spend_rate", "rate_per_hour", "per_hour"]) {
-    if (typeof o[k] === "number") return o[k] as number;
-  }
-  return null;
-}

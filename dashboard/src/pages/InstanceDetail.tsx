@@ -1,7 +1,8 @@
 import { useState } from "react";
-import { client, request, typed, type InstanceDetail } from "../api/client";
-import { LineChart, toSeries } from "../components/LineChart";
-import { ErrorBox, Empty, LiveIndicator, Loading, NotAvailable, Notice, PageHeader, ProgressBar, StateBadge } from "../components/ui";
+import { client, typed, type InstanceDetail } from "../api/client";
+import { LineChart } from "../components/LineChart";
+import { pointsOf, type Point } from "../lib/metrics";
+import { ErrorBox, Empty, LiveIndicator, Loading, Notice, PageHeader, ProgressBar, StateBadge } from "../components/ui";
 import { eventInstanceId, useLiveEvents } from "../lib/events";
 import { useInterval, useResource, useThrottled } from "../lib/hooks";
 import { fmtDuration, fmtNumber, fmtTime, humanize, shortId } from "../lib/format";
@@ -164,23 +165,22 @@ export function InstanceDetailPage({ id }: { id: string }) {
 }
 
 function InstanceCharts({ id }: { id: string }) {
-  const path = `/api/v1/instances/${id}/metrics`;
-  const res = useResource(() => request<unknown>("GET", path, { query: { range: "1h" } }), [id]);
-  useInterval(() => void res.reload(), res.notAvailable ? null : 10000);
+  const gpu = useResource(() => typed(client.GET("/api/v1/metrics/gpu", { params: { query: { instance_id: id, step_s: 15 } } })), [id]);
+  const req = useResource(() => typed(client.GET("/api/v1/metrics/requests", { params: { query: { instance_id: id, step_s: 15 } } })), [id]);
+  useInterval(() => { void gpu.reload(); void req.reload(); }, 10000);
+  const points = (gpu.data?.instances.find((s) => s.instance_id === id)?.points ?? []) as Point[];
+  const rp = req.data?.points as Point[] | undefined;
   return (
     <section className="card" aria-labelledby="charts-title">
       <h2 id="charts-title">GPU and engine (last hour)</h2>
-      {res.loading ? <Loading what="Loading metrics" /> : res.notAvailable ? (
-        <NotAvailable what="Instance metrics" path={`GET ${path}`} />
-      ) : res.error ? <ErrorBox message={res.error} /> : (
+      {gpu.loading ? <Loading what="Loading metrics" /> : gpu.error && !gpu.data ? <ErrorBox message={gpu.error} /> : (
         <div className="grid-2">
-          <LineChart title="GPU utilisation" unit=" %" series={toSeries(res.data, ["gpu_utilization", "gpu_util"], "GPU")} format={(v) => v.toFixed(0)} />
-          <LineChart title="GPU memory used" unit=" MB" series={toSeries(res.data, ["gpu_memory_used_mb"], "memory")} format={(v) => v.toFixed(0)} />
-          <LineChart title="Requests running / waiting" series={[
-            ...toSeries(res.data, ["requests_running"], "running"),
-            ...toSeries(res.data, ["requests_waiting"], "waiting"),
-          ]} format={(v) => v.toFixed(0)} />
-          <LineChart title="KV cache usage" unit=" %" series={toSeries(res.data, ["kv_cache_usage"], "KV cache").map((s) => ({ ...s, points: s.points.map((p) => ({ ...p, v: p.v <= 1 ? p.v * 100 : p.v })) }))} format={(v) => v.toFixed(0)} />
+          <LineChart title="GPU utilisation" unit=" %" series={pointsOf(points, "gpu_utilization", "GPU")} format={(v) => v.toFixed(0)} />
+          <LineChart title="GPU memory used" unit=" MB" series={pointsOf(points, "gpu_memory_used_mb", "memory")} format={(v) => v.toFixed(0)} />
+          <LineChart title="Requests running / waiting" series={[...pointsOf(points, "requests_running", "running"), ...pointsOf(points, "requests_waiting", "waiting")]} format={(v) => v.toFixed(0)} />
+          <LineChart title="KV cache usage" unit=" %" series={pointsOf(points, "kv_cache_usage", "KV cache").map((s) => ({ ...s, points: s.points.map((p) => ({ ...p, v: p.v <= 1 ? p.v * 100 : p.v })) }))} format={(v) => v.toFixed(0)} />
+          <LineChart title="Request rate" unit=" req/s" series={pointsOf(rp, "request_rate_per_s", "requests")} format={(v) => v.toFixed(2)} />
+          <LineChart title="Latency" unit=" ms" series={[...pointsOf(rp, "ttft_p95_ms", "TTFT p95"), ...pointsOf(rp, "latency_p95_ms", "latency p95")]} format={(v) => v.toFixed(0)} />
         </div>
       )}
     </section>

@@ -1,24 +1,12 @@
 import { useState, type FormEvent } from "react";
-import { request, rows } from "../api/client";
+import { client, typed, type Schemas } from "../api/client";
 import { Empty, ErrorBox, Guard, Notice, PageHeader } from "../components/ui";
 import { useResource } from "../lib/hooks";
 import { useProjects } from "../lib/projects";
 import { fmtAgo, fmtNumber } from "../lib/format";
 
-interface ApiKey {
-  id: string;
-  project_id: string;
-  name: string;
-  prefix: string;
-  rpm_limit: number | null;
-  tpm_limit: number | null;
-  created_at: string;
-  revoked_at: string | null;
-  last_used_at: string | null;
-}
-interface ApiKeyCreated extends ApiKey {
-  secret: string;
-}
+type ApiKey = Schemas["ApiKeyPublic"];
+type ApiKeyCreated = Schemas["ApiKeyCreated"];
 
 const PATH = "/api/v1/keys";
 
@@ -26,10 +14,7 @@ export function KeysPage() {
   const projects = useProjects();
   const [showRevoked, setShowRevoked] = useState(false);
   const keys = useResource(
-    async () => {
-      const r = await request<unknown>("GET", PATH, { query: { include_revoked: showRevoked } });
-      return r.ok ? { ...r, data: rows<ApiKey>(r.data) } : r;
-    },
+    () => typed(client.GET("/api/v1/keys", { params: { query: { include_revoked: showRevoked } } })),
     [showRevoked],
   );
   const [created, setCreated] = useState<ApiKeyCreated | null>(null);
@@ -53,14 +38,14 @@ export function KeysPage() {
       return;
     }
     setBusy(true);
-    const r = await request<ApiKeyCreated>("POST", PATH, {
+    const r = await typed(client.POST("/api/v1/keys", {
       body: {
         project_id: project,
         name: name.trim(),
         rpm_limit: rpm ? Number(rpm) : null,
         tpm_limit: tpm ? Number(tpm) : null,
       },
-    });
+    }));
     setBusy(false);
     if (!r.ok) {
       setFormError(r.message);
@@ -76,7 +61,7 @@ export function KeysPage() {
 
   const revoke = async (k: ApiKey) => {
     if (!window.confirm(`Revoke the key "${k.name}" (${k.prefix}…)? Clients using it are refused within seconds.`)) return;
-    const r = await request<ApiKey>("DELETE", `${PATH}/${k.id}`);
+    const r = await typed(client.DELETE("/api/v1/keys/{key_id}", { params: { path: { key_id: k.id } } }));
     setNotice(r.ok ? { tone: "ok", text: `Key "${k.name}" revoked.` } : { tone: "bad", text: r.message });
     void keys.reload();
   };

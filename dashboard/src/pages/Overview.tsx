@@ -1,80 +1,73 @@
-import { useMemo } from "react";
-import { client, request, typed } from "../api/client";
-import { LineChart, toSeries } from "../components/LineChart";
-import { ErrorBox, Loading, NotAvailable, PageHeader, StateBadge, Stat, LiveIndicator } from "../components/ui";
+import { client, typed } from "../api/client";
+import { LineChart } from "../components/LineChart";
+import { pointsOf, type Point } from "../lib/metrics";
+import { ErrorBox, Guard, LiveIndicator, Loading, PageHeader, StateBadge, Stat } from "../components/ui";
 import { useLiveEvents } from "../lib/events";
 import { useInterval, useResource, useThrottled } from "../lib/hooks";
-import { fmtMoney, fmtNumber, fmtPercent } from "../lib/format";
+import { fmtNumber, fmtPercent } from "../lib/format";
 import { href } from "../lib/router";
-import { COST, METRICS_PATH, fetchCosts, fetchUsage, isoDay, num, spendRate } from "../lib/usage";
+import { money } from "../lib/usage";
 
 const ORDER = ["provisioning", "booting", "ready", "draining", "terminating", "startup_failed", "provider_deleted", "terminated", "archived"];
 
+
 export function OverviewPage() {
-  const instances = useResource(() => typed(client.GET("/api/v1/instances", { params: { query: { limit: 500 } } })), []);
-  const today = isoDay(new Date());
-  const usage = useResource(() => fetchUsage("day", today, today), [today]);
-  const costs = useResource(() => fetchCosts("day", today, today), [today]);
-  const rate = useResource(() => request<unknown>("GET", METRICS_PATH, { query: { metric: "request_rate", range: "1h" } }), []);
+  const overview = useResource(() => typed(client.GET("/api/v1/overview")), []);
+  const metrics = useResource(() => typed(client.GET("/api/v1/metrics/requests", { params: { query: { step_s: 30 } } })), []);
 
-  const refresh = useThrottled(() => void instances.reload(), 1000);
-  const mode = useLiveEvents(() => refresh(), () => void instances.reload(), 5000);
-  useInterval(() => {
-    if (!usage.notAvailable) void usage.reload();
-    if (!costs.notAvailable) void costs.reload();
-  }, 15000);
-  useInterval(() => void rate.reload(), rate.notAvailable ? null : 5000);
+  const refresh = useThrottled(() => void overview.reload(), 1000);
+  const mode = useLiveEvents(() => refresh(), () => void overview.reload(), 5000);
+  useInterval(() => void overview.reload(), 15000); // traffic and costs are not pushed as events
+  useInterval(() => void metrics.reload(), 5000);
 
-  const counts = useMemo(() => {
-    const m = new Map<string, number>();
-    for (const i of instances.data?.items ?? []) m.set(i.state, (m.get(i.state) ?? 0) + 1);
-    return m;
-  }, [instances.data]);
-
-  const day = usage.data;
-  const requests = day?.requests ?? 0;
-  const errors = day?.errors ?? 0;
-  const tokensIn = day?.input_tokens ?? 0;
-  const tokensOut = day?.output_tokens ?? 0;
-  const spend = spendRate(costs.data?.raw);
-  const costToday = (costs.data?.rows ?? []).reduce((s, r) => s + num(r, ...COST), 0);
-  const currency = String((costs.data?.raw as { currency?: string } | undefined)?.currency ?? "EUR");
-  const usageValue = (v: string) => (usage.loading ? "…" : usage.notAvailable || usage.error ? "—" : v);
+  const o = overview.data;
+  const counts = ORDER.map((s) => [s, (o?.instances_by_state as Record<string, number> | undefined)?.[s] ?? 0] as const).filter(([, n]) => n > 0);
+  const points = metrics.data?.points as Point[] | undefined;
 
   return (
     <>
       <PageHeader title="Overview">
         <LiveIndicator mode={mode} />
       </PageHeader>
-      <section aria-labelledby="states-title" className="card">
-        <h2 id="states-title">Instances by state</h2>
-        {instances.loading ? <Loading what="Counting instances" /> : instances.error ? <ErrorBox message={instances.error} /> : counts.size === 0 ? (
-          <p className="empty">No instances yet. <a href={href("/deployments")}>Provision one from a deployment.</a></p>
-        ) : (
-          <ul className="state-counts">
-            {ORDER.filter((s) => counts.has(s)).map((s) => (
-              <li key={s}>
-                <a href={href("/instances")} aria-label={`${counts.get(s)} ${s.replace("_", " ")}`}>
-                  <span className="count">{counts.get(s)}</span> <StateBadge state={s} />
-                </a>
-              </li>
-            ))}
-          </ul>
+      <Guard res={overview} what="The overview" path="GET /api/v1/overview">
+        {(o) => (
+          <>
+            <section aria-labelledby="states-title" className="card">
+              <h2 id="states-title">Instances by state</h2>
+              {counts.length === 0 ? (
+                <p className="empty">No instances yet. <a href={href("/deployments")}>Provision one from a deployment.</a></p>
+              ) : (
+                <ul className="state-counts">
+                  {counts.map(([s, n]) => (
+                    <li key={s}>
+                      <a href={href("/instances")} aria-label={`${n} ${s.replace("_", " ")}`}>
+                        <span className="count">{n}</span> <StateBadge state={s} />
+                      </a>
+                    </li>
+                  ))}
+                </ul>
+              )}
+            </section>
+            <section className="stats" aria-label="Today">
+              <Stat label="Current spend rate" value={`${money(o.spend_rate_per_hour, 2)}/h`} hint={`${money(o.today.cost)} so far today`} />
+              <Stat label="Requests today" value={fmtNumber(o.today.requests)} hint={`since 00:00 UTC`} />
+              <Stat label="Tokens today" value={fmtNumber(o.today.input_tokens + o.today.output_tokens)}
+                hint={`${fmtNumber(o.today.input_tokens)} in · ${fmtNumber(o.today.output_tokens)} out`} />
+              <Stat label="Error rate today" value={o.today.requests ? fmtPercent(o.today.error_rate) : "—"}
+                hint={o.today.requests ? `${fmtNumber(o.today.errors)} failed` : "no requests yet"} />
+            </section>
+          </>
         )}
-      </section>
-      <section className="stats" aria-label="Today">
-        <Stat label="Current spend rate" value={costs.loading ? "…" : spend !== null ? `${fmtMoney(spend, currency)}/h` : "—"}
-          hint={costs.notAvailable ? "costs not available" : costs.error ? costs.error : `${fmtMoney(costToday, currency)} so far today`} />
-        <Stat label="Requests today" value={usageValue(fmtNumber(requests))} hint={usage.notAvailable ? "usage not available" : usage.error ?? undefined} />
-        <Stat label="Tokens today" value={usageValue(fmtNumber(tokensIn + tokensOut))} hint={day ? `${fmtNumber(tokensIn)} in · ${fmtNumber(tokensOut)} out` : undefined} />
-        <Stat label="Error rate today" value={usageValue(requests ? fmtPercent(errors / requests) : "—")} hint={requests ? `${fmtNumber(errors)} failed` : "no requests yet"} />
-      </section>
+      </Guard>
       <section className="card" aria-labelledby="rate-title">
-        <h2 id="rate-title">Request rate (last hour, live)</h2>
-        {rate.loading ? <Loading what="Loading request rate" /> : rate.notAvailable ? (
-          <NotAvailable what="The request-rate metric" path={`GET ${METRICS_PATH}`} />
-        ) : rate.error ? <ErrorBox message={rate.error} /> : (
-          <LineChart title="Requests per second" unit=" req/s" series={toSeries(rate.data, ["value", "v", "request_rate", "rps", "requests_per_s"], "all deployments")} format={(v) => v.toFixed(2)} />
+        <h2 id="rate-title">Traffic (last hour, live)</h2>
+        {metrics.loading ? <Loading what="Loading request metrics" /> : metrics.error && !metrics.data ? <ErrorBox message={metrics.error} /> : (
+          <div className="grid-2">
+            <LineChart title="Request rate" unit=" req/s" series={pointsOf(points, "request_rate_per_s", "requests")} format={(v) => v.toFixed(2)} />
+            <LineChart title="Latency" unit=" ms" series={[...pointsOf(points, "ttft_p95_ms", "TTFT p95"), ...pointsOf(points, "latency_p95_ms", "latency p95")]} format={(v) => v.toFixed(0)} />
+            <LineChart title="Output tokens per second" unit=" tok/s" series={pointsOf(points, "output_tokens_per_s", "tokens")} format={(v) => v.toFixed(1)} />
+            <LineChart title="Error rate" unit=" %" series={pointsOf(points, "error_rate", "errors").map((s) => ({ ...s, points: s.points.map((p) => ({ ...p, v: p.v * 100 })) }))} format={(v) => v.toFixed(1)} />
+          </div>
         )}
       </section>
     </>
