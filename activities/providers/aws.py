@@ -305,7 +305,9 @@ class AWSCompute(Compute, PublicIPMixin):
             "MinCount": 1,
             "MaxCount": 1,
             "ClientToken": request.instance_id[:64],
-            "UserData": render_user_data(env),
+            "UserData": render_user_data(
+                env, engine_image=flavor.engine_image, accelerator=flavor.accelerator
+            ),
             "BlockDeviceMappings": mappings,
             "TagSpecifications": [
                 {

@@ -1,10 +1,14 @@
 """Cloud-init user data that installs and starts the node agent on a fresh cloud machine.
 
-The machine gets two files and one command: the agent's environment (mode 0600: it holds the
-per-instance token), the bootstrap script `agent/bootstrap.sh` (read at runtime from this
-repository, so cloud machines run exactly the script the SSH adapter runs), and a command that
-optionally formats and mounts the model-cache volume, then runs the bootstrap with that
-environment. The bootstrap verifies `WORKER_AGENT_SHA256` before starting the agent.
+The machine gets the agent's environment (mode 0600: it holds the per-instance token) and the
+bootstrap script `agent/bootstrap.sh` (read at runtime from this repository, so cloud machines
+run exactly the script the SSH adapter runs), then optionally formats and mounts the model-cache
+volume, and starts the agent:
+- plain flavors: the bootstrap on the machine, as a systemd service; it fetches the agent bundle
+  from `WORKER_AGENT_URL` (set by the control plane in the agent's environment) and verifies
+  `WORKER_AGENT_SHA256` before starting anything;
+- flavors with a worker image: `docker run` of that image, whose entrypoint is the same
+  bootstrap in foreground mode (the same verification, inside the container).
 
 The document is JSON after the `#cloud-config` header: YAML is a superset of JSON, so cloud-init
 reads it, and no value can break the quoting.
@@ -21,7 +25,9 @@ from activities.providers.base import InvalidRequestError
 
 BOOTSTRAP_PATH = Path(__file__).resolve().parents[2] / "agent" / "bootstrap.sh"
 ENV_FILE = "/etc/inventiv/agent.env"
-BOOTSTRAP_FILE = "/opt/inventiv/bootstrap.sh"
+DOCKER_ENV_FILE = "/etc/inventiv/docker.env"
+INSTALL_DIR = "/opt/inventiv"
+BOOTSTRAP_FILE = f"{INSTALL_DIR}/bootstrap.sh"
 
 
 def read_bootstrap(path: Path = BOOTSTRAP_PATH) -> str:
@@ -50,32 +56,53 @@ def mount_command(device: str, mount_dir: str) -> str:
     )
 
 
+def docker_env(env_path: str, docker_env_path: str) -> str:
+    """docker's --env-file takes values verbatim: derive one from the shell-quoted env file."""
+    return (
+        f"set -a; . {env_path}; set +a; umask 077; env | grep -E "
+        "'^(INVENTIV_AGENT_|WORKER_|HF_|AWS_|NVIDIA_|HIP_|TORCH_|NCCL_|VLLM_|FI_)' "
+        f"> {docker_env_path}; "
+    )
+
+
+def docker_run(image: str, accelerator: str, name: str, env_path: str) -> str:
+    """Run the worker image with the host's network and GPUs; it restarts with the machine."""
+    devices = {
+        "nvidia": "--gpus all",
+        "amd": "--device /dev/kfd --device /dev/dri --group-add video",
+    }.get(accelerator, "")
+    return (
+        f"docker rm -f {name} >/dev/null 2>&1; docker run -d --name {name} "
+        f"--restart unless-stopped --network host {devices} --env-file {env_path} "
+        f"-e WORKER_AGENT_MODE=foreground {shlex.quote(image)}"
+    )
+
+
 def render_user_data(
     env: Mapping[str, str],
     *,
+    engine_image: str | None = None,
+    accelerator: str = "cpu",
     model_volume: tuple[str, str] | None = None,
     bootstrap_path: Path = BOOTSTRAP_PATH,
 ) -> str:
     """User data for `env` (the agent's environment). `model_volume` is (device, mount folder)."""
+    env = {"WORKER_AGENT_MODE": "systemd", "WORKER_INSTALL_DIR": INSTALL_DIR, **env}
     runcmd: list[list[str]] = []
     if model_volume is not None:
         runcmd.append(["sh", "-c", mount_command(*model_volume)])
-    runcmd.append(["sh", "-c", f"set -a; . {ENV_FILE}; set +a; exec sh {BOOTSTRAP_FILE}"])
+    if engine_image:
+        runcmd.append(["sh", "-c", docker_env(ENV_FILE, DOCKER_ENV_FILE)
+                       + docker_run(engine_image, accelerator, "inventiv-agent", DOCKER_ENV_FILE)])  # fmt: skip
+    else:
+        runcmd.append(["sh", "-c", f"set -a; . {ENV_FILE}; set +a; exec sh {BOOTSTRAP_FILE}"])
     document = {
         "write_files": [
-            {
-                "path": ENV_FILE,
-                "permissions": "0600",
-                "owner": "root:root",
-                "content": env_file(env),
-            },
-            {
-                "path": BOOTSTRAP_FILE,
-                "permissions": "0755",
-                "owner": "root:root",
-                "content": read_bootstrap(bootstrap_path),
-            },
+            {"path": ENV_FILE, "permissions": "0600", "owner": "root:root",
+             "content": env_file(env)},
+            {"path": BOOTSTRAP_FILE, "permissions": "0755", "owner": "root:root",
+             "content": read_bootstrap(bootstrap_path)},
         ],
         "runcmd": runcmd,
-    }
+    }  # fmt: skip
     return "#cloud-config\n" + json.dumps(document, indent=1) + "\n"

@@ -303,13 +303,19 @@ class ScalewayCompute(Compute, PublicIPMixin):
                     server_id=server.id,
                     private_network_id=self.settings.private_network_id,
                 )
+        flavor = get_flavor(request.flavor)
         env = agent_environment(request, provider_env=provider_env)
         await self._call(
             self._instance.set_server_user_data,
             zone=server.zone,
             server_id=server.id,
             key=USER_DATA_KEY,
-            content=render_user_data(env, model_volume=model_volume).encode(),
+            content=render_user_data(
+                env,
+                engine_image=flavor.engine_image,
+                accelerator=flavor.accelerator,
+                model_volume=model_volume,
+            ).encode(),
         )
         boot = server.volumes.get("0")
         if boot is not None and boot.volume_type == "sbs_volume":

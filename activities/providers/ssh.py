@@ -39,7 +39,13 @@ from activities.providers.base import (
     ProvisioningError,
     TransientProviderError,
 )
-from activities.providers.cloud_init import BOOTSTRAP_PATH, env_file, read_bootstrap
+from activities.providers.cloud_init import (
+    BOOTSTRAP_PATH,
+    docker_env,
+    docker_run,
+    env_file,
+    read_bootstrap,
+)
 from activities.providers.flavors import agent_environment, get_flavor
 from activities.providers.settings import SSHSettings
 from core.db import make_engine, make_sessionmaker
@@ -253,8 +259,15 @@ class SSHCompute(Compute):
                 and (await conn.run("docker info", check=False)).exit_status == 0
             )
             if container:
-                command = self._docker_command(
-                    flavor.engine_image or "", flavor.accelerator, request.instance_id, remote
+                command = (
+                    f"cd {shlex.quote(remote)} && "
+                    + docker_env("./agent.env", "docker.env")
+                    + docker_run(
+                        flavor.engine_image or "",
+                        flavor.accelerator,
+                        f"inventiv-{request.instance_id}",
+                        "docker.env",
+                    )
                 )
             else:
                 command = (
@@ -276,23 +289,6 @@ class SSHCompute(Compute):
                         f"agent integrity check failed on {host.name}: {detail}"
                     )
                 raise ProvisioningError(f"agent did not start on {host.name}: {detail}")
-
-    @staticmethod
-    def _docker_command(image: str, accelerator: str, instance_id: str, remote: str) -> str:
-        devices = (
-            "--gpus all"
-            if accelerator == "nvidia"
-            else "--device /dev/kfd --device /dev/dri --group-add video"
-        )
-        # docker's --env-file takes values verbatim: build it from the shell-quoted file.
-        return (
-            f"cd {shlex.quote(remote)} && set -a && . ./agent.env && set +a && "
-            "env | grep -E '^(INVENTIV_AGENT_|WORKER_|HF_|AWS_|NVIDIA_|HIP_|TORCH_|NCCL_|VLLM_)' "
-            "> docker.env && chmod 600 docker.env && "
-            f"docker rm -f inventiv-{instance_id} >/dev/null 2>&1; "
-            f"docker run -d --name inventiv-{instance_id} --restart unless-stopped --network host "
-            f"{devices} --env-file docker.env -e WORKER_AGENT_MODE=foreground {shlex.quote(image)}"
-        )
 
     def _running_command(self, instance_id: str) -> str:
         remote = shlex.quote(self._remote_dir(instance_id))

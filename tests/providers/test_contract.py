@@ -1,0 +1,148 @@
+"""One contract, every adapter, each against its stand-in: create -> get -> list tagged -> volumes
+-> delete -> delete again is a no-op -> list tagged is empty, nothing left; a retried create
+returns the first resource."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from mypy_boto3_ec2 import EC2Client
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from activities.providers.aws import AWSCompute
+from activities.providers.base import (
+    INSTANCE_TAG,
+    Compute,
+    CreateRequest,
+    PublicIPMixin,
+    VolumeSpec,
+)
+from activities.providers.scaleway import ScalewayCompute
+from activities.providers.settings import AWSSettings, ScalewaySettings, SSHSettings
+from activities.providers.ssh import SSHCompute
+from core.embedded import free_port
+from core.models import BareMetalHost
+from tests.providers.conftest import SSHHost
+from tests.providers.fake_scaleway import FakeScaleway
+
+AGENT_SHA256 = hashlib.sha256(
+    (Path(__file__).resolve().parents[2] / "agent" / "agent.py").read_bytes()
+).hexdigest()
+
+
+@dataclass
+class Stand:
+    compute: Compute
+    request: CreateRequest
+    nothing_left: Callable[[], Awaitable[None]]  # asserts the stand-in holds nothing of ours
+
+
+def _request(instance_type: str, volumes: list[VolumeSpec]) -> CreateRequest:
+    return CreateRequest(
+        instance_id=str(uuid.uuid4()),
+        instance_type=instance_type,
+        model="demo-llm",
+        served_name="demo",
+        flavor="cpu-sim",
+        volumes=volumes,
+        agent_env={"WORKER_AGENT_SHA256": AGENT_SHA256},
+    )
+
+
+@pytest.fixture
+def aws_stand(aws_settings: AWSSettings, ec2: EC2Client) -> Stand:
+    request = _request("t3.medium", [VolumeSpec(size_gb=30)])
+
+    async def nothing_left() -> None:
+        tag = [{"Name": f"tag:{INSTANCE_TAG}", "Values": [request.instance_id]}]
+        live = [{"Name": "instance-state-name", "Values": ["pending", "running", "stopped"]}]
+        assert ec2.describe_instances(Filters=tag + live)["Reservations"] == []  # type: ignore[operator]
+        assert ec2.describe_volumes(Filters=tag)["Volumes"] == []  # type: ignore[arg-type]
+        assert ec2.describe_addresses(Filters=tag)["Addresses"] == []  # type: ignore[arg-type]
+
+    compute = AWSCompute(aws_settings.model_copy(update={"elastic_ip": True}))
+    return Stand(compute, request, nothing_left)
+
+
+@pytest.fixture
+def scaleway_stand(scaleway_settings: ScalewaySettings, fake_scaleway: FakeScaleway) -> Stand:
+    async def nothing_left() -> None:
+        assert fake_scaleway.leftovers() == {
+            "servers": [], "ips": [], "local_volumes": [], "block_volumes": []
+        }  # fmt: skip
+
+    request = _request("PRO2-XXS", [VolumeSpec(size_gb=30)])
+    return Stand(ScalewayCompute(scaleway_settings), request, nothing_left)
+
+
+@pytest.fixture
+async def ssh_stand(
+    db_url: str, sessionmaker: async_sessionmaker[AsyncSession], ssh_host: SSHHost
+) -> AsyncIterator[Stand]:
+    host = BareMetalHost(
+        name="bm-1", address="127.0.0.1", port=ssh_host.port, user="inventiv",
+        private_key_ref=f"file:{ssh_host.client_key_path}", host_key=ssh_host.public_host_key(),
+        python=sys.executable, agent_port=free_port(), engine_port=free_port(),
+    )  # fmt: skip
+    async with sessionmaker() as session:
+        session.add(host)
+        await session.commit()
+    request = _request("bare-metal", [])
+
+    async def nothing_left() -> None:
+        async with sessionmaker() as session:
+            fresh = await session.get(BareMetalHost, host.id)
+            assert fresh is not None and fresh.claimed_by is None
+        assert not (ssh_host.home / ".inventiv" / request.instance_id).exists()
+        async with httpx.AsyncClient() as client:
+            with pytest.raises(httpx.TransportError):
+                await client.get(f"http://127.0.0.1:{host.agent_port}/healthz")
+
+    compute = SSHCompute(SSHSettings(enabled=True), db_url)
+    yield Stand(compute, request, nothing_left)
+    await compute.close()
+
+
+@pytest.fixture(params=["aws", "scaleway", "ssh"])
+def stand(request: pytest.FixtureRequest) -> Stand:
+    return request.getfixturevalue(f"{request.param}_stand")  # type: ignore[no-any-return]
+
+
+async def test_contract(stand: Stand) -> None:
+    compute, request = stand.compute, stand.request
+    created = await compute.create(request)
+    assert created.instance_id == request.instance_id
+    retried = await compute.create(request)
+    assert retried.resource_id == created.resource_id
+
+    await compute.start(created.resource_id)
+    got = await compute.get(created.resource_id)
+    assert got is not None and got.instance_id == request.instance_id
+    assert got.state in ("pending", "running") and got.agent_url
+    assert created.resource_id in [i.resource_id for i in await compute.list_tagged()]
+
+    volumes = await compute.list_volumes(created.resource_id)
+    assert len(volumes) == (0 if compute.kind == "ssh" else 2)  # boot + data
+    assert sum(v.is_boot for v in volumes) == (0 if compute.kind == "ssh" else 1)
+
+    await compute.delete(created.resource_id)
+    for volume in volumes:
+        if volume.delete_on_terminate:
+            await compute.delete_volume(volume.volume_id)
+    if isinstance(compute, PublicIPMixin):
+        await compute.release_ips(created.resource_id, request.instance_id)
+    await compute.delete(created.resource_id)  # again: a no-op
+    assert await compute.get(created.resource_id) is None
+    assert created.resource_id not in [i.resource_id for i in await compute.list_tagged()]
+    assert [
+        v for v in await compute.list_tagged_volumes() if v.instance_id == request.instance_id
+    ] == []
+    await stand.nothing_left()

@@ -1,0 +1,109 @@
+"""Worker flavors and the cloud-init user data: what a machine actually receives."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from activities.providers.base import CreateRequest, InstanceOffer, InvalidRequestError
+from activities.providers.cloud_init import BOOTSTRAP_PATH, env_file, render_user_data
+from activities.providers.flavors import agent_environment, get_flavor
+
+
+def _request(flavor: str, **kwargs: object) -> CreateRequest:
+    return CreateRequest(
+        instance_id="i-1",
+        instance_type="t",
+        model="meta-llama/Llama-3.1-8B-Instruct",
+        served_name="llama",
+        flavor=flavor,
+        gpu_count=2,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_flavor_images_and_defaults() -> None:
+    h100 = get_flavor("NVIDIA-H100")  # the specification's spelling
+    assert h100.engine_image and "hopper" in h100.engine_image and "cuda12" in h100.engine_image
+    assert h100.env["TORCH_CUDA_ARCH_LIST"] == "9.0"
+    mi300 = get_flavor("AMD-MI300")
+    assert mi300.engine_image and "rocm" in mi300.engine_image
+    assert get_flavor("cpu-sim").command("/opt/py/bin/python") == "/opt/py/bin/python -m agent.sim"
+    with pytest.raises(InvalidRequestError, match="unknown flavor 'tpu'; known: amd-mi300"):
+        get_flavor("tpu")
+    l4 = InstanceOffer("L4-1-24G", "L4", 1, 24, 8, 48, 0.75)
+    with pytest.raises(InvalidRequestError, match="needs one of H100 GPUs; L4-1-24G has L4"):
+        h100.check_offer(l4)
+    get_flavor("nvidia-cuda12").check_offer(l4)
+    get_flavor("cpu-sim").check_offer(l4)  # the simulator runs anywhere
+
+
+def test_agent_environment_contract() -> None:
+    request = _request(
+        "nvidia-h100",
+        engine_args={"max-model-len": 8192, "gpu-memory-utilization": 0.8},
+        agent_env={"INVENTIV_AGENT_TOKEN": "tok", "INVENTIV_AGENT_CONTROL_PLANE_URL": "http://cp"},
+    )
+    env = agent_environment(request, provider_env={"INVENTIV_AGENT_MODEL_S3_PREFIX": "s3://b/m"})
+    assert env["INVENTIV_AGENT_ENGINE_COMMAND"] == "vllm serve"
+    assert env["INVENTIV_AGENT_GPU_COUNT"] == "2"
+    assert env["INVENTIV_AGENT_PORT"] == "8090" and env["INVENTIV_AGENT_ENGINE_PORT"] == "8000"
+    args = json.loads(env["INVENTIV_AGENT_ENGINE_ARGS"])
+    # The deployment's arguments override the flavor's defaults, the rest stay.
+    assert args == {
+        "gpu-memory-utilization": 0.8,
+        "enable-prefix-caching": True,
+        "max-model-len": 8192,
+    }
+    assert env["INVENTIV_AGENT_MODEL_S3_PREFIX"] == "s3://b/m"
+    assert env["INVENTIV_AGENT_TOKEN"] == "tok" and env["NVIDIA_VISIBLE_DEVICES"] == "all"
+    sim = agent_environment(_request("cpu-sim"), python="/usr/bin/python3.12")
+    assert sim["INVENTIV_AGENT_ENGINE_COMMAND"] == "/usr/bin/python3.12 -m agent.sim"
+    assert sim["INVENTIV_AGENT_GPU_COUNT"] == "0"
+
+
+def test_env_file_survives_a_real_shell(tmp_path: Path) -> None:
+    nasty = {"A_QUOTE": 'it\'s $HOME `id` "x"', "B_SPACES": "a b  c", "C_JSON": '{"k": [1, 2]}'}
+    path = tmp_path / "agent.env"
+    path.write_text(env_file(nasty))
+    out = subprocess.run(
+        ["sh", "-c", f"set -a; . {path}; set +a; env -0"], capture_output=True, check=True
+    ).stdout
+    seen = dict(item.split("=", 1) for item in out.decode().split("\0") if "=" in item)
+    assert {k: seen[k] for k in nasty} == nasty
+    with pytest.raises(InvalidRequestError, match="invalid environment variable name"):
+        env_file({"BAD;rm -rf /": "x"})
+
+
+def test_user_data_documents() -> None:
+    env = {"INVENTIV_AGENT_TOKEN": "tok", "WORKER_AGENT_SHA256": "ab" * 32}
+    plain = render_user_data(env)
+    assert plain.startswith("#cloud-config\n")
+    document = json.loads(plain.split("\n", 1)[1])
+    env_entry, bootstrap = document["write_files"]
+    assert (
+        env_entry["permissions"] == "0600" and "WORKER_AGENT_MODE=systemd" in env_entry["content"]
+    )
+    assert bootstrap["content"] == BOOTSTRAP_PATH.read_text()  # the agent's own script, verbatim
+    assert document["runcmd"] == [
+        [
+            "sh",
+            "-c",
+            "set -a; . /etc/inventiv/agent.env; set +a; exec sh /opt/inventiv/bootstrap.sh",
+        ]
+    ]
+    gpu = json.loads(
+        render_user_data(
+            env,
+            engine_image="inventiv/worker-nvidia-hopper:cuda12",
+            accelerator="nvidia",
+            model_volume=("/dev/disk/by-id/scsi-0SCW_sbs_volume-v1", "/mnt/models"),
+        ).split("\n", 1)[1]
+    )
+    mount, run = (command[2] for command in gpu["runcmd"])
+    assert "mount /dev/disk/by-id/scsi-0SCW_sbs_volume-v1 /mnt/models" in mount
+    assert "--gpus all" in run and "inventiv/worker-nvidia-hopper:cuda12" in run
+    assert "WORKER_AGENT_MODE=foreground" in run
