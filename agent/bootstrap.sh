@@ -86,9 +86,11 @@ systemd)
     envfile="$INSTALL_DIR/agent.env"
     umask 077
     # systemd's EnvironmentFile syntax: KEY="value" with backslash escapes
-    env | grep -E '^(INVENTIV_AGENT_|AWS_|HF_|PYTHONPATH=)' \
+    env | grep -E '^(INVENTIV_AGENT_|AWS_|HF_|NVIDIA_|CUDA_|HIP_|ROCR_|TORCH_|NCCL_|VLLM_|FI_|PYTHONPATH=)' \
         | sed 's/\\/\\\\/g; s/"/\\"/g; s/=/="/; s/$/"/' > "$envfile"
-    cat > /etc/systemd/system/inventiv-agent.service <<UNIT
+    unit_dir=${WORKER_SYSTEMD_DIR:-/etc/systemd/system}
+    mkdir -p "$unit_dir"
+    cat > "$unit_dir/inventiv-agent.service" <<UNIT
 [Unit]
 Description=Inventiv node agent
 After=network-online.target
@@ -105,8 +107,10 @@ TimeoutStopSec=30
 [Install]
 WantedBy=multi-user.target
 UNIT
-    systemctl daemon-reload
-    systemctl enable --now inventiv-agent.service
+    systemctl daemon-reload || die 5 "systemctl daemon-reload failed"
+    # restart, not just start: a re-run of the bootstrap must load the newly installed agent
+    systemctl enable inventiv-agent.service || die 5 "cannot enable inventiv-agent.service"
+    systemctl restart inventiv-agent.service || die 5 "cannot start inventiv-agent.service"
     say "agent installed as the inventiv-agent systemd service"
     ;;
 background)

@@ -110,7 +110,9 @@ async def test_the_engine_does_not_inherit_the_agents_token(tmp_path: Path) -> N
     async with running_agent(
         tmp_path, engine_command=show_env, token="heartbeat-secret", hf_token="hub-secret"
     ) as agent:
-        await wait_for(lambda: _logged(agent.log(), "agent.engine: ENV:"), 20, "the engine's output")
+        await wait_for(
+            lambda: _logged(agent.log(), "agent.engine: ENV:"), 20, "the engine's output"
+        )
         line = next(line for line in agent.log().splitlines() if "agent.engine: ENV:" in line)
     assert "'HF_TOKEN'" in line and "INVENTIV_AGENT_TOKEN" not in line
     assert "INVENTIV_AGENT_HF_TOKEN" not in line

@@ -113,3 +113,40 @@ async def test_the_bundle_imports_nothing_else_from_the_control_plane(tmp_path: 
     modules = json.loads(result.stdout)
     assert {name for name in modules if not name.startswith("agent")} == {"core", "core.wire"}
     assert all(path.startswith(str(unpacked)) for path in modules.values() if path)
+
+
+async def test_systemd_mode_installs_a_unit_with_the_agents_environment(tmp_path: Path) -> None:
+    """systemctl is replaced by a recorder: the unit file and its environment are what matter."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    calls = tmp_path / "systemctl-calls"
+    (fake_bin / "systemctl").write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    (fake_bin / "systemctl").chmod(0o755)
+    tarball = await asyncio.to_thread(bundle, tmp_path / "agent.tar.gz")
+    env = bootstrap_env(
+        tmp_path,
+        WORKER_AGENT_TARBALL=str(tarball),
+        WORKER_AGENT_SHA256=agent_sha256(),
+        WORKER_AGENT_MODE="systemd",
+        WORKER_SYSTEMD_DIR=str(tmp_path / "units"),
+        VLLM_WORKER_MULTIPROC_METHOD="spawn",
+        INVENTIV_AGENT_TOKEN='tok"en',
+        PATH=f"{fake_bin}:{os.environ['PATH']}",
+    )
+    result = await asyncio.to_thread(run_bootstrap, env)
+    assert result.returncode == 0, result.stderr
+    unit = (tmp_path / "units" / "inventiv-agent.service").read_text()
+    assert f"ExecStart={sys.executable} -m agent" in unit and "Restart=always" in unit
+    env_file = tmp_path / "opt" / "agent.env"
+    assert f"EnvironmentFile={env_file}" in unit
+    lines = env_file.read_text().splitlines()
+    assert 'INVENTIV_AGENT_TOKEN="tok\\"en"' in lines
+    assert 'VLLM_WORKER_MULTIPROC_METHOD="spawn"' in lines
+    assert f'PYTHONPATH="{tmp_path / "opt" / "agent-src"}"' in lines
+    assert not any(line.startswith(("PATH=", "WORKER_")) for line in lines)
+    assert env_file.stat().st_mode & 0o077 == 0  # it holds the token: owner only
+    assert calls.read_text().splitlines() == [
+        "daemon-reload",
+        "enable inventiv-agent.service",
+        "restart inventiv-agent.service",
+    ]
