@@ -92,6 +92,7 @@ async def test_new_instance_goes_live_without_reloading(
         await nav(page, "Instances")
         rows = page.get_by_role("table", name="Instances").locator("tbody tr")
         await expect(rows).to_have_count(1)
+        await expect(page.get_by_role("status", name="Updates: Live")).to_be_visible()
         instance_id = uuid.UUID(await rows.first.get_attribute("data-instance-id") or "")
         row = page.locator(f'tr[data-instance-id="{instance_id}"]')
         await expect(row).to_contain_text(deployment.name)
@@ -116,9 +117,15 @@ async def test_new_instance_goes_live_without_reloading(
         assert f"/workflows/instance-{instance_id}" in (await temporal.get_attribute("href") or "")
         await shot(page, "instance-detail")
 
+        # Some traffic of the last half hour, as the gateway logs it, for the live charts.
+        await add_traffic(sessionmaker, seeded, instance_id)
         await nav(page, "Overview")
         states = page.locator("section", has=page.get_by_role("heading", name="Instances by state"))
         await expect(states.get_by_role("link", name="1 ready")).to_be_visible()
+        await expect(page.get_by_role("group", name="Current spend rate")).to_contain_text("€1.00/h")
+        await expect(page.get_by_role("group", name="Requests today")).to_contain_text("60")
+        await expect(page.get_by_role("img", name=re.compile(r"^Request rate\. Latest requests: \d"))).to_be_visible()
+        await expect(page.get_by_role("img", name=re.compile(r"^Latency\. Latest TTFT p95: \d+ ms"))).to_be_visible()
         await shot(page, "overview")
 
         # Terminate from the detail page and watch it end, still without a reload.
@@ -131,6 +138,52 @@ async def test_new_instance_goes_live_without_reloading(
         assert await page.evaluate("window.__stillTheSamePage === true"), "the page was reloaded"
         done = await wait_state(sessionmaker, instance_id, InstanceState.terminated, timeout=30)
         assert done.termination_reason == "user_request"
+
+
+async def add_traffic(sessionmaker, seeded: Seeded, instance_id: uuid.UUID, count: int = 60) -> None:
+    now = utcnow()
+    async with sessionmaker() as session:
+        for n in range(count):
+            session.add(
+                RequestLog(
+                    at=now - timedelta(seconds=int(1700 * (n / count) ** 1.5) + 5),
+                    api_key_id=seeded.api_key_row.id,
+                    project_id=seeded.project.id,
+                    deployment_id=seeded.deployment.id,
+                    instance_id=instance_id,
+                    model="test-model",
+                    input_tokens=40 + n % 7,
+                    output_tokens=120 + (n * 37) % 90,
+                    ttft_ms=80 + (n * 13) % 60,
+                    latency_ms=900 + (n * 53) % 400,
+                    status_code=500 if n % 29 == 0 else 200,
+                )
+            )
+        await session.commit()
+
+
+async def test_instances_fall_back_to_polling_without_the_event_stream(
+    page: Page, api_server: ApiServer, sessionmaker, temporal_client
+) -> None:
+    """A proxy that drops SSE must not freeze the page: it polls and still shows the truth."""
+    async with sessionmaker() as session:
+        seeded = await seed(session, engine_args=SIM_FAST)
+    await page.route("**/api/v1/events", lambda route: route.fulfill(status=404, body="{}"))
+    accept_dialogs(page)
+    async with running_worker(api_server.settings, temporal_client):
+        await login(page, seeded)
+        await nav(page, "Deployments")
+        await page.get_by_role("button", name=f"Provision an instance of {seeded.deployment.name}").click()
+        await nav(page, "Instances")
+        await expect(page.get_by_role("status", name="Updates: Refreshing every few seconds")).to_be_visible()
+        row = page.get_by_role("table", name="Instances").locator("tbody tr")
+        await expect(row).to_have_count(1)
+        await expect(row).to_have_attribute("data-state", "ready", timeout=60_000)
+        instance_id = uuid.UUID(await row.get_attribute("data-instance-id") or "")
+        await row.get_by_role("button", name=f"Terminate {str(instance_id)[:8]}").click()
+        await expect(row).to_have_attribute("data-state", "terminated", timeout=60_000)
+    async with sessionmaker() as session:
+        assert (await session.get(Instance, instance_id)).state == InstanceState.terminated
 
 
 async def test_create_and_revoke_a_key_then_read_usage(
@@ -211,6 +264,15 @@ async def test_create_and_revoke_a_key_then_read_usage(
     await nav(page, "Overview")
     await expect(page.get_by_role("group", name="Requests today")).to_contain_text("3")
     await expect(page.get_by_role("group", name="Error rate today")).to_contain_text("33.3 %")
+
+    # Every page fits a small laptop and a wide screen without sideways scrolling.
+    for width, height in ((1024, 700), (1920, 1080)):
+        await page.set_viewport_size({"width": width, "height": height})
+        for name in ("Overview", "Instances", "Deployments", "API keys", "Usage & costs", "Providers & prices"):
+            await nav(page, name)
+            await expect(page.locator("main h1")).to_be_visible()
+            overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 0, f"{name} at {width}px is {overflow}px too wide"
 
 
 async def test_instance_list_is_empty_and_says_so_for_a_new_member(

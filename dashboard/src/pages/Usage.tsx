@@ -152,11 +152,13 @@ function Statements() {
         {(s) => (
           <>
             <p>Total for {s.project_name}, {s.month}: <strong>{money(s.totals)}</strong></p>
-            {s.compute.length === 0 && s.usage.length === 0 ? <Empty>Nothing this month.</Empty> : (
-              <div className="grid-2">
-                <div><h3>Compute</h3><DataTable rows={s.compute as Row[]} label="Statement compute" hide={["project_id", "deployment_id", "instance_id", "day"]} /></div>
-                <div><h3>Usage</h3><DataTable rows={s.usage as Row[]} label="Statement usage" hide={ID_COLUMNS} /></div>
-              </div>
+            <h3>Compute</h3>
+            {s.compute.length === 0 ? <Empty>No server time this month.</Empty> : (
+              <DataTable rows={s.compute as Row[]} label="Statement compute" hide={["project_id", "deployment_id", "instance_id", "day"]} />
+            )}
+            <h3>Usage</h3>
+            {s.usage.length === 0 ? <Empty>No requests this month.</Empty> : (
+              <DataTable rows={s.usage as Row[]} label="Statement usage" hide={ID_COLUMNS} />
             )}
           </>
         )}
