@@ -68,6 +68,21 @@ class AgentMetrics:
             "inventiv_agent_engine_requests_waiting", "vllm:num_requests_waiting", registry=r
         )
         self.kv = Gauge("inventiv_agent_engine_kv_cache_usage", "KV-cache usage 0..1", registry=r)
+        # the engine's counters, mirrored as last read (they restart with the engine)
+        self.prompt_tokens = Gauge(
+            "inventiv_agent_engine_prompt_tokens", "vllm:prompt_tokens_total", registry=r
+        )
+        self.generation_tokens = Gauge(
+            "inventiv_agent_engine_generation_tokens", "vllm:generation_tokens_total", registry=r
+        )
+        self.ttft_sum = Gauge(
+            "inventiv_agent_engine_ttft_seconds_sum", "vllm TTFT histogram sum", registry=r
+        )
+        self.ttft_count = Gauge(
+            "inventiv_agent_engine_ttft_seconds_count", "vllm TTFT histogram count", registry=r
+        )
+        info = Gauge("inventiv_agent_info", "Agent identity", ["version", "checksum"], registry=r)
+        info.labels(AGENT_VERSION, _get_agent_checksum()).set(1)
         self.cpu = Gauge("inventiv_agent_cpu_percent", "Machine CPU use", registry=r)
         self.ram = Gauge("inventiv_agent_ram_percent", "Machine RAM use", registry=r)
         self.disk = Gauge("inventiv_agent_disk_percent", "Model-cache volume use", registry=r)
@@ -219,6 +234,10 @@ class Agent:
             _set(m.running, stats.requests_running)
             _set(m.waiting, stats.requests_waiting)
             _set(m.kv, stats.kv_cache_usage)
+            _set(m.prompt_tokens, stats.prompt_tokens_total)
+            _set(m.generation_tokens, stats.generation_tokens_total)
+            _set(m.ttft_sum, stats.ttft_seconds_sum)
+            _set(m.ttft_count, stats.ttft_seconds_count)
         host = read_host(self.settings.model_cache_dir)
         _set(m.cpu, host.cpu_percent)
         _set(m.ram, host.ram_percent)

@@ -189,6 +189,9 @@ async def test_kv_cache_usage_is_read_under_both_vllm_names(tmp_path: Path, lega
             assert (await request).status_code == 200
         metrics = await _text(f"{agent.url}/metrics")
         assert "inventiv_agent_engine_ready 1.0" in metrics
+        assert "inventiv_agent_engine_prompt_tokens 1500.0" in metrics
+        assert "inventiv_agent_engine_ttft_seconds_count 1.0" in metrics
+        assert f'checksum="{_get_agent_checksum()}"' in metrics
 
 
 async def _ready(url: str) -> bool:
