@@ -32,12 +32,11 @@ _REFUSED = "unknown instance or wrong agent token"
 
 
 def agent_integrity_ok(info: AgentInfo, settings: Settings) -> bool:
-    """The agent is the one we ship: the expected version and, for the bundled version, the
-    bundled file's checksum (another version's checksum is not known here)."""
+    """The agent is the one we ship: the expected version (settings.expected_agent_version, or
+    the bundled agent's) with the bundled agent's checksum. The boot-time integrity check
+    (activities/instance.py) applies the same rule, so heartbeats never contradict it."""
     expected_version = settings.expected_agent_version or AGENT_VERSION
-    if info.version != expected_version:
-        return False
-    return expected_version != AGENT_VERSION or info.checksum == _get_agent_checksum()
+    return info.version == expected_version and info.checksum == _get_agent_checksum()
 
 
 def _bearer(authorization: str | None) -> str | None:
