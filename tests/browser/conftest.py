@@ -41,7 +41,11 @@ def _dist_is_stale() -> bool:
     if not index.is_file():
         return True
     built = index.stat().st_mtime
-    sources = [DASHBOARD / "index.html", DASHBOARD / "package.json", *(DASHBOARD / "src").rglob("*")]
+    sources = [
+        DASHBOARD / "index.html",
+        DASHBOARD / "package.json",
+        *(DASHBOARD / "src").rglob("*"),
+    ]
     return any(p.is_file() and p.stat().st_mtime > built for p in sources)
 
 
@@ -92,7 +96,9 @@ async def api_server(settings: Settings, dashboard_dist: Path) -> AsyncIterator[
         await asyncio.sleep(0.05)
     async with httpx.AsyncClient() as http:
         index = await http.get(url + "/")
-    assert index.status_code == 200 and '<div id="root">' in index.text, "the API does not serve the dashboard at /"
+    assert index.status_code == 200 and '<div id="root">' in index.text, (
+        "the API does not serve the dashboard at /"
+    )
     try:
         yield ApiServer(url, settings)
     finally:
@@ -101,11 +107,10 @@ async def api_server(settings: Settings, dashboard_dist: Path) -> AsyncIterator[
 
 
 @pytest.fixture
-async def browser():  # type: ignore[no-untyped-def]
+async def browser(dashboard_dist: Path):  # type: ignore[no-untyped-def]
+    """Debian's chromium (dashboard_dist skips the test when it is missing)."""
     from playwright.async_api import async_playwright
 
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)")
     async with async_playwright() as pw:
         b = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:

@@ -12,10 +12,11 @@ from datetime import timedelta
 from playwright.async_api import Page, expect
 from sqlmodel import select
 
-from core.models import ApiKey, Instance, InstanceState, RequestLog, utcnow
+from activities.launch import create_instance
+from core.models import ApiKey, Instance, InstanceState, RequestLog, Role, utcnow
 from tests.browser.conftest import SCREENSHOTS, ApiServer
 from tests.factories import Seeded, seed
-from tests.workflows.helpers import running_worker, wait_state
+from tests.workflows.helpers import local_providers, running_worker, wait_state
 
 SIM_FAST = {"model-load-delay-s": 0.2}
 
@@ -87,7 +88,9 @@ async def test_new_instance_goes_live_without_reloading(
         await expect(card).to_contain_text("test-model")
         await shot(page, "deployments")
         await card.get_by_role("button", name=f"Provision an instance of {deployment.name}").click()
-        await expect(page.get_by_role("status").filter(has_text="Provisioning instance")).to_be_visible()
+        await expect(
+            page.get_by_role("status").filter(has_text="Provisioning instance")
+        ).to_be_visible()
 
         await nav(page, "Instances")
         rows = page.get_by_role("table", name="Instances").locator("tbody tr")
@@ -105,7 +108,9 @@ async def test_new_instance_goes_live_without_reloading(
 
         # Detail: timeline, action log with durations, link to the Temporal UI.
         await row.get_by_role("link").first.click()
-        await expect(page.get_by_role("heading", name=f"Instance {str(instance_id)[:8]}")).to_be_visible()
+        await expect(
+            page.get_by_role("heading", name=f"Instance {str(instance_id)[:8]}")
+        ).to_be_visible()
         timeline = page.locator("ol.timeline")
         await expect(timeline).to_contain_text("Booting")
         await expect(timeline).to_contain_text("Ready")
@@ -122,17 +127,25 @@ async def test_new_instance_goes_live_without_reloading(
         await nav(page, "Overview")
         states = page.locator("section", has=page.get_by_role("heading", name="Instances by state"))
         await expect(states.get_by_role("link", name="1 ready")).to_be_visible()
-        await expect(page.get_by_role("group", name="Current spend rate")).to_contain_text("€1.00/h")
+        await expect(page.get_by_role("group", name="Current spend rate")).to_contain_text(
+            "€1.00/h"
+        )
         await expect(page.get_by_role("group", name="Requests today")).to_contain_text("60")
-        await expect(page.get_by_role("img", name=re.compile(r"^Request rate\. Latest requests: \d"))).to_be_visible()
-        await expect(page.get_by_role("img", name=re.compile(r"^Latency\. Latest TTFT p95: \d+ ms"))).to_be_visible()
+        await expect(
+            page.get_by_role("img", name=re.compile(r"^Request rate\. Latest requests: \d"))
+        ).to_be_visible()
+        await expect(
+            page.get_by_role("img", name=re.compile(r"^Latency\. Latest TTFT p95: \d+ ms"))
+        ).to_be_visible()
         await shot(page, "overview")
 
         # Terminate from the detail page and watch it end, still without a reload.
         await page.goto(f"/#/instances/{instance_id}")
         await page.evaluate("window.__stillTheSamePage = true")
         await page.get_by_role("button", name="Terminate").click()
-        await expect(page.get_by_role("status").filter(has_text="Terminate requested")).to_be_visible()
+        await expect(
+            page.get_by_role("status").filter(has_text="Terminate requested")
+        ).to_be_visible()
         status = page.locator("dl.kv").first
         await expect(status.locator("[data-state]")).to_have_text("Terminated", timeout=60_000)
         assert await page.evaluate("window.__stillTheSamePage === true"), "the page was reloaded"
@@ -140,7 +153,9 @@ async def test_new_instance_goes_live_without_reloading(
         assert done.termination_reason == "user_request"
 
 
-async def add_traffic(sessionmaker, seeded: Seeded, instance_id: uuid.UUID, count: int = 60) -> None:
+async def add_traffic(
+    sessionmaker, seeded: Seeded, instance_id: uuid.UUID, count: int = 60
+) -> None:
     now = utcnow()
     async with sessionmaker() as session:
         for n in range(count):
@@ -173,9 +188,13 @@ async def test_instances_fall_back_to_polling_without_the_event_stream(
     async with running_worker(api_server.settings, temporal_client):
         await login(page, seeded)
         await nav(page, "Deployments")
-        await page.get_by_role("button", name=f"Provision an instance of {seeded.deployment.name}").click()
+        await page.get_by_role(
+            "button", name=f"Provision an instance of {seeded.deployment.name}"
+        ).click()
         await nav(page, "Instances")
-        await expect(page.get_by_role("status", name="Updates: Refreshing every few seconds")).to_be_visible()
+        await expect(
+            page.get_by_role("status", name="Updates: Refreshing every few seconds")
+        ).to_be_visible()
         row = page.get_by_role("table", name="Instances").locator("tbody tr")
         await expect(row).to_have_count(1)
         await expect(row).to_have_attribute("data-state", "ready", timeout=60_000)
@@ -186,13 +205,42 @@ async def test_instances_fall_back_to_polling_without_the_event_stream(
         assert (await session.get(Instance, instance_id)).state == InstanceState.terminated
 
 
+async def test_a_failed_start_is_explained_in_words(
+    page: Page, api_server: ApiServer, sessionmaker, temporal_client
+) -> None:
+    settings = api_server.settings
+    async with sessionmaker() as session:
+        seeded = await seed(session)
+    await login(page, seeded)
+    providers = local_providers(settings, fail_create="capacity")
+    async with running_worker(settings, temporal_client, providers):
+        async with sessionmaker() as session:
+            instance = await create_instance(
+                session, temporal_client, settings.task_queue, deployment=seeded.deployment
+            )
+        await page.goto(f"/#/instances/{instance.id}")
+        status = page.locator("dl.kv").first
+        await expect(status.locator("[data-state]")).to_have_text("Terminated", timeout=60_000)
+    await expect(page.get_by_role("alert")).to_contain_text("no capacity")
+    await expect(status).to_contain_text("Startup error")
+    create = page.get_by_role("table", name="Action log").locator("tr", has_text="Provider create")
+    await expect(create).to_contain_text("Failed")
+    await expect(create.locator(".cell-error")).to_contain_text("no capacity")
+    timeline = page.locator("ol.timeline")
+    await expect(timeline).to_contain_text("Startup failed")
+    await expect(page.get_by_role("button", name="Terminate")).to_have_count(0)
+    await shot(page, "instance-failed")
+
+
 async def test_create_and_revoke_a_key_then_read_usage(
     page: Page, api_server: ApiServer, sessionmaker
 ) -> None:
     async with sessionmaker() as session:
         seeded = await seed(session)
         now = utcnow()
-        for n, (tokens_in, tokens_out, status) in enumerate([(100, 400, 200), (23, 56, 200), (7, 0, 500)]):
+        for n, (tokens_in, tokens_out, status) in enumerate(
+            [(100, 400, 200), (23, 56, 200), (7, 0, 500)]
+        ):
             session.add(
                 RequestLog(
                     at=now - timedelta(minutes=n + 1),
@@ -234,7 +282,9 @@ async def test_create_and_revoke_a_key_then_read_usage(
     assert secret not in await page.content()
 
     await page.get_by_role("button", name="Revoke key ci-key").click()
-    await expect(page.get_by_role("status").filter(has_text='Key "ci-key" revoked.')).to_be_visible()
+    await expect(
+        page.get_by_role("status").filter(has_text='Key "ci-key" revoked.')
+    ).to_be_visible()
     await expect(keys.locator("tr", has_text="ci-key")).to_have_count(0)
     await page.get_by_label("Show revoked keys").check()
     await expect(keys.locator("tr", has_text="ci-key")).to_contain_text("Revoked")
@@ -268,10 +318,19 @@ async def test_create_and_revoke_a_key_then_read_usage(
     # Every page fits a small laptop and a wide screen without sideways scrolling.
     for width, height in ((1024, 700), (1920, 1080)):
         await page.set_viewport_size({"width": width, "height": height})
-        for name in ("Overview", "Instances", "Deployments", "API keys", "Usage & costs", "Providers & prices"):
+        for name in (
+            "Overview",
+            "Instances",
+            "Deployments",
+            "API keys",
+            "Usage & costs",
+            "Providers & prices",
+        ):
             await nav(page, name)
             await expect(page.locator("main h1")).to_be_visible()
-            overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+            overflow = await page.evaluate(
+                "document.documentElement.scrollWidth - window.innerWidth"
+            )
             assert overflow <= 0, f"{name} at {width}px is {overflow}px too wide"
 
 
@@ -291,8 +350,6 @@ async def test_instance_list_is_empty_and_says_so_for_a_new_member(
             )
         )
         await session.commit()
-        from core.models import Role
-
         member = await seed(session, role=Role.member)
     await login(page, member)
     await nav(page, "Instances")

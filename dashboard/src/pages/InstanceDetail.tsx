@@ -93,19 +93,20 @@ export function InstanceDetailPage({ id }: { id: string }) {
 
       <section className="card" aria-labelledby="timeline-title">
         <h2 id="timeline-title">State timeline</h2>
-        {i.history.length === 0 ? (
-          <Empty>No state changes yet: the instance is being provisioned.</Empty>
-        ) : (
-          <ol className="timeline">
-            {i.history.map((h, n) => (
+        <ol className="timeline">
+          <li>
+            <time dateTime={i.created_at}>{fmtTime(i.created_at)}</time>
+            <span><StateBadge state="provisioning" /></span>
+            <span className="reason">requested</span>
+          </li>
+          {i.history.map((h, n) => (
               <li key={n}>
                 <time dateTime={h.at}>{fmtTime(h.at)}</time>
                 <span>{h.from_state ? <StateBadge state={h.from_state} /> : null} → <StateBadge state={h.to_state} /></span>
                 {h.reason && <span className="reason">{h.reason}</span>}
               </li>
             ))}
-          </ol>
-        )}
+        </ol>
       </section>
 
       <section className="card" aria-labelledby="actions-title">
