@@ -1,0 +1,160 @@
+"""Providers, instance types, prices and bare-metal hosts through the API: admins only, and no
+credential ever stored in clear or returned."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncssh
+import httpx
+import pytest
+from cryptography.fernet import Fernet
+
+from core.models import BareMetalHost
+from tests.api.conftest import Tenant
+
+BASE = "/api/v1/providers"
+
+
+async def test_members_are_refused(client: httpx.AsyncClient, alice: Tenant) -> None:
+    assert (await client.get(BASE)).status_code == 401
+    assert (await client.get(BASE, headers=alice.headers)).status_code == 403
+    created = await client.post(BASE, json={"name": "x", "kind": "aws"}, headers=alice.headers)
+    assert created.status_code == 403
+    assert (await client.get(f"{BASE}/bare-metal-hosts", headers=alice.headers)).status_code == 403
+
+
+async def test_provider_crud_refuses_credentials(client: httpx.AsyncClient, admin: Tenant) -> None:
+    secret = "wJalrXUtnFEMI/K7MDENG/" + uuid.uuid4().hex
+    refused = await client.post(
+        BASE,
+        json={"name": "aws-eu", "kind": "aws", "config": {"nested": {"Secret-Access-Key": secret}}},
+        headers=admin.headers,
+    )
+    assert refused.status_code == 422
+    assert "credentials come from the environment (INVENTIV_AWS_" in refused.text
+    assert secret not in refused.text
+    bad_kind = await client.post(BASE, json={"name": "x", "kind": "gcp"}, headers=admin.headers)
+    assert bad_kind.status_code == 422
+
+    created = await client.post(
+        BASE, json={"name": "aws-eu", "kind": "aws", "config": {"region": "eu-west-3"}},
+        headers=admin.headers,
+    )  # fmt: skip
+    assert created.status_code == 201, created.text
+    provider = created.json()
+    assert provider["config"] == {"region": "eu-west-3"} and provider["instance_types"] == 0
+    again = await client.post(BASE, json={"name": "aws-eu", "kind": "aws"}, headers=admin.headers)
+    assert again.status_code == 409
+
+    patched = await client.patch(
+        f"{BASE}/{provider['id']}", json={"enabled": False}, headers=admin.headers
+    )
+    assert patched.status_code == 200 and patched.json()["enabled"] is False
+    listed = await client.get(BASE, headers=admin.headers)
+    assert "aws-eu" in [p["name"] for p in listed.json()]
+    # The seeded provider has a deployment on it: it cannot go.
+    in_use = await client.delete(f"{BASE}/{admin.provider.id}", headers=admin.headers)
+    assert in_use.status_code == 409 and "disable it instead" in in_use.text
+    assert (
+        await client.delete(f"{BASE}/{provider['id']}", headers=admin.headers)
+    ).status_code == 204
+    assert (await client.get(f"{BASE}/{provider['id']}", headers=admin.headers)).status_code == 404
+
+
+async def test_instance_types_and_prices(client: httpx.AsyncClient, admin: Tenant) -> None:
+    provider = (
+        await client.post(BASE, json={"name": "scw", "kind": "scaleway"}, headers=admin.headers)
+    ).json()
+    types_url = f"{BASE}/{provider['id']}/instance-types"
+    synced = await client.post(f"{types_url}/sync", headers=admin.headers)
+    assert synced.status_code == 200
+    by_name = {t["name"]: t for t in synced.json()}
+    assert {"H100-1-80G", "H100-2-80G", "L40S-1-48G", "L4-1-24G", "GPU-3070-S"} <= set(by_name)
+    h100 = by_name["H100-1-80G"]
+    assert h100["gpu_model"] == "H100" and h100["gpu_memory_gb"] == 80 and h100["currency"] == "EUR"
+
+    repriced = await client.patch(
+        f"{types_url}/{h100['id']}", json={"price_per_hour": 2.5}, headers=admin.headers
+    )
+    assert repriced.status_code == 200 and repriced.json()["price_per_hour"] == 2.5
+    resynced = await client.post(f"{types_url}/sync", headers=admin.headers)
+    assert {t["name"]: t for t in resynced.json()}["H100-1-80G"]["price_per_hour"] == 2.5
+    assert len(resynced.json()) == len(synced.json())  # nothing duplicated
+
+    custom = {"name": "H100-8-80G", "gpu_model": "H100", "gpu_count": 8, "price_per_hour": 21.8}
+    made = await client.post(types_url, json=custom, headers=admin.headers)
+    assert made.status_code == 201 and made.json()["gpu_count"] == 8
+    assert (await client.post(types_url, json=custom, headers=admin.headers)).status_code == 409
+    negative = await client.patch(
+        f"{types_url}/{h100['id']}", json={"price_per_hour": -1}, headers=admin.headers
+    )
+    assert negative.status_code == 422
+    assert (
+        await client.delete(f"{types_url}/{made.json()['id']}", headers=admin.headers)
+    ).status_code == 204
+    used = await client.delete(
+        f"{BASE}/{admin.provider.id}/instance-types/{admin.instance_type.id}", headers=admin.headers
+    )
+    assert used.status_code == 409
+
+
+async def test_bare_metal_host_keys_never_in_clear(
+    client: httpx.AsyncClient, admin: Tenant, sessionmaker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pem = asyncssh.generate_private_key("ssh-ed25519").export_private_key().decode()
+    host_key = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
+    body = {"name": "gpu-box-1", "address": "10.0.0.7", "user": "ubuntu", "private_key": pem,
+            "host_key": host_key, "gpu_inventory": [{"model": "H100", "memory_gb": 80}]}  # fmt: skip
+    url = f"{BASE}/bare-metal-hosts"
+
+    # Without an encryption key configured, a key cannot be stored at all.
+    monkeypatch.delenv("INVENTIV_SSH_KEY_ENCRYPTION_KEY", raising=False)
+    refused = await client.post(url, json=body, headers=admin.headers)
+    assert refused.status_code == 422 and "INVENTIV_SSH_KEY_ENCRYPTION_KEY" in refused.text
+    assert "PRIVATE KEY" not in refused.text
+
+    monkeypatch.setenv("INVENTIV_SSH_KEY_ENCRYPTION_KEY", Fernet.generate_key().decode())
+    created = await client.post(url, json=body, headers=admin.headers)
+    assert created.status_code == 201, created.text
+    host = created.json()
+    assert host["key_source"] == "encrypted" and host["key_path"] is None
+    assert "PRIVATE KEY" not in created.text and "private_key" not in host
+    listed = await client.get(url, headers=admin.headers)
+    assert "PRIVATE KEY" not in listed.text and listed.json()[0]["host_key"] == host_key
+    async with sessionmaker() as session:
+        row = await session.get(BareMetalHost, uuid.UUID(host["id"]))
+        assert (
+            row.private_key_ref.startswith("fernet:") and "PRIVATE KEY" not in row.private_key_ref
+        )
+
+    not_a_key = await client.post(
+        url, json={**body, "name": "b2", "private_key": "hunter2"}, headers=admin.headers
+    )
+    assert not_a_key.status_code == 422 and "hunter2" not in not_a_key.text
+    both = await client.post(
+        url, json={**body, "name": "b3", "private_key_path": "/k"}, headers=admin.headers
+    )
+    assert both.status_code == 422
+    by_path = await client.post(
+        url,
+        json={**{k: v for k, v in body.items() if k != "private_key"}, "name": "b4",
+              "private_key_path": "/etc/inventiv/keys/b4"},
+        headers=admin.headers,
+    )  # fmt: skip
+    assert by_path.status_code == 201 and by_path.json()["key_path"] == "/etc/inventiv/keys/b4"
+
+    async with sessionmaker() as session:
+        row = await session.get(BareMetalHost, uuid.UUID(host["id"]))
+        row.claimed_by = uuid.uuid4()
+        session.add(row)
+        await session.commit()
+    busy = await client.delete(f"{url}/{host['id']}", headers=admin.headers)
+    assert busy.status_code == 409 and "terminate it first" in busy.text
+    patched = await client.patch(
+        f"{url}/{host['id']}", json={"enabled": False}, headers=admin.headers
+    )
+    assert patched.status_code == 200 and patched.json()["enabled"] is False
+    freed = await client.delete(f"{url}/{by_path.json()['id']}", headers=admin.headers)
+    assert freed.status_code == 204
