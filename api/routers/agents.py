@@ -19,7 +19,7 @@ from sqlmodel import col, update
 from agent.agent import AGENT_VERSION, _get_agent_checksum
 from api.deps import RedisDep, SessionDep, SettingsDep
 from api.security import token_hash
-from core.models import Instance, InstanceMetric
+from core.models import Instance, InstanceMetric, InstanceState
 from core.redis_keys import INSTANCE_LOAD
 from core.settings import Settings
 from core.wire import AgentHeartbeat, AgentInfo, HeartbeatAck, InstanceLoad
@@ -29,6 +29,12 @@ log = logging.getLogger("api.agents")
 router = APIRouter(prefix="/agents", tags=["agents"])
 
 _REFUSED = "unknown instance or wrong agent token"
+_GONE = (
+    InstanceState.terminating,
+    InstanceState.terminated,
+    InstanceState.archived,
+    InstanceState.provider_deleted,
+)
 
 
 def agent_integrity_ok(info: AgentInfo, settings: Settings) -> bool:
@@ -88,9 +94,13 @@ async def heartbeat(
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, _REFUSED, headers={"WWW-Authenticate": "Bearer"}
         )
-    assert instance_id is not None
+    assert instance_id is not None and instance is not None
     integrity_ok = agent_integrity_ok(body.agent_info, settings)
-    if not integrity_ok and instance is not None and instance.agent_integrity_ok is not False:
+    if instance.state in _GONE:
+        # a machine still running after its termination was recorded: nothing of it may go back
+        # into the load registry that routing and health checks read
+        return HeartbeatAck(ok=False, integrity_ok=integrity_ok)
+    if not integrity_ok and instance.agent_integrity_ok is not False:
         log.warning(
             "instance %s runs agent %s (checksum %s): not the expected agent",
             instance_id,

@@ -18,7 +18,15 @@ from agent.agent import AGENT_VERSION, _get_agent_checksum
 from api.app import create_app
 from api.routers.agents import agent_integrity_ok
 from api.security import new_agent_token
-from core.models import Deployment, Instance, InstanceMetric, InstanceType, Project, Provider
+from core.models import (
+    Deployment,
+    Instance,
+    InstanceMetric,
+    InstanceState,
+    InstanceType,
+    Project,
+    Provider,
+)
 from core.redis_keys import INSTANCE_LOAD
 from core.settings import Settings
 from core.wire import AgentInfo
@@ -190,6 +198,28 @@ async def test_heartbeat_records_load_gpus_and_flags_a_foreign_agent(
         samples = (await session.exec(select(InstanceMetric))).all()
     assert len(samples) == 2
     assert samples[0].gpu_memory_used_mb == 4000 and samples[0].kv_cache_usage == 0.4
+
+
+async def test_heartbeats_of_a_terminated_instance_are_not_recorded(
+    api_url: str,
+    instance: tuple[uuid.UUID, str],
+    sessionmaker: Any,
+    redis_client: aioredis.Redis,
+) -> None:
+    instance_id, token = instance
+    async with sessionmaker() as session:
+        row = await session.get(Instance, instance_id)
+        row.state = InstanceState.terminated
+        await session.commit()
+    async with httpx.AsyncClient(base_url=api_url) as client:
+        answer = await client.post(
+            HEARTBEAT,
+            json=heartbeat_body(instance_id),
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert answer.status_code == 200 and answer.json()["ok"] is False
+    assert await redis_client.hget(INSTANCE_LOAD, str(instance_id)) is None
+    assert (await read_instance(sessionmaker, instance_id)).last_heartbeat_at is None
 
 
 def test_integrity_needs_the_expected_version_and_the_bundled_checksum(tmp_path: Path) -> None:
