@@ -270,7 +270,9 @@ class AWSCompute(Compute, PublicIPMixin):
             raw = await self._run(request)
         if self.settings.elastic_ip:
             await self._attach_elastic_ip(raw["InstanceId"], request.instance_id)
-        return await self.get(raw["InstanceId"]) or self._to_instance(raw)
+        instance = await self.get(raw["InstanceId"]) or self._to_instance(raw)
+        instance.volumes = await self.list_volumes(instance.resource_id)
+        return instance
 
     async def _run(self, request: CreateRequest) -> dict[str, Any]:
         flavor = get_flavor(request.flavor)

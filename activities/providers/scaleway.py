@@ -283,7 +283,9 @@ class ScalewayCompute(Compute, PublicIPMixin):
         if server.state == "stopped":
             # Not started yet (maybe a retry after a crash): finish setting it up.
             await self._prepare(server, request, block_ids)
-        return self._to_instance(server)
+        instance = self._to_instance(server)
+        instance.volumes = await self.list_volumes(instance.resource_id)
+        return instance
 
     async def _prepare(self, server: Server, request: CreateRequest, block_ids: list[str]) -> None:
         provider_env: dict[str, str] = {}
