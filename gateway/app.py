@@ -501,14 +501,16 @@ class Gateway:
             )
 
     def _session(self, scope: Scope, model: str, request: dict[str, Any]) -> str | None:
+        # The registry carries the deployment's setting; the deployment cache covers a model
+        # with no ready instance yet (requests that wait in the queue).
         affinity = "none"
-        entries = self.deployments.get(model)
-        if entries:
-            affinity = entries[0].session_affinity
+        backends = self.router.by_model.get(model)
+        if backends:
+            affinity = backends[0].info.session_affinity
         else:
-            backends = self.router.by_model.get(model)
-            if backends:
-                affinity = backends[0].info.session_affinity
+            entries = self.deployments.get(model)
+            if entries:
+                affinity = entries[0].session_affinity
         if affinity == "header":
             for name, value in scope["headers"]:
                 if name == self.session_header:

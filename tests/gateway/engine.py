@@ -28,6 +28,7 @@ class EngineBehaviour:
     first_token_delay_s: float = 0.0  # pause before the first streamed token
     fail_status: int | None = None  # answer every request with this status
     hold: asyncio.Event | None = None  # do not answer until this event is set
+    break_after: int | None = None  # drop the connection after streaming this many tokens
 
 
 @dataclass
@@ -149,6 +150,8 @@ class TestEngine:
         if behaviour.first_token_delay_s:
             await asyncio.sleep(behaviour.first_token_delay_s)
         for i in range(behaviour.tokens):
+            if i == behaviour.break_after:
+                raise ConnectionAbortedError("engine crashed mid-stream")
             if i and behaviour.token_delay_s:
                 await asyncio.sleep(behaviour.token_delay_s)
             delta: dict[str, Any] = (
@@ -211,7 +214,13 @@ class RunningServer:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", access_log=False
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="on",
+            access_log=False,
+            timeout_graceful_shutdown=5,
         )
         self.server = uvicorn.Server(config)
         self.task: asyncio.Task[None] | None = None
@@ -226,7 +235,12 @@ class RunningServer:
     async def stop(self) -> None:
         self.server.should_exit = True
         if self.task is not None:
-            await self.task
+            try:
+                await asyncio.wait_for(asyncio.shield(self.task), 15)
+            except TimeoutError:
+                for task in asyncio.all_tasks():
+                    task.print_stack()
+                raise
 
 
 def main() -> None:

@@ -145,11 +145,29 @@ async def test_openai_client_every_endpoint_and_usage_logged(
     assert all(r.ttft_ms is not None and r.ttft_ms > 0 for r in rows if r.streamed)
 
 
-async def test_metrics_exposed(gateway: RunningGateway, seeded: Seeded) -> None:
-    async with gateway.client(None) as client:
+async def test_health_and_metrics(
+    gateway: RunningGateway, seeded: Seeded, engines: Engines, registry: Registry
+) -> None:
+    await engines.start("a")
+    await registry.put(registry.instance(engines.servers["a"].url))
+    await wait_for(lambda: MODEL in gateway.app.router.by_model)
+    requests_line = f'inventiv_gateway_requests_total{{code="200",model="{MODEL}"}} '
+    tokens_line = f'inventiv_gateway_output_tokens_total{{model="{MODEL}"}} '
+
+    def value(text: str, prefix: str) -> float:
+        found = [line for line in text.splitlines() if line.startswith(prefix)]
+        return float(found[0][len(prefix) :]) if found else 0.0
+
+    async with gateway.client(seeded.api_key) as client:
+        before = (await client.get("/metrics")).text
+        for _ in range(3):
+            payload = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+            assert (await client.post("/v1/chat/completions", json=payload)).status_code == 200
         health = await client.get("/healthz")
         ready = await client.get("/readyz")
-        metrics = await client.get("/metrics")
+        after = (await client.get("/metrics")).text
     assert health.status_code == 200
     assert ready.status_code == 200
-    assert "inventiv_gateway_requests_total" in metrics.text
+    assert value(after, requests_line) - value(before, requests_line) == 3
+    assert value(after, tokens_line) - value(before, tokens_line) == 9
+    assert "inventiv_gateway_request_duration_seconds_bucket" in after
