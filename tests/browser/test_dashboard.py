@@ -359,3 +359,81 @@ async def test_instance_list_is_empty_and_says_so_for_a_new_member(
     await expect(keys.locator("tbody tr")).to_have_count(1)
     await expect(keys).not_to_contain_text(other.api_key_row.prefix)
     await expect(page.get_by_role("link", name="Providers & prices")).to_have_count(0)
+
+
+async def test_admin_sets_a_price_and_configures_a_deployment(
+    page: Page, api_server: ApiServer, sessionmaker
+) -> None:
+    from core.models import Deployment, InstanceType
+
+    async with sessionmaker() as session:
+        seeded = await seed(session)
+    accept_dialogs(page)
+    await login(page, seeded)
+
+    await nav(page, "Providers & prices")
+    providers = page.get_by_role("table", name="Providers")
+    await expect(providers.locator("tr", has_text=seeded.provider.name)).to_contain_text("local")
+    price = page.get_by_label(f"Price per hour of {seeded.instance_type.name}")
+    await expect(price).to_have_value("1")
+    await price.fill("2.5")
+    await page.get_by_role("button", name=f"Save price of {seeded.instance_type.name}").click()
+    await expect(page.get_by_role("status").filter(has_text="set to €2.50/h")).to_be_visible()
+    await shot(page, "providers")
+    async with sessionmaker() as session:
+        assert (await session.get(InstanceType, seeded.instance_type.id)).price_per_hour == 2.5
+
+    await nav(page, "Deployments")
+    await page.get_by_role("button", name="New deployment").click()
+    form = page.locator("form", has=page.get_by_role("heading", name="New deployment"))
+    await form.get_by_label("Name", exact=True).fill("chat")
+    await form.get_by_label("Model", exact=True).fill("org/chat-model")
+    await expect(form.get_by_label("Instance type")).to_contain_text("€2.50/h")
+    await form.get_by_label("Minimum instances").fill("5")
+    await form.get_by_label("Maximum instances").fill("2")
+    await form.get_by_role("button", name="Create deployment").click()
+    await expect(form.get_by_role("alert")).to_have_text(
+        "Minimum instances cannot be more than maximum instances."
+    )
+    await form.get_by_label("Minimum instances").fill("0")
+    await form.get_by_label("Maximum instances").fill("3")
+    await form.get_by_label("Engine arguments (JSON, flags without dashes)").fill('{"--bad": 1}')
+    await form.get_by_role("button", name="Create deployment").click()
+    await expect(form.get_by_role("alert")).to_contain_text("'--bad' is not a flag name")
+    await form.get_by_label("Engine arguments (JSON, flags without dashes)").fill(
+        '{"max-model-len": 4096}'
+    )
+    await form.get_by_label("Scale up above this many waiting requests per instance").fill("4")
+    await form.get_by_role("button", name="Create deployment").click()
+    await expect(
+        page.get_by_role("status").filter(has_text="Deployment chat created.")
+    ).to_be_visible()
+    card = page.locator("article", has=page.get_by_role("heading", name="chat", exact=True))
+    await expect(card).to_contain_text("org/chat-model")
+    await expect(card).to_contain_text("min 0 · max 3")
+    await expect(card).to_contain_text(f"{seeded.instance_type.name} (€2.50/h)")
+
+    await card.get_by_role("button", name="Edit chat").click()
+    edit = page.locator("form", has=page.get_by_role("heading", name="Edit chat"))
+    await expect(
+        edit.get_by_label("Scale up above this many waiting requests per instance")
+    ).to_have_value("4")
+    await edit.get_by_label("Maximum instances").fill("6")
+    await edit.get_by_role("button", name="Save").click()
+    await expect(card).to_contain_text("min 0 · max 6")
+
+    await card.get_by_role("button", name="Start autoscaling").click()
+    await expect(card.get_by_text("Autoscaling on")).to_be_visible()
+    decisions = page.locator(
+        "section", has=page.get_by_role("heading", name="Scaling decisions and changes")
+    )
+    await expect(decisions).to_contain_text("autoscaling started")
+    await shot(page, "deployments-configured")
+    async with sessionmaker() as session:
+        chat = (await session.exec(select(Deployment).where(Deployment.name == "chat"))).one()
+        assert (chat.max_instances, chat.autoscaling_enabled) == (6, True)
+        assert chat.engine_args == {"max-model-len": 4096}
+        assert chat.autoscaling.get("target_queue_per_instance") == 4
+
+    await card.get_by_role("button", name="Delete chat").click()
+    await expect(card).to_have_count(0)

@@ -528,6 +528,135 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/providers": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** List Providers */
+        get: operations["providers-list_providers"];
+        put?: never;
+        /** Create Provider */
+        post: operations["providers-create_provider"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/providers/bare-metal-hosts": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** List Hosts */
+        get: operations["providers-list_hosts"];
+        put?: never;
+        /** Create Host */
+        post: operations["providers-create_host"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/providers/bare-metal-hosts/{host_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /** Delete Host */
+        delete: operations["providers-delete_host"];
+        options?: never;
+        head?: never;
+        /** Update Host */
+        patch: operations["providers-update_host"];
+        trace?: never;
+    };
+    "/api/v1/providers/{provider_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Get Provider */
+        get: operations["providers-get_provider"];
+        put?: never;
+        post?: never;
+        /** Delete Provider */
+        delete: operations["providers-delete_provider"];
+        options?: never;
+        head?: never;
+        /** Update Provider */
+        patch: operations["providers-update_provider"];
+        trace?: never;
+    };
+    "/api/v1/providers/{provider_id}/instance-types": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** List Instance Types */
+        get: operations["providers-list_instance_types"];
+        put?: never;
+        /** Create Instance Type */
+        post: operations["providers-create_instance_type"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/providers/{provider_id}/instance-types/sync": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Sync Instance Types
+         * @description Add the adapter's catalogue types this provider lacks; prices already set are kept.
+         */
+        post: operations["providers-sync_instance_types"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/providers/{provider_id}/instance-types/{type_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /** Delete Instance Type */
+        delete: operations["providers-delete_instance_type"];
+        options?: never;
+        head?: never;
+        /** Update Instance Type */
+        patch: operations["providers-update_instance_type"];
+        trace?: never;
+    };
     "/api/v1/usage": {
         parameters: {
             query?: never;
@@ -1130,6 +1259,137 @@ export interface components {
              */
             ok: boolean;
         };
+        /** HostCreate */
+        HostCreate: {
+            /** Address */
+            address: string;
+            /**
+             * Agent Port
+             * @default 8090
+             */
+            agent_port: number;
+            /**
+             * Enabled
+             * @default true
+             */
+            enabled: boolean;
+            /**
+             * Engine Port
+             * @default 8000
+             */
+            engine_port: number;
+            /** Gpu Inventory */
+            gpu_inventory?: {
+                [key: string]: unknown;
+            }[];
+            /**
+             * Host Key
+             * @description The host's public key ("ssh-ed25519 AAAA..."): pinned
+             */
+            host_key?: string | null;
+            /**
+             * Instance Type
+             * @default bare-metal
+             */
+            instance_type: string;
+            /** Name */
+            name: string;
+            /**
+             * Port
+             * @default 22
+             */
+            port: number;
+            /**
+             * Private Key
+             * @description An unencrypted SSH private key; stored encrypted
+             */
+            private_key?: string | null;
+            /**
+             * Private Key Path
+             * @description Or: where the key lives on the control plane
+             */
+            private_key_path?: string | null;
+            /** Project Id */
+            project_id?: string | null;
+            /**
+             * Python
+             * @default python3
+             */
+            python: string;
+            /** User */
+            user: string;
+        };
+        /** HostPublic */
+        HostPublic: {
+            /** Address */
+            address: string;
+            /**
+             * Agent Port
+             * @default 8090
+             */
+            agent_port: number;
+            /** Claimed At */
+            claimed_at: string | null;
+            /** Claimed By */
+            claimed_by: string | null;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Enabled
+             * @default true
+             */
+            enabled: boolean;
+            /**
+             * Engine Port
+             * @default 8000
+             */
+            engine_port: number;
+            /** Gpu Inventory */
+            gpu_inventory?: {
+                [key: string]: unknown;
+            }[];
+            /**
+             * Host Key
+             * @description The host's public key ("ssh-ed25519 AAAA..."): pinned
+             */
+            host_key?: string | null;
+            /**
+             * Id
+             * Format: uuid
+             */
+            id: string;
+            /**
+             * Instance Type
+             * @default bare-metal
+             */
+            instance_type: string;
+            /** Key Path */
+            key_path: string | null;
+            /**
+             * Key Source
+             * @enum {string}
+             */
+            key_source: "file" | "encrypted";
+            /** Name */
+            name: string;
+            /**
+             * Port
+             * @default 22
+             */
+            port: number;
+            /** Project Id */
+            project_id?: string | null;
+            /**
+             * Python
+             * @default python3
+             */
+            python: string;
+            /** User */
+            user: string;
+        };
         /** HostSample */
         HostSample: {
             /** Cpu Percent */
@@ -1138,6 +1398,31 @@ export interface components {
             disk_percent?: number | null;
             /** Ram Percent */
             ram_percent?: number | null;
+        };
+        /** HostUpdate */
+        HostUpdate: {
+            /** Address */
+            address?: string | null;
+            /** Agent Port */
+            agent_port?: number | null;
+            /** Enabled */
+            enabled?: boolean | null;
+            /** Engine Port */
+            engine_port?: number | null;
+            /** Gpu Inventory */
+            gpu_inventory?: {
+                [key: string]: unknown;
+            }[] | null;
+            /** Host Key */
+            host_key?: string | null;
+            /** Port */
+            port?: number | null;
+            /** Project Id */
+            project_id?: string | null;
+            /** Python */
+            python?: string | null;
+            /** User */
+            user?: string | null;
         };
         /** InstanceDetail */
         InstanceDetail: {
@@ -1286,6 +1571,113 @@ export interface components {
             /** Workflow Id */
             workflow_id: string;
         };
+        /** InstanceTypeCreate */
+        InstanceTypeCreate: {
+            /**
+             * Currency
+             * @default EUR
+             */
+            currency: string;
+            /**
+             * Gpu Count
+             * @default 0
+             */
+            gpu_count: number;
+            /**
+             * Gpu Memory Gb
+             * @default 0
+             */
+            gpu_memory_gb: number;
+            /** Gpu Model */
+            gpu_model?: string | null;
+            /** Name */
+            name: string;
+            /**
+             * Price Per Hour
+             * @default 0
+             */
+            price_per_hour: number;
+            /**
+             * Ram Gb
+             * @default 0
+             */
+            ram_gb: number;
+            /**
+             * Vcpus
+             * @default 0
+             */
+            vcpus: number;
+            /** Zones */
+            zones?: string[];
+        };
+        /** InstanceTypePublic */
+        InstanceTypePublic: {
+            /**
+             * Currency
+             * @default EUR
+             */
+            currency: string;
+            /**
+             * Gpu Count
+             * @default 0
+             */
+            gpu_count: number;
+            /**
+             * Gpu Memory Gb
+             * @default 0
+             */
+            gpu_memory_gb: number;
+            /** Gpu Model */
+            gpu_model?: string | null;
+            /**
+             * Id
+             * Format: uuid
+             */
+            id: string;
+            /** Name */
+            name: string;
+            /**
+             * Price Per Hour
+             * @default 0
+             */
+            price_per_hour: number;
+            /**
+             * Provider Id
+             * Format: uuid
+             */
+            provider_id: string;
+            /**
+             * Ram Gb
+             * @default 0
+             */
+            ram_gb: number;
+            /**
+             * Vcpus
+             * @default 0
+             */
+            vcpus: number;
+            /** Zones */
+            zones?: string[];
+        };
+        /** InstanceTypeUpdate */
+        InstanceTypeUpdate: {
+            /** Currency */
+            currency?: string | null;
+            /** Gpu Count */
+            gpu_count?: number | null;
+            /** Gpu Memory Gb */
+            gpu_memory_gb?: number | null;
+            /** Gpu Model */
+            gpu_model?: string | null;
+            /** Price Per Hour */
+            price_per_hour?: number | null;
+            /** Ram Gb */
+            ram_gb?: number | null;
+            /** Vcpus */
+            vcpus?: number | null;
+            /** Zones */
+            zones?: string[] | null;
+        };
         /** LoginRequest */
         LoginRequest: {
             /** Email */
@@ -1430,6 +1822,61 @@ export interface components {
         ProjectUpdate: {
             /** Name */
             name: string;
+        };
+        /** ProviderCreate */
+        ProviderCreate: {
+            /** Config */
+            config?: {
+                [key: string]: unknown;
+            };
+            /**
+             * Enabled
+             * @default true
+             */
+            enabled: boolean;
+            /**
+             * Kind
+             * @enum {string}
+             */
+            kind: "local" | "scaleway" | "aws" | "ssh";
+            /** Name */
+            name: string;
+        };
+        /** ProviderPublic */
+        ProviderPublic: {
+            /** Config */
+            config: {
+                [key: string]: unknown;
+            };
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Enabled */
+            enabled: boolean;
+            /**
+             * Id
+             * Format: uuid
+             */
+            id: string;
+            /** Instance Types */
+            instance_types: number;
+            /** Kind */
+            kind: string;
+            /** Name */
+            name: string;
+        };
+        /** ProviderUpdate */
+        ProviderUpdate: {
+            /** Config */
+            config?: {
+                [key: string]: unknown;
+            } | null;
+            /** Enabled */
+            enabled?: boolean | null;
+            /** Name */
+            name?: string | null;
         };
         /** RequestPoint */
         RequestPoint: {
@@ -2927,6 +3374,434 @@ export interface operations {
                 };
                 content: {
                     "text/csv": string;
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "providers-list_providers": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProviderPublic"][];
+                };
+            };
+        };
+    };
+    "providers-create_provider": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ProviderCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProviderPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "providers-list_hosts": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HostPublic"][];
+                };
+            };
+        };
+    };
+    "providers-create_host": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["HostCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HostPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "providers-delete_host": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                host_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "providers-update_host": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                host_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["HostUpdate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HostPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "providers-get_provider": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                provider_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProviderPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "providers-delete_provider": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                provider_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "providers-update_provider": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                provider_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ProviderUpdate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProviderPublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "providers-list_instance_types": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                provider_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InstanceTypePublic"][];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "providers-create_instance_type": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                provider_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["InstanceTypeCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InstanceTypePublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "providers-sync_instance_types": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                provider_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InstanceTypePublic"][];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "providers-delete_instance_type": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                provider_id: string;
+                type_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    "providers-update_instance_type": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                provider_id: string;
+                type_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["InstanceTypeUpdate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InstanceTypePublic"];
                 };
             };
             /** @description Validation Error */

@@ -1,49 +1,34 @@
-import { request, rows } from "../api/client";
+import { client, typed, type Result, type Schemas } from "../api/client";
 import { useResource } from "./hooks";
 
-export interface Provider {
-  id: string;
-  name: string;
-  kind: string;
-  enabled?: boolean;
-}
-export interface InstanceType {
-  id: string;
-  provider_id: string;
-  name: string;
-  gpu_model: string | null;
-  gpu_count: number;
-  gpu_memory_gb: number;
-  vcpus?: number;
-  ram_gb?: number;
-  price_per_hour: number;
-  currency: string;
-}
-export interface Flavor {
-  name: string;
-  description: string;
-}
+export type Provider = Schemas["ProviderPublic"];
+export type InstanceType = Schemas["InstanceTypePublic"];
+export type Flavor = Schemas["FlavorPublic"];
 
 export const PROVIDERS_PATH = "/api/v1/providers";
-export const TYPES_PATH = "/api/v1/instance-types";
+export const TYPES_PATH = "/api/v1/providers/{id}/instance-types";
 
+/** Providers (an admin's view: members get 403 and the forms fall back to plain ids). */
 export function useProviders() {
-  return useResource(async () => {
-    const r = await request<unknown>("GET", PROVIDERS_PATH);
-    return r.ok ? { ...r, data: rows<Provider>(r.data) } : r;
-  }, []);
+  return useResource(() => typed(client.GET("/api/v1/providers")), []);
 }
 
+/** Instance types of every provider, in one list. */
 export function useInstanceTypes() {
-  return useResource(async () => {
-    const r = await request<unknown>("GET", TYPES_PATH);
-    return r.ok ? { ...r, data: rows<InstanceType>(r.data) } : r;
+  return useResource(async (): Promise<Result<InstanceType[]>> => {
+    const providers = await typed(client.GET("/api/v1/providers"));
+    if (!providers.ok) return providers;
+    const lists = await Promise.all(
+      providers.data.map((p) =>
+        typed(client.GET("/api/v1/providers/{provider_id}/instance-types", { params: { path: { provider_id: p.id } } })),
+      ),
+    );
+    const failed = lists.find((l) => !l.ok);
+    if (failed && !failed.ok) return failed;
+    return { ok: true, status: 200, data: lists.flatMap((l) => (l.ok ? l.data : [])) };
   }, []);
 }
 
 export function useFlavors() {
-  return useResource(async () => {
-    const r = await request<unknown>("GET", "/api/v1/deployments/flavors");
-    return r.ok ? { ...r, data: rows<Flavor>(r.data) } : r;
-  }, []);
+  return useResource(() => typed(client.GET("/api/v1/deployments/flavors")), []);
 }

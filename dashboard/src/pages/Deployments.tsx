@@ -66,12 +66,15 @@ export function DeploymentsPage() {
     say(r, r.ok ? `Provisioning instance ${shortId(r.data.id)} of ${d.name}.` : "");
   };
   const autoscaling = async (d: Full, on: boolean) => {
-    const r = await request("POST", `/api/v1/deployments/${d.id}/autoscaling/${on ? "start" : "stop"}`);
+    const path = { params: { path: { deployment_id: d.id } } };
+    const r = await typed(on
+      ? client.POST("/api/v1/deployments/{deployment_id}/autoscaling/start", path)
+      : client.POST("/api/v1/deployments/{deployment_id}/autoscaling/stop", path));
     say(r, on ? `Autoscaling started for ${d.name}.` : `Autoscaling stopped for ${d.name}.`);
   };
   const remove = async (d: Full) => {
-    if (!window.confirm(`Delete deployment ${d.name}? Its live instances are drained and terminated.`)) return;
-    const r = await request("DELETE", `/api/v1/deployments/${d.id}`);
+    if (!window.confirm(`Delete deployment ${d.name}? It stays on record for its history and costs. A deployment with live instances cannot be deleted.`)) return;
+    const r = await typed(client.DELETE("/api/v1/deployments/{deployment_id}", { params: { path: { deployment_id: d.id } } }));
     say(r, `Deployment ${d.name} deleted.`);
   };
   const instanceAction = async (what: "drain" | "terminate", i: InstanceSummary) => {

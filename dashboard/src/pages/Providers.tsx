@@ -1,17 +1,18 @@
 import { useState, type FormEvent } from "react";
-import { request } from "../api/client";
+import { client, typed } from "../api/client";
 import { Empty, Guard, Notice, PageHeader } from "../components/ui";
 import { PROVIDERS_PATH, TYPES_PATH, useInstanceTypes, useProviders, type InstanceType } from "../lib/catalog";
 import { fmtMoney, fmtNumber } from "../lib/format";
 
-const KINDS = ["local", "scaleway", "aws", "ssh"];
+const KINDS = ["local", "scaleway", "aws", "ssh"] as const;
+type Kind = (typeof KINDS)[number];
 
 export function ProvidersPage({ isAdmin }: { isAdmin: boolean }) {
   const providers = useProviders();
   const types = useInstanceTypes();
   const [notice, setNotice] = useState<{ tone: "ok" | "bad"; text: string } | null>(null);
   const [prices, setPrices] = useState<Record<string, string>>({});
-  const [newProvider, setNewProvider] = useState({ name: "", kind: "local" });
+  const [newProvider, setNewProvider] = useState<{ name: string; kind: Kind }>({ name: "", kind: "local" });
 
   const savePrice = async (t: InstanceType) => {
     const value = Number(prices[t.id]);
@@ -19,7 +20,10 @@ export function ProvidersPage({ isAdmin }: { isAdmin: boolean }) {
       setNotice({ tone: "bad", text: "A price is a number of at least 0." });
       return;
     }
-    const r = await request("PATCH", `${TYPES_PATH}/${t.id}`, { body: { price_per_hour: value } });
+    const r = await typed(client.PATCH("/api/v1/providers/{provider_id}/instance-types/{type_id}", {
+      params: { path: { provider_id: t.provider_id, type_id: t.id } },
+      body: { price_per_hour: value },
+    }));
     setNotice(r.ok ? { tone: "ok", text: `Price of ${t.name} set to ${fmtMoney(value, t.currency)}/h.` } : { tone: "bad", text: r.message });
     if (r.ok) {
       setPrices((p) => { const n = { ...p }; delete n[t.id]; return n; });
@@ -29,7 +33,7 @@ export function ProvidersPage({ isAdmin }: { isAdmin: boolean }) {
 
   const addProvider = async (e: FormEvent) => {
     e.preventDefault();
-    const r = await request("POST", PROVIDERS_PATH, { body: { name: newProvider.name.trim(), kind: newProvider.kind } });
+    const r = await typed(client.POST("/api/v1/providers", { body: { name: newProvider.name.trim(), kind: newProvider.kind, enabled: true } }));
     setNotice(r.ok ? { tone: "ok", text: `Provider ${newProvider.name} added.` } : { tone: "bad", text: r.message });
     if (r.ok) {
       setNewProvider({ name: "", kind: "local" });
@@ -38,8 +42,15 @@ export function ProvidersPage({ isAdmin }: { isAdmin: boolean }) {
   };
 
   const toggle = async (id: string, name: string, enabled: boolean) => {
-    const r = await request("PATCH", `${PROVIDERS_PATH}/${id}`, { body: { enabled } });
+    const r = await typed(client.PATCH("/api/v1/providers/{provider_id}", { params: { path: { provider_id: id } }, body: { enabled } }));
     setNotice(r.ok ? { tone: "ok", text: `${name} ${enabled ? "enabled" : "disabled"}.` } : { tone: "bad", text: r.message });
+    void providers.reload();
+  };
+
+  const sync = async (id: string, name: string) => {
+    const r = await typed(client.POST("/api/v1/providers/{provider_id}/instance-types/sync", { params: { path: { provider_id: id } } }));
+    setNotice(r.ok ? { tone: "ok", text: `${name}: ${r.data.length} instance types after syncing the catalogue.` } : { tone: "bad", text: r.message });
+    void types.reload();
     void providers.reload();
   };
 
@@ -61,8 +72,13 @@ export function ProvidersPage({ isAdmin }: { isAdmin: boolean }) {
                       <td>{p.name}</td>
                       <td>{p.kind}</td>
                       <td>{p.enabled === false ? <span className="badge badge-muted">Disabled</span> : <span className="badge badge-ok">Enabled</span>}</td>
-                      <td>{(types.data ?? []).filter((t) => t.provider_id === p.id).length}</td>
+                      <td>{p.instance_types}</td>
                       <td className="row-actions">
+                        {isAdmin && (
+                          <button type="button" className="secondary" onClick={() => sync(p.id, p.name)} aria-label={`Sync the instance types of ${p.name}`}>
+                            Sync catalogue
+                          </button>
+                        )}
                         {isAdmin && (
                           <button type="button" className="secondary" onClick={() => toggle(p.id, p.name, p.enabled === false)}>
                             {p.enabled === false ? "Enable" : "Disable"}
@@ -81,7 +97,7 @@ export function ProvidersPage({ isAdmin }: { isAdmin: boolean }) {
             <label htmlFor="prov-name">Name</label>
             <input id="prov-name" required value={newProvider.name} onChange={(e) => setNewProvider({ ...newProvider, name: e.target.value })} />
             <label htmlFor="prov-kind">Kind</label>
-            <select id="prov-kind" value={newProvider.kind} onChange={(e) => setNewProvider({ ...newProvider, kind: e.target.value })}>
+            <select id="prov-kind" value={newProvider.kind} onChange={(e) => setNewProvider({ ...newProvider, kind: e.target.value as Kind })}>
               {KINDS.map((k) => <option key={k}>{k}</option>)}
             </select>
             <button type="submit">Add provider</button>
@@ -110,7 +126,7 @@ export function ProvidersPage({ isAdmin }: { isAdmin: boolean }) {
                               value={prices[t.id] ?? String(t.price_per_hour)}
                               onChange={(e) => setPrices({ ...prices, [t.id]: e.target.value })} />
                             <span>{t.currency}</span>
-                            {prices[t.id] !== undefined && prices[t.id] !== String(t.price_per_hour) && (
+                            {prices[t.id] !== undefined && Number(prices[t.id]) !== t.price_per_hour && (
                               <button type="button" onClick={() => savePrice(t)} aria-label={`Save price of ${t.name}`}>Save</button>
                             )}
                           </span>
