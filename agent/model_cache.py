@@ -1,7 +1,7 @@
 """Model download and cache on the machine's volume: S3 prefix first, then the Hugging Face hub.
 
-Each file is written to `<name>.partial`, checked against the size and digest its source
-announces, then renamed into place; a manifest listing every file with its size and digest is
+Each file is written to `<name>.partial` (an interrupted transfer resumes there with a range
+request), checked against the size and digest its source announces, then renamed into place; a manifest listing every file with its size and digest is
 written last. A cached model is used only when every file in its manifest is present with the
 right size (and digest, unless VERIFY_CACHE=false); a truncated or corrupt file is downloaded
 again, never served. The work is blocking I/O, so it runs in a thread; `progress` is read by
@@ -180,31 +180,44 @@ class ModelCache:
         log.info("model %s downloaded from %s into %s", self.model, source, self.model_dir)
 
     def _download_file(self, remote: RemoteFile, target: Path, fetch: Any) -> None:
+        """Downloads into `<name>.partial`, resuming what a failed try (or a previous run of the
+        agent) left there; only a whole, verified file is renamed into place."""
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + ".partial")
         done_before = self.progress.bytes_done
         problem = "not tried"
         for attempt in range(1, self.settings.download_attempts + 1):
-            self.progress.bytes_done = done_before
+            offset = partial.stat().st_size if partial.exists() else 0
+            if remote.size is not None and offset > remote.size:
+                offset = 0
             digests = _Digests(remote)
-            written = 0
+            if offset:
+                with partial.open("rb") as handle:
+                    while chunk := handle.read(_CHUNK):
+                        digests.update(chunk)
+            written = offset
+            self.progress.bytes_done = done_before + written
             try:
-                with partial.open("wb") as handle:
-                    for chunk in fetch(remote):
+                with partial.open("ab" if offset else "wb") as handle:
+                    for chunk in fetch(remote, offset):
                         handle.write(chunk)
                         digests.update(chunk)
                         written += len(chunk)
                         self.progress.bytes_done = done_before + written
-            except (httpx.HTTPError, OSError, ModelDownloadError) as exc:
-                problem = f"transfer failed: {exc}"
+            except Exception as exc:  # any failed transfer is retried from where it stopped
+                problem = f"transfer failed after {written} bytes: {exc}"
             else:
-                if remote.size is not None and written != remote.size:
-                    problem = f"got {written} bytes, expected {remote.size}"
+                if remote.size is not None and written < remote.size:
+                    problem = f"got {written} bytes of {remote.size}; resuming"
+                elif remote.size is not None and written > remote.size:
+                    problem = f"got {written} bytes, more than the {remote.size} announced"
+                    partial.unlink()
+                elif mismatch := digests.mismatch(remote):
+                    problem = mismatch
+                    partial.unlink()  # corrupt: the next try starts from zero
                 else:
-                    problem = digests.mismatch(remote) or ""
-            if not problem:
-                os.replace(partial, target)
-                return
+                    os.replace(partial, target)
+                    return
             log.warning(
                 "download of %s failed (attempt %d/%d): %s",
                 remote.path, attempt, self.settings.download_attempts, problem,
@@ -245,16 +258,26 @@ class ModelCache:
             )
         return files
 
-    def _hub_fetch(self, remote: RemoteFile) -> Any:
+    def _hub_fetch(self, remote: RemoteFile, offset: int) -> Any:
         endpoint = self.settings.hf_endpoint.rstrip("/")
         revision = quote(self.settings.model_revision, safe="")
         url = f"{endpoint}/{self.model}/resolve/{revision}/{quote(remote.path)}"
+        headers = self._hub_headers()
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
         with (
-            httpx.Client(headers=self._hub_headers(), timeout=60, follow_redirects=True) as http,
+            httpx.Client(headers=headers, timeout=60, follow_redirects=True) as http,
             http.stream("GET", url) as response,
         ):
             response.raise_for_status()
-            yield from response.iter_bytes(_CHUNK)
+            # a server that ignores Range sends the whole file: skip what is already here
+            skip = offset if offset and response.status_code != 206 else 0
+            for chunk in response.iter_bytes():  # as it arrives: a broken transfer keeps its part
+                if skip:
+                    dropped = min(skip, len(chunk))
+                    chunk, skip = chunk[dropped:], skip - dropped
+                if chunk:
+                    yield chunk
 
     # ------------------------------------------------------------ S3
 
@@ -291,9 +314,10 @@ class ModelCache:
             raise ModelDownloadError(f"nothing under s3://{bucket}/{prefix}")
         return files
 
-    def _s3_fetch(self, remote: RemoteFile) -> Any:
+    def _s3_fetch(self, remote: RemoteFile, offset: int) -> Any:
         bucket, prefix = self._s3_location()
-        body = self._s3().get_object(Bucket=bucket, Key=prefix + remote.path)["Body"]
+        ranged = {"Range": f"bytes={offset}-"} if offset else {}
+        body = self._s3().get_object(Bucket=bucket, Key=prefix + remote.path, **ranged)["Body"]
         try:
             yield from body.iter_chunks(_CHUNK)
         finally:

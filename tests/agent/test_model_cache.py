@@ -13,7 +13,7 @@ from typing import Any
 
 import boto3
 import pytest
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Header, Response
 from fastapi.responses import StreamingResponse
 from moto.server import ThreadedMotoServer
 
@@ -43,6 +43,8 @@ class FakeHub:
     short_responses: int = 0  # this many downloads stop at half the file
     corrupt: bool = False
     chunk_delay_s: float = 0.0  # slow transfers, to watch the progress
+    dropped_connections: int = 0  # this many downloads break off half-way
+    ranges: list[str | None] = field(default_factory=list)  # Range header of each download
 
     def app(self) -> FastAPI:
         app = FastAPI()
@@ -65,9 +67,19 @@ class FakeHub:
             ]
 
         @app.get("/{org}/{name}/resolve/{revision}/{path:path}")
-        async def resolve(org: str, name: str, revision: str, path: str) -> Response:
+        async def resolve(
+            org: str, name: str, revision: str, path: str, range: str | None = Header(None)
+        ) -> Response:
             self.requests[path] += 1
+            self.ranges.append(range)
             data = FILES[path]
+            if range:  # "bytes=N-", what a resuming client asks for
+                offset = int(range.removeprefix("bytes=").rstrip("-"))
+                headers = {"Content-Range": f"bytes {offset}-{len(data) - 1}/{len(data)}"}
+                return Response(data[offset:], status_code=206, headers=headers)
+            if self.dropped_connections > 0:
+                self.dropped_connections -= 1
+                return StreamingResponse(self._then_drop(data[: len(data) // 2]))
             if self.short_responses > 0:
                 self.short_responses -= 1
                 data = data[: len(data) // 2]
@@ -78,6 +90,10 @@ class FakeHub:
             return Response(data, media_type="application/octet-stream")
 
         return app
+
+    async def _then_drop(self, data: bytes) -> AsyncIterator[bytes]:
+        yield data
+        raise ConnectionResetError("the hub dropped the connection")
 
     async def _slowly(self, data: bytes) -> AsyncIterator[bytes]:
         for start in range(0, len(data), 32768):
@@ -167,12 +183,29 @@ async def test_a_truncated_cached_file_is_detected_and_downloaded_again(
     assert fake.requests["model.safetensors"] == 2 and fake.requests["config.json"] == 1
 
 
-async def test_a_short_download_is_retried(tmp_path: Path, hub: tuple[FakeHub, str]) -> None:
+@pytest.mark.parametrize("failure", ["short_responses", "dropped_connections"])
+async def test_an_interrupted_download_resumes_where_it_stopped(
+    tmp_path: Path, hub: tuple[FakeHub, str], failure: str
+) -> None:
     fake, url = hub
-    fake.short_responses = 1
+    setattr(fake, failure, 1)  # the first file's first transfer stops half-way
     folder = await ModelCache(cache_settings(tmp_path, url)).ensure()
     assert await asyncio.to_thread(cached_bytes, folder) == FILES
-    assert sum(fake.requests.values()) == 4
+    first = next(iter(FILES))
+    assert fake.requests[first] == 2
+    assert fake.ranges[:2] == [None, f"bytes={len(FILES[first]) // 2}-"]
+
+
+async def test_a_partial_file_left_by_a_previous_run_is_resumed(
+    tmp_path: Path, hub: tuple[FakeHub, str]
+) -> None:
+    fake, url = hub
+    weights = tmp_path / "cache" / "acme--tiny-llm" / "model.safetensors.partial"
+    weights.parent.mkdir(parents=True)
+    await asyncio.to_thread(weights.write_bytes, FILES["model.safetensors"][:100_000])
+    folder = await ModelCache(cache_settings(tmp_path, url)).ensure()
+    assert await asyncio.to_thread(cached_bytes, folder) == FILES
+    assert "bytes=100000-" in fake.ranges and not weights.exists()
 
 
 async def test_a_corrupt_download_is_never_served(tmp_path: Path, hub: tuple[FakeHub, str]) -> None:
@@ -208,6 +241,10 @@ async def test_the_s3_prefix_is_tried_before_the_hub(
             client.put_object(Bucket="models", Key=f"mirror/{MODEL}/{path}", Body=data)
 
     await asyncio.to_thread(upload)
+    # an earlier run stopped half-way through the weights: S3 resumes them with a range read
+    partial = tmp_path / "cache" / "acme--tiny-llm" / "model.safetensors.partial"
+    partial.parent.mkdir(parents=True)
+    await asyncio.to_thread(partial.write_bytes, FILES["model.safetensors"][:123_456])
     cache = ModelCache(
         cache_settings(tmp_path, url, model_s3_prefix="s3://models/mirror", s3_endpoint_url=s3)
     )
