@@ -43,6 +43,7 @@ class SimConfig:
     # fault injection
     fault_error_rates: dict[int, float] = field(default_factory=dict)
     fault_hang_rate: float = 0.0
+    fault_stream_abort_rate: float = 0.0
     fault_hang_s: float = 3600.0
     fault_crash_after: int = 0
     fault_slow_start_s: float = 0.0
@@ -122,7 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
         dest="fault_error_rates",
         help="answer this share of requests with an HTTP error, e.g. 500:0.05,429:0.02",
     )
-    parser.add_argument("--fault-hang-rate", type=float, default=d.fault_hang_rate)
+    parser.add_argument(
+        "--fault-hang-rate",
+        type=float,
+        default=d.fault_hang_rate,
+        help="share of requests that wait --fault-hang-s before being served",
+    )
+    parser.add_argument(
+        "--fault-stream-abort-rate",
+        type=float,
+        default=d.fault_stream_abort_rate,
+        help="share of streamed responses whose connection drops half-way",
+    )
     parser.add_argument("--fault-hang-s", type=float, default=d.fault_hang_s)
     parser.add_argument(
         "--fault-crash-after",
@@ -176,6 +188,7 @@ def parse_args(argv: list[str]) -> SimConfig:
         legacy_kv_metric=args.legacy_kv_metric,
         fault_error_rates=args.fault_error_rates,
         fault_hang_rate=args.fault_hang_rate,
+        fault_stream_abort_rate=args.fault_stream_abort_rate,
         fault_hang_s=args.fault_hang_s,
         fault_crash_after=args.fault_crash_after,
         fault_slow_start_s=args.fault_slow_start_s,

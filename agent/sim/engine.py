@@ -173,6 +173,7 @@ class SimRequest:
     last_token_at: float | None = None
     cancelled: bool = False
     finish_reason: str = "length"
+    abort_after: int | None = None  # fault injection: the stream breaks off after this many
 
 
 class Engine:

@@ -55,6 +55,10 @@ class CompletionRequest(_Common):
     prompt: str | list[int] | list[str] | list[list[int]]
 
 
+class SimulatedStreamAbort(Exception):
+    """Raised mid-stream: the server drops the connection, as when an engine worker dies."""
+
+
 class SimError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -146,7 +150,9 @@ def create_app(config: SimConfig) -> FastAPI:
             raise SimError(400, "n must be 1: the simulator samples one choice per request")
         return parsed
 
-    async def admit(prompt_tokens: int, max_tokens: int | None, seed: int | None) -> SimRequest:
+    async def admit(
+        prompt_tokens: int, max_tokens: int | None, seed: int | None, stream: bool
+    ) -> SimRequest:
         """Apply vLLM's length checks and the configured faults; queue the request."""
         counter["received"] += 1
         if config.fault_crash_after and counter["received"] > config.fault_crash_after:
@@ -179,14 +185,22 @@ def create_app(config: SimConfig) -> FastAPI:
         sim_request = SimRequest(
             prompt_tokens=prompt_tokens, max_tokens=max_tokens, rng=request_rng
         )
+        if stream and config.fault_stream_abort_rate:
+            if rng.random() < config.fault_stream_abort_rate:
+                sim_request.abort_after = max_tokens // 2
         engine.submit(sim_request)
         return sim_request
 
     async def tokens_of(sim_request: SimRequest) -> AsyncIterator[str]:
         finished = False
+        emitted = 0
         try:
             while (token := await sim_request.output.get()) is not None:
+                if sim_request.abort_after is not None and emitted >= sim_request.abort_after:
+                    log.warning("simulated fault: dropping a stream after %d tokens", emitted)
+                    raise SimulatedStreamAbort(f"stream dropped after {emitted} tokens")
                 yield token
+                emitted += 1
             finished = True
         finally:
             if not finished:  # the client went away: free the sequence's slot and KV blocks
@@ -205,7 +219,7 @@ def create_app(config: SimConfig) -> FastAPI:
         body: ChatRequest = await parse(request, ChatRequest)
         prompt_tokens = count_chat_tokens(body.messages)
         max_tokens = body.max_completion_tokens or body.max_tokens
-        sim_request = await admit(prompt_tokens, max_tokens, body.seed)
+        sim_request = await admit(prompt_tokens, max_tokens, body.seed, body.stream)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         if not body.stream:
@@ -279,7 +293,7 @@ def create_app(config: SimConfig) -> FastAPI:
                 raise SimError(400, "the simulator takes one prompt per request")
             prompt = prompt[0]  # type: ignore[assignment]
         prompt_tokens = count_prompt_tokens(prompt)  # type: ignore[arg-type]
-        sim_request = await admit(prompt_tokens, body.max_tokens, body.seed)
+        sim_request = await admit(prompt_tokens, body.max_tokens, body.seed, body.stream)
         rid = f"cmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         if not body.stream:

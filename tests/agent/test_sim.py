@@ -178,6 +178,24 @@ async def test_injected_errors_and_hangs() -> None:
             await client(url, timeout=0.5).completions.create(model=MODEL, prompt="x", max_tokens=1)
 
 
+async def test_an_injected_stream_abort_drops_the_connection_half_way() -> None:
+    async with simulator("--fault-stream-abort-rate", "1") as url:
+        api = client(url)
+        received: list[str] = []
+        stream = await api.completions.create(model=MODEL, prompt="x", max_tokens=10, stream=True)
+        with pytest.raises((openai.APIError, httpx.HTTPError)):
+            async for chunk in stream:
+                received.append(chunk.choices[0].text)
+        assert len(received) == 5
+        unstreamed = await api.completions.create(model=MODEL, prompt="x", max_tokens=3)
+        assert unstreamed.usage is not None and unstreamed.usage.completion_tokens == 3
+
+        async def idle() -> bool:
+            return (await scrape(url))["vllm:num_requests_running"] == 0
+
+        await wait_for(idle, 10, "the dropped sequence to be freed")
+
+
 async def test_cli_accepts_vllm_flags_and_crashes_after_n_requests(tmp_path: Path) -> None:
     port = free_port()
     command = [
