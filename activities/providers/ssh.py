@@ -217,6 +217,11 @@ class SSHCompute(Compute):
 
     async def create(self, request: CreateRequest) -> ProviderInstance:
         get_flavor(request.flavor)  # an unknown flavor fails before a host is claimed
+        if request.volumes:
+            raise InvalidRequestError(
+                "bare-metal hosts have no provider volumes: use the host's own disks "
+                "(INVENTIV_AGENT_MODEL_CACHE_DIR) and drop the deployment's volumes"
+            )
         instance_type = request.instance_type
         host = await self.claim_host(request.instance_id, instance_type)
         if host is None:

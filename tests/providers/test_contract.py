@@ -64,7 +64,7 @@ def aws_stand(aws_settings: AWSSettings, ec2: EC2Client) -> Stand:
     async def nothing_left() -> None:
         tag = [{"Name": f"tag:{INSTANCE_TAG}", "Values": [request.instance_id]}]
         live = [{"Name": "instance-state-name", "Values": ["pending", "running", "stopped"]}]
-        assert ec2.describe_instances(Filters=tag + live)["Reservations"] == []  # type: ignore[operator]
+        assert ec2.describe_instances(Filters=tag + live)["Reservations"] == []  # type: ignore[arg-type]
         assert ec2.describe_volumes(Filters=tag)["Volumes"] == []  # type: ignore[arg-type]
         assert ec2.describe_addresses(Filters=tag)["Addresses"] == []  # type: ignore[arg-type]
 

@@ -104,7 +104,7 @@ async def test_aws_failed_boot_leaves_nothing(
     live = [
         {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}
     ]
-    assert ec2.describe_instances(Filters=tag + live)["Reservations"] == []  # type: ignore[operator]
+    assert ec2.describe_instances(Filters=tag + live)["Reservations"] == []  # type: ignore[arg-type]
     assert ec2.describe_addresses(Filters=tag)["Addresses"] == []  # type: ignore[arg-type]
     left = ec2.describe_volumes(Filters=tag)["Volumes"]  # type: ignore[arg-type]
     assert [(v["Size"], v["State"]) for v in left] == [(4, "available")]  # kept, as asked

@@ -22,6 +22,7 @@ from activities.providers.base import (
     NoCapacityError,
     ProvisioningError,
     TransientProviderError,
+    VolumeSpec,
 )
 from activities.providers.settings import SSHSettings
 from activities.providers.ssh import SSHCompute, encrypt_private_key
@@ -183,6 +184,10 @@ async def test_claims_are_atomic(db_url: str, sessionmaker: Sessions, ssh_host: 
         assert sorted(won) == sorted(h.id for h in hosts)  # each host exactly once
         with pytest.raises(NoCapacityError, match="no free bare-metal host"):
             await compute.create(_request())
+        with_volume = _request()
+        with_volume.volumes = [VolumeSpec(size_gb=10)]
+        with pytest.raises(InvalidRequestError, match="no provider volumes"):
+            await compute.create(with_volume)
         # A claim is per instance: asking again returns the same host.
         winner = next(i for i, c in zip(instance_ids, claims, strict=True) if c is not None)
         again = await compute.claim_host(winner, "bare-metal")
