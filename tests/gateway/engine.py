@@ -70,13 +70,22 @@ class TestEngine:
         )
         self.requests.append(request)
         self.active += 1
+        # Like vLLM: stop generating as soon as the client (the gateway) goes away.
+        answer = asyncio.ensure_future(self._answer(request, send, receive))
+        disconnect = asyncio.ensure_future(receive())
         try:
-            await self._answer(request, send, receive)
+            await asyncio.wait({answer, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+            if not answer.done():
+                answer.cancel()
+                request.cancelled = True
+                return
+            answer.result()
             request.finished = True
-        except (asyncio.CancelledError, OSError):
+        except OSError:
             request.cancelled = True
             raise
         finally:
+            disconnect.cancel()
             self.active -= 1
 
     async def _answer(
