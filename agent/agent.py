@@ -169,8 +169,8 @@ class Agent:
             return False, f"engine /v1/models answered HTTP {response.status_code}"
         try:
             served = {entry.get("id") for entry in response.json().get("data", [])}
-        except ValueError:
-            return False, "engine /v1/models answered something other than JSON"
+        except (ValueError, AttributeError, TypeError):
+            return False, "engine /v1/models answered something other than a model list"
         if self.settings.served not in served:
             return False, f"engine serves {sorted(map(str, served))}, not {self.settings.served}"
         self.supervisor.mark_running()
@@ -182,7 +182,11 @@ class Agent:
             response.raise_for_status()
         except httpx.HTTPError:
             return None
-        return parse_engine_metrics(response.text)
+        try:
+            return parse_engine_metrics(response.text)
+        except ValueError:  # not Prometheus text: no figures rather than a failed request
+            log.warning("the engine's /metrics is not in the Prometheus text format")
+            return None
 
     def info(self) -> dict[str, Any]:
         supervisor = self.supervisor
@@ -294,10 +298,11 @@ def create_app(settings: AgentSettings) -> FastAPI:
 
     @app.get("/load")
     async def load() -> dict[str, Any]:
-        """Engine queue figures. An engine that does not answer holds no requests: in_flight 0."""
+        """Engine queue figures. When the engine's /metrics cannot be read (no engine running),
+        in_flight is 0: a drain has nothing left to wait for."""
         stats = await agent.engine_stats()
         body = _load(stats).model_dump()
-        body["engine_reachable"] = stats is not None
+        body["engine_metrics_read"] = stats is not None
         if stats is None:
             body["in_flight"] = 0
         return body

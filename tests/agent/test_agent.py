@@ -123,6 +123,22 @@ async def _logged(log: str, text: str) -> bool:
     return text in log
 
 
+async def test_an_engine_answering_unlike_vllm_is_not_ready_and_reports_no_load(
+    tmp_path: Path,
+) -> None:
+    odd = f"{sys.executable} {Path(__file__).parent / 'odd_engine.py'}"
+    async with running_agent(tmp_path, engine_command=odd) as agent:
+
+        async def answered() -> tuple[int, dict] | None:
+            answer = await get_json(f"{agent.url}/readyz")
+            return answer if answer and "model list" in answer[1]["reason"] else None
+
+        status, _ = await wait_for(answered, 20, "the odd engine to answer")
+        assert status == 503
+        status, load = await get_json(f"{agent.url}/load") or (0, {})
+        assert status == 200 and load["engine_metrics_read"] is False and load["in_flight"] == 0
+
+
 async def test_stopping_the_agent_stops_its_engine(tmp_path: Path) -> None:
     async with running_agent(tmp_path) as agent:
         await wait_for(lambda: _ready(agent.url), 30, "readiness")
@@ -159,7 +175,7 @@ async def test_load_reports_requests_in_flight_until_they_finish(tmp_path: Path)
             assert load["requests_running"] == 2 and load["in_flight"] == 4
             assert all(r.status_code == 200 for r in await asyncio.gather(*requests))
         _, load = await get_json(f"{agent.url}/load") or (0, {})
-        assert load["in_flight"] == 0 and load["engine_reachable"] is True
+        assert load["in_flight"] == 0 and load["engine_metrics_read"] is True
 
 
 @pytest.mark.parametrize(
