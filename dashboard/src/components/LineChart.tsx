@@ -11,9 +11,17 @@ export interface Series {
 
 const COLORS = ["#2563eb", "#16a34a", "#d97706", "#dc2626", "#7c3aed"];
 
+/** A round axis top at or above v: 1, 2, 2.5 or 5 times a power of ten. */
+export function niceCeil(v: number): number {
+  if (!(v > 0)) return 1;
+  const p = 10 ** Math.floor(Math.log10(v));
+  for (const m of [1, 2, 2.5, 5, 10]) if (v <= m * p + 1e-12) return m * p;
+  return 10 * p;
+}
+
 export function LineChart({
-  title, series, unit = "", height = 160, format = (v: number) => v.toFixed(1),
-}: { title: string; series: Series[]; unit?: string; height?: number; format?: (v: number) => string }) {
+  title, series, unit = "", height = 160, format = (v: number) => v.toFixed(1), max,
+}: { title: string; series: Series[]; unit?: string; height?: number; format?: (v: number) => string; max?: number }) {
   const width = 600;
   const pad = { l: 44, r: 12, t: 10, b: 22 };
   const all = series.flatMap((s) => s.points);
@@ -31,7 +39,7 @@ export function LineChart({
   }
   const t0 = Math.min(...all.map((p) => p.t));
   const t1 = Math.max(...all.map((p) => p.t), t0 + 1);
-  const vMax = Math.max(...all.map((p) => p.v), 0) * 1.1 || 1;
+  const vMax = max ?? niceCeil(Math.max(...all.map((p) => p.v), 0) * 1.05);
   const x = (t: number) => pad.l + ((t - t0) / (t1 - t0)) * (width - pad.l - pad.r);
   const y = (v: number) => pad.t + (1 - v / vMax) * (height - pad.t - pad.b);
   const time = (t: number) => new Date(t).toLocaleTimeString("en-GB", { hour: "2-digit", minute: "2-digit" });
@@ -53,7 +61,7 @@ export function LineChart({
           <g key={f}>
             <line x1={pad.l} x2={width - pad.r} y1={y(vMax * f)} y2={y(vMax * f)} className="grid" />
             <text x={pad.l - 4} y={y(vMax * f) + 4} textAnchor="end" className="axis">
-              {format(vMax * f)}
+              {Number((vMax * f).toPrecision(3))}
             </text>
           </g>
         ))}

@@ -66,7 +66,7 @@ export function ProgressBar({ value, label }: { value: number; label: string }) 
   const v = Math.max(0, Math.min(100, Math.round(value)));
   return (
     <div className="progress" role="progressbar" aria-label={label} aria-valuemin={0} aria-valuemax={100} aria-valuenow={v}>
-      <div className="progress-fill" style={{ width: `${v}%` }} />
+      <div className={`progress-fill${v >= 100 ? " done" : ""}`} style={{ width: `${v}%` }} />
       <span className="progress-text">{v} %</span>
     </div>
   );

@@ -2,6 +2,7 @@ import { describe, expect, it } from "vitest";
 import { fmtDuration, humanize, toCsv } from "./format";
 import { describeError, rows } from "../api/client";
 import { eventInstanceId } from "./events";
+import { niceCeil } from "../components/LineChart";
 
 describe("format", () => {
   it("writes durations a person reads", () => {
@@ -41,5 +42,14 @@ describe("api errors", () => {
     expect(eventInstanceId({ instance_id: "a" })).toBe("a");
     expect(eventInstanceId({ instance: { id: "b" } })).toBe("b");
     expect(eventInstanceId("text")).toBeUndefined();
+  });
+});
+
+describe("chart axis", () => {
+  it("rounds the top of the axis up to a readable number", () => {
+    expect(niceCeil(1425)).toBe(2000);
+    expect(niceCeil(0.13)).toBe(0.2);
+    expect(niceCeil(22.4)).toBe(25);
+    expect(niceCeil(0)).toBe(1);
   });
 });

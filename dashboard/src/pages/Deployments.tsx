@@ -188,7 +188,14 @@ function DeploymentForm({ initial, onDone }: { initial: Full | null; onDone: (ms
     autoscaling_enabled: initial?.autoscaling_enabled ?? false,
     engine_args: JSON.stringify(initial?.engine_args ?? {}, null, 1),
   });
-  const [policy, setPolicy] = useState<Record<string, unknown>>(initial?.autoscaling ?? {});
+  const known = new Set(POLICY_FIELDS.map((p) => p.key));
+  const [policy, setPolicy] = useState<Record<string, unknown>>(
+    Object.fromEntries(Object.entries(initial?.autoscaling ?? {}).filter(([k]) => known.has(k))),
+  );
+  const [policyExtra, setPolicyExtra] = useState(() => {
+    const rest = Object.fromEntries(Object.entries(initial?.autoscaling ?? {}).filter(([k]) => !known.has(k)));
+    return Object.keys(rest).length ? JSON.stringify(rest, null, 1) : "";
+  });
   const [error, setError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
   const set = (k: keyof typeof f) => (e: { target: { value: string } }) => setF({ ...f, [k]: e.target.value });
@@ -208,6 +215,14 @@ function DeploymentForm({ initial, onDone }: { initial: Full | null; onDone: (ms
       setError("Engine arguments: not valid JSON (expected an object such as {\"max-model-len\": 8192}).");
       return;
     }
+    let extra: Record<string, unknown> = {};
+    try {
+      extra = policyExtra.trim() ? JSON.parse(policyExtra) : {};
+      if (typeof extra !== "object" || extra === null || Array.isArray(extra)) throw new Error();
+    } catch {
+      setError("Other autoscaling settings: not a JSON object.");
+      return;
+    }
     const min = Number(f.min_instances);
     const max = Number(f.max_instances);
     if (min > max) {
@@ -217,7 +232,7 @@ function DeploymentForm({ initial, onDone }: { initial: Full | null; onDone: (ms
     const body: Record<string, unknown> = {
       name: f.name.trim(), model: f.model.trim(), served_name: f.served_name.trim() || undefined,
       flavor: f.flavor, provider_id: providerId, instance_type_id: typeId,
-      min_instances: min, max_instances: max, autoscaling: policy, engine_args: engineArgs,
+      min_instances: min, max_instances: max, autoscaling: { ...extra, ...policy }, engine_args: engineArgs,
     };
     if (!initial) {
       body.project_id = projectId;
@@ -305,6 +320,10 @@ function DeploymentForm({ initial, onDone }: { initial: Full | null; onDone: (ms
                 }} />
             </label>
           ))}
+          <label className="stack">
+            Other policy settings (JSON object)
+            <textarea className="mono" rows={2} value={policyExtra} onChange={(e) => setPolicyExtra(e.target.value)} placeholder='{"cooldown_s": 60}' />
+          </label>
         </div>
       </fieldset>
       <label htmlFor="dep-engine" className="full">Engine arguments (JSON, flags without dashes)</label>

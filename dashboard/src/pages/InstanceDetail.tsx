@@ -176,10 +176,10 @@ function InstanceCharts({ id }: { id: string }) {
       <h2 id="charts-title">GPU and engine (last hour)</h2>
       {gpu.loading ? <Loading what="Loading metrics" /> : gpu.error && !gpu.data ? <ErrorBox message={gpu.error} /> : (
         <div className="grid-2">
-          <LineChart title="GPU utilisation" unit=" %" series={pointsOf(points, "gpu_utilization", "GPU")} format={(v) => v.toFixed(0)} />
+          <LineChart title="GPU utilisation" unit=" %" max={100} series={pointsOf(points, "gpu_utilization", "GPU")} format={(v) => v.toFixed(0)} />
           <LineChart title="GPU memory used" unit=" MB" series={pointsOf(points, "gpu_memory_used_mb", "memory")} format={(v) => v.toFixed(0)} />
           <LineChart title="Requests running / waiting" series={[...pointsOf(points, "requests_running", "running"), ...pointsOf(points, "requests_waiting", "waiting")]} format={(v) => v.toFixed(0)} />
-          <LineChart title="KV cache usage" unit=" %" series={pointsOf(points, "kv_cache_usage", "KV cache").map((s) => ({ ...s, points: s.points.map((p) => ({ ...p, v: p.v <= 1 ? p.v * 100 : p.v })) }))} format={(v) => v.toFixed(0)} />
+          <LineChart title="KV cache usage" unit=" %" max={100} series={pointsOf(points, "kv_cache_usage", "KV cache").map((s) => ({ ...s, points: s.points.map((p) => ({ ...p, v: p.v * 100 })) }))} format={(v) => v.toFixed(0)} />
           <LineChart title="Request rate" unit=" req/s" series={pointsOf(rp, "request_rate_per_s", "requests")} format={(v) => v.toFixed(2)} />
           <LineChart title="Latency" unit=" ms" series={[...pointsOf(rp, "ttft_p95_ms", "TTFT p95"), ...pointsOf(rp, "latency_p95_ms", "latency p95")]} format={(v) => v.toFixed(0)} />
         </div>

@@ -66,7 +66,7 @@ export function OverviewPage() {
             <LineChart title="Request rate" unit=" req/s" series={pointsOf(points, "request_rate_per_s", "requests")} format={(v) => v.toFixed(2)} />
             <LineChart title="Latency" unit=" ms" series={[...pointsOf(points, "ttft_p95_ms", "TTFT p95"), ...pointsOf(points, "latency_p95_ms", "latency p95")]} format={(v) => v.toFixed(0)} />
             <LineChart title="Output tokens per second" unit=" tok/s" series={pointsOf(points, "output_tokens_per_s", "tokens")} format={(v) => v.toFixed(1)} />
-            <LineChart title="Error rate" unit=" %" series={pointsOf(points, "error_rate", "errors").map((s) => ({ ...s, points: s.points.map((p) => ({ ...p, v: p.v * 100 })) }))} format={(v) => v.toFixed(1)} />
+            <LineChart title="Error rate" unit=" %" series={pointsOf(points, "error_rate", "errors").map((s) => ({ ...s, points: s.points.map((p) => ({ ...p, v: p.v * 100 })) }))} format={(v) => v.toFixed(1)} max={100} />
           </div>
         )}
       </section>
