@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,7 +10,7 @@ import redis.asyncio as aioredis
 from fastapi import APIRouter, FastAPI, HTTPException, Request, status
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.routing import APIRoute
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import DBAPIError
 from temporalio.client import Client
 
 from api.routers import (
@@ -25,6 +24,7 @@ from api.routers import (
     metrics,
     overview,
     projects,
+    providers,
     usage,
     users,
 )
@@ -41,7 +41,7 @@ def operation_id(route: APIRoute) -> str:
 
 
 def _routers() -> list[APIRouter]:
-    found = [
+    return [
         auth.router,
         users.router,
         projects.router,
@@ -53,14 +53,9 @@ def _routers() -> list[APIRouter]:
         costs.router,
         metrics.router,
         events.router,
+        providers.router,
         agents.router,
     ]
-    # Owned by the providers work; included when present.
-    try:
-        found.append(importlib.import_module("api.routers.providers").router)
-    except ModuleNotFoundError:
-        pass
-    return found
 
 
 def create_app(
@@ -101,17 +96,20 @@ def create_app(
         router.include_router(module_router)
     app.include_router(router)
 
-    @app.exception_handler(DataError)
-    async def data_error(request: Request, exc: DataError) -> JSONResponse:
-        """A value PostgreSQL cannot store (out of range, NUL byte): the client's input."""
-        message = str(exc.orig).splitlines()[0] if exc.orig else "invalid value"
-        return JSONResponse({"detail": f"invalid value: {message}"}, status.HTTP_400_BAD_REQUEST)
-
-    @app.exception_handler(IntegrityError)
-    async def integrity_error(request: Request, exc: IntegrityError) -> JSONResponse:
-        """A concurrent change won the race for a unique name or removed a referenced row."""
-        message = str(exc.orig).splitlines()[0] if exc.orig else "conflict"
-        return JSONResponse({"detail": f"conflict: {message}"}, status.HTTP_409_CONFLICT)
+    @app.exception_handler(DBAPIError)
+    async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        """Errors PostgreSQL blames on the values sent (SQLSTATE class 22: out of range, NUL
+        byte, bad Unicode escape) are the client's: 400; integrity violations (class 23: a
+        concurrent change took a unique name or removed a referenced row): 409. Others: 500."""
+        sqlstate = str(getattr(getattr(exc.orig, "driver_exception", exc.orig), "sqlstate", ""))
+        message = str(exc.orig).splitlines()[0] if exc.orig else ""
+        if sqlstate.startswith("22"):
+            return JSONResponse(
+                {"detail": f"invalid value: {message}"}, status.HTTP_400_BAD_REQUEST
+            )
+        if sqlstate.startswith("23"):
+            return JSONResponse({"detail": f"conflict: {message}"}, status.HTTP_409_CONFLICT)
+        raise exc
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

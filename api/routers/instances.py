@@ -10,6 +10,7 @@ from typing import Literal
 from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, Field
 from sqlmodel import col, func, select
+from temporalio.service import RPCError, RPCStatusCode
 
 from agent.agent import AGENT_VERSION
 from api.access import require_project, visible_project_ids
@@ -246,6 +247,20 @@ async def get_instance(
     )
 
 
+async def signal_workflow(temporal: TemporalDep, instance: Instance, signal: str) -> None:
+    """Signal the instance's workflow; 409 when it is not running (nothing would act on it)."""
+    try:
+        await temporal.get_workflow_handle(instance.workflow_id).signal(signal, "user_request")
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"the instance's workflow {instance.workflow_id} is not running; "
+            "the reconciler will settle its state",
+        ) from None
+
+
 class ActionAccepted(BaseModel):
     id: uuid.UUID
     state: InstanceState
@@ -264,7 +279,7 @@ async def drain_instance(
             f"instance is {instance.state.value}: only a ready instance can be drained "
             "(use DELETE to terminate it)",
         )
-    await temporal.get_workflow_handle(instance.workflow_id).signal("drain", "user_request")
+    await signal_workflow(temporal, instance, "drain")
     return ActionAccepted(id=instance.id, state=instance.state, action="drain")
 
 
@@ -276,5 +291,5 @@ async def terminate_instance(
     instance = await get_visible_instance(session, user, instance_id)
     if instance.state in FINAL_STATES:
         raise HTTPException(status.HTTP_409_CONFLICT, f"instance is already {instance.state.value}")
-    await temporal.get_workflow_handle(instance.workflow_id).signal("terminate", "user_request")
+    await signal_workflow(temporal, instance, "terminate")
     return ActionAccepted(id=instance.id, state=instance.state, action="terminate")
