@@ -9,6 +9,7 @@ as each `VolumeSpec` asks. boto3 is blocking: every call runs through `asyncio.t
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -131,6 +132,10 @@ class AWSCompute(Compute, PublicIPMixin):
 
     def __init__(self, settings: AWSSettings) -> None:
         self.settings = settings
+        # botocore logs request parameters at DEBUG, and user data holds the agent's token.
+        sdk_log = logging.getLogger("botocore")
+        if sdk_log.getEffectiveLevel() < logging.INFO:
+            sdk_log.setLevel(logging.INFO)
 
         def secret(value: Any) -> str | None:
             return value.get_secret_value() if value is not None else None

@@ -112,7 +112,9 @@ class ScalewayCompute(Compute, PublicIPMixin):
     def __init__(self, settings: ScalewaySettings) -> None:
         self.settings = settings
         # The SDK logs request bodies at DEBUG, and user data holds the agent's token.
-        logging.getLogger("scaleway").setLevel(logging.INFO)
+        sdk_log = logging.getLogger("scaleway")
+        if sdk_log.getEffectiveLevel() < logging.INFO:
+            sdk_log.setLevel(logging.INFO)
         zone = settings.default_zone
         client = Client(
             access_key=settings.access_key.get_secret_value() if settings.access_key else None,

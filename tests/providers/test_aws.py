@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import uuid
 
 import pytest
@@ -53,7 +54,10 @@ def test_client_error_mapping(code: str, status: int, error: type[Exception]) ->
     assert mapped.retryable is (error is TransientProviderError)
 
 
-async def test_tags_volumes_and_user_data(aws_settings: AWSSettings, ec2: EC2Client) -> None:
+async def test_tags_volumes_and_user_data(
+    aws_settings: AWSSettings, ec2: EC2Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     compute = AWSCompute(aws_settings)
     request = _request(
         volumes=[
@@ -85,6 +89,10 @@ async def test_tags_volumes_and_user_data(aws_settings: AWSSettings, ec2: EC2Cli
     assert text.startswith("#cloud-config")
     assert "WORKER_AGENT_SHA256=" + "ab" * 32 in text
     assert "INVENTIV_AGENT_ENGINE_COMMAND='python3 -m agent.sim'" in text
+
+    # Neither the agent's token nor the AWS secret reached a log line, even at DEBUG.
+    assert "tok-secret" not in caplog.text and "testing-secret" not in caplog.text
+    assert user_data not in caplog.text  # not even base64-encoded
 
     await compute.delete(created.resource_id)
     remaining = ec2.describe_volumes(VolumeIds=[volumes[20].volume_id])["Volumes"]

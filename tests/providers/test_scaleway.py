@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 
 import pytest
@@ -54,8 +55,11 @@ def test_error_mapping(status: int, kind: str, message: str, error: type[Excepti
 
 
 async def test_create_tracks_and_cleans_everything(
-    scaleway_settings: ScalewaySettings, fake_scaleway: FakeScaleway
+    scaleway_settings: ScalewaySettings,
+    fake_scaleway: FakeScaleway,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     settings = scaleway_settings.model_copy(update={"private_network_id": str(uuid.uuid4())})
     compute = ScalewayCompute(settings)
     request = _request(
@@ -85,6 +89,9 @@ async def test_create_tracks_and_cleans_everything(
     assert volumes[100].is_boot and volumes[100].instance_id == request.instance_id
     assert block_device(volumes[200].volume_id.split("/")[1]) in document["runcmd"][0][2]
     assert not volumes[50].delete_on_terminate and volumes[200].delete_on_terminate
+
+    # Neither the agent's token nor the API secret reached a log line, even at DEBUG.
+    assert "tok-secret" not in caplog.text and fake_scaleway.token not in caplog.text
 
     # A retried create finds the same server and makes nothing new.
     again = await compute.create(request)
