@@ -217,6 +217,11 @@ def create_app(config: SimConfig) -> FastAPI:
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(request: Request) -> Response:
         body: ChatRequest = await parse(request, ChatRequest)
+        for index, message in enumerate(body.messages):
+            if not isinstance(message.get("role"), str):
+                raise SimError(400, f"messages.{index}.role: a message needs a role")
+            if not isinstance(message.get("content"), str | list | None):
+                raise SimError(400, f"messages.{index}.content: expected text or a list of parts")
         prompt_tokens = count_chat_tokens(body.messages)
         max_tokens = body.max_completion_tokens or body.max_tokens
         sim_request = await admit(prompt_tokens, max_tokens, body.seed, body.stream)

@@ -113,6 +113,31 @@ async def test_bad_requests_get_vllm_style_errors() -> None:
         assert "messages" in missing.json()["message"]
 
 
+BAD_BODIES = [
+    ("/v1/chat/completions", []),
+    ("/v1/chat/completions", {"model": MODEL, "messages": "hello"}),
+    ("/v1/chat/completions", {"model": MODEL, "messages": [1, 2]}),
+    ("/v1/chat/completions", {"model": MODEL, "messages": [], "max_tokens": -3}),
+    ("/v1/chat/completions", {"model": MODEL, "messages": [], "n": 2}),
+    ("/v1/chat/completions", {"model": 5, "messages": []}),
+    ("/v1/chat/completions", {"model": MODEL, "messages": [{"content": {"x": 1}}]}),
+    ("/v1/completions", {"model": MODEL}),
+    ("/v1/completions", {"model": MODEL, "prompt": None}),
+    ("/v1/completions", {"model": MODEL, "prompt": ["a", "b"]}),
+    ("/v1/completions", {"model": MODEL, "prompt": [[1], "a"]}),
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": "many"}),
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "stream": "yes please"}),
+]
+
+
+async def test_malformed_requests_get_a_4xx_never_a_500() -> None:
+    async with simulator() as url, httpx.AsyncClient(base_url=url) as http:
+        answers = [(body, await http.post(path, json=body)) for path, body in BAD_BODIES]
+    for body, response in answers:
+        assert 400 <= response.status_code < 500, (body, response.text)
+        assert response.json()["object"] == "error" and response.json()["message"], body
+
+
 async def test_requests_beyond_max_num_seqs_wait_and_their_ttft_grows() -> None:
     async with simulator("--max-num-seqs", "2", "--inter-token-latency-s", "0.02") as url:
         api = client(url)
