@@ -10,6 +10,8 @@ import logging
 import sys
 
 import uvicorn
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from agent.agent import create_app
 from agent.settings import AgentSettings
@@ -26,8 +28,23 @@ def configure_logging(settings: AgentSettings) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
+def load_settings() -> AgentSettings:
+    """The settings, or exit naming the variable to fix (never echoing a value: secrets)."""
+    try:
+        return AgentSettings()
+    except SettingsError as exc:
+        field = str(exc).split('"')[1] if '"' in str(exc) else "?"
+        sys.exit(f"bad INVENTIV_AGENT_{field.upper()}: not valid JSON")
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"INVENTIV_AGENT_{'_'.join(map(str, error['loc'])).upper()}: {error['msg']}"
+            for error in exc.errors()
+        )
+        sys.exit(f"bad agent settings: {problems}")
+
+
 def main() -> None:
-    settings = AgentSettings()
+    settings = load_settings()
     configure_logging(settings)
     config = uvicorn.Config(
         create_app(settings),

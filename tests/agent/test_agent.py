@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +16,14 @@ import pytest
 
 import agent.agent as agent_module
 from agent.agent import _get_agent_checksum
-from tests.agent.helpers import get_json, pid_alive, running_agent, stop_agent, wait_for
+from tests.agent.helpers import (
+    agent_env,
+    get_json,
+    pid_alive,
+    running_agent,
+    stop_agent,
+    wait_for,
+)
 
 
 async def test_info_checksum_is_the_agent_files_sha256(tmp_path: Path) -> None:
@@ -222,3 +230,29 @@ async def _gone(pid: int) -> bool:
 async def _text(url: str) -> str:
     async with httpx.AsyncClient() as client:
         return (await client.get(url)).text
+
+
+async def test_bad_settings_name_the_variable_and_never_echo_values(tmp_path: Path) -> None:
+    env = agent_env(tmp_path, engine_args="{not json", token="s3cr3t-token")
+    env["INVENTIV_AGENT_MAX_NUM_SEQS"] = "s3cr3t-token"
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "agent"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "INVENTIV_AGENT_ENGINE_ARGS" in result.stderr
+    env["INVENTIV_AGENT_ENGINE_ARGS"] = "{}"
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "agent"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode != 0 and "INVENTIV_AGENT_MAX_NUM_SEQS" in result.stderr
+    assert "s3cr3t" not in result.stderr + result.stdout
