@@ -23,7 +23,7 @@ from pathlib import Path
 
 import asyncssh
 from cryptography.fernet import Fernet, InvalidToken
-from sqlalchemy import func, update
+from sqlalchemy import func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
@@ -49,7 +49,7 @@ from activities.providers.cloud_init import (
 from activities.providers.flavors import agent_environment, get_flavor
 from activities.providers.settings import SSHSettings
 from core.db import make_engine, make_sessionmaker
-from core.models import BareMetalHost
+from core.models import BareMetalHost, Instance
 
 REPO_ROOT = BOOTSTRAP_PATH.parents[1]
 BARE_METAL_TYPE = "bare-metal"
@@ -112,7 +112,8 @@ class SSHCompute(Compute):
     # ------------------------------------------------------------------ claiming
 
     async def claim_host(self, instance_id: str, instance_type: str) -> BareMetalHost | None:
-        """This instance's host: the one it already holds, else a free one claimed atomically."""
+        """This instance's host: the one it already holds, else a free one claimed atomically
+        (its own project's hosts first, then shared ones)."""
         owner = _uuid(instance_id)
         async with self._sessions() as session:
             held = await session.scalar(
@@ -120,14 +121,20 @@ class SSHCompute(Compute):
             )
             if held is not None:
                 return held
+            # A host owned by a project serves only that project's instances.
+            project = select(col(Instance.project_id)).where(col(Instance.id) == owner)
             free = (
                 select(col(BareMetalHost.id))
                 .where(
                     col(BareMetalHost.claimed_by).is_(None),
                     col(BareMetalHost.enabled).is_(True),
                     col(BareMetalHost.instance_type) == instance_type,
+                    or_(
+                        col(BareMetalHost.project_id).is_(None),
+                        col(BareMetalHost.project_id) == project.scalar_subquery(),
+                    ),
                 )
-                .order_by(col(BareMetalHost.created_at))
+                .order_by(col(BareMetalHost.project_id).is_(None), col(BareMetalHost.created_at))
                 .limit(1)
                 .with_for_update(skip_locked=True)
                 .scalar_subquery()

@@ -27,7 +27,8 @@ from activities.providers.base import (
 from activities.providers.settings import SSHSettings
 from activities.providers.ssh import SSHCompute, encrypt_private_key
 from core.embedded import free_port
-from core.models import BareMetalHost
+from core.models import BareMetalHost, Instance
+from tests.factories import seed
 from tests.providers.conftest import SSHHost
 
 AGENT_SHA256 = hashlib.sha256(
@@ -192,5 +193,33 @@ async def test_claims_are_atomic(db_url: str, sessionmaker: Sessions, ssh_host: 
         winner = next(i for i, c in zip(instance_ids, claims, strict=True) if c is not None)
         again = await compute.claim_host(winner, "bare-metal")
         assert again is not None and again.id in won
+    finally:
+        await compute.close()
+
+
+async def test_project_hosts_serve_only_their_project(
+    db_url: str, sessionmaker: Sessions, ssh_host: SSHHost
+) -> None:
+    async with sessionmaker() as session:
+        seeded = await seed(session, provider_kind="ssh", instance_type="bare-metal")
+        instance = Instance(
+            deployment_id=seeded.deployment.id, project_id=seeded.project.id,
+            provider_id=seeded.provider.id, instance_type_id=seeded.instance_type.id,
+            workflow_id="instance-x",
+        )  # fmt: skip
+        session.add(instance)
+        await session.commit()
+    shared = await register(sessionmaker, ssh_host)
+    owned = await register(sessionmaker, ssh_host, project_id=seeded.project.id)
+    compute = SSHCompute(SSHSettings(enabled=True), db_url)
+    try:
+        mine = await compute.claim_host(str(instance.id), "bare-metal")
+        assert mine is not None and mine.id == owned.id  # its project's host before shared ones
+        await compute.release_host(owned.id, str(instance.id))
+        stranger = await compute.claim_host(str(uuid.uuid4()), "bare-metal")
+        assert stranger is not None and stranger.id == shared.id
+        assert (
+            await compute.claim_host(str(uuid.uuid4()), "bare-metal") is None
+        )  # owned: not for it
     finally:
         await compute.close()
