@@ -17,11 +17,14 @@ reads it, and no value can break the quoting.
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
 from activities.providers.base import InvalidRequestError
+
+log = logging.getLogger(__name__)
 
 BOOTSTRAP_PATH = Path(__file__).resolve().parents[2] / "agent" / "bootstrap.sh"
 ENV_FILE = "/etc/inventiv/agent.env"
@@ -95,6 +98,11 @@ def render_user_data(
         runcmd.append(["sh", "-c", docker_env(ENV_FILE, DOCKER_ENV_FILE)
                        + docker_run(engine_image, accelerator, "inventiv-agent", DOCKER_ENV_FILE)])  # fmt: skip
     else:
+        if "WORKER_AGENT_URL" not in env:
+            log.warning(
+                "no WORKER_AGENT_URL in the agent's environment: the machine can only start an "
+                "agent its image already holds (WORKER_AGENT_DIR)"
+            )
         runcmd.append(["sh", "-c", f"set -a; . {ENV_FILE}; set +a; exec sh {BOOTSTRAP_FILE}"])
     document = {
         "write_files": [

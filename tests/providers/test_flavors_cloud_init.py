@@ -78,9 +78,13 @@ def test_env_file_survives_a_real_shell(tmp_path: Path) -> None:
         env_file({"BAD;rm -rf /": "x"})
 
 
-def test_user_data_documents() -> None:
+def test_user_data_documents(caplog: pytest.LogCaptureFixture) -> None:
     env = {"INVENTIV_AGENT_TOKEN": "tok", "WORKER_AGENT_SHA256": "ab" * 32}
     plain = render_user_data(env)
+    assert "no WORKER_AGENT_URL" in caplog.text  # nothing to fetch the agent from: said
+    caplog.clear()
+    render_user_data({**env, "WORKER_AGENT_URL": "https://cp/api/v1/agents/bundle"})
+    assert "WORKER_AGENT_URL" not in caplog.text
     assert plain.startswith("#cloud-config\n")
     document = json.loads(plain.split("\n", 1)[1])
     env_entry, bootstrap = document["write_files"]
