@@ -8,12 +8,23 @@ import asyncio
 import re
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
+import pytest
 from playwright.async_api import Page, expect
 from sqlmodel import select
 
 from activities.launch import create_instance
-from core.models import ApiKey, Instance, InstanceState, RequestLog, Role, utcnow
+from core.models import (
+    ActionStatus,
+    ApiKey,
+    Instance,
+    InstanceAction,
+    InstanceState,
+    RequestLog,
+    Role,
+    utcnow,
+)
 from tests.browser.conftest import SCREENSHOTS, ApiServer
 from tests.factories import Seeded, seed
 from tests.workflows.helpers import local_providers, running_worker, wait_state
@@ -87,7 +98,7 @@ async def test_new_instance_goes_live_without_reloading(
         await expect(card.get_by_role("heading", name=deployment.name)).to_be_visible()
         await expect(card).to_contain_text("test-model")
         await shot(page, "deployments")
-        await card.get_by_role("button", name=f"Provision an instance of {deployment.name}").click()
+        await card.get_by_role("button", name=f"Provision instance of {deployment.name}").click()
         await expect(
             page.get_by_role("status").filter(has_text="Provisioning instance")
         ).to_be_visible()
@@ -189,7 +200,7 @@ async def test_instances_fall_back_to_polling_without_the_event_stream(
         await login(page, seeded)
         await nav(page, "Deployments")
         await page.get_by_role(
-            "button", name=f"Provision an instance of {seeded.deployment.name}"
+            "button", name=f"Provision instance of {seeded.deployment.name}"
         ).click()
         await nav(page, "Instances")
         await expect(
@@ -437,3 +448,73 @@ async def test_admin_sets_a_price_and_configures_a_deployment(
 
     await card.get_by_role("button", name="Delete chat").click()
     await expect(card).to_have_count(0)
+
+
+AXE = Path(__file__).resolve().parents[2] / "dashboard" / "node_modules" / "axe-core" / "axe.min.js"
+
+
+async def test_pages_have_no_serious_accessibility_violations(
+    page: Page, api_server: ApiServer, sessionmaker
+) -> None:
+    """axe-core (the engine of the browsers' accessibility audits) on every page: labels,
+    names, roles, contrast."""
+    if not AXE.is_file():
+        pytest.skip("axe-core is not installed: run npm ci in dashboard/")
+    async with sessionmaker() as session:
+        seeded = await seed(session)
+        instance = Instance(
+            deployment_id=seeded.deployment.id,
+            project_id=seeded.project.id,
+            provider_id=seeded.provider.id,
+            instance_type_id=seeded.instance_type.id,
+            workflow_id="instance-a11y",
+            error="no capacity in zone fr-par-2",
+        )
+        session.add(instance)
+        await session.commit()
+        session.add(
+            InstanceAction(
+                instance_id=instance.id,
+                step="provider_create",
+                status=ActionStatus.failed,
+                error="no capacity in zone fr-par-2",
+                finished_at=utcnow(),
+            )
+        )
+        await session.commit()
+        await add_traffic(sessionmaker, seeded, instance.id, count=10)
+    await page.goto("/")
+    await page.add_script_tag(path=str(AXE))
+    found = await audit(page)
+    await login(page, seeded)
+    for name in (
+        "Overview",
+        "Instances",
+        "Deployments",
+        "API keys",
+        "Usage & costs",
+        "Providers & prices",
+    ):
+        await nav(page, name)
+        await expect(page.locator("main h1")).to_be_visible()
+        await expect(page.locator(".loading")).to_have_count(0)
+        found += [f"{name}: {v}" for v in await audit(page)]
+    await page.goto(f"/#/instances/{instance.id}")
+    await expect(page.get_by_role("table", name="Action log")).to_contain_text("no capacity")
+    found += [f"instance detail: {v}" for v in await audit(page)]
+    await nav(page, "Deployments")
+    await page.get_by_role("button", name="New deployment").click()
+    found += [f"deployment form: {v}" for v in await audit(page)]
+    assert not found, "\n".join(found)
+
+
+async def audit(page: Page) -> list[str]:
+    if not await page.evaluate("typeof axe !== 'undefined'"):
+        await page.add_script_tag(path=str(AXE))
+    result = await page.evaluate(
+        "axe.run(document, {resultTypes: ['violations']}).then(r => r.violations"
+        ".filter(v => v.impact === 'serious' || v.impact === 'critical')"
+        ".map(v => v.id + ' (' + v.impact + '): ' + v.help + ' — '"
+        " + v.nodes.slice(0, 3).map(n => n.target.join(' ')).join(', ')))"
+    )
+    return list(result)

@@ -122,7 +122,7 @@ export function DeploymentsPage() {
                     <dt>Instances</dt><dd>{live.length} live · min {d.min_instances} · max {d.max_instances}</dd>
                   </dl>
                   <div className="button-row">
-                    <button type="button" onClick={() => provision(d)} aria-label={`Provision an instance of ${d.name}`}>Provision instance</button>
+                    <button type="button" onClick={() => provision(d)} aria-label={`Provision instance of ${d.name}`}>Provision instance</button>
                     <button type="button" className="secondary" onClick={() => autoscaling(d, !d.autoscaling_enabled)}>
                       {d.autoscaling_enabled ? "Stop autoscaling" : "Start autoscaling"}
                     </button>

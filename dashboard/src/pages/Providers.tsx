@@ -75,7 +75,7 @@ export function ProvidersPage({ isAdmin }: { isAdmin: boolean }) {
                       <td>{p.instance_types}</td>
                       <td className="row-actions">
                         {isAdmin && (
-                          <button type="button" className="secondary" onClick={() => sync(p.id, p.name)} aria-label={`Sync the instance types of ${p.name}`}>
+                          <button type="button" className="secondary" onClick={() => sync(p.id, p.name)} aria-label={`Sync catalogue of ${p.name}`}>
                             Sync catalogue
                           </button>
                         )}

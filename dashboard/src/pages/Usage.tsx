@@ -2,7 +2,7 @@ import { useState } from "react";
 import { client, typed } from "../api/client";
 import { BarList } from "../components/LineChart";
 import { DataTable } from "../components/DataTable";
-import { Empty, Guard, PageHeader, Stat } from "../components/ui";
+import { Empty, Guard, Loading, PageHeader, Stat } from "../components/ui";
 import { useResource } from "../lib/hooks";
 import { useProjects } from "../lib/projects";
 import { downloadText, fmtMoney, fmtNumber, toCsv } from "../lib/format";
@@ -148,6 +148,7 @@ function Statements() {
           {project && <a className="button secondary" href={`/api/v1/projects/${project}/statements/${month}/csv`} download>Download CSV</a>}
         </div>
       </header>
+      {projects.loading ? <Loading what="Loading projects" /> : !project ? <Empty>You are not a member of any project yet.</Empty> : (
       <Guard res={statement} what="Statements" path="GET /api/v1/projects/{id}/statements/{month}">
         {(s) => (
           <>
@@ -163,6 +164,7 @@ function Statements() {
           </>
         )}
       </Guard>
+      )}
     </section>
   );
 }
