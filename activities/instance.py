@@ -83,6 +83,12 @@ def provider_failure(exc: ProviderError) -> ApplicationError:
     return ApplicationError(str(exc), type=type(exc).__name__, non_retryable=not exc.retryable)
 
 
+async def _heartbeat_forever(detail: str, interval_s: float = 2.0) -> None:
+    while True:
+        activity.heartbeat(detail)
+        await asyncio.sleep(interval_s)
+
+
 class InstanceActivities:
     def __init__(
         self,
@@ -122,13 +128,33 @@ class InstanceActivities:
     async def _action(
         self, instance_id: str, step: str, detail: str | None = None
     ) -> AsyncIterator[InstanceAction]:
-        """Record one action: running now, then succeeded or failed with the error text."""
+        """Record one action: running now, then succeeded or failed with the error text.
+
+        While it runs the activity heartbeats, so a worker that dies mid-step is noticed within
+        the heartbeat timeout and the step is retried elsewhere.
+        """
         async with self.sessionmaker() as session:
+            # Only one attempt of a step runs at a time: a "running" row left by an attempt whose
+            # worker died is closed here, so the timeline never shows a step running forever.
+            await session.execute(
+                update(InstanceAction)
+                .where(
+                    InstanceAction.instance_id == uuid.UUID(instance_id),  # type: ignore[arg-type]
+                    InstanceAction.step == step,  # type: ignore[arg-type]
+                    InstanceAction.status == ActionStatus.running,  # type: ignore[arg-type]
+                )
+                .values(
+                    status=ActionStatus.failed,
+                    error="attempt lost (worker stopped); retried",
+                    finished_at=utcnow(),
+                )
+            )
             action = InstanceAction(instance_id=uuid.UUID(instance_id), step=step, detail=detail)
             session.add(action)
             await session.commit()
             await session.refresh(action)
         await self._event("action", instance_id, {"step": step, "status": "running"})
+        beat = asyncio.create_task(_heartbeat_forever(step)) if activity.in_activity() else None
         try:
             yield action
         except BaseException as exc:
@@ -139,6 +165,9 @@ class InstanceActivities:
             raise
         else:
             await self._finish_action(action, ActionStatus.succeeded)
+        finally:
+            if beat is not None:
+                beat.cancel()
 
     async def _finish_action(
         self, action: InstanceAction, status: ActionStatus, error: str | None = None
@@ -228,6 +257,7 @@ class InstanceActivities:
                     select(InstanceAction.id).where(
                         InstanceAction.instance_id == uuid.UUID(ref.instance_id),  # type: ignore[arg-type]
                         InstanceAction.step == Step.request_created,  # type: ignore[arg-type]
+                        InstanceAction.status == ActionStatus.succeeded,  # type: ignore[arg-type]
                     )
                 )
             ).first()

@@ -14,6 +14,7 @@ from datetime import timedelta
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+from temporalio.exceptions import TimeoutError as TimeoutError_
 
 with workflow.unsafe.imports_passed_through():
     from activities.instance import InstanceActivities
@@ -42,10 +43,12 @@ BOOT_STEPS = [
     Step.health_check,
 ]
 
-# Quick database/Redis activities.
+# Quick database/Redis activities. Attempts are not counted: a worker that crashes mid-activity
+# is not the activity's fault; the overall budget bounds them instead.
 QUICK = {
-    "start_to_close_timeout": timedelta(seconds=30),
-    "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempts=10),
+    "start_to_close_timeout": timedelta(seconds=15),
+    "schedule_to_close_timeout": timedelta(minutes=30),
+    "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=10)),
 }
 # Cleanup never gives up: a machine left at a provider costs money.
 CLEANUP_RETRY = RetryPolicy(
@@ -56,7 +59,7 @@ CLEANUP_RETRY = RetryPolicy(
 )
 CLEANUP = {
     "start_to_close_timeout": timedelta(minutes=5),
-    "heartbeat_timeout": timedelta(seconds=30),
+    "heartbeat_timeout": timedelta(seconds=10),
     "retry_policy": CLEANUP_RETRY,
 }
 HEALTH_ROUNDS_PER_RUN = 500
@@ -69,8 +72,11 @@ def failure_message(err: BaseException) -> str:
 
 @workflow.defn
 class InstanceWorkflow:
-    def __init__(self) -> None:
-        self.state = InstanceWorkflowState(instance_id="")
+    @workflow.init
+    def __init__(self, inp: InstanceWorkflowInput) -> None:
+        # State is built here, not in run(): a signal delivered with the start (before run()
+        # begins) must land in the state the workflow will use.
+        self.state = inp.state or InstanceWorkflowState(instance_id=inp.instance_id)
 
     # ------------------------------------------------------------ signals and queries
 
@@ -103,7 +109,6 @@ class InstanceWorkflow:
 
     @workflow.run
     async def run(self, inp: InstanceWorkflowInput) -> str:
-        self.state = inp.state or InstanceWorkflowState(instance_id=inp.instance_id)
         ref = InstanceRef(self.state.instance_id)
         spec: LifecycleSpec = await workflow.execute_activity_method(
             InstanceActivities.load_spec, ref, **QUICK
@@ -125,14 +130,15 @@ class InstanceWorkflow:
         await workflow.execute_activity_method(InstanceActivities.record_request, ref, **QUICK)
         deadline = workflow.now() + timedelta(seconds=spec.boot_timeout_s)
         try:
+            # Transient provider errors and worker crashes are retried until the boot deadline;
+            # typed non-retryable errors (no capacity, invalid request) stop at once.
             created = await workflow.execute_activity_method(
                 InstanceActivities.provider_create,
                 ref,
                 start_to_close_timeout=timedelta(minutes=10),
-                heartbeat_timeout=timedelta(minutes=2),
-                retry_policy=RetryPolicy(
-                    maximum_interval=timedelta(seconds=30), maximum_attempts=5
-                ),
+                heartbeat_timeout=timedelta(seconds=10),
+                schedule_to_close_timeout=timedelta(seconds=spec.boot_timeout_s),
+                retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),
             )
             self.state.resource_id = created.resource_id
             self.state.phase = "booting"
@@ -171,15 +177,15 @@ class InstanceWorkflow:
                 await workflow.execute_activity_method(
                     InstanceActivities.boot_step,
                     step_input,
-                    start_to_close_timeout=timedelta(seconds=remaining + 30),
+                    schedule_to_close_timeout=timedelta(seconds=remaining),
                     heartbeat_timeout=timedelta(seconds=max(10, spec.poll_interval_s * 10)),
-                    retry_policy=RetryPolicy(
-                        maximum_interval=timedelta(seconds=10), maximum_attempts=3
-                    ),
+                    retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=5)),
                 )
             except ActivityError as err:
                 cause = err.cause
                 if isinstance(cause, ApplicationError) and cause.type == "StepTimeout":
+                    raise _BootTimeout() from err
+                if isinstance(cause, TimeoutError_):
                     raise _BootTimeout() from err
                 raise
         await workflow.execute_activity_method(InstanceActivities.mark_ready, ref, **QUICK)

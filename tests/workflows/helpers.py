@@ -48,7 +48,15 @@ async def wait_state(
             return instance
         await asyncio.sleep(0.2)
     state = instance.state if instance else None
-    raise AssertionError(f"instance {instance_id} is {state}, not {wanted}, after {timeout}s")
+    log = "\n".join(
+        f"  {a.step}: {a.status} {a.detail or ''} {a.error or ''}"
+        for a in await actions(maker, instance_id)
+    )
+    error = instance.error if instance else None
+    raise AssertionError(
+        f"instance {instance_id} is {state}, not {wanted}, after {timeout}s; "
+        f"error={error}; actions:\n{log}"
+    )
 
 
 async def history(

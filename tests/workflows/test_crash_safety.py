@@ -1,0 +1,138 @@
+"""Crash safety: the orchestrator worker runs as its own process and is killed with SIGKILL at
+random points while many instances are provisioned and terminated. Afterwards every instance is
+ready or terminated, the provider holds nothing the database does not know as live, and every
+history is a legal path."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from sqlmodel import select
+
+from activities.launch import create_instance
+from activities.providers.local import LocalCompute
+from core.models import Instance, InstanceState, InstanceVolume
+from core.settings import Settings
+from core.states import is_legal_path
+from tests.factories import seed
+from tests.workflows.helpers import history, wait_state
+
+S = InstanceState
+INSTANCES = 6
+ROUNDS = 22
+REPO = Path(__file__).resolve().parents[2]
+
+
+def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "INVENTIV_DATA_DIR": str(settings.data_dir),
+        "INVENTIV_DATABASE_URL": settings.database_url or "",
+        "INVENTIV_REDIS_URL": settings.redis_url or "",
+        "INVENTIV_TEMPORAL_ADDRESS": settings.temporal_address or "",
+        "INVENTIV_TASK_QUEUE": settings.task_queue,
+        "INVENTIV_SECRET_KEY": settings.secret_key or "",
+        "INVENTIV_BOOT_POLL_INTERVAL_S": "0.2",
+        "INVENTIV_HEALTH_INTERVAL_S": "1",
+        "INVENTIV_DRAIN_TIMEOUT_S": "5",
+        "INVENTIV_RECONCILE_INTERVAL_S": "2",
+        "INVENTIV_ORPHAN_GRACE_S": "5",
+    }
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "inventiv", "worker"],
+            env=env,
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+async def wait_polling(log: Path, starts: int, timeout: float = 60) -> None:
+    """Until the worker log says it is polling for the `starts`-th time."""
+    for _ in range(int(timeout / 0.05)):
+        if log.exists() and log.read_text().count("orchestrator worker polling") >= starts:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"worker did not start polling within {timeout}s: see {log}")
+
+
+async def test_worker_killed_at_random_points(
+    settings: Settings, sessionmaker, temporal_client, tmp_path: Path
+) -> None:
+    rng = random.Random(int(os.environ.get("CRASH_SEED", "7")))
+    async with sessionmaker() as session:
+        seeded = await seed(
+            session,
+            boot_timeout_s=600,  # the crashes, not the deadline, are under test here
+            engine_args={
+                "model-load-delay-s": 0.3,
+                "volumes": [{"size_gb": 5, "delete_on_terminate": True}],
+            },
+        )
+        instances = [
+            await create_instance(
+                session, temporal_client, settings.task_queue, deployment=seeded.deployment
+            )
+            for _ in range(INSTANCES)
+        ]
+    to_terminate = instances[: INSTANCES // 2]
+    log = tmp_path / "worker.log"
+    worker = start_worker(settings, log)
+    try:
+        for round_no in range(ROUNDS):
+            # Kill it once it polls (not while Python is still importing), at a random point.
+            await wait_polling(log, round_no + 1)
+            await asyncio.sleep(rng.uniform(0.05, 1.5))
+            worker.send_signal(signal.SIGKILL)
+            worker.wait()
+            if round_no == ROUNDS // 3:
+                for inst in to_terminate:  # termination, too, runs through the crashes
+                    await temporal_client.get_workflow_handle(inst.workflow_id).signal("terminate")
+            worker = start_worker(settings, log)
+        for inst in instances:
+            wanted = S.terminated if inst in to_terminate else S.ready
+            await wait_state(sessionmaker, inst.id, wanted, timeout=120)
+
+        # The provider holds exactly the live instances' machines and volumes.
+        local = LocalCompute(settings)
+        machines = await local.list_tagged()
+        live_ids = {str(i.id) for i in instances[INSTANCES // 2 :]}
+        assert sorted(m.instance_id for m in machines) == sorted(live_ids), "one machine each"
+        async with sessionmaker() as session:
+            known = {
+                v.provider_volume_id
+                for v in (await session.exec(select(InstanceVolume))).all()
+                if v.state == "attached"
+            }
+        volumes = await local.list_tagged_volumes()
+        assert {v.instance_id for v in volumes} <= live_ids
+        assert {v.volume_id for v in volumes} == known
+
+        # Then the rest terminate cleanly too.
+        for inst in instances[INSTANCES // 2 :]:
+            await temporal_client.get_workflow_handle(inst.workflow_id).signal("terminate")
+        for inst in instances:
+            await wait_state(sessionmaker, inst.id, S.terminated, timeout=120)
+        assert await local.list_tagged() == []
+        assert await local.list_tagged_volumes() == []
+        async with sessionmaker() as session:
+            rows = (await session.exec(select(Instance))).all()
+        assert len(rows) == INSTANCES, "a crash never duplicates an instance"
+        for inst in instances:
+            path = await history(sessionmaker, inst.id)
+            assert is_legal_path(path), path
+            assert path[-1] == S.terminated
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        LocalCompute(settings).power_off_all()
