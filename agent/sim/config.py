@@ -40,6 +40,8 @@ class SimConfig:
     default_max_tokens: int = 64
     model_load_delay_s: float = 1.5
     legacy_kv_metric: bool = False
+    enable_prefix_caching: bool = True
+    enable_prompt_tokens_details: bool = False
     # fault injection
     fault_error_rates: dict[int, float] = field(default_factory=dict)
     fault_hang_rate: float = 0.0
@@ -111,6 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--decode-slowdown-per-seq", type=float, default=d.decode_slowdown_per_seq)
     parser.add_argument("--default-max-tokens", type=int, default=d.default_max_tokens)
     parser.add_argument("--model-load-delay-s", type=float, default=d.model_load_delay_s)
+    parser.add_argument(
+        "--enable-prefix-caching",
+        action=argparse.BooleanOptionalAction,
+        default=d.enable_prefix_caching,
+        help="reuse the KV blocks of earlier prompts' prefixes (vLLM V1's default)",
+    )
+    parser.add_argument(
+        "--enable-prompt-tokens-details",
+        action="store_true",
+        help="report usage.prompt_tokens_details.cached_tokens, as vLLM does with this flag",
+    )
     parser.add_argument(
         "--legacy-kv-metric",
         action="store_true",
@@ -186,6 +199,8 @@ def parse_args(argv: list[str]) -> SimConfig:
         default_max_tokens=args.default_max_tokens,
         model_load_delay_s=args.model_load_delay_s,
         legacy_kv_metric=args.legacy_kv_metric,
+        enable_prefix_caching=args.enable_prefix_caching,
+        enable_prompt_tokens_details=args.enable_prompt_tokens_details,
         fault_error_rates=args.fault_error_rates,
         fault_hang_rate=args.fault_hang_rate,
         fault_stream_abort_rate=args.fault_stream_abort_rate,

@@ -7,6 +7,10 @@ prefills, then sleeps for the step's modelled duration and hands out the tokens 
 A request reserves the KV blocks of its whole sequence (prompt + max tokens) when admitted, so
 it never needs preempting; vLLM allocates blocks lazily and preempts instead, which shows the
 same saturation from outside.
+
+Prefix caching (on by default, as in vLLM V1): the blocks of finished prefills stay cached, keyed
+by a hash chained over the full blocks of the prompt, and evicted least recently used beyond the
+KV budget; a new prompt skips the prefill of its leading cached blocks (all but its last token).
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import asyncio
 import math
 import random
 import time
-from collections import deque
+from collections import OrderedDict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -153,8 +158,54 @@ class EngineMetrics:
             registry=self.registry,
         ).labels(model)
 
+        self.prefix_queries = Counter(
+            "vllm:prefix_cache_queries",
+            "Prefix-cache lookups, in prompt tokens",
+            labels,
+            registry=self.registry,
+        ).labels(model)
+        self.prefix_hits = Counter(
+            "vllm:prefix_cache_hits",
+            "Prefix-cache hits, in prompt tokens",
+            labels,
+            registry=self.registry,
+        ).labels(model)
+
     def finished(self, reason: str) -> None:
         self._success.labels(self._model, reason).inc()
+
+
+def block_hashes(tokens: Sequence[str | int], block_size: int) -> list[int]:
+    """One hash per full block, each chained to the previous one (vLLM's prefix-cache keys)."""
+    hashes: list[int] = []
+    previous = 0
+    for start in range(0, len(tokens) - block_size + 1, block_size):
+        previous = hash((previous, tuple(tokens[start : start + block_size])))
+        hashes.append(previous)
+    return hashes
+
+
+class PrefixCache:
+    def __init__(self, capacity_blocks: int) -> None:
+        self.capacity = capacity_blocks
+        self._blocks: OrderedDict[int, None] = OrderedDict()
+
+    def match(self, hashes: list[int]) -> int:
+        """How many leading blocks are cached (and now recently used)."""
+        matched = 0
+        for block in hashes:
+            if block not in self._blocks:
+                break
+            self._blocks.move_to_end(block)
+            matched += 1
+        return matched
+
+    def insert(self, hashes: list[int]) -> None:
+        for block in hashes:
+            self._blocks[block] = None
+            self._blocks.move_to_end(block)
+        while len(self._blocks) > self.capacity:
+            self._blocks.popitem(last=False)
 
 
 @dataclass(eq=False)
@@ -162,6 +213,8 @@ class SimRequest:
     prompt_tokens: int
     max_tokens: int
     rng: random.Random
+    prompt_blocks: list[int] = field(default_factory=list)  # prefix-cache keys
+    cached_tokens: int = 0
     arrival: float = field(default_factory=time.monotonic)
     # tokens as produced; None marks the end of the sequence
     output: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
@@ -186,6 +239,9 @@ class Engine:
         self.running: list[SimRequest] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.prefix_cache = (
+            PrefixCache(self.kv_total_blocks) if config.enable_prefix_caching else None
+        )
 
     def blocks_for(self, tokens: int) -> int:
         return math.ceil(tokens / self.config.block_size)
@@ -225,6 +281,16 @@ class Engine:
             if self.kv_used_blocks + blocks > self.kv_total_blocks:
                 break  # FIFO: the head waits for KV space, as vLLM's scheduler does
             self.waiting.popleft()
+            self.metrics.prompt_tokens.inc(head.prompt_tokens)
+            if self.prefix_cache is not None:
+                cached_blocks = self.prefix_cache.match(head.prompt_blocks)
+                # the last prompt token is always computed: it yields the first output token
+                head.cached_tokens = min(
+                    cached_blocks * self.config.block_size, head.prompt_tokens - 1
+                )
+                head.prefilled = head.cached_tokens
+                self.metrics.prefix_queries.inc(head.prompt_tokens)
+                self.metrics.prefix_hits.inc(head.cached_tokens)
             head.kv_blocks = blocks
             head.scheduled_at = time.monotonic()
             self.metrics.queue_time.observe(head.scheduled_at - head.arrival)
@@ -262,12 +328,13 @@ class Engine:
             prefill_tokens = sum(chunk for _, chunk in chunks)
             await asyncio.sleep(self.config.step_time(len(decoding), prefill_tokens))
             now = time.monotonic()
-            self.metrics.prompt_tokens.inc(prefill_tokens)
             producing = list(decoding)
             for request, chunk in chunks:
                 request.prefilled += chunk
                 if request.prefilled >= request.prompt_tokens:
                     producing.append(request)  # the step that ends a prefill samples a token
+                    if self.prefix_cache is not None:
+                        self.prefix_cache.insert(request.prompt_blocks)
             for request in producing:
                 if request.cancelled:
                     continue

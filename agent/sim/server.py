@@ -8,7 +8,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -19,8 +19,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agent.sim.config import SimConfig
-from agent.sim.engine import Engine, EngineMetrics, SimRequest
-from agent.sim.tokenizer import count_chat_tokens, count_prompt_tokens
+from agent.sim.engine import Engine, EngineMetrics, SimRequest, block_hashes
+from agent.sim.tokenizer import chat_tokens, prompt_tokens
 
 log = logging.getLogger("agent.sim")
 
@@ -151,9 +151,12 @@ def create_app(config: SimConfig) -> FastAPI:
         return parsed
 
     async def admit(
-        prompt_tokens: int, max_tokens: int | None, seed: int | None, stream: bool
+        prompt: Sequence[str | int], max_tokens: int | None, seed: int | None, stream: bool
     ) -> SimRequest:
         """Apply vLLM's length checks and the configured faults; queue the request."""
+        prompt_tokens = len(prompt)
+        if prompt_tokens == 0:
+            raise SimError(400, "The decoder prompt cannot be empty")
         counter["received"] += 1
         if config.fault_crash_after and counter["received"] > config.fault_crash_after:
             log.error("simulated crash after %d requests", config.fault_crash_after)
@@ -183,7 +186,12 @@ def create_app(config: SimConfig) -> FastAPI:
             await asyncio.sleep(config.fault_hang_s)
         request_rng = random.Random(seed if seed is not None else rng.getrandbits(64))
         sim_request = SimRequest(
-            prompt_tokens=prompt_tokens, max_tokens=max_tokens, rng=request_rng
+            prompt_tokens=prompt_tokens,
+            max_tokens=max_tokens,
+            rng=request_rng,
+            prompt_blocks=block_hashes(prompt, config.block_size)
+            if config.enable_prefix_caching
+            else [],
         )
         if stream and config.fault_stream_abort_rate:
             if rng.random() < config.fault_stream_abort_rate:
@@ -211,7 +219,9 @@ def create_app(config: SimConfig) -> FastAPI:
             "prompt_tokens": sim_request.prompt_tokens,
             "completion_tokens": sim_request.generated,
             "total_tokens": sim_request.prompt_tokens + sim_request.generated,
-            "prompt_tokens_details": None,
+            "prompt_tokens_details": {"cached_tokens": sim_request.cached_tokens}
+            if config.enable_prompt_tokens_details
+            else None,
         }
 
     @app.post("/v1/chat/completions", response_model=None)
@@ -222,9 +232,9 @@ def create_app(config: SimConfig) -> FastAPI:
                 raise SimError(400, f"messages.{index}.role: a message needs a role")
             if not isinstance(message.get("content"), str | list | None):
                 raise SimError(400, f"messages.{index}.content: expected text or a list of parts")
-        prompt_tokens = count_chat_tokens(body.messages)
+        prompt = chat_tokens(body.messages)
         max_tokens = body.max_completion_tokens or body.max_tokens
-        sim_request = await admit(prompt_tokens, max_tokens, body.seed, body.stream)
+        sim_request = await admit(prompt, max_tokens, body.seed, body.stream)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         if not body.stream:
@@ -270,8 +280,11 @@ def create_app(config: SimConfig) -> FastAPI:
             return payload
 
         async def stream() -> AsyncIterator[bytes]:
-            yield _sse(chunk({"role": "assistant", "content": ""}, None))
+            first = True
             async for token in tokens_of(sim_request):
+                if first:  # vLLM sends the role once the first token exists, not before
+                    yield _sse(chunk({"role": "assistant", "content": ""}, None))
+                    first = False
                 yield _sse(chunk({"content": token}, None))
             yield _sse(chunk({}, sim_request.finish_reason))
             if include_usage:
@@ -297,8 +310,8 @@ def create_app(config: SimConfig) -> FastAPI:
             if len(prompt) != 1:
                 raise SimError(400, "the simulator takes one prompt per request")
             prompt = prompt[0]  # type: ignore[assignment]
-        prompt_tokens = count_prompt_tokens(prompt)  # type: ignore[arg-type]
-        sim_request = await admit(prompt_tokens, body.max_tokens, body.seed, body.stream)
+        tokens = prompt_tokens(prompt)  # type: ignore[arg-type]
+        sim_request = await admit(tokens, body.max_tokens, body.seed, body.stream)
         rid = f"cmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         if not body.stream:

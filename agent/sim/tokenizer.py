@@ -12,10 +12,6 @@ from typing import Any
 
 _TOKEN_RE = re.compile(r"\w{1,4}|[^\w\s]")
 
-# Chat templates wrap each message in role markers; vLLM counts them as prompt tokens too.
-CHAT_TOKENS_PER_MESSAGE = 4
-CHAT_TOKENS_PER_REPLY = 3
-
 # Output words are at most four characters, so each one counts as exactly one token.
 _VOCABULARY = (
     "the of and to in is it that for on was with as at by be this from or an are not but had "
@@ -26,8 +22,12 @@ _VOCABULARY = (
 ).split()
 
 
+def tokenize(text: str) -> list[str]:
+    return _TOKEN_RE.findall(text)
+
+
 def count_tokens(text: str) -> int:
-    return len(_TOKEN_RE.findall(text))
+    return len(tokenize(text))
 
 
 def _content_text(content: Any) -> str:
@@ -39,18 +39,21 @@ def _content_text(content: Any) -> str:
     return ""
 
 
-def count_chat_tokens(messages: list[dict[str, Any]]) -> int:
-    total = CHAT_TOKENS_PER_REPLY
+def chat_tokens(messages: list[dict[str, Any]]) -> list[str]:
+    """The prompt a chat template makes: each message between role markers (4 tokens), then the
+    assistant's turn opened (3 tokens); vLLM counts template tokens as prompt tokens too."""
+    tokens: list[str] = []
     for message in messages:
-        total += CHAT_TOKENS_PER_MESSAGE + count_tokens(_content_text(message.get("content")))
-    return total
+        role = str(message.get("role", ""))
+        tokens += ["<|start|>", role, "<|sep|>"]
+        tokens += tokenize(_content_text(message.get("content")))
+        tokens.append("<|end|>")
+    return [*tokens, "<|start|>", "assistant", "<|sep|>"]
 
 
-def count_prompt_tokens(prompt: str | list[int]) -> int:
+def prompt_tokens(prompt: str | list[int]) -> list[str] | list[int]:
     """A completions prompt: text, or token ids as vLLM also accepts."""
-    if isinstance(prompt, str):
-        return count_tokens(prompt)
-    return len(prompt)
+    return tokenize(prompt) if isinstance(prompt, str) else prompt
 
 
 def next_token(rng: random.Random, position: int) -> str:

@@ -123,6 +123,8 @@ BAD_BODIES = [
     ("/v1/chat/completions", {"model": MODEL, "messages": [{"content": {"x": 1}}]}),
     ("/v1/completions", {"model": MODEL}),
     ("/v1/completions", {"model": MODEL, "prompt": None}),
+    ("/v1/completions", {"model": MODEL, "prompt": ""}),
+    ("/v1/completions", {"model": MODEL, "prompt": []}),
     ("/v1/completions", {"model": MODEL, "prompt": ["a", "b"]}),
     ("/v1/completions", {"model": MODEL, "prompt": [[1], "a"]}),
     ("/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": "many"}),
@@ -221,12 +223,48 @@ async def test_an_injected_stream_abort_drops_the_connection_half_way() -> None:
         await wait_for(idle, 10, "the dropped sequence to be freed")
 
 
+async def test_a_repeated_prompt_prefix_is_served_from_the_prefix_cache() -> None:
+    flags = ("--prefill-per-token-s", "0.0005", "--enable-prompt-tokens-details")
+    async with simulator(*flags) as url:
+        api = client(url)
+        shared = "You are a helpful assistant. " * 200  # ~1400 tokens of shared system prompt
+
+        async def ttft(question: str) -> tuple[float, int]:
+            start = time.monotonic()
+            stream = await api.chat.completions.create(
+                model=MODEL,
+                messages=[
+                    {"role": "system", "content": shared},
+                    {"role": "user", "content": question},
+                ],
+                max_tokens=2,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            first: float | None = None
+            cached = -1
+            async for chunk in stream:
+                first = first or time.monotonic() - start
+                if chunk.usage is not None and chunk.usage.prompt_tokens_details is not None:
+                    cached = chunk.usage.prompt_tokens_details.cached_tokens or 0
+            assert first is not None
+            return first, cached
+
+        cold, cold_cached = await ttft("What is a GPU?")
+        warm, warm_cached = await ttft("What is a KV cache?")
+        metrics = await scrape(url)
+    assert cold_cached == 0 and warm_cached >= 1400
+    assert warm < cold / 3  # ~0.7 s of prefill skipped
+    assert metrics["vllm:prefix_cache_hits_total"] == warm_cached
+    assert metrics["vllm:prefix_cache_queries_total"] > 2 * warm_cached
+
+
 async def test_cli_accepts_vllm_flags_and_crashes_after_n_requests(tmp_path: Path) -> None:
     port = free_port()
     command = [
         sys.executable, "-m", "agent.sim",
         "--model", MODEL, "--port", str(port), "--model-load-delay-s", "0.1",
-        "--enable-prefix-caching", "--dtype", "bfloat16", "--fault-crash-after", "2",
+        "--enforce-eager", "--dtype", "bfloat16", "--fault-crash-after", "2",
     ]  # fmt: skip
     process = await asyncio.to_thread(
         spawn, command, {"PYTHONPATH": str(REPO_ROOT)}, tmp_path / "sim.log"
@@ -241,7 +279,7 @@ async def test_cli_accepts_vllm_flags_and_crashes_after_n_requests(tmp_path: Pat
             await api.completions.create(model=MODEL, prompt="x", max_tokens=1)
         assert await asyncio.to_thread(process.wait, 10) == 70
         log = (tmp_path / "sim.log").read_text()
-        assert "--enable-prefix-caching --dtype bfloat16" in log and "simulated crash" in log
+        assert "--enforce-eager --dtype bfloat16" in log and "simulated crash" in log
     finally:
         if process.poll() is None:
             process.kill()
