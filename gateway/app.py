@@ -120,6 +120,7 @@ class Gateway:
         self.session_header = self.config.session_header.lower().encode()
         self.deployments: dict[str, list[DeploymentEntry]] = {}
         self.ready = False
+        self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._pending_tokens: dict[str, int] = {}
         self._redis: aioredis.Redis | None = None
@@ -165,9 +166,14 @@ class Gateway:
 
     async def shutdown(self) -> None:
         self.ready = False
+        self._stopping = True
+        if self._logs is not None:
+            self._logs.stopping = True
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Bounded: a client library that swallowed the cancellation must not block shutdown
+        # (the loops also check _stopping).
+        await asyncio.wait(self._tasks, timeout=5)
         self._tasks = []
         try:
             await self._flush_tokens()
@@ -184,7 +190,7 @@ class Gateway:
             await self._redis.aclose()
 
     async def _every(self, period_s: float, job: Callable[[], Awaitable[None]]) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(period_s)
             try:
                 await job()
@@ -196,7 +202,7 @@ class Gateway:
     async def _follow_channels(self, subscribed: asyncio.Event) -> None:
         """Registry changes and key invalidations, pushed by the control plane."""
         assert self._redis is not None and self._keys is not None
-        while True:
+        while not self._stopping:
             pubsub = self._redis.pubsub()
             try:
                 await pubsub.subscribe(ROUTING_CHANNEL, API_KEY_CHANNEL)
@@ -205,7 +211,7 @@ class Gateway:
                 if subscribed.is_set():
                     await self._reload_registry()
                 subscribed.set()
-                while True:
+                while not self._stopping:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
                     if message is None:
                         continue

@@ -81,6 +81,7 @@ class RequestLogWriter:
         self.buffer_max = buffer_max
         self.dropped = 0
         self.written = 0
+        self.stopping = False
 
     def add(self, row: LogRow) -> None:
         if len(self.buffer) >= self.buffer_max:
@@ -103,7 +104,7 @@ class RequestLogWriter:
 
     async def run(self, period_s: float) -> None:
         failures = 0
-        while True:
+        while not self.stopping:
             await asyncio.sleep(min(period_s * 2**failures, 30.0))
             try:
                 await self.flush()
