@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -79,7 +80,9 @@ async def measure(
 
         async def client() -> None:
             for _ in range(rounds):
-                ttft, itls = await one_request(http, model, prompt, output)
+                # a distinct first word per request: no prefix-cache hits, every prefill is paid
+                unique = f"{uuid.uuid4().hex[:4]} {prompt}"
+                ttft, itls = await one_request(http, model, unique, output)
                 ttfts.append(ttft)
                 gaps.extend(itls)
 
@@ -121,7 +124,7 @@ async def main() -> None:
     args = parser.parse_args()
     levels = [int(level) for level in args.concurrency.split(",")]
     # "word " is one token for the simulator's tokenizer and for BPE tokenizers alike
-    prompt = "word " * args.prompt_tokens
+    prompt = "word " * (args.prompt_tokens - 1)
     sim_flags = [flag for item in args.sim_flag for flag in item.split()]
     config = SimConfig()
     rows: list[Row] = []
