@@ -211,7 +211,7 @@ def create_app(config: SimConfig) -> FastAPI:
                 emitted += 1
             finished = True
         finally:
-            if not finished:  # the client went away: free the sequence's slot and KV blocks
+            if not finished:  # client gone or stream dropped: free the slot and KV blocks
                 engine.cancel(sim_request)
 
     def usage(sim_request: SimRequest) -> dict[str, Any]:
