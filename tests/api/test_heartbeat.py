@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -137,6 +138,36 @@ async def test_real_agent_heartbeats_reach_the_api(
         assert samples and all(s.instance_id == instance_id for s in samples)
         assert any(s.requests_running == 0 for s in samples)
         assert token not in agent.log()
+
+
+async def test_a_crash_looping_engine_reaches_the_control_plane(
+    tmp_path: Path,
+    api_url: str,
+    instance: tuple[uuid.UUID, str],
+    sessionmaker: Any,
+    redis_client: aioredis.Redis,
+) -> None:
+    instance_id, token = instance
+    crashing = f"{sys.executable} -c 'raise SystemExit(3)'"
+    async with running_agent(
+        tmp_path,
+        control_plane_url=api_url,
+        instance_id=instance_id,
+        token=token,
+        engine_command=crashing,
+        crash_loop_threshold=2,
+        restart_backoff_s=0.5,
+    ):
+
+        async def crash_loop_sample() -> InstanceMetric | None:
+            async with sessionmaker() as session:
+                samples = (await session.exec(select(InstanceMetric))).all()
+            return next((s for s in samples if s.data["engine_state"] == "crash_loop"), None)
+
+        sample = await wait_for(crash_loop_sample, 30, "a heartbeat reporting the crash loop")
+    assert sample.data["engine_ready"] is False and sample.data["engine_restarts"] >= 2
+    load = json.loads(await redis_client.hget(INSTANCE_LOAD, str(instance_id)) or "{}")
+    assert load["engine_ready"] is False and load["in_flight"] is None
 
 
 async def test_wrong_token_is_refused_and_logged_without_the_token(
