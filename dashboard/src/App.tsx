@@ -1,4 +1,4 @@
-import { useCallback, useEffect, useState } from "react";
+import { useCallback, useEffect, useRef, useState } from "react";
 import { client, onUnauthorized, typed, type Me } from "./api/client";
 import { Loading } from "./components/ui";
 import { href, navigate, useRoute } from "./lib/router";
@@ -22,20 +22,27 @@ const NAV = [
 
 export function App() {
   const [me, setMe] = useState<Me | null | undefined>(undefined);
+  const [expired, setExpired] = useState(false);
+  const meRef = useRef(me);
+  meRef.current = me;
   const path = useRoute();
 
   const loadMe = useCallback(async () => {
     const r = await typed(client.GET("/api/v1/auth/me"));
     setMe(r.ok ? r.data : null);
+    if (r.ok) setExpired(false);
   }, []);
 
   useEffect(() => {
     void loadMe();
-    return onUnauthorized(() => setMe(null));
+    return onUnauthorized(() => {
+      if (meRef.current) setExpired(true); // signed in a moment ago: say why the login is back
+      setMe(null);
+    });
   }, [loadMe]);
 
   if (me === undefined) return <Loading what="Starting" />;
-  if (me === null) return <LoginPage onLogin={loadMe} />;
+  if (me === null) return <LoginPage onLogin={loadMe} expired={expired} />;
 
   const logout = async () => {
     await typed(client.POST("/api/v1/auth/logout"));

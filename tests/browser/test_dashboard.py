@@ -70,8 +70,17 @@ async def test_login_refuses_a_wrong_password_then_signs_in(
     await expect(page.get_by_role("navigation", name="Main")).to_contain_text(seeded.user.email)
 
     # The session is an httpOnly cookie: a reload stays signed in, signing out ends it.
+    assert await page.evaluate("document.cookie") == "", "the session cookie must be httpOnly"
     await page.reload()
     await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+    # A session that ends while the page is open sends the user back to the login, saying why.
+    cookies = await page.context.cookies()
+    await page.context.clear_cookies()
+    await nav(page, "Instances")
+    await expect(page.get_by_role("status").filter(has_text="session has expired")).to_be_visible()
+    await page.context.add_cookies(cookies)
+    await page.reload()
+    await expect(page.get_by_role("heading", name="Instances")).to_be_visible()
     await page.get_by_role("button", name="Sign out").click()
     await expect(page.get_by_role("button", name="Sign in")).to_be_visible()
     await page.reload()

@@ -1,7 +1,7 @@
 import { useState, type FormEvent } from "react";
 import { client, typed } from "../api/client";
 
-export function LoginPage({ onLogin }: { onLogin: () => Promise<void> }) {
+export function LoginPage({ onLogin, expired = false }: { onLogin: () => Promise<void>; expired?: boolean }) {
   const [email, setEmail] = useState("");
   const [password, setPassword] = useState("");
   const [error, setError] = useState<string | null>(null);
@@ -24,6 +24,7 @@ export function LoginPage({ onLogin }: { onLogin: () => Promise<void> }) {
     <main className="login">
       <form onSubmit={submit} aria-labelledby="login-title" className="card">
         <h1 id="login-title">Sign in to Inventiv</h1>
+        {expired && <div className="notice notice-bad" role="status">Your session has expired: please sign in again.</div>}
         <label htmlFor="email">E-mail</label>
         <input id="email" type="email" autoComplete="username" required value={email}
           onChange={(e) => setEmail(e.target.value)} />
