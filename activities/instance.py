@@ -18,9 +18,10 @@ from typing import Any, TypeVar
 
 import httpx
 import redis.asyncio as aioredis
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -254,7 +255,7 @@ class InstanceActivities:
         async with self.sessionmaker() as session:
             done = (
                 await session.execute(
-                    select(InstanceAction.id).where(
+                    select(col(InstanceAction.id)).where(
                         InstanceAction.instance_id == uuid.UUID(ref.instance_id),  # type: ignore[arg-type]
                         InstanceAction.step == Step.request_created,  # type: ignore[arg-type]
                         InstanceAction.status == ActionStatus.succeeded,  # type: ignore[arg-type]

@@ -7,8 +7,8 @@ import uuid
 from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.client import Client
@@ -60,7 +60,9 @@ class ReconcileActivities:
     async def reconcile_once(self, inp: ReconcileInput) -> ReconcileResult:
         result = ReconcileResult()
         async with self.sessionmaker() as session:
-            rows = (await session.execute(select(Instance, Provider.kind).join(Provider))).all()
+            rows = (
+                await session.execute(select(Instance, col(Provider.kind)).join(Provider))
+            ).all()
         instances = {str(i.id): (i, kind) for i, kind in rows}
         now = datetime.now(UTC)
         for kind, adapter in self.providers.items():

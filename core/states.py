@@ -14,7 +14,8 @@ from collections.abc import Iterable
 from itertools import pairwise
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import update
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core.models import (
@@ -82,7 +83,7 @@ async def _transition(
     # Read the current state under a row lock so the history row records the true source state.
     current = (
         await session.execute(
-            select(Instance.state).where(Instance.id == instance_id).with_for_update()  # type: ignore[arg-type]
+            select(col(Instance.state)).where(Instance.id == instance_id).with_for_update()
         )
     ).scalar_one_or_none()
     if current is None:
@@ -176,7 +177,9 @@ async def to_terminating(
 ) -> bool:
     """Any live state -> terminating. The first recorded termination reason is kept."""
     current = (
-        await session.execute(select(Instance.termination_reason).where(Instance.id == instance_id))  # type: ignore[arg-type]
+        await session.execute(
+            select(col(Instance.termination_reason)).where(Instance.id == instance_id)
+        )
     ).scalar_one_or_none()
     values: dict[str, Any] = {"termination_reason": current or reason}
     if error is not None:

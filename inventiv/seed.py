@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +49,7 @@ class DevCredentials:
             return None
 
 
-async def _new_key(session: AsyncSession, project_id: object, admin_id: object) -> str:
+async def _new_key(session: AsyncSession, project_id: uuid.UUID, admin_id: uuid.UUID) -> str:
     secret, prefix, key_hash = new_api_key()
     session.add(
         ApiKey(

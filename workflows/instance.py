@@ -9,7 +9,9 @@ running or billed at a provider.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -43,25 +45,38 @@ BOOT_STEPS = [
     Step.health_check,
 ]
 
-# Quick database/Redis activities. Attempts are not counted: a worker that crashes mid-activity
-# is not the activity's fault; the overall budget bounds them instead.
-QUICK = {
-    "start_to_close_timeout": timedelta(seconds=15),
-    "schedule_to_close_timeout": timedelta(minutes=30),
-    "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=10)),
-}
-# Cleanup never gives up: a machine left at a provider costs money.
-CLEANUP_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=0,
-)
-CLEANUP = {
-    "start_to_close_timeout": timedelta(minutes=5),
-    "heartbeat_timeout": timedelta(seconds=10),
-    "retry_policy": CLEANUP_RETRY,
-}
+ArgT = TypeVar("ArgT")
+ResultT = TypeVar("ResultT")
+
+
+def quick(method: Callable[[Any, ArgT], Awaitable[ResultT]], arg: ArgT) -> Awaitable[ResultT]:
+    """A quick database/Redis activity. Attempts are not counted: a worker that crashes
+    mid-activity is not the activity's fault; the overall budget bounds them instead."""
+    return workflow.execute_activity_method(
+        method,
+        arg,
+        start_to_close_timeout=timedelta(seconds=15),
+        schedule_to_close_timeout=timedelta(minutes=30),
+        retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
+    )
+
+
+def cleanup(method: Callable[[Any, ArgT], Awaitable[ResultT]], arg: ArgT) -> Awaitable[ResultT]:
+    """A cleanup activity: it never gives up, since a machine left at a provider costs money."""
+    return workflow.execute_activity_method(
+        method,
+        arg,
+        start_to_close_timeout=timedelta(minutes=5),
+        heartbeat_timeout=timedelta(seconds=10),
+        retry_policy=RetryPolicy(
+            initial_interval=timedelta(seconds=1),
+            backoff_coefficient=2.0,
+            maximum_interval=timedelta(seconds=30),
+            maximum_attempts=0,
+        ),
+    )
+
+
 HEALTH_ROUNDS_PER_RUN = 500
 
 
@@ -110,9 +125,7 @@ class InstanceWorkflow:
     @workflow.run
     async def run(self, inp: InstanceWorkflowInput) -> str:
         ref = InstanceRef(self.state.instance_id)
-        spec: LifecycleSpec = await workflow.execute_activity_method(
-            InstanceActivities.load_spec, ref, **QUICK
-        )
+        spec: LifecycleSpec = await quick(InstanceActivities.load_spec, ref)
         if self.state.phase == "start":
             await self._provision_and_boot(ref, spec)
         if self.state.phase == "ready":
@@ -123,11 +136,11 @@ class InstanceWorkflow:
             await self._terminate(ref, spec)
         if self.state.phase == "done":
             await workflow.sleep(timedelta(seconds=spec.archive_after_s))
-            await workflow.execute_activity_method(InstanceActivities.archive, ref, **QUICK)
+            await quick(InstanceActivities.archive, ref)
         return self.state.termination_reason or "archived"
 
     async def _provision_and_boot(self, ref: InstanceRef, spec: LifecycleSpec) -> None:
-        await workflow.execute_activity_method(InstanceActivities.record_request, ref, **QUICK)
+        await quick(InstanceActivities.record_request, ref)
         deadline = workflow.now() + timedelta(seconds=spec.boot_timeout_s)
         try:
             # Transient provider errors and worker crashes are retried until the boot deadline;
@@ -188,12 +201,10 @@ class InstanceWorkflow:
                 if isinstance(cause, TimeoutError_):
                     raise _BootTimeout() from err
                 raise
-        await workflow.execute_activity_method(InstanceActivities.mark_ready, ref, **QUICK)
+        await quick(InstanceActivities.mark_ready, ref)
 
     async def _fail(self, ref: InstanceRef, reason: str, error: str) -> None:
-        await workflow.execute_activity_method(
-            InstanceActivities.fail_startup, FailInput(ref.instance_id, reason, error), **QUICK
-        )
+        await quick(InstanceActivities.fail_startup, FailInput(ref.instance_id, reason, error))
         self.state.termination_reason = self.state.termination_reason or reason
         self.state.phase = "terminating"
 
@@ -213,10 +224,9 @@ class InstanceWorkflow:
                 break
             except TimeoutError:
                 pass  # time for the next health check
-            health = await workflow.execute_activity_method(
+            health = await quick(
                 InstanceActivities.check_health,
                 StepInput(ref.instance_id, self.state.resource_id or ""),
-                **QUICK,
             )
             if health.gone:
                 self.state.provider_deleted = True
@@ -230,7 +240,7 @@ class InstanceWorkflow:
             return
         reason = self.state.termination_reason or "user_request"
         drain = DrainInput(ref.instance_id, reason, spec.drain_timeout_s, spec.poll_interval_s)
-        if await workflow.execute_activity_method(InstanceActivities.begin_drain, drain, **QUICK):
+        if await quick(InstanceActivities.begin_drain, drain):
             await workflow.execute_activity_method(
                 InstanceActivities.wait_drained,
                 drain,
@@ -242,17 +252,14 @@ class InstanceWorkflow:
 
     async def _replace_unhealthy(self, ref: InstanceRef, detail: str) -> None:
         error = f"{self.state.failed_checks} failed health checks: {detail}"
-        await workflow.execute_activity_method(
-            InstanceActivities.record_unhealthy,
-            FailInput(ref.instance_id, "unhealthy", error),
-            **QUICK,
+        await quick(
+            InstanceActivities.record_unhealthy, FailInput(ref.instance_id, "unhealthy", error)
         )
         if self.state.replacement_id is None:
             self.state.replacement_id = str(workflow.uuid4())
-        await workflow.execute_activity_method(
+        await quick(
             InstanceActivities.start_replacement,
             ReplacementInput(ref.instance_id, self.state.replacement_id),
-            **QUICK,
         )
         self.state.termination_reason = "unhealthy"
         self.state.phase = "terminating"
@@ -261,41 +268,30 @@ class InstanceWorkflow:
 
     async def _terminate(self, ref: InstanceRef, spec: LifecycleSpec) -> None:
         reason = self.state.termination_reason or "error"
-        state = await workflow.execute_activity_method(
-            InstanceActivities.begin_terminate, TerminateInput(ref.instance_id, reason), **QUICK
+        state = await quick(
+            InstanceActivities.begin_terminate, TerminateInput(ref.instance_id, reason)
         )
         if state == "provider_deleted":
             await self._cleanup_after_provider_deleted(ref)
             return
-        plan = await workflow.execute_activity_method(
-            InstanceActivities.discover_volumes, ref, **CLEANUP
-        )
-        await workflow.execute_activity_method(InstanceActivities.delete_server, ref, **CLEANUP)
-        await workflow.execute_activity_method(
+        plan = await cleanup(InstanceActivities.discover_volumes, ref)
+        await cleanup(InstanceActivities.delete_server, ref)
+        await cleanup(
             InstanceActivities.confirm_gone,
             StepInput(ref.instance_id, self.state.resource_id or "", timeout_s=240),
-            **CLEANUP,
         )
         await self._delete_volumes(ref, plan.delete)
-        await workflow.execute_activity_method(
-            InstanceActivities.finish_termination, ref, **CLEANUP
-        )
+        await cleanup(InstanceActivities.finish_termination, ref)
         self.state.phase = "done"
 
     async def _delete_volumes(self, ref: InstanceRef, volume_ids: list[str]) -> None:
         for volume_id in volume_ids:
-            await workflow.execute_activity_method(
-                InstanceActivities.delete_volume, VolumeRef(ref.instance_id, volume_id), **CLEANUP
-            )
+            await cleanup(InstanceActivities.delete_volume, VolumeRef(ref.instance_id, volume_id))
 
     async def _cleanup_after_provider_deleted(self, ref: InstanceRef) -> None:
         """The machine is gone; its volumes may not be. Delete those meant to go with it."""
-        await workflow.execute_activity_method(
-            InstanceActivities.set_routable, RoutingInput(ref.instance_id, False), **QUICK
-        )
-        plan = await workflow.execute_activity_method(
-            InstanceActivities.discover_volumes, ref, **CLEANUP
-        )
+        await quick(InstanceActivities.set_routable, RoutingInput(ref.instance_id, False))
+        plan = await cleanup(InstanceActivities.discover_volumes, ref)
         await self._delete_volumes(ref, plan.delete)
         self.state.termination_reason = self.state.termination_reason or "provider_deleted"
         self.state.phase = "done"
