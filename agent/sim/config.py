@@ -31,8 +31,6 @@ class SimConfig:
     max_model_len: int = 8192
     block_size: int = 16
     kv_cache_tokens: int = 131072
-    gpu_memory_utilization: float = 0.9
-    tensor_parallel_size: int = 1
     prefill_overhead_s: float = 0.015
     prefill_per_token_s: float = 0.00005
     inter_token_latency_s: float = 0.008
@@ -105,8 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--kv-cache-tokens", type=int, default=d.kv_cache_tokens, help="KV budget in tokens"
     )
-    parser.add_argument("--gpu-memory-utilization", type=float, default=d.gpu_memory_utilization)
-    parser.add_argument("--tensor-parallel-size", "-tp", type=int, default=d.tensor_parallel_size)
     parser.add_argument("--prefill-overhead-s", type=float, default=d.prefill_overhead_s)
     parser.add_argument("--prefill-per-token-s", type=float, default=d.prefill_per_token_s)
     parser.add_argument("--inter-token-latency-s", type=float, default=d.inter_token_latency_s)
@@ -190,8 +186,6 @@ def parse_args(argv: list[str]) -> SimConfig:
         max_model_len=args.max_model_len,
         block_size=args.block_size,
         kv_cache_tokens=kv_tokens,
-        gpu_memory_utilization=args.gpu_memory_utilization,
-        tensor_parallel_size=args.tensor_parallel_size,
         prefill_overhead_s=args.prefill_overhead_s,
         prefill_per_token_s=args.prefill_per_token_s,
         inter_token_latency_s=args.inter_token_latency_s,
