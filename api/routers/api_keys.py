@@ -12,12 +12,13 @@ from sqlmodel import col, select
 
 from api.access import require_project, visible_project_ids
 from api.deps import CurrentUser, RedisDep, SessionDep
+from api.errors import ERRORS
 from api.security import new_api_key
 from api.validation import Name, PartialUpdate, PositiveLimit
 from core.models import ApiKey, utcnow
 from core.redis_keys import API_KEY_CHANNEL
 
-router = APIRouter(prefix="/keys", tags=["keys"])
+router = APIRouter(prefix="/keys", tags=["keys"], responses=ERRORS)
 
 
 class ApiKeyCreate(BaseModel):

@@ -17,6 +17,7 @@ from api.deps import (
     SessionToken,
     SettingsDep,
 )
+from api.errors import error_responses
 from api.security import (
     create_access_token,
     hash_password,
@@ -27,7 +28,7 @@ from api.security import (
 from api.validation import Password
 from core.models import Project, ProjectMember, Role, User
 
-router = APIRouter(prefix="/auth", tags=["auth"])
+router = APIRouter(prefix="/auth", tags=["auth"], responses=error_responses(400, 401))
 
 
 class LoginRequest(BaseModel):
@@ -59,9 +60,7 @@ class PasswordChange(BaseModel):
     new_password: Password
 
 
-@router.post(
-    "/login", response_model=Token, responses={401: {"description": "wrong e-mail or password"}}
-)
+@router.post("/login", response_model=Token)
 async def login(
     body: LoginRequest, response: Response, session: SessionDep, settings: SettingsDep
 ) -> Token:
@@ -116,11 +115,7 @@ async def me(user: CurrentUser, session: SessionDep) -> Me:
     )
 
 
-@router.post(
-    "/password",
-    status_code=status.HTTP_204_NO_CONTENT,
-    responses={400: {"description": "the current password is wrong"}},
-)
+@router.post("/password", status_code=status.HTTP_204_NO_CONTENT)
 async def change_password(body: PasswordChange, user: CurrentUser, session: SessionDep) -> None:
     if not verify_password(body.current_password, user.hashed_password):
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "the current password is wrong")

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from api.access import require_project, visible_project_ids
 from api.csv_response import CSV_RESPONSE, csv_response
 from api.deps import CurrentUser, SessionDep
+from api.errors import ERRORS
 from api.reports import (
     CostDimension,
     CostRow,
@@ -28,7 +29,7 @@ from api.reports import (
 )
 from api.routers.projects import get_visible_project
 
-router = APIRouter(tags=["costs"])
+router = APIRouter(tags=["costs"], responses=ERRORS)
 
 Month = Path(pattern=r"^\d{4}-\d{2}$", description="a month, like 2026-11 (UTC)")
 

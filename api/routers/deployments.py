@@ -17,13 +17,14 @@ from activities.launch import create_instance
 from activities.providers.flavors import FLAVORS
 from api.access import require_project, visible_project_ids
 from api.deps import CurrentUser, RedisDep, SessionDep, SettingsDep, TemporalDep
+from api.errors import ERRORS
 from api.routers.instances import InstanceSummary, summarize
 from api.validation import JsonObject, Name, PartialUpdate
 from core.events import publish_event
 from core.models import Deployment, Instance, InstanceType, Provider, utcnow
 from core.states import LIVE_STATES
 
-router = APIRouter(prefix="/deployments", tags=["deployments"])
+router = APIRouter(prefix="/deployments", tags=["deployments"], responses=ERRORS)
 
 MAX_INSTANCES = 1000
 _ENGINE_FLAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -346,6 +347,7 @@ async def stop_autoscaling(
 async def provision_instance(
     deployment_id: uuid.UUID,
     session: SessionDep,
+    redis: RedisDep,
     user: CurrentUser,
     temporal: TemporalDep,
     settings: SettingsDep,
@@ -360,4 +362,10 @@ async def provision_instance(
             f"{deployment.max_instances}: raise max_instances first",
         )
     instance = await create_instance(session, temporal, settings.task_queue, deployment=deployment)
+    await publish_event(
+        redis,
+        "instance",
+        str(instance.project_id),
+        {"instance_id": str(instance.id), "state": instance.state.value, "change": "created"},
+    )
     return summarize(instance, [])

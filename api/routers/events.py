@@ -20,6 +20,7 @@ from fastapi.responses import StreamingResponse
 
 from api.access import require_project, visible_project_ids
 from api.deps import RedisDep, SessionToken, SettingsDep, authenticate
+from api.errors import error_responses
 from core.redis_keys import EVENTS_STREAM
 
 router = APIRouter(prefix="/events", tags=["events"])
@@ -36,7 +37,7 @@ EVENT_STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {
         ),
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     },
-    400: {"description": "Last-Event-ID is not a stream id"},
+    **error_responses(400, 401, 404),
 }
 
 

@@ -15,6 +15,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from agent.agent import AGENT_VERSION
 from api.access import require_project, visible_project_ids
 from api.deps import CurrentUser, SessionDep, SettingsDep, TemporalDep
+from api.errors import ERRORS
 from core.models import (
     Instance,
     InstanceAction,
@@ -29,7 +30,7 @@ from core.models import (
 from core.progress import current_step, progress_percent
 from core.states import FINAL_STATES
 
-router = APIRouter(prefix="/instances", tags=["instances"])
+router = APIRouter(prefix="/instances", tags=["instances"], responses=ERRORS)
 
 
 class InstanceSummary(BaseModel):

@@ -18,12 +18,13 @@ from sqlmodel import col
 
 from api.access import require_project, visible_project_ids
 from api.deps import CurrentUser, SessionDep
+from api.errors import ERRORS
 from api.reports import Window, window
 from api.routers.deployments import get_visible_deployment
 from api.routers.instances import get_visible_instance
 from core.models import Instance, InstanceMetric, RequestLog
 
-router = APIRouter(prefix="/metrics", tags=["metrics"])
+router = APIRouter(prefix="/metrics", tags=["metrics"], responses=ERRORS)
 
 MAX_POINTS = 1000
 ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)

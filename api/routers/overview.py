@@ -12,6 +12,7 @@ from sqlmodel import col, select
 
 from api.access import require_project, visible_project_ids
 from api.deps import CurrentUser, SessionDep
+from api.errors import ERRORS
 from api.reports import (
     CostDimension,
     CurrencyAmount,
@@ -23,7 +24,7 @@ from api.reports import (
 )
 from core.models import Instance, InstanceState, utcnow
 
-router = APIRouter(prefix="/overview", tags=["overview"])
+router = APIRouter(prefix="/overview", tags=["overview"], responses=ERRORS)
 
 
 class Today(BaseModel):

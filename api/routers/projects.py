@@ -11,10 +11,11 @@ from sqlmodel import col, func, select
 
 from api.access import require_project, visible_project_ids
 from api.deps import CurrentAdmin, CurrentUser, SessionDep
+from api.errors import ADMIN_ERRORS
 from api.validation import Name
 from core.models import Instance, Project, ProjectMember, Role, User
 
-router = APIRouter(prefix="/projects", tags=["projects"])
+router = APIRouter(prefix="/projects", tags=["projects"], responses=ADMIN_ERRORS)
 
 
 class ProjectCreate(BaseModel):

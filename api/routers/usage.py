@@ -13,9 +13,10 @@ from pydantic import BaseModel
 from api.access import require_project, visible_project_ids
 from api.csv_response import CSV_RESPONSE, csv_response
 from api.deps import CurrentUser, SessionDep
+from api.errors import ERRORS
 from api.reports import UsageDimension, UsageRow, usage_rows, window
 
-router = APIRouter(prefix="/usage", tags=["usage"])
+router = APIRouter(prefix="/usage", tags=["usage"], responses=ERRORS)
 
 ALL_DIMENSIONS = [
     UsageDimension.day,

@@ -10,11 +10,12 @@ from pydantic import BaseModel
 from sqlmodel import col, func, select
 
 from api.deps import CurrentAdmin, SessionDep
+from api.errors import ADMIN_ERRORS
 from api.security import hash_password
 from api.validation import Email, Name, PartialUpdate, Password
 from core.models import ProjectMember, Role, User
 
-router = APIRouter(prefix="/users", tags=["users"])
+router = APIRouter(prefix="/users", tags=["users"], responses=ADMIN_ERRORS)
 
 
 class UserBase(BaseModel):

@@ -3,11 +3,15 @@ provisioning bounded by max_instances."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
+import redis.asyncio as aioredis
+from temporalio.client import Client, WorkflowExecutionStatus
 
 from core.models import InstanceState, InstanceType, Provider
+from core.redis_keys import EVENTS_STREAM
 from tests.api.conftest import Tenant, add_instance
 
 
@@ -109,3 +113,26 @@ async def test_live_instances_block_retirement_and_bound_provisioning(
     full = await client.post(f"/api/v1/deployments/{dep}/instances", headers=h)
     assert full.status_code == 409 and "max_instances is 1" in full.text
     assert (await client.get(f"/api/v1/deployments/{dep}", headers=h)).json()["live_instances"] == 1
+
+
+async def test_provision_returns_at_once_with_its_workflow_started(
+    client: httpx.AsyncClient,
+    redis_client: aioredis.Redis,
+    temporal_client: Client,
+    alice: Tenant,
+) -> None:
+    response = await client.post(
+        f"/api/v1/deployments/{alice.deployment.id}/instances", headers=alice.headers
+    )
+    assert response.status_code == 202, response.text
+    instance = response.json()
+    assert (instance["state"], instance["progress"]) == ("provisioning", 0)
+    handle = temporal_client.get_workflow_handle(instance["workflow_id"])
+    try:
+        described = await handle.describe()
+        assert described.status == WorkflowExecutionStatus.RUNNING
+    finally:
+        await handle.terminate("test over")  # no worker runs in this test
+    events = [json.loads(f["event"]) for _id, f in await redis_client.xrange(EVENTS_STREAM)]
+    assert {"kind": "instance", "project_id": str(alice.project.id)}.items() <= events[-1].items()
+    assert events[-1]["data"]["instance_id"] == instance["id"]
