@@ -53,6 +53,10 @@ def serve() -> None:
         timeout_keep_alive=75,  # longer than the usual 60 s of load balancers in front
     )
     server = uvicorn.Server(config)
+    # uvicorn drains, runs the shutdown (request logs flushed), then re-raises the signal it
+    # caught; a no-op handler makes that a clean exit with status 0.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
     uvloop.run(server.serve(sockets=[sock]))
 
 

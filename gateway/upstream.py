@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from typing import cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -118,8 +119,8 @@ class _Connection(asyncio.Protocol):
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -244,7 +245,7 @@ class HostPool:
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await asyncio.wait_for(
+            transport, conn = await asyncio.wait_for(
                 loop.create_connection(lambda: _Connection(self), self.host, self.port),
                 self.connect_timeout,
             )
@@ -252,6 +253,8 @@ class HostPool:
             raise UpstreamError(
                 f"cannot connect to engine {self.host}:{self.port}: {exc}", before_first_byte=True
             ) from exc
+        if conn.transport is None:
+            conn.transport = cast(asyncio.Transport, transport)
         return conn
 
     async def request(
