@@ -18,6 +18,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         403: "admin role required",
         404: "not found, or not in one of your projects",
         409: "conflicts with the current state (the message says which)",
+        429: "too many attempts: retry after the Retry-After seconds",
     }
     return {code: {"model": ErrorMessage, "description": described[code]} for code in codes}
 

@@ -63,6 +63,11 @@ def _claims(token: str, secret: str) -> dict[str, object] | None:
     return payload if isinstance(payload, dict) else None
 
 
+def login_failures_key(email: str) -> str:
+    """Redis counter of recent failed logins for an e-mail (hashed: no addresses in Redis)."""
+    return f"{PREFIX}:logins:failed:{token_hash(email)}"
+
+
 def revoked_session_key(token: str) -> str:
     """Redis key marking a logged-out session token (kept until the token would expire)."""
     return f"{PREFIX}:sessions:revoked:{token_hash(token)}"

@@ -3,9 +3,11 @@ logout ends that session everywhere (the token is refused until it would have ex
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 import uuid
 
-from fastapi import APIRouter, HTTPException, Response, status
+from fastapi import APIRouter, HTTPException, Request, Response, status
 from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
@@ -21,12 +23,17 @@ from api.errors import error_responses
 from api.security import (
     create_access_token,
     hash_password,
+    login_failures_key,
     revoked_session_key,
     token_seconds_left,
     verify_password,
 )
 from api.validation import Password
 from core.models import Project, ProjectMember, Role, User
+
+LOGIN_FAILURE_LIMIT = 10
+LOGIN_LOCK_S = 15 * 60
+_UNKNOWN_USER_HASH = hash_password(secrets.token_urlsafe(16))
 
 router = APIRouter(prefix="/auth", tags=["auth"], responses=error_responses(400, 401))
 
@@ -60,19 +67,36 @@ class PasswordChange(BaseModel):
     new_password: Password
 
 
-@router.post("/login", response_model=Token)
+@router.post("/login", response_model=Token, responses=error_responses(429))
 async def login(
-    body: LoginRequest, response: Response, session: SessionDep, settings: SettingsDep
+    body: LoginRequest,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    redis: RedisDep,
+    settings: SettingsDep,
 ) -> Token:
-    user = (
-        await session.exec(select(User).where(User.email == body.email.strip().lower()))
-    ).first()
-    if (
-        user is None
-        or not user.is_active
-        or not verify_password(body.password, user.hashed_password)
-    ):
+    """Log in: the token comes back in the body and as the httpOnly session cookie. After
+    LOGIN_FAILURE_LIMIT wrong passwords for one e-mail, further tries wait LOGIN_LOCK_S."""
+    email = body.email.strip().lower()
+    failures_key = login_failures_key(email)
+    if int(await redis.get(failures_key) or 0) >= LOGIN_FAILURE_LIMIT:
+        wait = max(1, int(await redis.ttl(failures_key)))
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"too many failed logins for this e-mail: try again in {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
+    user = (await session.exec(select(User).where(User.email == email))).first()
+    # Hash either way (off the event loop): the answer takes as long for an unknown e-mail.
+    hashed = user.hashed_password if user is not None else _UNKNOWN_USER_HASH
+    password_ok = await asyncio.to_thread(verify_password, body.password, hashed)
+    if user is None or not user.is_active or not password_ok:
+        failures = await redis.incr(failures_key)
+        if failures == 1:
+            await redis.expire(failures_key, LOGIN_LOCK_S)
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong e-mail or password")
+    await redis.delete(failures_key)
     token = create_access_token(
         str(user.id), settings.secret_key or "", settings.access_token_ttl_s
     )
@@ -82,7 +106,7 @@ async def login(
         max_age=settings.access_token_ttl_s,
         httponly=True,
         samesite="lax",
-        secure=False,
+        secure=request.url.scheme == "https",
     )
     return Token(access_token=token, expires_in=settings.access_token_ttl_s)
 
@@ -117,8 +141,8 @@ async def me(user: CurrentUser, session: SessionDep) -> Me:
 
 @router.post("/password", status_code=status.HTTP_204_NO_CONTENT)
 async def change_password(body: PasswordChange, user: CurrentUser, session: SessionDep) -> None:
-    if not verify_password(body.current_password, user.hashed_password):
+    if not await asyncio.to_thread(verify_password, body.current_password, user.hashed_password):
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "the current password is wrong")
-    user.hashed_password = hash_password(body.new_password)
+    user.hashed_password = await asyncio.to_thread(hash_password, body.new_password)
     session.add(user)
     await session.commit()

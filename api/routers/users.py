@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime
 
@@ -92,9 +93,8 @@ async def list_users(
 @router.post("", response_model=UserPublic, status_code=status.HTTP_201_CREATED)
 async def create_user(body: UserCreate, session: SessionDep, admin: CurrentAdmin) -> UserPublic:
     await _email_taken(session, body.email)
-    user = User(
-        **body.model_dump(exclude={"password"}), hashed_password=hash_password(body.password)
-    )
+    hashed = await asyncio.to_thread(hash_password, body.password)
+    user = User(**body.model_dump(exclude={"password"}), hashed_password=hashed)
     session.add(user)
     await session.commit()
     return await _public(session, user)
@@ -121,7 +121,7 @@ async def update_user(
         await _email_taken(session, changes["email"], but=user.id)
     password = changes.pop("password", None)
     if password is not None:
-        user.hashed_password = hash_password(password)
+        user.hashed_password = await asyncio.to_thread(hash_password, password)
     for field, value in changes.items():
         setattr(user, field, value)
     session.add(user)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 
+from api.routers.auth import LOGIN_FAILURE_LIMIT
 from api.security import create_access_token
 from core.settings import Settings
 from tests.api.conftest import Tenant, login
@@ -51,3 +52,17 @@ async def test_wrong_password_and_password_change(client: httpx.AsyncClient, ali
     response = await client.post("/api/v1/auth/password", json=change, headers=alice.headers)
     assert response.status_code == 204
     await login(client, alice.user.email, "a-new-password")
+
+
+async def test_repeated_wrong_passwords_lock_the_email_for_a_while(
+    client: httpx.AsyncClient, alice: Tenant, bob: Tenant
+) -> None:
+    wrong = {"email": alice.user.email, "password": "guess"}
+    for _ in range(LOGIN_FAILURE_LIMIT):
+        assert (await client.post("/api/v1/auth/login", json=wrong)).status_code == 401
+    locked = await client.post(
+        "/api/v1/auth/login", json={"email": alice.user.email, "password": alice.password}
+    )
+    assert locked.status_code == 429 and int(locked.headers["retry-after"]) > 60
+    assert "too many failed logins" in locked.json()["detail"]
+    await login(client, bob.user.email, bob.password)  # others are not affected
