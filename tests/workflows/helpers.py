@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
@@ -84,3 +86,19 @@ async def actions(
             .order_by(col(InstanceAction.started_at), col(InstanceAction.id))
         )
         return list(rows.all())
+
+
+HISTORIES = Path(__file__).parent / "histories"
+
+
+async def record_history(client: Client, workflow_id: str, name: str) -> None:
+    """With INVENTIV_RECORD_HISTORIES=1, save the workflow's history for the replay test.
+
+    Record again only on purpose: the committed histories are what running workflows look like,
+    and the replay test fails when a change would break them.
+    """
+    if os.environ.get("INVENTIV_RECORD_HISTORIES") != "1":
+        return
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    HISTORIES.mkdir(exist_ok=True)
+    (HISTORIES / f"{name}.json").write_text(history.to_json())

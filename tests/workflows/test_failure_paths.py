@@ -23,6 +23,7 @@ from tests.workflows.helpers import (
     actions,
     history,
     local_providers,
+    record_history,
     running_worker,
     wait_state,
 )
@@ -50,6 +51,7 @@ async def test_boot_timeout_when_engine_never_ready(
                 session, temporal_client, settings.task_queue, deployment=seeded.deployment
             )
         done = await wait_state(sessionmaker, instance.id, S.terminated)
+        await record_history(temporal_client, instance.workflow_id, "boot_timeout")
     assert done.termination_reason == "boot_timeout"
     assert "not ready within 4s" in (done.error or "")
     path = await history(sessionmaker, instance.id)
@@ -124,6 +126,7 @@ async def test_unhealthy_instance_is_replaced_and_terminated(
             ).all()
         assert len(others) == 1, "exactly one replacement"
         await wait_state(sessionmaker, others[0].id, S.ready)
+        await record_history(temporal_client, instance.workflow_id, "unhealthy_replaced")
         steps = [a.step for a in await actions(sessionmaker, instance.id)]
         assert "unhealthy" in steps and "replacement" in steps
         await temporal_client.get_workflow_handle(others[0].workflow_id).signal("terminate")
@@ -160,6 +163,7 @@ async def test_drain_lets_in_flight_requests_finish(
         assert response.status_code == 200
         assert response.json()["usage"]["completion_tokens"] == 60
         done = await wait_state(sessionmaker, instance.id, S.terminated)
+        await record_history(temporal_client, instance.workflow_id, "drain_in_flight")
     assert done.termination_reason == "user_request"
     drain = [a for a in await actions(sessionmaker, instance.id) if a.step == "drain"]
     assert drain[0].detail == "no request in flight"
@@ -242,6 +246,7 @@ async def test_vanished_machine_becomes_provider_deleted(
             if rows and all(a.status == "succeeded" for a in rows):
                 break
             await asyncio.sleep(0.2)
+        await record_history(temporal_client, instance.workflow_id, "provider_deleted")
         await temporal_client.get_workflow_handle(
             reconciler_workflow_id(settings.task_queue)
         ).terminate()

@@ -16,7 +16,7 @@ from core.redis_keys import ROUTING_REGISTRY
 from core.settings import Settings
 from core.states import is_legal_path
 from tests.factories import seed
-from tests.workflows.helpers import actions, history, running_worker, wait_state
+from tests.workflows.helpers import actions, history, record_history, running_worker, wait_state
 
 S = InstanceState
 SIM_FAST = {"model-load-delay-s": 0.2}
@@ -55,6 +55,7 @@ async def test_happy_path_provision_serve_terminate(
         done = await wait_state(sessionmaker, instance.id, S.terminated)
         assert done.termination_reason == "user_request"
         assert await redis_client.hget(ROUTING_REGISTRY, str(instance.id)) is None
+        await record_history(temporal_client, instance.workflow_id, "happy_path")
 
     path = await history(sessionmaker, instance.id)
     assert path == [S.provisioning, S.booting, S.ready, S.draining, S.terminating, S.terminated]
