@@ -9,7 +9,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import AfterValidator, BaseModel, Field
 from sqlmodel import col, func, select
 
@@ -18,6 +18,7 @@ from activities.providers.flavors import FLAVORS
 from api.access import require_project, visible_project_ids
 from api.deps import CurrentUser, RedisDep, SessionDep, SettingsDep, TemporalDep
 from api.errors import ERRORS
+from api.routers.events import EventPublic, recent_events
 from api.routers.instances import InstanceSummary, summarize
 from api.validation import JsonObject, Name, PartialUpdate
 from core.events import publish_event
@@ -337,6 +338,23 @@ async def stop_autoscaling(
 ) -> DeploymentPublic:
     """Freeze the instance count: the autoscaler leaves the deployment alone."""
     return await _set_autoscaling(session, redis, user, deployment_id, False)
+
+
+@router.get("/{deployment_id}/events", response_model=list[EventPublic])
+async def list_deployment_events(
+    deployment_id: uuid.UUID,
+    session: SessionDep,
+    redis: RedisDep,
+    user: CurrentUser,
+    limit: int = Query(default=50, ge=1, le=500),
+) -> list[EventPublic]:
+    """Recent events about the deployment, newest first: configuration changes, autoscaling
+    switched on or off, scaling decisions (from the live event stream's recent history)."""
+    deployment = await get_visible_deployment(session, user, deployment_id)
+    wanted = str(deployment.id)
+    return await recent_events(
+        redis, lambda event: event["data"].get("deployment_id") == wanted, limit
+    )
 
 
 @router.post(

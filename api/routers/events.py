@@ -12,11 +12,14 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from typing import Any
 
+import redis.asyncio as aioredis
 from fastapi import APIRouter, Header, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
 
 from api.access import require_project, visible_project_ids
 from api.deps import RedisDep, SessionToken, SettingsDep, authenticate
@@ -27,6 +30,7 @@ router = APIRouter(prefix="/events", tags=["events"])
 
 _STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 BATCH = 200
+SCAN_BATCH = 1000
 
 EVENT_STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
@@ -39,6 +43,46 @@ EVENT_STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {
     },
     **error_responses(400, 401, 404),
 }
+
+
+class EventPublic(BaseModel):
+    id: str = Field(description="stream id (also the SSE event id)")
+    at: datetime
+    kind: str
+    project_id: str | None
+    data: dict[str, Any]
+
+
+async def recent_events(
+    redis: aioredis.Redis, keep: Callable[[dict[str, Any]], bool], limit: int
+) -> list[EventPublic]:
+    """The newest events (newest first) that `keep` accepts, from what the stream still holds."""
+    found: list[EventPublic] = []
+    upper = "+"
+    while len(found) < limit:
+        entries: Any = await redis.xrevrange(EVENTS_STREAM, max=upper, count=SCAN_BATCH)
+        for event_id, fields in entries:
+            try:
+                event = json.loads(fields.get("event", "{}"))
+            except ValueError:
+                continue
+            if isinstance(event, dict) and isinstance(event.get("data"), dict) and keep(event):
+                millis = int(str(event_id).split("-")[0])
+                found.append(
+                    EventPublic(
+                        id=event_id,
+                        at=datetime.fromtimestamp(millis / 1000, UTC),
+                        kind=str(event.get("kind")),
+                        project_id=event.get("project_id"),
+                        data=event["data"],
+                    )
+                )
+                if len(found) == limit:
+                    break
+        if len(entries) < SCAN_BATCH:
+            break
+        upper = "(" + str(entries[-1][0])
+    return found
 
 
 def format_event(event_id: str, payload: str) -> str:

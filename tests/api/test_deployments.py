@@ -10,6 +10,7 @@ import httpx
 import redis.asyncio as aioredis
 from temporalio.client import Client, WorkflowExecutionStatus
 
+from core.events import publish_event
 from core.models import InstanceState, InstanceType, Provider
 from core.redis_keys import EVENTS_STREAM
 from tests.api.conftest import Tenant, add_instance
@@ -136,3 +137,30 @@ async def test_provision_returns_at_once_with_its_workflow_started(
     events = [json.loads(f["event"]) for _id, f in await redis_client.xrange(EVENTS_STREAM)]
     assert {"kind": "instance", "project_id": str(alice.project.id)}.items() <= events[-1].items()
     assert events[-1]["data"]["instance_id"] == instance["id"]
+
+
+async def test_deployment_events_list_its_changes_newest_first(
+    client: httpx.AsyncClient, redis_client: aioredis.Redis, alice: Tenant, bob: Tenant
+) -> None:
+    dep = alice.deployment.id
+    await client.post(f"/api/v1/deployments/{dep}/autoscaling/start", headers=alice.headers)
+    await publish_event(  # as the autoscaler would
+        redis_client, "scaling", str(alice.project.id),
+        {"deployment_id": str(dep), "decision": "scale_up", "from": 1, "to": 2},
+    )  # fmt: skip
+    await client.post(
+        f"/api/v1/deployments/{bob.deployment.id}/autoscaling/start", headers=bob.headers
+    )
+    for n in range(1500):  # newer unrelated events: the search pages back through the stream
+        await publish_event(redis_client, "state", str(bob.project.id), {"n": n})
+    events = await client.get(f"/api/v1/deployments/{dep}/events", headers=alice.headers)
+    assert [
+        (e["kind"], e["data"].get("decision") or e["data"]["change"]) for e in events.json()
+    ] == [
+        ("scaling", "scale_up"),
+        ("deployment", "autoscaling started"),
+    ]
+    limited = await client.get(
+        f"/api/v1/deployments/{dep}/events", params={"limit": 1}, headers=alice.headers
+    )
+    assert len(limited.json()) == 1
