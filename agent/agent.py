@@ -223,6 +223,7 @@ class Agent:
             engine_restarts=self.supervisor.restarts,
             engine_error=self.supervisor.last_error,
             gpus=self.gpus.read(),
+            gpu_error=self.gpus.error,
             host=read_host(self.settings.model_cache_dir),
             load=_load(stats),
             model_download=self.model_cache.progress if self.model_cache else None,

@@ -43,11 +43,23 @@ class GpuReader:
             self.available = False
 
     def read(self) -> list[GpuSample] | None:
+        """One sample per GPU; None when NVML is unavailable or the GPUs cannot be listed
+        (`error` then says why: a GPU fallen off the bus shows up here)."""
         if not self.available or pynvml is None:
             return None
+        try:
+            count = pynvml.nvmlDeviceGetCount()
+        except Exception as exc:
+            self.error = f"NVML cannot list the GPUs: {exc}"
+            return None
         samples: list[GpuSample] = []
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        errors: list[str] = []
+        for index in range(count):
+            try:
+                handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            except Exception as exc:  # e.g. NVMLError_GpuIsLost: report the others
+                errors.append(f"GPU {index}: {exc}")
+                continue
             sample = GpuSample(index=index, name=_read(pynvml.nvmlDeviceGetName, handle))
             if (util := _read(pynvml.nvmlDeviceGetUtilizationRates, handle)) is not None:
                 sample.utilization_pct = float(util.gpu)
@@ -62,6 +74,7 @@ class GpuReader:
             if (power := _read(pynvml.nvmlDeviceGetPowerUsage, handle)) is not None:
                 sample.power_w = power / 1000.0  # NVML reports milliwatts
             samples.append(sample)
+        self.error = "; ".join(errors) or None
         return samples
 
 

@@ -53,6 +53,11 @@ class HeartbeatSender:
     async def send_once(self, client: httpx.AsyncClient, url: str) -> None:
         try:
             payload = await self._build()
+        except Exception:
+            # a failing probe must not end the heartbeats: the next one may succeed
+            log.exception("could not assemble a heartbeat")
+            return
+        try:
             response = await client.post(
                 url, content=payload.model_dump_json(), headers={"Content-Type": "application/json"}
             )

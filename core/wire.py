@@ -86,6 +86,7 @@ class AgentHeartbeat(BaseModel):
     engine_restarts: int = 0
     engine_error: str | None = None
     gpus: list[GpuSample] | None = None  # None: no NVIDIA GPU readable (not "idle")
+    gpu_error: str | None = None  # why GPUs are absent or missing (no driver, GPU lost)
     host: HostSample = HostSample()
     load: EngineLoad = EngineLoad()
     model_download: ModelDownload | None = None

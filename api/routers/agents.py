@@ -138,6 +138,7 @@ async def heartbeat(
             kv_cache_usage=load.kv_cache_usage,
             data={
                 "gpus": [g.model_dump() for g in body.gpus] if body.gpus is not None else None,
+                "gpu_error": body.gpu_error,
                 "disk_percent": body.host.disk_percent,
                 "engine_state": body.engine_state,
                 "engine_ready": body.engine_ready,

@@ -26,9 +26,11 @@ class StandInNvml:
     def nvmlInit(self) -> None: ...
     def nvmlShutdown(self) -> None: ...
     def nvmlDeviceGetCount(self) -> int:
-        return 2
+        return 3
 
     def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        if index == 2:
+            raise NvmlError("GPU is lost")
         return index
 
     def nvmlDeviceGetName(self, handle: int) -> bytes:
@@ -62,12 +64,13 @@ def test_nvml_answers_are_converted_and_unsupported_ones_left_absent(
     monkeypatch.setattr(gpu, "pynvml", StandInNvml())
     reader = GpuReader()
     samples = reader.read()
-    assert samples is not None and len(samples) == 2
+    assert samples is not None and len(samples) == 2  # of 3
     first, second = samples
     assert first.name == "NVIDIA H100 80GB HBM3" and first.utilization_pct == 37
     assert first.memory_used_mb == 20480 and first.memory_total_mb == 81920
     assert first.temperature_c == 61 and first.power_w == 312.5
     assert second.power_w is None  # not supported on this board: absent, not 0 W
+    assert reader.error == "GPU 2: GPU is lost"  # the third GPU fell off the bus
 
 
 def test_host_figures_cover_the_cache_volume(tmp_path: Path) -> None:
