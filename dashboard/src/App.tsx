@@ -10,6 +10,7 @@ import { DeploymentsPage } from "./pages/Deployments";
 import { KeysPage } from "./pages/Keys";
 import { UsagePage } from "./pages/Usage";
 import { ProvidersPage } from "./pages/Providers";
+import { UsersPage } from "./pages/Users";
 
 const NAV = [
   { path: "/", label: "Overview" },
@@ -18,6 +19,7 @@ const NAV = [
   { path: "/keys", label: "API keys" },
   { path: "/usage", label: "Usage & costs" },
   { path: "/providers", label: "Providers & prices", admin: true },
+  { path: "/users", label: "Users & projects", admin: true },
 ];
 
 export function App() {
@@ -58,6 +60,7 @@ export function App() {
   else if (path === "/keys") page = <KeysPage />;
   else if (path === "/usage") page = <UsagePage />;
   else if (path === "/providers") page = <ProvidersPage isAdmin={me.role === "admin"} />;
+  else if (path === "/users" && me.role === "admin") page = <UsersPage meId={me.id} />;
   else if (path === "/") page = <OverviewPage />;
   else page = <p>There is no page at {path}. <a href={href("/")}>Go to the overview</a>.</p>;
 

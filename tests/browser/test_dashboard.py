@@ -345,6 +345,7 @@ async def test_create_and_revoke_a_key_then_read_usage(
             "API keys",
             "Usage & costs",
             "Providers & prices",
+            "Users & projects",
         ):
             await nav(page, name)
             await expect(page.locator("main h1")).to_be_visible()
@@ -503,6 +504,7 @@ async def test_pages_have_no_serious_accessibility_violations(
         "API keys",
         "Usage & costs",
         "Providers & prices",
+        "Users & projects",
     ):
         await nav(page, name)
         await expect(page.locator("main h1")).to_be_visible()
@@ -527,3 +529,52 @@ async def audit(page: Page) -> list[str]:
         " + v.nodes.slice(0, 3).map(n => n.target.join(' ')).join(', ')))"
     )
     return list(result)
+
+
+async def test_admin_adds_a_member_who_signs_in_until_deactivated(
+    page: Page, browser, api_server: ApiServer, sessionmaker
+) -> None:
+    async with sessionmaker() as session:
+        seeded = await seed(session)
+    await login(page, seeded)
+    await nav(page, "Users & projects")
+    await page.get_by_label("Project name").fill("research")
+    await page.get_by_role("button", name="Create project").click()
+    await expect(page.get_by_role("list", name="Projects")).to_contain_text("research")
+
+    form = page.locator("form", has=page.get_by_role("heading", name="New user"))
+    await form.get_by_label("E-mail").fill("bob@example.com")
+    await form.get_by_label("Initial password").fill("bob-password-123")
+    await form.get_by_label("Project").select_option(label="research")
+    await form.get_by_role("button", name="Create user").click()
+    await expect(
+        page.get_by_role("status").filter(has_text="bob@example.com created")
+    ).to_be_visible()
+    bob = page.get_by_role("table", name="Users").locator("tr", has_text="bob@example.com")
+    await expect(bob).to_contain_text("research")
+    await expect(bob.get_by_label("Role of bob@example.com")).to_have_value("member")
+    await shot(page, "users")
+
+    # Bob signs in (another browser session) and sees his project only, without admin pages.
+    other = await browser.new_context(base_url=api_server.url)
+    bob_page = await other.new_page()
+    await bob_page.goto("/")
+    await bob_page.get_by_label("E-mail").fill("bob@example.com")
+    await bob_page.get_by_label("Password").fill("bob-password-123")
+    await bob_page.get_by_role("button", name="Sign in").click()
+    await expect(bob_page.get_by_role("heading", name="Overview")).to_be_visible()
+    await expect(bob_page.get_by_role("link", name="Users & projects")).to_have_count(0)
+    await (
+        bob_page.get_by_role("navigation", name="Main").get_by_role("link", name="API keys").click()
+    )
+    await expect(bob_page.get_by_label("Project")).to_have_text("research")
+
+    # Deactivated, he can no longer sign in.
+    await bob.get_by_role("button", name="Deactivate bob@example.com").click()
+    await expect(bob).to_contain_text("Deactivated")
+    await bob_page.get_by_role("button", name="Sign out").click()
+    await bob_page.get_by_label("E-mail").fill("bob@example.com")
+    await bob_page.get_by_label("Password").fill("bob-password-123")
+    await bob_page.get_by_role("button", name="Sign in").click()
+    await expect(bob_page.get_by_role("alert")).to_have_text("Wrong e-mail or password.")
+    await other.close()
