@@ -40,8 +40,12 @@ class UserUpdate(PartialUpdate):
     nullable = frozenset({"full_name"})
 
 
-class UserPublic(UserBase):
+class UserPublic(BaseModel):
     id: uuid.UUID
+    email: str
+    full_name: str | None
+    role: Role
+    is_active: bool
     created_at: datetime
     project_ids: list[uuid.UUID]
 
