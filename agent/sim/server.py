@@ -166,6 +166,8 @@ def create_app(config: SimConfig) -> FastAPI:
             if draw < rate:
                 raise SimError(status, f"simulated fault: HTTP {status}")
             draw -= rate
+        # without max_tokens the model "ends its answer" (EOS) after the default length
+        finish_reason = "stop" if max_tokens is None else "length"
         if max_tokens is None:
             max_tokens = max(
                 1, min(config.default_max_tokens, config.max_model_len - prompt_tokens)
@@ -189,6 +191,7 @@ def create_app(config: SimConfig) -> FastAPI:
             prompt_tokens=prompt_tokens,
             max_tokens=max_tokens,
             rng=request_rng,
+            finish_reason=finish_reason,
             prompt_blocks=block_hashes(prompt, config.block_size)
             if config.enable_prefix_caching
             else [],

@@ -87,6 +87,15 @@ async def test_every_endpoint_parses_with_the_openai_client() -> None:
         assert all(p.usage is None for p in pieces)  # no usage chunk unless asked for
 
 
+async def test_without_max_tokens_the_answer_ends_with_stop() -> None:
+    async with simulator("--default-max-tokens", "6") as url:
+        chat = await client(url).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}]
+        )
+    assert chat.choices[0].finish_reason == "stop"
+    assert chat.usage is not None and chat.usage.completion_tokens == 6
+
+
 async def test_same_seed_gives_the_same_output() -> None:
     async with simulator("--seed", "7") as url:
         api = client(url)
