@@ -5,7 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup dev test lint pytest system-deps agent-checksum agent-version-bump agent-version-check clean
+DASHBOARD_SRC := $(shell find dashboard/src dashboard/index.html dashboard/vite.config.ts dashboard/tsconfig.json -type f 2>/dev/null)
+
+.PHONY: setup dashboard dev test lint pytest system-deps agent-checksum agent-version-bump agent-version-check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,7 +15,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-setup: $(STAMP)
+# The dashboard is built when missing or older than its sources; the API serves it at /.
+dashboard/node_modules/.package-lock.json: dashboard/package-lock.json
+	cd dashboard && npm ci --no-audit --no-fund --loglevel=error
+
+dashboard/dist/index.html: dashboard/node_modules/.package-lock.json $(DASHBOARD_SRC)
+	cd dashboard && npm run --silent build
+
+dashboard: dashboard/dist/index.html
+
+setup: $(STAMP) dashboard
 
 # Debian packages the tests need (a browser for the dashboard tests); installed once.
 system-deps:
@@ -33,7 +44,17 @@ lint: setup
 pytest: setup
 	$(BIN)/pytest -q
 
-test: setup system-deps lint pytest
+test: setup system-deps lint agent-version-check pytest
+
+# Agent integrity: the recorded checksum must match agent/agent.py unless the version was bumped.
+agent-checksum: setup
+	@$(BIN)/python -m agent.version_tool checksum
+
+agent-version-bump: setup
+	$(BIN)/python -m agent.version_tool bump
+
+agent-version-check: setup
+	$(BIN)/python -m agent.version_tool check
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache dashboard/node_modules dashboard/dist
