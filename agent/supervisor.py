@@ -103,8 +103,9 @@ async def _stream_lines(stream: asyncio.StreamReader) -> None:
 
 
 class EngineSupervisor:
-    """Keeps one engine process alive. `prepare` runs before each start (the model download)
-    and returns the model path to serve, or None for the configured model."""
+    """Keeps one engine process alive. `prepare` (the model download) runs once before the
+    first start, retried with the same backoff until it succeeds; it returns the model path to
+    serve, or None for the configured model."""
 
     def __init__(
         self,
@@ -139,15 +140,19 @@ class EngineSupervisor:
 
     async def _run(self) -> None:
         model_path: str | None = None
-        if self._prepare is not None:
+        failures = 0
+        while self._prepare is not None and not self._stopping:
             self.state = EngineState.preparing
             try:
                 model_path = await self._prepare()
+                break
             except Exception as exc:
+                failures += 1
                 self.state = EngineState.failed
                 self.last_error = f"model preparation failed: {exc}"
-                log.error("%s", self.last_error)
-                return
+                delay = self._backoff(failures)
+                log.error("%s; trying again in %.1fs", self.last_error, delay)
+                await asyncio.sleep(delay)
         self.command = build_engine_command(self.settings, model_path)
         while not self._stopping:
             try:
@@ -161,15 +166,13 @@ class EngineSupervisor:
                 # a bug here must not leave the engine unwatched: count it as a failed run
                 log.exception("engine supervision failed; restarting the engine")
                 await self._kill_group()
+                self.pid = None
                 self.consecutive_failures += 1
             if self._stopping:
                 break
             self.restarts += 1
             self.state = EngineState.crash_loop if self.crash_loop else EngineState.backoff
-            delay = min(
-                self.settings.restart_backoff_max_s,
-                self.settings.restart_backoff_s * 2 ** max(0, self.consecutive_failures - 1),
-            )
+            delay = self._backoff(self.consecutive_failures)
             log.warning(
                 "engine exited with code %s (restart %d%s); restarting in %.1fs",
                 self.last_exit_code,
@@ -179,6 +182,14 @@ class EngineSupervisor:
             )
             await asyncio.sleep(delay)
         self.state = EngineState.stopped
+
+    def _backoff(self, failures: int) -> float:
+        return float(
+            min(
+                self.settings.restart_backoff_max_s,
+                self.settings.restart_backoff_s * 2 ** max(0, failures - 1),
+            )
+        )
 
     async def _run_once(self) -> None:
         log.info("starting engine: %s", shlex.join(self.command))

@@ -262,6 +262,37 @@ async def test_the_s3_prefix_is_tried_before_the_hub(
     assert elsewhere.progress.source == "hub"  # nothing under that prefix: the hub serves it
 
 
+async def test_the_agent_retries_a_failed_download_and_says_why_meanwhile(
+    tmp_path: Path, hub: tuple[FakeHub, str]
+) -> None:
+    fake, url = hub
+    fake.corrupt = True  # every transfer is corrupt until the hub is repaired
+    async with running_agent(
+        tmp_path,
+        model=MODEL,
+        model_cache_dir=tmp_path / "cache",
+        hf_endpoint=url,
+        download_attempts=1,
+        restart_backoff_s=0.2,
+    ) as agent:
+
+        async def failing() -> dict | None:
+            answer = await get_json(f"{agent.url}/readyz")
+            return (
+                answer[1] if answer and "model preparation failed" in answer[1]["reason"] else None
+            )
+
+        body = await wait_for(failing, 20, "the download failure to show")
+        assert body["engine_state"] == "failed" and "sha1" in body["reason"]
+        fake.corrupt = False
+
+        async def ready() -> bool:
+            answer = await get_json(f"{agent.url}/readyz")
+            return answer is not None and answer[0] == 200
+
+        await wait_for(ready, 30, "the retried download to succeed")
+
+
 async def test_the_agent_downloads_the_model_then_serves_it_from_the_cache(
     tmp_path: Path, hub: tuple[FakeHub, str]
 ) -> None:
