@@ -445,10 +445,11 @@ async def test_admin_sets_a_price_and_configures_a_deployment(
 
     await card.get_by_role("button", name="Start autoscaling").click()
     await expect(card.get_by_text("Autoscaling on")).to_be_visible()
-    decisions = page.locator(
-        "section", has=page.get_by_role("heading", name="Scaling decisions and changes")
-    )
-    await expect(decisions).to_contain_text("autoscaling started")
+    events = card.get_by_role("list", name="Events of chat")
+    await expect(events).to_contain_text("autoscaling started")
+    # Kept by the API: still there after a reload.
+    await page.reload()
+    await expect(events.locator("li").first).to_contain_text("Deployment: autoscaling started")
     await shot(page, "deployments-configured")
     async with sessionmaker() as session:
         chat = (await session.exec(select(Deployment).where(Deployment.name == "chat"))).one()

@@ -1,4 +1,4 @@
-import { useMemo, useState, type FormEvent } from "react";
+import { useEffect, useMemo, useState, type FormEvent } from "react";
 import { client, request, typed, type Deployment, type InstanceSummary } from "../api/client";
 import { Empty, ErrorBox, Guard, LiveIndicator, Notice, PageHeader, ProgressBar, StateBadge } from "../components/ui";
 import { useFlavors, useInstanceTypes, useProviders } from "../lib/catalog";
@@ -26,7 +26,7 @@ export function DeploymentsPage() {
     () => typed(client.GET("/api/v1/instances", { params: { query: { limit: 500 } } })),
     [],
   );
-  const [decisions, setDecisions] = useState<{ at: number; text: string; deployment?: string }[]>([]);
+  const [eventsVersion, setEventsVersion] = useState<Record<string, number>>({});
   const [editing, setEditing] = useState<Full | "new" | null>(null);
   const [notice, setNotice] = useState<Msg>(null);
   const types = useInstanceTypes();
@@ -37,13 +37,8 @@ export function DeploymentsPage() {
   }, 700);
   const onEvent = (e: LiveEvent) => {
     refresh();
-    const body = (e.data ?? {}) as { kind?: string; data?: Record<string, unknown> };
-    const kind = body.kind ?? e.type;
-    if (["deployment", "scaling", "scaling_decision", "autoscaler", "scale"].includes(kind)) {
-      const d = body.data ?? {};
-      const text = String(d.decision ?? d.change ?? d.reason ?? d.detail ?? JSON.stringify(d));
-      setDecisions((prev) => [{ at: Date.now(), text: `${humanize(kind)}: ${text}`, deployment: d.deployment_id as string }, ...prev].slice(0, 20));
-    }
+    const depId = (e.data as { data?: { deployment_id?: string } } | null)?.data?.deployment_id;
+    if (depId) setEventsVersion((v) => ({ ...v, [depId]: (v[depId] ?? 0) + 1 }));
   };
   const mode = useLiveEvents(onEvent, refresh, 4000);
 
@@ -129,6 +124,7 @@ export function DeploymentsPage() {
                     <button type="button" className="secondary" onClick={() => setEditing(d)} aria-label={`Edit ${d.name}`}>Edit</button>
                     <button type="button" className="danger" onClick={() => remove(d)} aria-label={`Delete ${d.name}`}>Delete</button>
                   </div>
+                  <DeploymentEvents id={d.id} name={d.name} version={eventsVersion[d.id] ?? 0} />
                   {live.length > 0 && (
                     <table aria-label={`Instances of ${d.name}`} className="compact">
                       <tbody>
@@ -154,20 +150,45 @@ export function DeploymentsPage() {
           </div>
         )}
       </Guard>
-      <section className="card" aria-labelledby="decisions-title">
-        <h2 id="decisions-title">Scaling decisions and changes</h2>
-        {decisions.length === 0 ? (
-          <Empty>Nothing since this page opened. Decisions of the autoscaler appear here live.</Empty>
-        ) : (
-          <ul className="event-list">
-            {decisions.map((x, n) => (
-              <li key={n}><time>{fmtTime(new Date(x.at).toISOString())}</time> {x.text}</li>
-            ))}
-          </ul>
-        )}
-      </section>
     </>
   );
+}
+
+/** Recent configuration changes and scaling decisions of one deployment, newest first. */
+function DeploymentEvents({ id, name, version }: { id: string; name: string; version: number }) {
+  const events = useResource(
+    () => typed(client.GET("/api/v1/deployments/{deployment_id}/events", { params: { path: { deployment_id: id }, query: { limit: 20 } } })),
+    [id],
+  );
+  useEffect(() => {
+    if (version > 0) void events.reload();
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [version]);
+  const list = events.data ?? [];
+  return (
+    <details className="events" open={list.length > 0}>
+      <summary>Scaling decisions and changes ({list.length})</summary>
+      {events.error && !events.data ? <p className="cell-error">{events.error}</p> : list.length === 0 ? (
+        <p className="muted">Nothing yet: changes and the autoscaler's decisions appear here live.</p>
+      ) : (
+        <ul className="event-list" aria-label={`Events of ${name}`}>
+          {list.slice(0, 8).map((e) => (
+            <li key={e.id}><time dateTime={e.at}>{fmtTime(e.at)}</time> {describeEvent(e.kind, e.data)}</li>
+          ))}
+        </ul>
+      )}
+    </details>
+  );
+}
+
+function describeEvent(kind: string, data: Record<string, unknown>): string {
+  const text = data.change ?? data.decision ?? data.reason ?? data.detail ?? data.action;
+  const extra = [
+    data.desired !== undefined ? `desired ${data.desired}` : null,
+    data.instance_id ? `instance ${String(data.instance_id).slice(0, 8)}` : null,
+  ].filter(Boolean).join(", ");
+  const body = text !== undefined ? String(text) : JSON.stringify(data);
+  return `${humanize(kind)}: ${body}${extra ? ` (${extra})` : ""}`;
 }
 
 function DeploymentForm({ initial, onDone }: { initial: Full | null; onDone: (msg?: string) => void }) {
