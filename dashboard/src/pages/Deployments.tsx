@@ -115,6 +115,8 @@ export function DeploymentsPage() {
                     <dt>Instance type</dt><dd>{t ? `${t.name} (${fmtMoney(t.price_per_hour, t.currency)}/h)` : shortId(d.instance_type_id)}</dd>
                     <dt>Flavor</dt><dd>{d.flavor}</dd>
                     <dt>Instances</dt><dd>{live.length} live · min {d.min_instances} · max {d.max_instances}</dd>
+                    {Object.keys(d.autoscaling).length > 0 && (<><dt>Autoscaling policy</dt><dd className="mono">{pairs(d.autoscaling)}</dd></>)}
+                    {Object.keys(d.engine_args).length > 0 && (<><dt>Engine arguments</dt><dd className="mono">{pairs(d.engine_args)}</dd></>)}
                   </dl>
                   <div className="button-row">
                     <button type="button" onClick={() => provision(d)} aria-label={`Provision instance of ${d.name}`}>Provision instance</button>
@@ -179,6 +181,10 @@ function DeploymentEvents({ id, name, version }: { id: string; name: string; ver
       )}
     </details>
   );
+}
+
+function pairs(o: Record<string, unknown>): string {
+  return Object.entries(o).map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : String(v)}`).join(" ");
 }
 
 function describeEvent(kind: string, data: Record<string, unknown>): string {
