@@ -125,6 +125,11 @@ async def test_new_instance_goes_live_without_reloading(
         await expect(row.locator("[data-state=ready]")).to_have_text("Ready")
         assert await page.evaluate("window.__stillTheSamePage === true"), "the page was reloaded"
         await shot(page, "instances")
+        await page.get_by_label("Filter by state").select_option("terminated")
+        await expect(page.get_by_text("No instances match these filters")).to_be_visible()
+        await page.get_by_label("Filter by state").select_option("ready")
+        await page.get_by_label("Filter by provider").select_option(seeded.provider.name)
+        await expect(row).to_have_attribute("data-state", "ready")
 
         # Detail: timeline, action log with durations, link to the Temporal UI.
         await row.get_by_role("link").first.click()

@@ -15,6 +15,7 @@ const PAGE = 50;
 export function InstancesPage() {
   const [state, setState] = useState<InstanceState | "">("");
   const [deploymentId, setDeploymentId] = useState("");
+  const [provider, setProvider] = useState("");
   const [offset, setOffset] = useState(0);
   const [notice, setNotice] = useState<{ tone: "ok" | "bad"; text: string } | null>(null);
 
@@ -27,9 +28,9 @@ export function InstancesPage() {
 
   const list = useResource(
     () => typed(client.GET("/api/v1/instances", {
-      params: { query: { state: state || undefined, deployment_id: deploymentId || undefined, limit: PAGE, offset } },
+      params: { query: { state: state || undefined, deployment_id: deploymentId || undefined, provider: provider || undefined, limit: PAGE, offset } },
     })),
-    [state, deploymentId, offset],
+    [state, deploymentId, provider, offset],
   );
   const refresh = useThrottled(() => void list.reload(), 500);
   const mode = useLiveEvents(() => refresh(), () => void list.reload(), 3000);
@@ -61,6 +62,13 @@ export function InstancesPage() {
             {(deployments.data ?? []).map((d) => <option key={d.id} value={d.id}>{d.name}</option>)}
           </select>
         </label>
+        <label>
+          Provider
+          <select aria-label="Filter by provider" value={provider} onChange={(e) => { setProvider(e.target.value); setOffset(0); }}>
+            <option value="">All providers</option>
+            {[...new Set((deployments.data ?? []).map((d) => d.provider))].sort().map((p) => <option key={p} value={p}>{p}</option>)}
+          </select>
+        </label>
       </div>
       {notice && <Notice tone={notice.tone} onClose={() => setNotice(null)}>{notice.text}</Notice>}
       {list.loading ? (
@@ -69,7 +77,7 @@ export function InstancesPage() {
         <ErrorBox message={list.error} onRetry={() => void list.reload()} />
       ) : !list.data || list.data.items.length === 0 ? (
         <Empty>
-          No instances{state ? ` in state ${humanize(state)}` : ""} yet. Provision one from{" "}
+          No instances{state || deploymentId || provider ? " match these filters" : " yet"}. Provision one from{" "}
           <a href={href("/deployments")}>Deployments</a>.
         </Empty>
       ) : (
