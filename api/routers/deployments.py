@@ -120,6 +120,23 @@ class DeploymentPublic(BaseModel):
     live_instances: int = Field(description="instances that may be running at the provider")
 
 
+class InstanceTypeChoice(BaseModel):
+    """An instance type a deployment can run on (the catalogue as members see it)."""
+
+    id: uuid.UUID
+    name: str
+    provider_id: uuid.UUID
+    provider: str
+    provider_kind: str
+    gpu_model: str | None
+    gpu_count: int
+    gpu_memory_gb: float
+    vcpus: int
+    ram_gb: float
+    price_per_hour: float
+    currency: str
+
+
 class FlavorPublic(BaseModel):
     name: str
     description: str
@@ -243,6 +260,23 @@ async def list_flavors(user: CurrentUser) -> list[FlavorPublic]:
             engine_args=dict(f.engine_args),
         )
         for f in FLAVORS.values()
+    ]
+
+
+@router.get("/instance-types", response_model=list[InstanceTypeChoice])
+async def list_instance_type_choices(
+    session: SessionDep, user: CurrentUser
+) -> list[InstanceTypeChoice]:
+    """Instance types of the enabled providers, with their prices: what a deployment may use."""
+    rows = await session.exec(
+        select(InstanceType, Provider)
+        .join(Provider, col(Provider.id) == InstanceType.provider_id)
+        .where(col(Provider.enabled))
+        .order_by(col(Provider.name), col(InstanceType.price_per_hour), col(InstanceType.name))
+    )
+    return [
+        InstanceTypeChoice(**t.model_dump(exclude={"zones"}), provider=p.name, provider_kind=p.kind)
+        for t, p in rows.all()
     ]
 
 

@@ -164,3 +164,20 @@ async def test_deployment_events_list_its_changes_newest_first(
         f"/api/v1/deployments/{dep}/events", params={"limit": 1}, headers=alice.headers
     )
     assert len(limited.json()) == 1
+
+
+async def test_members_see_the_instance_types_they_can_deploy_on(
+    client: httpx.AsyncClient, sessionmaker: Any, alice: Tenant
+) -> None:
+    async with sessionmaker() as session:
+        off = Provider(name="switched-off", kind="local", enabled=False)
+        session.add(off)
+        await session.flush()
+        session.add(InstanceType(provider_id=off.id, name="hidden"))
+        await session.commit()
+    choices = await client.get("/api/v1/deployments/instance-types", headers=alice.headers)
+    assert choices.status_code == 200
+    by_id = {c["id"]: c for c in choices.json()}
+    mine = by_id[str(alice.instance_type.id)]
+    assert (mine["provider"], mine["price_per_hour"]) == (alice.provider.name, 1.0)
+    assert "hidden" not in {c["name"] for c in choices.json()}
