@@ -6,12 +6,13 @@ import uuid
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
-from temporalio.common import WorkflowIDReusePolicy
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from core.models import Deployment, Instance
+from workflows.autoscaler import AutoscalerWorkflow, autoscaler_workflow_id
 from workflows.instance import InstanceWorkflow
-from workflows.types import InstanceWorkflowInput
+from workflows.types import AutoscaleInput, InstanceWorkflowInput
 
 
 def workflow_id_for(instance_id: uuid.UUID) -> str:
@@ -50,3 +51,16 @@ async def create_instance(
     await session.refresh(instance)
     await start_instance_workflow(client, task_queue, instance_id)
     return instance
+
+
+async def ensure_autoscaler(
+    client: Client, task_queue: str, deployment_id: uuid.UUID, interval_s: float
+) -> None:
+    """Start the deployment's autoscaler unless it runs already (it ends when turned off)."""
+    await client.start_workflow(
+        AutoscalerWorkflow.run,
+        AutoscaleInput(str(deployment_id), interval_s=interval_s),
+        id=autoscaler_workflow_id(str(deployment_id)),
+        task_queue=task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    )

@@ -13,10 +13,20 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.client import Client
 
+from activities.launch import ensure_autoscaler
 from activities.providers.base import Compute, ProviderError
 from core import states
 from core.events import publish_event
-from core.models import ActionStatus, Instance, InstanceAction, InstanceState, Provider, utcnow
+from core.models import (
+    ActionStatus,
+    Deployment,
+    Instance,
+    InstanceAction,
+    InstanceState,
+    Provider,
+    utcnow,
+)
+from core.settings import Settings
 from workflows.types import ReconcileInput, ReconcileResult
 
 log = logging.getLogger(__name__)
@@ -33,7 +43,9 @@ class ReconcileActivities:
         redis: aioredis.Redis,
         providers: dict[str, Compute],
         temporal: Client,
+        settings: Settings,
     ) -> None:
+        self.settings = settings
         self.sessionmaker = sessionmaker
         self.redis = redis
         self.providers = providers
@@ -108,7 +120,25 @@ class ReconcileActivities:
                     owner[0], "orphan_volume_deleted", f"{kind} volume {volume.volume_id}"
                 )
                 result.orphan_volumes_deleted.append(volume.volume_id)
+        await self._ensure_autoscalers()
         return result
+
+    async def _ensure_autoscalers(self) -> None:
+        """Every deployment with autoscaling on has its autoscaler running (the API starts it at
+        once; this catches one started while the API could not reach Temporal)."""
+        async with self.sessionmaker() as session:
+            ids = (
+                await session.exec(
+                    select(col(Deployment.id)).where(col(Deployment.autoscaling_enabled))
+                )
+            ).all()
+        for deployment_id in ids:
+            await ensure_autoscaler(
+                self.temporal,
+                self.settings.task_queue,
+                deployment_id,
+                self.settings.autoscale_interval_s,
+            )
 
     async def _provider_deleted(self, instance: Instance) -> None:
         async with self.sessionmaker() as session:

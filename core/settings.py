@@ -79,6 +79,9 @@ class Settings(BaseSettings):
         default=None, description="Agent version required; the bundled agent's when unset"
     )
     reconcile_interval_s: float = Field(default=60, description="Reconciler period")
+    autoscale_interval_s: float = Field(
+        default=15, description="Autoscaler period (per deployment with autoscaling on)"
+    )
     orphan_grace_s: float = Field(
         default=600, description="Age before an untracked tagged resource is deleted"
     )

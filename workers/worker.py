@@ -13,6 +13,7 @@ from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.worker import Worker
 
+from activities.autoscale import AutoscaleActivities
 from activities.instance import InstanceActivities
 from activities.launch import start_instance_workflow
 from activities.providers.base import Compute
@@ -20,6 +21,7 @@ from activities.providers.registry import build_providers
 from activities.reconcile import ReconcileActivities
 from core.db import make_engine, make_sessionmaker
 from core.settings import Settings
+from workflows.autoscaler import AutoscalerWorkflow
 from workflows.instance import InstanceWorkflow
 from workflows.reconciler import ReconcilerWorkflow, reconciler_workflow_id
 from workflows.types import ReconcileInput
@@ -47,11 +49,12 @@ async def build_worker(
 
     sessionmaker = make_sessionmaker(engine)
     lifecycle = InstanceActivities(settings, sessionmaker, redis, providers, start_instance)
-    reconcile = ReconcileActivities(sessionmaker, redis, providers, client)
+    reconcile = ReconcileActivities(sessionmaker, redis, providers, client, settings)
+    autoscale = AutoscaleActivities(sessionmaker, redis, client, start_instance)
     worker = Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[InstanceWorkflow, ReconcilerWorkflow],
+        workflows=[InstanceWorkflow, ReconcilerWorkflow, AutoscalerWorkflow],
         activities=[
             lifecycle.load_spec,
             lifecycle.record_request,
@@ -73,6 +76,9 @@ async def build_worker(
             lifecycle.finish_termination,
             lifecycle.archive,
             reconcile.reconcile_once,
+            autoscale.assess,
+            autoscale.scale_up,
+            autoscale.scale_down,
         ],
     )
     try:

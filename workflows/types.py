@@ -140,3 +140,42 @@ class ReconcileResult:
     provider_deleted: list[str] = field(default_factory=list)
     orphans_deleted: list[str] = field(default_factory=list)
     orphan_volumes_deleted: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AutoscaleInput:
+    deployment_id: str
+    interval_s: float = 15.0
+    last_scale_up: float = 0.0  # epoch seconds of the last scale-up (carried by continue-as-new)
+    last_scale_down: float = 0.0
+    rounds_before_continue: int = 200
+
+
+@dataclass
+class AssessInput:
+    deployment_id: str
+    now: float
+    last_scale_up: float
+    last_scale_down: float
+
+
+@dataclass
+class ScalingPlan:
+    enabled: bool  # False: the deployment is gone or autoscaling was stopped: the workflow ends
+    delta: int
+    reason: str
+    drain_instance_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ScaleUpInput:
+    deployment_id: str
+    new_instance_ids: list[str]
+    reason: str
+
+
+@dataclass
+class ScaleDownInput:
+    deployment_id: str
+    instance_ids: list[str]
+    reason: str

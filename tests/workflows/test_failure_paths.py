@@ -276,7 +276,7 @@ async def test_orphan_removed_after_grace_period_not_before(
     engine = make_engine(settings.database_url or "")
     redis = aioredis.Redis.from_url(settings.redis_url or "", decode_responses=True)
     reconcile = ReconcileActivities(
-        make_sessionmaker(engine), redis, {"local": local}, temporal_client
+        make_sessionmaker(engine), redis, {"local": local}, temporal_client, settings
     )
     env = ActivityEnvironment()
     try:
