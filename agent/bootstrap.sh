@@ -74,6 +74,8 @@ if ! "$PYTHON" -c "$IMPORTS" >/dev/null 2>&1; then
 fi
 
 export PYTHONPATH="$AGENT_DIR${PYTHONPATH:+:$PYTHONPATH}"
+# On a worker machine the gateway calls the engine directly: it must listen beyond loopback.
+export INVENTIV_AGENT_ENGINE_HOST="${INVENTIV_AGENT_ENGINE_HOST:-0.0.0.0}"
 LOG="${INVENTIV_AGENT_LOG_FILE:-$INSTALL_DIR/agent.log}"
 PORT="${INVENTIV_AGENT_PORT:-8090}"
 

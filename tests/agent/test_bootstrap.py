@@ -142,6 +142,7 @@ async def test_systemd_mode_installs_a_unit_with_the_agents_environment(tmp_path
     lines = env_file.read_text().splitlines()
     assert 'INVENTIV_AGENT_TOKEN="tok\\"en"' in lines
     assert 'VLLM_WORKER_MULTIPROC_METHOD="spawn"' in lines
+    assert 'INVENTIV_AGENT_ENGINE_HOST="0.0.0.0"' in lines  # the gateway reaches the engine
     assert f'PYTHONPATH="{tmp_path / "opt" / "agent-src"}"' in lines
     assert not any(line.startswith(("PATH=", "WORKER_")) for line in lines)
     assert env_file.stat().st_mode & 0o077 == 0  # it holds the token: owner only
