@@ -1,5 +1,5 @@
 import { useEffect, useMemo, useState, type FormEvent } from "react";
-import { client, request, typed, type Deployment, type InstanceSummary } from "../api/client";
+import { client, typed, type Deployment, type InstanceSummary } from "../api/client";
 import { Empty, ErrorBox, Guard, LiveIndicator, Notice, PageHeader, ProgressBar, StateBadge } from "../components/ui";
 import { useFlavors, useInstanceTypes, useProviders } from "../lib/catalog";
 import { useLiveEvents, type LiveEvent } from "../lib/events";
@@ -214,6 +214,7 @@ function DeploymentForm({ initial, onDone }: { initial: Full | null; onDone: (ms
     max_instances: String(initial?.max_instances ?? 1),
     autoscaling_enabled: initial?.autoscaling_enabled ?? false,
     engine_args: JSON.stringify(initial?.engine_args ?? {}, null, 1),
+    session_affinity: (initial?.session_affinity ?? "header") as "none" | "header" | "user",
   });
   const known = new Set(POLICY_FIELDS.map((p) => p.key));
   const [policy, setPolicy] = useState<Record<string, unknown>>(
@@ -256,19 +257,22 @@ function DeploymentForm({ initial, onDone }: { initial: Full | null; onDone: (ms
       setError("Minimum instances cannot be more than maximum instances.");
       return;
     }
-    const body: Record<string, unknown> = {
+    const common = {
       name: f.name.trim(), model: f.model.trim(), served_name: f.served_name.trim() || undefined,
       flavor: f.flavor, provider_id: providerId, instance_type_id: typeId,
-      min_instances: min, max_instances: max, autoscaling: { ...extra, ...policy }, engine_args: engineArgs,
+      min_instances: min, max_instances: max, autoscaling: { ...extra, ...policy },
+      engine_args: engineArgs as Record<string, unknown>, session_affinity: f.session_affinity,
     };
-    if (!initial) {
-      body.project_id = projectId;
-      body.autoscaling_enabled = f.autoscaling_enabled;
-    }
     setBusy(true);
     const r = initial
-      ? await request("PATCH", `/api/v1/deployments/${initial.id}`, { body })
-      : await request("POST", "/api/v1/deployments", { body });
+      ? await typed(client.PATCH("/api/v1/deployments/{deployment_id}", {
+        params: { path: { deployment_id: initial.id } }, body: common,
+      }))
+      : await typed(client.POST("/api/v1/deployments", {
+        body: {
+          ...common, project_id: projectId, autoscaling_enabled: f.autoscaling_enabled,
+        },
+      }));
     setBusy(false);
     if (!r.ok) {
       setError(r.notAvailable ? "This API server cannot create or edit deployments yet." : r.message);
@@ -322,6 +326,12 @@ function DeploymentForm({ initial, onDone }: { initial: Full | null; onDone: (ms
       ) : (
         <input id="dep-type" value={f.instance_type_id} onChange={set("instance_type_id")} placeholder="instance type id" />
       )}
+      <label htmlFor="dep-affinity">Session affinity</label>
+      <select id="dep-affinity" value={f.session_affinity} onChange={(e) => setF({ ...f, session_affinity: e.target.value as "none" | "header" | "user" })}>
+        <option value="header">By session header (reuses the KV cache)</option>
+        <option value="user">By the request's user field</option>
+        <option value="none">None (least loaded instance)</option>
+      </select>
       <label htmlFor="dep-min">Minimum instances</label>
       <input id="dep-min" type="number" min={0} max={1000} required value={f.min_instances} onChange={set("min_instances")} />
       <label htmlFor="dep-max">Maximum instances</label>
