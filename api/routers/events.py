@@ -37,7 +37,9 @@ EVENT_STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {
         "description": (
             "text/event-stream. Each event: `id: <stream id>` and `data: <JSON "
             '{"kind": "state"|"action"|"deployment"|..., "project_id": "...", "data": {...}}>`; '
-            "comment lines (`: keep-alive`) every few seconds."
+            "comment lines (`: keep-alive`) every few seconds. After a reconnect whose "
+            "Last-Event-ID is older than what the server still keeps, the first event is "
+            '`{"kind": "resync"}` (without id): reload the data shown.'
         ),
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     },
@@ -85,6 +87,20 @@ async def recent_events(
     return found
 
 
+RESYNC = json.dumps(
+    {
+        "kind": "resync",
+        "project_id": None,
+        "data": {"reason": "some events since Last-Event-ID are no longer kept: reload"},
+    }
+)
+
+
+def _order(stream_id: str) -> tuple[int, int]:
+    millis, _, seq = stream_id.partition("-")
+    return int(millis), int(seq or 0)
+
+
 def format_event(event_id: str, payload: str) -> str:
     return f"id: {event_id}\ndata: {payload}\n\n"
 
@@ -113,8 +129,11 @@ async def stream_events(
         visible = await visible_project_ids(session, user)
     allowed = None if visible is None else {str(p) for p in visible}
     wanted = str(project_id) if project_id is not None else None
+    gap = False
     if last_event_id is not None:
         start = last_event_id.strip()
+        oldest: Any = await redis.xrange(EVENTS_STREAM, count=1)
+        gap = bool(oldest) and _order(str(oldest[0][0])) > _order(start)
     else:
         newest = await redis.xrevrange(EVENTS_STREAM, count=1)
         start = str(newest[0][0]) if newest else "0-0"
@@ -123,6 +142,8 @@ async def stream_events(
     async def events() -> AsyncIterator[str]:
         last = start
         yield "retry: 2000\n\n"
+        if gap:  # the stream no longer holds everything after Last-Event-ID
+            yield f"data: {RESYNC}\n\n"
         while True:
             batch: Any = await redis.xread({EVENTS_STREAM: last}, count=BATCH, block=keepalive_ms)
             if not batch:

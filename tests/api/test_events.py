@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 
 from api.app import create_app
 from core.events import publish_event
+from core.redis_keys import EVENTS_STREAM
 from core.settings import Settings
 from tests.agent.helpers import serving
 from tests.api.conftest import Tenant
@@ -114,3 +115,19 @@ async def test_keepalive_and_refusals(
             "/api/v1/events", headers={**alice.headers, "Last-Event-ID": "yesterday"}
         )
         assert bad.status_code == 400 and "Last-Event-ID" in bad.text
+
+
+async def test_resume_after_trimmed_events_asks_for_a_resync(
+    api_base: str, redis_client: aioredis.Redis, alice: Tenant
+) -> None:
+    old = await emit(redis_client, alice, 1)
+    await emit(redis_client, alice, 2)
+    kept = await emit(redis_client, alice, 3)
+    await redis_client.xtrim(EVENTS_STREAM, maxlen=1, approximate=False)  # 1 and 2 are gone, 3 is kept
+    async with listen(api_base, alice, last_id=old) as stream:
+        first = await asyncio.wait_for(stream.next_event(), 10)
+        assert first["data"]["kind"] == "resync" and "id" not in first
+        assert await received(stream, 1) == [3]
+    async with listen(api_base, alice, last_id=kept) as stream:  # nothing lost: no resync
+        await emit(redis_client, alice, 4)
+        assert await received(stream, 1) == [4]
