@@ -48,7 +48,11 @@ export function describeError(status: number, body: unknown): string {
 
 function failure(status: number, body: unknown, path: string): Result<never> {
   if (status === 401 && !path.endsWith("/auth/login")) unauthorizedListeners.forEach((fn) => fn());
-  return { ok: false, status, message: describeError(status, body), notAvailable: status === 404 || status === 405 };
+  // An endpoint this API server lacks (older server): FastAPI's default 404, or the SPA
+  // fallback's "no API route"; a 404 about a missing row carries its own message instead.
+  const detail = (body as { detail?: unknown } | null)?.detail;
+  const missingRoute = status === 405 || (status === 404 && (detail === "Not Found" || (typeof detail === "string" && detail.startsWith("no API route"))));
+  return { ok: false, status, message: describeError(status, body), notAvailable: missingRoute };
 }
 
 /** Wrap an openapi-fetch call (typed by the generated schema) into a Result. */
@@ -62,50 +66,4 @@ export async function typed<T>(
   } catch {
     return failure(0, null, "");
   }
-}
-
-type Query = Record<string, string | number | boolean | undefined | null>;
-
-/**
- * Calls to endpoints the issue implies but the generated schema does not have yet (a 404 shows
- * "not available" on the page). Once the API serves them, `npm run generate` types them and the
- * page can move to `client`.
- */
-export async function request<T>(
-  method: "GET" | "POST" | "PATCH" | "PUT" | "DELETE",
-  path: string,
-  options: { query?: Query; body?: unknown } = {},
-): Promise<Result<T>> {
-  const url = new URL(path, location.origin);
-  for (const [k, v] of Object.entries(options.query ?? {})) {
-    if (v !== undefined && v !== null && v !== "") url.searchParams.set(k, String(v));
-  }
-  let response: Response;
-  try {
-    response = await fetch(url.pathname + url.search, {
-      method,
-      credentials: "same-origin",
-      headers: options.body !== undefined ? { "Content-Type": "application/json" } : undefined,
-      body: options.body !== undefined ? JSON.stringify(options.body) : undefined,
-    });
-  } catch {
-    return failure(0, null, path);
-  }
-  const text = await response.text();
-  let body: unknown = null;
-  try {
-    body = text ? JSON.parse(text) : null;
-  } catch {
-    body = text;
-  }
-  if (response.ok) return { ok: true, data: body as T, status: response.status };
-  return failure(response.status, body, path);
-}
-
-/** Lists come back as an array, a page {items, total} or a report {rows, …}: all give the rows. */
-export function rows<T>(data: unknown): T[] {
-  if (Array.isArray(data)) return data as T[];
-  const d = data as { items?: unknown; rows?: unknown } | null;
-  const items = d?.items ?? d?.rows;
-  return Array.isArray(items) ? (items as T[]) : [];
 }

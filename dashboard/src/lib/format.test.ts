@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { fmtDuration, humanize, toCsv } from "./format";
-import { describeError, rows } from "../api/client";
+import { describeError } from "../api/client";
 import { eventInstanceId } from "./events";
 import { niceCeil } from "../components/LineChart";
 
@@ -32,11 +32,6 @@ describe("api errors", () => {
   });
   it("says when the server is unreachable", () => {
     expect(describeError(0, null)).toMatch(/Cannot reach/);
-  });
-  it("reads arrays and pages", () => {
-    expect(rows([1, 2])).toEqual([1, 2]);
-    expect(rows({ items: [3], total: 1 })).toEqual([3]);
-    expect(rows(null)).toEqual([]);
   });
   it("finds the instance an event is about", () => {
     expect(eventInstanceId({ instance_id: "a" })).toBe("a");
