@@ -123,7 +123,8 @@ async def test_resume_after_trimmed_events_asks_for_a_resync(
     old = await emit(redis_client, alice, 1)
     await emit(redis_client, alice, 2)
     kept = await emit(redis_client, alice, 3)
-    await redis_client.xtrim(EVENTS_STREAM, maxlen=1, approximate=False)  # 1 and 2 are gone, 3 is kept
+    # 1 and 2 are gone, 3 is kept
+    await redis_client.xtrim(EVENTS_STREAM, maxlen=1, approximate=False)
     async with listen(api_base, alice, last_id=old) as stream:
         first = await asyncio.wait_for(stream.next_event(), 10)
         assert first["data"]["kind"] == "resync" and "id" not in first
