@@ -81,6 +81,21 @@ async def test_login_refuses_a_wrong_password_then_signs_in(
     await page.context.add_cookies(cookies)
     await page.reload()
     await expect(page.get_by_role("heading", name="Instances")).to_be_visible()
+
+    # A server that fails or lacks an endpoint is explained in words, with a way to retry.
+    await page.route("**/api/v1/overview", lambda r: r.fulfill(status=500, body="oops"))
+    await page.route(
+        "**/api/v1/metrics/requests*",
+        lambda r: r.fulfill(status=404, json={"detail": "Not Found"}),
+    )
+    await nav(page, "Overview")
+    await expect(page.get_by_role("alert")).to_contain_text(
+        "The server failed (HTTP 500). Try again in a moment."
+    )
+    await expect(page.get_by_role("note")).to_contain_text("Request metrics is not available yet")
+    await page.unroute("**/api/v1/overview")
+    await page.get_by_role("button", name="Try again").click()
+    await expect(page.get_by_role("heading", name="Instances by state")).to_be_visible()
     await page.get_by_role("button", name="Sign out").click()
     await expect(page.get_by_role("button", name="Sign in")).to_be_visible()
     await page.reload()

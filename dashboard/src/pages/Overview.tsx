@@ -1,7 +1,7 @@
 import { client, typed } from "../api/client";
 import { LineChart } from "../components/LineChart";
 import { pointsOf, type Point } from "../lib/metrics";
-import { ErrorBox, Guard, LiveIndicator, Loading, PageHeader, StateBadge, Stat } from "../components/ui";
+import { ErrorBox, Guard, LiveIndicator, Loading, NotAvailable, PageHeader, StateBadge, Stat } from "../components/ui";
 import { useLiveEvents } from "../lib/events";
 import { useInterval, useResource, useThrottled } from "../lib/hooks";
 import { fmtNumber, fmtPercent } from "../lib/format";
@@ -61,7 +61,9 @@ export function OverviewPage() {
       </Guard>
       <section className="card" aria-labelledby="rate-title">
         <h2 id="rate-title">Traffic (last hour, live)</h2>
-        {metrics.loading ? <Loading what="Loading request metrics" /> : metrics.error && !metrics.data ? <ErrorBox message={metrics.error} /> : (
+        {metrics.loading ? <Loading what="Loading request metrics" /> : metrics.notAvailable ? (
+          <NotAvailable what="Request metrics" path="GET /api/v1/metrics/requests" />
+        ) : metrics.error && !metrics.data ? <ErrorBox message={metrics.error} onRetry={() => void metrics.reload()} /> : (
           <div className="grid-2">
             <LineChart title="Request rate" unit=" req/s" series={pointsOf(points, "request_rate_per_s", "requests")} format={(v) => v.toFixed(2)} />
             <LineChart title="Latency" unit=" ms" series={[...pointsOf(points, "ttft_p95_ms", "TTFT p95"), ...pointsOf(points, "latency_p95_ms", "latency p95")]} format={(v) => v.toFixed(0)} />
