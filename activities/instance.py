@@ -27,6 +27,8 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.providers.base import (
+    AGENT_PORT,
+    ENGINE_PORT,
     Compute,
     CreateRequest,
     ProviderError,
@@ -51,7 +53,7 @@ from core.progress import Step
 from core.redis_keys import INSTANCE_LOAD, ROUTING_CHANNEL, ROUTING_REGISTRY
 from core.settings import Settings
 from core.tokens import agent_token, token_hash
-from core.wire import RegistryChange, RoutableInstance
+from core.wire import InstanceLoad, RegistryChange, RoutableInstance
 from workflows.types import (
     CreateResult,
     DrainInput,
@@ -412,8 +414,6 @@ class InstanceActivities:
                 return None
             return machine.ip_address, machine.agent_url, machine.engine_url
 
-        from activities.providers.base import AGENT_PORT, ENGINE_PORT
-
         ip, agent_url, engine_url = await self._poll(
             has_ip, inp.timeout_s, inp.poll_interval_s, "an IP address"
         )
@@ -545,11 +545,15 @@ class InstanceActivities:
             return HealthResult(healthy=False, detail="machine gone at provider", gone=True)
         raw = await self.redis.hget(INSTANCE_LOAD, inp.instance_id)
         if raw:
-            import json
-
-            age = time.time() - float(json.loads(raw).get("ts", 0))
-            if age < self.settings.heartbeat_fresh_s:
+            load = InstanceLoad.model_validate_json(raw)
+            age = time.time() - load.ts
+            # A fresh heartbeat spares the active check only when it says the engine serves.
+            if age < self.settings.heartbeat_fresh_s and load.engine_ready:
                 return HealthResult(healthy=True, detail=f"heartbeat {age:.0f}s old")
+            if age < self.settings.heartbeat_fresh_s:
+                return HealthResult(
+                    healthy=False, detail=f"agent reports the engine {load.engine_state}"
+                )
         try:
             ready = await self.http.get(f"{instance.agent_url}/readyz")
             info = await self.http.get(f"{instance.agent_url}/info")

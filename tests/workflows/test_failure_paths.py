@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import time
 
 import httpx
 import redis.asyncio as aioredis
@@ -289,3 +290,44 @@ async def test_orphan_removed_after_grace_period_not_before(
     finally:
         await redis.aclose()
         await engine.dispose()
+
+
+async def test_fresh_heartbeat_reporting_a_dead_engine_is_unhealthy(
+    settings: Settings, sessionmaker, temporal_client, redis_client: aioredis.Redis
+) -> None:
+    """A heartbeat spares the active check only when it says the engine serves."""
+    from core.redis_keys import INSTANCE_LOAD
+
+    settings = settings.model_copy(update={"health_interval_s": 0.5, "unhealthy_threshold": 2})
+    async with sessionmaker() as session:
+        seeded = await seed(session, engine_args=SIM_FAST)
+    async with running_worker(settings, temporal_client):
+        async with sessionmaker() as session:
+            instance = await create_instance(
+                session, temporal_client, settings.task_queue, deployment=seeded.deployment
+            )
+        await wait_state(sessionmaker, instance.id, S.ready)
+
+        async def heartbeats() -> None:
+            while True:
+                load = {"instance_id": str(instance.id), "ts": time.time(),
+                        "engine_ready": False, "engine_state": "crash_loop"}  # fmt: skip
+                await redis_client.hset(INSTANCE_LOAD, str(instance.id), json.dumps(load))
+                await asyncio.sleep(0.2)
+
+        beating = asyncio.create_task(heartbeats())
+        try:
+            done = await wait_state(sessionmaker, instance.id, S.terminated, timeout=60)
+        finally:
+            beating.cancel()
+        assert done.termination_reason == "unhealthy"
+        unhealthy = [a for a in await actions(sessionmaker, instance.id) if a.step == "unhealthy"]
+        assert "crash_loop" in (unhealthy[0].detail or "")
+        async with sessionmaker() as session:
+            replacement = (
+                await session.exec(select(Instance).where(col(Instance.id) != instance.id))
+            ).one()
+        await wait_state(sessionmaker, replacement.id, S.ready)
+        await temporal_client.get_workflow_handle(replacement.workflow_id).signal("terminate")
+        await wait_state(sessionmaker, replacement.id, S.terminated)
+    await _nothing_left(settings)
