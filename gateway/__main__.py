@@ -48,6 +48,7 @@ def serve() -> None:
         http="httptools",
         lifespan="on",
         access_log=False,
+        proxy_headers=False,  # no X-Forwarded-* rewriting on the hot path
         log_level="warning",
         timeout_graceful_shutdown=30,
         timeout_keep_alive=75,  # longer than the usual 60 s of load balancers in front

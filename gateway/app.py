@@ -138,7 +138,7 @@ class Gateway:
         self._keys = KeyCache(
             self._pool, self.settings.api_key_cache_ttl_s, self.config.unknown_key_ttl_s
         )
-        self._limiter = RateLimiter(self._redis)
+        self._limiter = RateLimiter(self.settings.redis_url or "", self._redis)
         self._logs = RequestLogWriter(
             self._pool, self.config.log_batch_size, self.config.log_buffer_max
         )
@@ -184,6 +184,8 @@ class Gateway:
         except (RedisError, OSError, asyncpg.PostgresError, TimeoutError) as exc:
             log.error("could not flush request logs at shutdown: %s", exc)
         self.upstream.close()
+        if self._limiter is not None:
+            self._limiter.close()
         if self._pool is not None:
             await self._pool.close()
         if self._redis is not None:
@@ -669,21 +671,22 @@ class Gateway:
         ended = time.perf_counter()
         latency = ended - started
         status = outcome.status or 500
-        metrics.REQUESTS.labels(model, str(status)).inc()
-        metrics.LATENCY.labels(model).observe(latency)
+        model_metrics = metrics.for_model(model)
+        model_metrics.request(status)
+        model_metrics.latency.observe(latency)
         ttft_ms = None
         if outcome.first_chunk_at is not None:
             ttft = outcome.first_chunk_at - started
             ttft_ms = ttft * 1000
-            metrics.TTFT.labels(model).observe(ttft)
+            model_metrics.ttft.observe(ttft)
             if outcome.output_tokens > 1 and ended > outcome.first_chunk_at:
-                metrics.TOKENS_PER_SECOND.labels(model).observe(
+                model_metrics.tokens_per_second.observe(
                     (outcome.output_tokens - 1) / (ended - outcome.first_chunk_at)
                 )
         tokens = outcome.input_tokens + outcome.output_tokens
         if tokens:
-            metrics.INPUT_TOKENS.labels(model).inc(outcome.input_tokens)
-            metrics.OUTPUT_TOKENS.labels(model).inc(outcome.output_tokens)
+            model_metrics.input_tokens.inc(outcome.input_tokens)
+            model_metrics.output_tokens.inc(outcome.output_tokens)
             if key.tpm_limit is not None:
                 self._pending_tokens[key.id] = self._pending_tokens.get(key.id, 0) + tokens
         backend = outcome.backend

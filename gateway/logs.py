@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import uuid
 from datetime import UTC, datetime
@@ -52,7 +53,9 @@ LogRow = tuple[
 ]
 
 
+@functools.lru_cache(maxsize=4096)
 def _uuid(value: str | None) -> uuid.UUID | None:
+    """Parsed once per distinct id (keys, instances and deployments repeat in every batch)."""
     if value is None:
         return None
     try:

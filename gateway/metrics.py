@@ -8,6 +8,7 @@ workers' values.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -122,3 +123,42 @@ def render() -> tuple[bytes, str]:
         prom_multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+class ModelMetrics:
+    """The labelled children of one model, resolved once (labels() takes a lock each call)."""
+
+    __slots__ = (
+        "_codes",
+        "input_tokens",
+        "latency",
+        "model",
+        "output_tokens",
+        "tokens_per_second",
+        "ttft",
+    )
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.latency = LATENCY.labels(model)
+        self.ttft = TTFT.labels(model)
+        self.tokens_per_second = TOKENS_PER_SECOND.labels(model)
+        self.input_tokens = INPUT_TOKENS.labels(model)
+        self.output_tokens = OUTPUT_TOKENS.labels(model)
+        self._codes: dict[int, Any] = {}
+
+    def request(self, status: int) -> None:
+        counter = self._codes.get(status)
+        if counter is None:
+            counter = self._codes[status] = REQUESTS.labels(self.model, str(status))
+        counter.inc()
+
+
+_BY_MODEL: dict[str, ModelMetrics] = {}
+
+
+def for_model(model: str) -> ModelMetrics:
+    found = _BY_MODEL.get(model)
+    if found is None:
+        found = _BY_MODEL[model] = ModelMetrics(model)
+    return found

@@ -15,10 +15,12 @@ import math
 import os
 import socket
 from dataclasses import dataclass
+from typing import cast
 
 import redis.asyncio as aioredis
 
 from core.redis_keys import rate_limit_key
+from gateway.resp import PipelinedRedis
 
 WINDOW_S = 60
 
@@ -111,20 +113,37 @@ class Decision:
 
 
 class RateLimiter:
-    def __init__(self, redis: aioredis.Redis) -> None:
-        self.redis = redis
-        self._admit = redis.register_script(_ADMIT)
-        self._add_tokens = redis.register_script(_ADD_TOKENS)
+    """Admission through the pipelined client (redis:// and unix:// URLs), else redis-py."""
+
+    def __init__(self, redis_url: str, fallback: aioredis.Redis) -> None:
+        self._fast: PipelinedRedis | None = None
+        try:
+            self._fast = PipelinedRedis(redis_url)
+        except ValueError:
+            self._fast = None
+        if self._fast is not None:
+            self._admit_sha = self._fast.script(_ADMIT)
+            self._add_sha = self._fast.script(_ADD_TOKENS)
+        self._admit = fallback.register_script(_ADMIT)
+        self._add_tokens = fallback.register_script(_ADD_TOKENS)
         self._member_prefix = f"{socket.gethostname()}:{os.getpid()}:"
         self._counter = itertools.count()
 
     async def admit(self, key_id: str, rpm: int | None, tpm: int | None) -> Decision:
         member = f"{self._member_prefix}{next(self._counter)}"
-        result = await self._admit(
-            keys=[rate_limit_key(key_id, "rpm", WINDOW_S), rate_limit_key(key_id, "tpm", WINDOW_S)],
-            args=[-1 if rpm is None else rpm, -1 if tpm is None else tpm, member, WINDOW_S],
-        )
-        allowed, reason, used_req, used_tok, reset_ms = (int(v) for v in result)
+        keys = [rate_limit_key(key_id, "rpm", WINDOW_S), rate_limit_key(key_id, "tpm", WINDOW_S)]
+        args: list[str | int] = [
+            -1 if rpm is None else rpm,
+            -1 if tpm is None else tpm,
+            member,
+            WINDOW_S,
+        ]
+        if self._fast is not None:
+            result = await self._fast.evalsha(self._admit_sha, keys, args)
+        else:
+            result = await self._admit(keys=keys, args=args)
+        assert isinstance(result, list)
+        allowed, reason, used_req, used_tok, reset_ms = (int(cast(int, v)) for v in result)
         return Decision(
             allowed=bool(allowed),
             limited_by={1: "requests", 2: "tokens"}.get(reason),
@@ -134,7 +153,14 @@ class RateLimiter:
         )
 
     async def add_tokens(self, key_id: str, tokens: int) -> None:
-        if tokens > 0:
-            await self._add_tokens(
-                keys=[rate_limit_key(key_id, "tpm", WINDOW_S)], args=[tokens, WINDOW_S]
-            )
+        if tokens <= 0:
+            return
+        keys = [rate_limit_key(key_id, "tpm", WINDOW_S)]
+        if self._fast is not None:
+            await self._fast.evalsha(self._add_sha, keys, [tokens, WINDOW_S])
+        else:
+            await self._add_tokens(keys=keys, args=[tokens, WINDOW_S])
+
+    def close(self) -> None:
+        if self._fast is not None:
+            self._fast.close()

@@ -1,0 +1,691 @@
+"""Gateway benchmark: one run, same machine, same upstream, same load tool (wrk), side by side.
+
+    python -m bench.gateway.run            # all targets, 10 s per configuration
+    python -m bench.gateway.run --quick    # 3 s per configuration
+
+Targets: the upstream directly; nginx as a reverse proxy (the floor); our gateway with API-key
+auth, rate limits (per-key RPM and TPM through Redis), request logs and metrics on, with 1 and 2
+worker processes; `vllm-router` (Rust); LiteLLM's proxy (no database). The upstream is nginx
+returning a fixed OpenAI chat completion (`/v1/chat/completions`) or a fixed SSE stream
+(`/v1/completions`) with no delay, so every figure is the proxy's own cost.
+
+Figures: requests/s at 32 connections; p50/p99 latency at 1 and 32 connections and what each
+proxy adds to the direct figure; CPU-ms per request of the proxy's processes (psutil, user+system
+over the 32-connection run; the most stable figure on a noisy machine); streaming time to first
+SSE event added (sequential requests). Results go to bench/results/gateway.json and .md.
+
+Tools: wrk and nginx from Debian (`apt-get install -y wrk nginx`); vllm-router and LiteLLM from a
+separate virtualenv (`python -m venv /tmp/bench-venv && /tmp/bench-venv/bin/pip install
+vllm-router 'litellm[proxy]'`, or --tools-venv), never the project's. Missing ones are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httptools
+import psutil
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "bench" / "results"
+MODEL = "bench"
+
+CHAT_RESPONSE = json.dumps(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 1764288000,
+        "model": MODEL,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hello! How can I help you today?"},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 9, "total_tokens": 18},
+    },
+    separators=(",", ":"),
+)
+
+
+def _sse_chunk(text: str | None, finish: str | None = None, usage: bool = False) -> str:
+    choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+    chunk = {
+        "id": "cmpl-bench",
+        "object": "text_completion",
+        "created": 1764288000,
+        "model": MODEL,
+        "choices": [] if usage else [choice],
+    }
+    if usage:
+        chunk["usage"] = {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
+    return "data: " + json.dumps(chunk, separators=(",", ":")) + "\n\n"
+
+
+SSE_RESPONSE = (
+    _sse_chunk("Hello")
+    + _sse_chunk(" there")
+    + _sse_chunk("!", "stop")
+    + _sse_chunk(None, usage=True)
+    + "data: [DONE]\n\n"
+)
+CHAT_BODY = json.dumps(
+    {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 16}
+)
+STREAM_BODY = json.dumps({"model": MODEL, "prompt": "Hello", "max_tokens": 3, "stream": True})
+
+
+def _nginx_quote(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n")
+
+
+NGINX_COMMON = """
+worker_processes {workers};
+pid {dir}/{name}.pid;
+error_log {dir}/{name}-error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/{name}-body;
+  proxy_temp_path {dir}/{name}-proxy;
+  fastcgi_temp_path {dir}/{name}-fcgi;
+  uwsgi_temp_path {dir}/{name}-uwsgi;
+  scgi_temp_path {dir}/{name}-scgi;
+  keepalive_requests 10000000;
+  keepalive_timeout 120s;
+  {servers}
+}}
+"""
+
+UPSTREAM_SERVERS = """
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location = /v1/completions {{ default_type text/event-stream; return 200 '{sse}'; }}
+    location / {{ default_type application/json; return 200 '{chat}'; }}
+  }}
+"""
+
+PROXY_SERVERS = """
+  upstream engine {{ server 127.0.0.1:{upstream}; keepalive 128; }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location / {{
+      proxy_pass http://engine;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }}
+  }}
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def wait_http(
+    url: str, timeout: float = 60, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=2) as client:
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+            try:
+                response = await client.get(url)
+                if response.status_code < 500:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and its children (alive ones)."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+# ----------------------------------------------------------------------------- wrk
+
+
+@dataclass
+class WrkResult:
+    connections: int
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int  # non-2xx responses plus socket errors
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text.strip())
+    if not match:
+        raise ValueError(f"unexpected wrk latency {text!r}")
+    value, unit = float(match.group(1)), match.group(2)
+    return value * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def run_wrk(url: str, script: Path, connections: int, seconds: float) -> WrkResult:
+    threads = 1 if connections == 1 else 2
+    completed = subprocess.run(
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--latency",
+            "--timeout",
+            "10s",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    out = completed.stdout
+    if completed.returncode != 0:
+        raise RuntimeError(f"wrk failed: {completed.stdout} {completed.stderr}".strip())
+    requests = int(re.search(r"(\d+) requests in ([\d.]+)(\w+)", out).group(1))  # type: ignore[union-attr]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    errors = 0
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non2xx:
+        errors += int(non2xx.group(1))
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    )
+    if socket_errors:
+        errors += sum(int(g) for g in socket_errors.groups())
+    return WrkResult(connections, requests, seconds, rps, p50, p99, errors)
+
+
+def wrk_script(directory: Path, key: str) -> Path:
+    path = directory / f"post-{uuid.uuid4().hex[:6]}.lua"
+    body = CHAT_BODY.replace("\\", "\\\\").replace('"', '\\"')
+    path.write_text(
+        'wrk.method = "POST"\n'
+        f'wrk.body = "{body}"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["Authorization"] = "Bearer {key}"\n'
+    )
+    return path
+
+
+# ----------------------------------------------------------------------------- streaming TTFB
+
+
+class _FirstEvent:
+    def __init__(self) -> None:
+        self.first_body_at: float | None = None
+        self.done = False
+        self.status = 0
+
+    def on_headers_complete(self) -> None:
+        pass
+
+    def on_body(self, body: bytes) -> None:
+        if self.first_body_at is None and b"data:" in body:
+            self.first_body_at = time.perf_counter()
+
+    def on_message_complete(self) -> None:
+        self.done = True
+
+
+async def stream_ttfb_ms(host: str, port: int, path: str, key: str, count: int) -> list[float]:
+    """Sequential streamed requests on one keep-alive connection: time to the first SSE event."""
+    reader, writer = await asyncio.open_connection(host, port)
+    body = STREAM_BODY.encode()
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    samples = []
+    try:
+        for _ in range(count):
+            state = _FirstEvent()
+            parser = httptools.HttpResponseParser(state)
+            started = time.perf_counter()
+            writer.write(request)
+            while not state.done:
+                data = await reader.read(65536)
+                if not data:
+                    raise ConnectionError("connection closed mid-response")
+                parser.feed_data(data)
+            if parser.get_status_code() != 200 or state.first_body_at is None:
+                raise RuntimeError(f"streaming request failed: {parser.get_status_code()}")
+            samples.append((state.first_body_at - started) * 1000)
+    finally:
+        writer.close()
+    return samples
+
+
+# ----------------------------------------------------------------------------- targets
+
+
+@dataclass
+class Target:
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes] | None  # whose CPU is measured (with its children)
+    stream_path: str = "/v1/completions"
+    notes: str = ""
+
+
+@dataclass
+class TargetResult:
+    name: str
+    notes: str
+    c32: WrkResult | None = None
+    c1: WrkResult | None = None
+    cpu_ms_per_request: float | None = None
+    stream_ttfb_p50_ms: float | None = None
+    stream_ttfb_p99_ms: float | None = None
+    error: str | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def measure(
+    target: Target, key: str, workdir: Path, seconds: float, stream_count: int
+) -> TargetResult:
+    result = TargetResult(target.name, target.notes)
+    url = f"http://127.0.0.1:{target.port}/v1/chat/completions"
+    script = wrk_script(workdir, key)
+    try:
+        run_wrk(url, script, 32, min(2.0, seconds))  # warm-up: connections, caches, JITs
+        cpu_before = tree_cpu_s(target.proc.pid) if target.proc else 0.0
+        result.c32 = run_wrk(url, script, 32, seconds)
+        if target.proc:
+            used = tree_cpu_s(target.proc.pid) - cpu_before
+            result.cpu_ms_per_request = used * 1000 / max(1, result.c32.requests)
+        result.c1 = run_wrk(url, script, 1, seconds)
+        samples = asyncio.run(
+            stream_ttfb_ms("127.0.0.1", target.port, target.stream_path, key, stream_count)
+        )
+        samples.sort()
+        result.stream_ttfb_p50_ms = statistics.median(samples)
+        result.stream_ttfb_p99_ms = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+    except (subprocess.CalledProcessError, RuntimeError, OSError, AttributeError) as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+    return result
+
+
+class Stack:
+    """Embedded PostgreSQL + Redis, migrated and seeded with a deployment, a key and an instance."""
+
+    def __init__(self, workdir: Path) -> None:
+        from core.embedded import EmbeddedPostgres, EmbeddedRedis
+
+        self.pg = EmbeddedPostgres(workdir / "pg")
+        self.redis = EmbeddedRedis(workdir / "redis")
+        self.db_url = ""
+        self.redis_url = ""
+        self.key = "sk-inv-bench" + secrets.token_urlsafe(24)
+
+    def start(self, upstream_port: int) -> None:
+        from core.migrate import upgrade
+
+        self.db_url = self.pg.start()
+        self.redis_url = self.redis.start()
+        upgrade(self.db_url)
+        asyncio.run(self._seed(upstream_port))
+
+    async def _seed(self, upstream_port: int) -> None:
+        import asyncpg
+        import redis.asyncio as aioredis
+
+        from core.redis_keys import ROUTING_REGISTRY
+        from core.tokens import token_hash
+        from core.wire import RoutableInstance
+
+        conn = await asyncpg.connect(self.db_url)
+        try:
+            project, provider, itype, deployment, key = (uuid.uuid4() for _ in range(5))
+            await conn.execute(
+                "INSERT INTO projects (id, name, created_at) VALUES ($1, 'bench', now())", project
+            )
+            await conn.execute(
+                "INSERT INTO providers (id, name, kind, enabled, config, created_at) "
+                "VALUES ($1, 'bench', 'local', true, '{}', now())",
+                provider,
+            )
+            await conn.execute(
+                "INSERT INTO instance_types (id, provider_id, name, gpu_count, gpu_memory_gb, "
+                "vcpus, ram_gb, price_per_hour, currency, zones) "
+                "VALUES ($1, $2, 'bench', 1, 80, 8, 64, 1, 'EUR', '[]')",
+                itype,
+                provider,
+            )
+            await conn.execute(
+                "INSERT INTO deployments (id, project_id, name, model, served_name, flavor, "
+                "provider_id, instance_type_id, min_instances, max_instances, "
+                "autoscaling_enabled, autoscaling, engine_args, session_affinity, created_at, "
+                "updated_at) VALUES ($1, $2, 'bench', 'bench', $3, 'cpu-sim', $4, $5, 1, 1, "
+                "false, '{}', '{}', 'none', now(), now())",
+                deployment,
+                project,
+                MODEL,
+                provider,
+                itype,
+            )
+            # Limits far above what the benchmark sends: checked on every request, never hit.
+            await conn.execute(
+                "INSERT INTO api_keys (id, project_id, name, prefix, key_hash, rpm_limit, "
+                "tpm_limit, created_at) VALUES ($1, $2, 'bench', 'sk-inv-bench', $3, "
+                "2000000000, 2000000000, now())",
+                key,
+                project,
+                token_hash(self.key),
+            )
+        finally:
+            await conn.close()
+        instance = RoutableInstance(
+            instance_id=str(uuid.uuid4()),
+            deployment_id=str(deployment),
+            project_id=str(project),
+            model=MODEL,
+            engine_url=f"http://127.0.0.1:{upstream_port}",
+            session_affinity="none",
+        )
+        client = aioredis.Redis.from_url(self.redis_url)
+        await client.hset(ROUTING_REGISTRY, instance.instance_id, instance.model_dump_json())
+        await client.aclose()
+
+    def stop(self) -> None:
+        self.redis.stop()
+        self.pg.stop()
+
+
+def start_nginx(workdir: Path, name: str, servers: str, workers: int) -> subprocess.Popen[bytes]:
+    conf = workdir / f"{name}.conf"
+    conf.write_text(NGINX_COMMON.format(workers=workers, dir=workdir, name=name, servers=servers))
+    return subprocess.Popen(
+        ["nginx", "-c", str(conf), "-p", str(workdir), "-g", "daemon off;"],
+        start_new_session=True,
+    )
+
+
+def start_gateway(
+    stack: Stack, port: int, workers: int, profile: Path | None
+) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "INVENTIV_DATABASE_URL": stack.db_url,
+        "INVENTIV_REDIS_URL": stack.redis_url,
+        "INVENTIV_HOST": "127.0.0.1",
+        "INVENTIV_GATEWAY_PORT": str(port),
+        "INVENTIV_GATEWAY_WORKERS": str(workers),
+    }
+    command = [sys.executable, "-m", "gateway"]
+    if profile is not None:
+        command = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "gateway"]
+    return subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
+
+
+def render_markdown(results: list[TargetResult], meta: dict[str, object]) -> str:
+    direct = next((r for r in results if r.name == "direct" and r.c32), None)
+
+    def added(value: float | None, base: float | None) -> str:
+        if value is None or base is None:
+            return "-"
+        return f"{value - base:+.2f}"
+
+    lines = [
+        f"Gateway benchmark, {meta['date']}, {meta['cpus']} CPUs ({meta['machine']}), "
+        f"wrk {meta['seconds']} s per configuration, upstream: nginx returning a fixed "
+        'completion. Latencies in ms; "added" is the difference with the direct figure.',
+        "",
+        "| target | req/s @32 | p50 @32 | p99 @32 | added p50 @1 | added p99 @1 | "
+        "CPU ms/req | stream TTFB added p50 | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        if r.c32 is None or r.c1 is None:
+            lines.append(f"| {r.name} | {r.error or 'skipped'} | | | | | | | |")
+            continue
+        base1 = direct.c1 if direct else None
+        lines.append(
+            f"| {r.name} | {r.c32.rps:,.0f} | {r.c32.p50_ms:.2f} | {r.c32.p99_ms:.2f} | "
+            f"{added(r.c1.p50_ms, base1.p50_ms if base1 else None)} | "
+            f"{added(r.c1.p99_ms, base1.p99_ms if base1 else None)} | "
+            f"{'-' if r.cpu_ms_per_request is None else f'{r.cpu_ms_per_request:.3f}'} | "
+            f"{added(r.stream_ttfb_p50_ms, direct.stream_ttfb_p50_ms if direct else None)} | "
+            f"{r.c32.errors + r.c1.errors} |"
+        )
+    lines.append("")
+    for r in results:
+        if r.notes:
+            lines.append(f"- **{r.name}**: {r.notes}")
+    ratios = meta.get("ratios")
+    if isinstance(ratios, dict) and ratios:
+        lines.append("")
+        lines.append("Ratios from this run: " + ", ".join(f"{k} {v}" for k, v in ratios.items()))
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=10.0, help="wrk duration per configuration"
+    )
+    parser.add_argument("--quick", action="store_true", help="3 s per configuration")
+    parser.add_argument("--stream-requests", type=int, default=300)
+    parser.add_argument("--tools-venv", type=Path, default=Path("/tmp/bench-venv"))
+    parser.add_argument("--only", default="", help="comma-separated target names to run")
+    parser.add_argument("--workers", default="1,2", help="gateway worker counts to measure")
+    parser.add_argument("--profile", type=Path, default=None, help="cProfile output of gateway x1")
+    args = parser.parse_args()
+    seconds = 3.0 if args.quick else args.seconds
+    only = {name for name in args.only.split(",") if name}
+    if shutil.which("wrk") is None or shutil.which("nginx") is None:
+        sys.exit("wrk and nginx are needed: apt-get install -y wrk nginx")
+
+    workdir = Path(tempfile.mkdtemp(prefix="inventiv-bench-gateway-"))
+    processes: list[subprocess.Popen[bytes]] = []
+    results: list[TargetResult] = []
+    stack = Stack(workdir)
+    try:
+        upstream_port = free_port()
+        upstream = start_nginx(
+            workdir,
+            "upstream",
+            UPSTREAM_SERVERS.format(
+                port=upstream_port, sse=_nginx_quote(SSE_RESPONSE), chat=_nginx_quote(CHAT_RESPONSE)
+            ),
+            workers=1,
+        )
+        processes.append(upstream)
+        asyncio.run(wait_http(f"http://127.0.0.1:{upstream_port}/", proc=upstream))
+        stack.start(upstream_port)
+
+        def want(name: str) -> bool:
+            return not only or name in only
+
+        def run(target: Target) -> None:
+            print(f"-- {target.name}", flush=True)
+            result = measure(target, stack.key, workdir, seconds, args.stream_requests)
+            print(json.dumps(asdict(result)), flush=True)
+            results.append(result)
+
+        if want("direct"):
+            run(Target("direct", upstream_port, None, notes="wrk straight to the upstream"))
+
+        if want("nginx"):
+            port = free_port()
+            proc = start_nginx(
+                workdir, "proxy", PROXY_SERVERS.format(upstream=upstream_port, port=port), workers=1
+            )
+            processes.append(proc)
+            asyncio.run(wait_http(f"http://127.0.0.1:{port}/", proc=proc))
+            run(Target("nginx", port, proc, notes="reverse proxy, 1 worker, keep-alive upstream"))
+            stop(proc)
+
+        for workers in [int(w) for w in args.workers.split(",") if w]:
+            name = f"inventiv-gateway x{workers}"
+            if not want(name) and not want("gateway"):
+                continue
+            port = free_port()
+            profile = args.profile if workers == 1 else None
+            proc = start_gateway(stack, port, workers, profile)
+            processes.append(proc)
+            asyncio.run(wait_http(f"http://127.0.0.1:{port}/readyz", proc=proc))
+            run(
+                Target(
+                    name,
+                    port,
+                    proc,
+                    notes=f"{workers} worker process(es); API key, RPM+TPM limits (Redis), "
+                    "request logs (PostgreSQL), Prometheus metrics, usage accounting on",
+                )
+            )
+            stop(proc)
+
+        router_bin = args.tools_venv / "bin" / "vllm-router"
+        if want("vllm-router") and router_bin.exists():
+            port = free_port()
+            proc = subprocess.Popen(
+                [
+                    str(router_bin),
+                    "--host", "127.0.0.1",
+                    "--port", str(port),
+                    "--worker-urls", f"http://127.0.0.1:{upstream_port}",
+                    "--policy", "round_robin",
+                    "--log-level", "warning",
+                    "--prometheus-port", str(free_port()),
+                ],
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            processes.append(proc)
+            asyncio.run(wait_http(f"http://127.0.0.1:{port}/health", proc=proc))
+            run(Target("vllm-router", port, proc, notes="Rust router, round robin, no auth"))
+            stop(proc)
+
+        litellm_bin = args.tools_venv / "bin" / "litellm"
+        if want("litellm") and litellm_bin.exists():
+            port = free_port()
+            config = workdir / "litellm.yaml"
+            config.write_text(
+                "model_list:\n"
+                f"  - model_name: {MODEL}\n"
+                "    litellm_params:\n"
+                f"      model: openai/{MODEL}\n"
+                f"      api_base: http://127.0.0.1:{upstream_port}/v1\n"
+                "      api_key: sk-upstream\n"
+                "litellm_settings:\n"
+                "  drop_params: true\n"
+                "  telemetry: false\n"
+            )
+            proc = subprocess.Popen(
+                [
+                    str(litellm_bin),
+                    "--config",
+                    str(config),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env={**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"},
+            )
+            processes.append(proc)
+            asyncio.run(
+                wait_http(f"http://127.0.0.1:{port}/health/liveliness", timeout=180, proc=proc)
+            )
+            run(Target("litellm", port, proc, notes="LiteLLM proxy, no database, no master key"))
+            stop(proc)
+    finally:
+        for proc in reversed(processes):
+            stop(proc)
+        stack.stop()
+
+    by_name = {r.name: r for r in results if r.c32}
+    ratios: dict[str, str] = {}
+    best = max(
+        (r for n, r in by_name.items() if n.startswith("inventiv-gateway")),
+        key=lambda r: r.c32.rps if r.c32 else 0,
+        default=None,
+    )
+    if best and best.c32:
+        for other in ("vllm-router", "litellm", "nginx"):
+            if other in by_name and by_name[other].c32:
+                ratio = best.c32.rps / by_name[other].c32.rps  # type: ignore[union-attr]
+                ratios[f"{best.name} / {other} throughput"] = f"{ratio:.2f}x"
+    meta: dict[str, object] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "seconds": seconds,
+        "python": platform.python_version(),
+        "ratios": ratios,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "gateway.json").write_text(
+        json.dumps({"meta": meta, "results": [asdict(r) for r in results]}, indent=2)
+    )
+    markdown = render_markdown(results, meta)
+    (RESULTS / "gateway.md").write_text(markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
