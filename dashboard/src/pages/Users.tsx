@@ -75,9 +75,10 @@ export function UsersPage({ meId }: { meId: string }) {
         <Guard res={projects} what="Projects" path="GET /api/v1/projects">
           {(list) => list.length === 0 ? <Empty>No projects yet.</Empty> : (
             <ul className="chips" aria-label="Projects">
-              {list.map((p) => (
-                <li key={p.id}>{p.name} <span className="muted">({(users.data?.items ?? []).filter((u) => u.project_ids.includes(p.id)).length} members)</span></li>
-              ))}
+              {list.map((p) => {
+                const n = (users.data?.items ?? []).filter((u) => u.project_ids.includes(p.id)).length;
+                return <li key={p.id}>{p.name} <span className="muted">({n} {n === 1 ? "member" : "members"})</span></li>;
+              })}
             </ul>
           )}
         </Guard>
