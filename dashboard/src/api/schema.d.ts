@@ -4,6 +4,27 @@
  */
 
 export interface paths {
+    "/api/v1/agents/bundle": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The agent bundle machines install (agent/ and core/wire.py, as .tar.gz)
+         * @description What `agent/bootstrap.sh` downloads from WORKER_AGENT_URL. Public: it is our code, not a
+         *     secret; the machine verifies it against WORKER_AGENT_SHA256 before running it.
+         */
+        get: operations["agents-agent_bundle"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/agents/heartbeat": {
         parameters: {
             query?: never;
@@ -146,6 +167,26 @@ export interface paths {
          * @description Worker flavors a deployment can use (engine image and defaults).
          */
         get: operations["deployments-list_flavors"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/deployments/instance-types": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Instance Type Choices
+         * @description Instance types of the enabled providers, with their prices: what a deployment may use.
+         */
+        get: operations["deployments-list_instance_type_choices"];
         put?: never;
         post?: never;
         delete?: never;
@@ -1624,6 +1665,42 @@ export interface components {
             /** Workflow Id */
             workflow_id: string;
         };
+        /**
+         * InstanceTypeChoice
+         * @description An instance type a deployment can run on (the catalogue as members see it).
+         */
+        InstanceTypeChoice: {
+            /** Currency */
+            currency: string;
+            /** Gpu Count */
+            gpu_count: number;
+            /** Gpu Memory Gb */
+            gpu_memory_gb: number;
+            /** Gpu Model */
+            gpu_model: string | null;
+            /**
+             * Id
+             * Format: uuid
+             */
+            id: string;
+            /** Name */
+            name: string;
+            /** Price Per Hour */
+            price_per_hour: number;
+            /** Provider */
+            provider: string;
+            /**
+             * Provider Id
+             * Format: uuid
+             */
+            provider_id: string;
+            /** Provider Kind */
+            provider_kind: string;
+            /** Ram Gb */
+            ram_gb: number;
+            /** Vcpus */
+            vcpus: number;
+        };
         /** InstanceTypeCreate */
         InstanceTypeCreate: {
             /**
@@ -2219,6 +2296,26 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
+    "agents-agent_bundle": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/gzip": unknown;
+                };
+            };
+        };
+    };
     "agents-heartbeat": {
         parameters: {
             query?: never;
@@ -2670,6 +2767,62 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["FlavorPublic"][];
+                };
+            };
+            /** @description invalid request (the message says what to change) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description not logged in, session expired or logged out */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description not found, or not in one of your projects */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description conflicts with the current state (the message says which) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+        };
+    };
+    "deployments-list_instance_type_choices": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InstanceTypeChoice"][];
                 };
             };
             /** @description invalid request (the message says what to change) */
@@ -3198,7 +3351,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description text/event-stream. Each event: `id: <stream id>` and `data: <JSON {"kind": "state"|"action"|"deployment"|..., "project_id": "...", "data": {...}}>`; comment lines (`: keep-alive`) every few seconds. */
+            /** @description text/event-stream. Each event: `id: <stream id>` and `data: <JSON {"kind": "state"|"action"|"deployment"|..., "project_id": "...", "data": {...}}>`; comment lines (`: keep-alive`) every few seconds. After a reconnect whose Last-Event-ID is older than what the server still keeps, the first event is `{"kind": "resync"}` (without id): reload the data shown. */
             200: {
                 headers: {
                     [name: string]: unknown;
