@@ -26,6 +26,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.integrity import agent_integrity_ok, expected_agent
 from activities.providers.base import (
     AGENT_PORT,
     ENGINE_PORT,
@@ -72,13 +73,6 @@ from workflows.types import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-def expected_agent() -> tuple[str, str]:
-    """Version and checksum of the agent this control plane ships."""
-    from agent.agent import AGENT_VERSION, _get_agent_checksum
-
-    return AGENT_VERSION, _get_agent_checksum()
 
 
 def provider_failure(exc: ProviderError) -> ApplicationError:
@@ -278,7 +272,7 @@ class InstanceActivities:
             adapter = await self._provider_of(session, instance)
         assert deployment is not None and itype is not None
         token = agent_token(self.settings.secret_key or "", ref.instance_id)
-        version, checksum = expected_agent()
+        version, checksum = expected_agent(self.settings)
         volumes = [
             VolumeSpec(
                 size_gb=float(v.get("size_gb", 10)),
@@ -299,6 +293,7 @@ class InstanceActivities:
             agent_env={
                 "INVENTIV_AGENT_CONTROL_PLANE_URL": self.settings.api_url,
                 "INVENTIV_AGENT_TOKEN": token,
+                "WORKER_AGENT_URL": f"{self.settings.api_url}/api/v1/agents/bundle",
                 "WORKER_AGENT_SHA256": checksum,
             },
             volumes=volumes,
@@ -456,10 +451,9 @@ class InstanceActivities:
             return r.json() if r.status_code == 200 else None  # type: ignore[no-any-return]
 
         data = await self._poll(info, inp.timeout_s, inp.poll_interval_s, "the agent's /info")
-        version, checksum = expected_agent()
-        wanted_version = self.settings.expected_agent_version or version
+        wanted_version, checksum = expected_agent(self.settings)
         got_version, got_checksum = str(data.get("version")), str(data.get("checksum"))
-        ok = got_version == wanted_version and got_checksum == checksum
+        ok = agent_integrity_ok(got_version, got_checksum, self.settings)
         async with self.sessionmaker() as session:
             await session.execute(
                 update(Instance)

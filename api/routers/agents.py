@@ -6,6 +6,7 @@ latest load in Redis (read by the gateway and the autoscaler) and appends one me
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import statistics
@@ -14,15 +15,17 @@ import uuid
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, Header, HTTPException, Request, status
+from fastapi.responses import FileResponse
 from sqlmodel import col, update
 
+from activities.integrity import agent_integrity_ok
 from agent.agent import AGENT_VERSION, _get_agent_checksum
+from agent.version_tool import bundle
 from api.deps import RedisDep, SessionDep, SettingsDep
 from api.security import token_hash
 from core.models import Instance, InstanceMetric, InstanceState
 from core.redis_keys import INSTANCE_LOAD
-from core.settings import Settings
-from core.wire import AgentHeartbeat, AgentInfo, HeartbeatAck, InstanceLoad
+from core.wire import AgentHeartbeat, HeartbeatAck, InstanceLoad
 
 log = logging.getLogger("api.agents")
 
@@ -35,14 +38,6 @@ _GONE = (
     InstanceState.archived,
     InstanceState.provider_deleted,
 )
-
-
-def agent_integrity_ok(info: AgentInfo, settings: Settings) -> bool:
-    """The agent is the one we ship: the expected version (settings.expected_agent_version, or
-    the bundled agent's) with the bundled agent's checksum. The boot-time integrity check
-    (activities/instance.py) applies the same rule, so heartbeats never contradict it."""
-    expected_version = settings.expected_agent_version or AGENT_VERSION
-    return info.version == expected_version and info.checksum == _get_agent_checksum()
 
 
 def _bearer(authorization: str | None) -> str | None:
@@ -86,7 +81,7 @@ async def heartbeat(
     expected = instance.agent_token_hash if instance else None
     if token is None or expected is None or not hmac.compare_digest(token_hash(token), expected):
         log.warning(
-            "refused agent heartbeat for instance %s from %s: %s",
+            "refused agent heartbeat for instance %r from %s: %s",
             body.instance_id,
             client,
             "no bearer token" if token is None else "unknown instance or wrong token",
@@ -95,14 +90,14 @@ async def heartbeat(
             status.HTTP_401_UNAUTHORIZED, _REFUSED, headers={"WWW-Authenticate": "Bearer"}
         )
     assert instance_id is not None and instance is not None
-    integrity_ok = agent_integrity_ok(body.agent_info, settings)
+    integrity_ok = agent_integrity_ok(body.agent_info.version, body.agent_info.checksum, settings)
     if instance.state in _GONE:
         # a machine still running after its termination was recorded: nothing of it may go back
         # into the load registry that routing and health checks read
         return HeartbeatAck(ok=False, integrity_ok=integrity_ok)
     if not integrity_ok and instance.agent_integrity_ok is not False:
         log.warning(
-            "instance %s runs agent %s (checksum %s): not the expected agent",
+            "instance %s runs agent %r (checksum %r): not the expected agent",
             instance_id,
             body.agent_info.version,
             body.agent_info.checksum,
@@ -163,3 +158,22 @@ async def heartbeat(
     )
     await redis.hset(INSTANCE_LOAD, str(instance_id), latest.model_dump_json())
     return HeartbeatAck(integrity_ok=integrity_ok)
+
+
+@router.get(
+    "/bundle",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/gzip": {}}}},
+    summary="The agent bundle machines install (agent/ and core/wire.py, as .tar.gz)",
+)
+async def agent_bundle(settings: SettingsDep) -> FileResponse:
+    """What `agent/bootstrap.sh` downloads from WORKER_AGENT_URL. Public: it is our code, not a
+    secret; the machine verifies it against WORKER_AGENT_SHA256 before running it."""
+    path = settings.data_path(
+        "agent-bundles", f"agent-{AGENT_VERSION}-{_get_agent_checksum()[:16]}.tar.gz"
+    )
+    if not path.exists():
+        tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
+        await asyncio.to_thread(bundle, tmp)
+        tmp.replace(path)
+    return FileResponse(path, media_type="application/gzip", filename="inventiv-agent.tar.gz")

@@ -13,7 +13,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import AfterValidator, BaseModel, Field
 from sqlmodel import col, func, select
 
-from activities.launch import create_instance
+from activities.launch import create_instance, ensure_autoscaler
 from activities.providers.flavors import FLAVORS
 from api.access import require_project, visible_project_ids
 from api.deps import CurrentUser, RedisDep, SessionDep, SettingsDep, TemporalDep
@@ -223,6 +223,12 @@ async def validate(session: SessionDep, d: Deployment) -> None:
         )
 
 
+async def _sync_autoscaler(temporal: TemporalDep, settings: SettingsDep, d: Deployment) -> None:
+    """Autoscaling on: its workflow runs from now (it ends by itself when turned off)."""
+    if d.autoscaling_enabled and d.deleted_at is None:
+        await ensure_autoscaler(temporal, settings.task_queue, d.id, settings.autoscale_interval_s)
+
+
 async def _changed(redis: RedisDep, d: Deployment, what: str) -> None:
     await publish_event(
         redis, "deployment", str(d.project_id), {"deployment_id": str(d.id), "change": what}
@@ -282,7 +288,12 @@ async def list_instance_type_choices(
 
 @router.post("", response_model=DeploymentPublic, status_code=status.HTTP_201_CREATED)
 async def create_deployment(
-    body: DeploymentCreate, session: SessionDep, redis: RedisDep, user: CurrentUser
+    body: DeploymentCreate,
+    session: SessionDep,
+    redis: RedisDep,
+    user: CurrentUser,
+    temporal: TemporalDep,
+    settings: SettingsDep,
 ) -> DeploymentPublic:
     await require_project(session, user, body.project_id)
     values = body.model_dump()
@@ -293,6 +304,7 @@ async def create_deployment(
     session.add(deployment)
     await session.commit()
     await _changed(redis, deployment, "created")
+    await _sync_autoscaler(temporal, settings, deployment)
     return await to_public(session, deployment)
 
 
@@ -310,6 +322,8 @@ async def update_deployment(
     session: SessionDep,
     redis: RedisDep,
     user: CurrentUser,
+    temporal: TemporalDep,
+    settings: SettingsDep,
 ) -> DeploymentPublic:
     deployment = _active(await get_visible_deployment(session, user, deployment_id))
     changes = body.model_dump(exclude_unset=True)
@@ -322,6 +336,7 @@ async def update_deployment(
     session.add(deployment)
     await session.commit()
     await _changed(redis, deployment, "updated")
+    await _sync_autoscaler(temporal, settings, deployment)
     return await to_public(session, deployment)
 
 
@@ -348,22 +363,29 @@ async def delete_deployment(
 
 async def _set_autoscaling(
     session: SessionDep, redis: RedisDep, user: CurrentUser, deployment_id: uuid.UUID, on: bool
-) -> DeploymentPublic:
+) -> Deployment:
     deployment = _active(await get_visible_deployment(session, user, deployment_id))
     deployment.autoscaling_enabled = on
     deployment.updated_at = utcnow()
     session.add(deployment)
     await session.commit()
     await _changed(redis, deployment, "autoscaling started" if on else "autoscaling stopped")
-    return await to_public(session, deployment)
+    return deployment
 
 
 @router.post("/{deployment_id}/autoscaling/start", response_model=DeploymentPublic)
 async def start_autoscaling(
-    deployment_id: uuid.UUID, session: SessionDep, redis: RedisDep, user: CurrentUser
+    deployment_id: uuid.UUID,
+    session: SessionDep,
+    redis: RedisDep,
+    user: CurrentUser,
+    temporal: TemporalDep,
+    settings: SettingsDep,
 ) -> DeploymentPublic:
     """Let the autoscaler add and drain instances between min and max."""
-    return await _set_autoscaling(session, redis, user, deployment_id, True)
+    deployment = await _set_autoscaling(session, redis, user, deployment_id, True)
+    await _sync_autoscaler(temporal, settings, deployment)
+    return await to_public(session, deployment)
 
 
 @router.post("/{deployment_id}/autoscaling/stop", response_model=DeploymentPublic)
@@ -371,7 +393,8 @@ async def stop_autoscaling(
     deployment_id: uuid.UUID, session: SessionDep, redis: RedisDep, user: CurrentUser
 ) -> DeploymentPublic:
     """Freeze the instance count: the autoscaler leaves the deployment alone."""
-    return await _set_autoscaling(session, redis, user, deployment_id, False)
+    deployment = await _set_autoscaling(session, redis, user, deployment_id, False)
+    return await to_public(session, deployment)
 
 
 @router.get("/{deployment_id}/events", response_model=list[EventPublic])

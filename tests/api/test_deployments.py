@@ -32,7 +32,9 @@ def body(t: Tenant, **overrides: Any) -> dict[str, Any]:
     return values | overrides
 
 
-async def test_create_update_and_retire(client: httpx.AsyncClient, alice: Tenant) -> None:
+async def test_create_update_and_retire(
+    client: httpx.AsyncClient, alice: Tenant, temporal_client: Client
+) -> None:
     h = alice.headers
     created = await client.post("/api/v1/deployments", json=body(alice), headers=h)
     assert created.status_code == 201, created.text
@@ -50,6 +52,9 @@ async def test_create_update_and_retire(client: httpx.AsyncClient, alice: Tenant
 
     started = await client.post(f"/api/v1/deployments/{d['id']}/autoscaling/start", headers=h)
     assert started.json()["autoscaling_enabled"] is True
+    autoscaler = temporal_client.get_workflow_handle(f"autoscaler-{d['id']}")
+    assert (await autoscaler.describe()).status == WorkflowExecutionStatus.RUNNING
+    await autoscaler.terminate()  # no worker runs in this test
     stopped = await client.post(f"/api/v1/deployments/{d['id']}/autoscaling/stop", headers=h)
     assert stopped.json()["autoscaling_enabled"] is False
 

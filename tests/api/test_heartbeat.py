@@ -15,9 +15,9 @@ import pytest
 import redis.asyncio as aioredis
 from sqlmodel import select
 
+from activities.integrity import agent_integrity_ok
 from agent.agent import AGENT_VERSION, _get_agent_checksum
 from api.app import create_app
-from api.routers.agents import agent_integrity_ok
 from api.security import new_agent_token
 from core.models import (
     Deployment,
@@ -30,7 +30,6 @@ from core.models import (
 )
 from core.redis_keys import INSTANCE_LOAD
 from core.settings import Settings
-from core.wire import AgentInfo
 from tests.agent.helpers import running_agent, serving, wait_for
 
 HEARTBEAT = "/api/v1/agents/heartbeat"
@@ -255,9 +254,7 @@ async def test_heartbeats_of_a_terminated_instance_are_not_recorded(
 
 def test_integrity_needs_the_expected_version_and_the_bundled_checksum(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
-    bundled = AgentInfo(version=AGENT_VERSION, build_date="", checksum=_get_agent_checksum())
-    tampered = bundled.model_copy(update={"checksum": "f" * 64})
-    assert agent_integrity_ok(bundled, settings)
-    assert not agent_integrity_ok(tampered, settings)
+    assert agent_integrity_ok(AGENT_VERSION, _get_agent_checksum(), settings)
+    assert not agent_integrity_ok(AGENT_VERSION, "f" * 64, settings)
     pinned = settings.model_copy(update={"expected_agent_version": "9.9.9"})
-    assert not agent_integrity_ok(bundled, pinned)
+    assert not agent_integrity_ok(AGENT_VERSION, _get_agent_checksum(), pinned)
