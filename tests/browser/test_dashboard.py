@@ -400,6 +400,14 @@ async def test_instance_list_is_empty_and_says_so_for_a_new_member(
     await expect(keys.locator("tbody tr")).to_have_count(1)
     await expect(keys).not_to_contain_text(other.api_key_row.prefix)
     await expect(page.get_by_role("link", name="Providers & prices")).to_have_count(0)
+    # Members configure deployments from the catalogue without the admin pages.
+    await nav(page, "Deployments")
+    await page.get_by_role("button", name="New deployment").click()
+    await expect(page.get_by_label("Provider")).to_contain_text(member.provider.name)
+    await page.get_by_label("Provider").select_option(label=f"{member.provider.name} (local)")
+    await expect(page.get_by_label("Instance type")).to_contain_text(
+        f"{member.instance_type.name} — 1× sim, €1.00/h"
+    )
 
 
 async def test_admin_sets_a_price_and_configures_a_deployment(

@@ -4,6 +4,12 @@ import { useResource } from "./hooks";
 export type Provider = Schemas["ProviderPublic"];
 export type InstanceType = Schemas["InstanceTypePublic"];
 export type Flavor = Schemas["FlavorPublic"];
+export type TypeChoice = Schemas["InstanceTypeChoice"];
+
+/** What a deployment may run on (enabled providers' types with prices), readable by members. */
+export function useTypeChoices() {
+  return useResource(() => typed(client.GET("/api/v1/deployments/instance-types")), []);
+}
 
 export const PROVIDERS_PATH = "/api/v1/providers";
 export const TYPES_PATH = "/api/v1/providers/{id}/instance-types";

@@ -1,7 +1,7 @@
 import { useEffect, useMemo, useState, type FormEvent } from "react";
 import { client, typed, type Deployment, type InstanceSummary } from "../api/client";
 import { Empty, ErrorBox, Guard, LiveIndicator, Notice, PageHeader, ProgressBar, StateBadge } from "../components/ui";
-import { useFlavors, useInstanceTypes, useProviders } from "../lib/catalog";
+import { useFlavors, useTypeChoices } from "../lib/catalog";
 import { useLiveEvents, type LiveEvent } from "../lib/events";
 import { useResource, useThrottled } from "../lib/hooks";
 import { useProjects } from "../lib/projects";
@@ -29,7 +29,7 @@ export function DeploymentsPage() {
   const [eventsVersion, setEventsVersion] = useState<Record<string, number>>({});
   const [editing, setEditing] = useState<Full | "new" | null>(null);
   const [notice, setNotice] = useState<Msg>(null);
-  const types = useInstanceTypes();
+  const types = useTypeChoices();
 
   const refresh = useThrottled(() => {
     void instances.reload();
@@ -199,8 +199,7 @@ function describeEvent(kind: string, data: Record<string, unknown>): string {
 
 function DeploymentForm({ initial, onDone }: { initial: Full | null; onDone: (msg?: string) => void }) {
   const projects = useProjects();
-  const providers = useProviders();
-  const types = useInstanceTypes();
+  const types = useTypeChoices();
   const flavors = useFlavors();
   const [f, setF] = useState({
     name: initial?.name ?? "",
@@ -228,7 +227,12 @@ function DeploymentForm({ initial, onDone }: { initial: Full | null; onDone: (ms
   const [busy, setBusy] = useState(false);
   const set = (k: keyof typeof f) => (e: { target: { value: string } }) => setF({ ...f, [k]: e.target.value });
 
-  const providerId = f.provider_id || providers.data?.[0]?.id || "";
+  const providers = useMemo(() => {
+    const m = new Map<string, { id: string; name: string; kind: string }>();
+    for (const t of types.data ?? []) m.set(t.provider_id, { id: t.provider_id, name: t.provider, kind: t.provider_kind });
+    return [...m.values()];
+  }, [types.data]);
+  const providerId = f.provider_id || providers[0]?.id || "";
   const typeChoices = (types.data ?? []).filter((t) => !providerId || t.provider_id === providerId);
   const typeId = f.instance_type_id || typeChoices[0]?.id || "";
   const projectId = f.project_id || projects.data?.[0]?.id || "";
@@ -307,9 +311,9 @@ function DeploymentForm({ initial, onDone }: { initial: Full | null; onDone: (ms
         <input id="dep-flavor" value={f.flavor} onChange={set("flavor")} />
       )}
       <label htmlFor="dep-provider">Provider</label>
-      {providers.data ? (
+      {types.data ? (
         <select id="dep-provider" value={providerId} onChange={(e) => setF({ ...f, provider_id: e.target.value, instance_type_id: "" })}>
-          {providers.data.map((p) => <option key={p.id} value={p.id}>{p.name} ({p.kind})</option>)}
+          {providers.map((p) => <option key={p.id} value={p.id}>{p.name} ({p.kind})</option>)}
         </select>
       ) : (
         <input id="dep-provider" value={f.provider_id} onChange={set("provider_id")} placeholder="provider id" />
@@ -365,8 +369,11 @@ function DeploymentForm({ initial, onDone }: { initial: Full | null; onDone: (ms
       </fieldset>
       <label htmlFor="dep-engine" className="full">Engine arguments (JSON, flags without dashes)</label>
       <textarea id="dep-engine" className="full mono" rows={3} value={f.engine_args} onChange={set("engine_args")} />
-      {(projects.error || providers.error || types.error) && !(providers.data && types.data) && (
-        <div className="full"><ErrorBox message={`Could not load choices: ${[providers.error && `providers (${providers.error})`, types.error && `instance types (${types.error})`].filter(Boolean).join(", ")}`} /></div>
+      {types.error && !types.data && (
+        <div className="full"><ErrorBox message={`Could not load the instance types: ${types.error}`} /></div>
+      )}
+      {types.data && types.data.length === 0 && (
+        <div className="full error-box" role="alert">No enabled provider has instance types: an admin adds them under Providers &amp; prices.</div>
       )}
       {error && <div className="error-box full" role="alert">{error}</div>}
       <div className="full button-row">
