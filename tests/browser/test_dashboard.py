@@ -239,7 +239,7 @@ async def test_instances_fall_back_to_polling_without_the_event_stream(
         await expect(row).to_have_count(1)
         await expect(row).to_have_attribute("data-state", "ready", timeout=60_000)
         instance_id = uuid.UUID(await row.get_attribute("data-instance-id") or "")
-        await row.get_by_role("button", name=f"Terminate {str(instance_id)[:8]}").click()
+        await row.get_by_role("button", name=f"Drain {str(instance_id)[:8]}").click()
         await expect(row).to_have_attribute("data-state", "terminated", timeout=60_000)
     async with sessionmaker() as session:
         assert (await session.get(Instance, instance_id)).state == InstanceState.terminated
