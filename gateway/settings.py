@@ -6,6 +6,8 @@ plane itself.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -15,6 +17,10 @@ class GatewaySettings(BaseSettings):
 
     workers: int = Field(
         default=1, ge=1, description="Worker processes sharing the port (SO_REUSEPORT)"
+    )
+    server: Literal["lean", "uvicorn"] = Field(
+        default="lean",
+        description="HTTP server: the built-in lean one (fastest) or uvicorn (same ASGI app)",
     )
     # Routing
     max_inflight_per_gpu: int = Field(

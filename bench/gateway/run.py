@@ -459,7 +459,7 @@ def start_nginx(workdir: Path, name: str, servers: str, workers: int) -> subproc
 
 
 def start_gateway(
-    stack: Stack, port: int, workers: int, profile: Path | None
+    stack: Stack, port: int, workers: int, profile: Path | None, server: str
 ) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
@@ -468,6 +468,7 @@ def start_gateway(
         "INVENTIV_HOST": "127.0.0.1",
         "INVENTIV_GATEWAY_PORT": str(port),
         "INVENTIV_GATEWAY_WORKERS": str(workers),
+        "INVENTIV_GATEWAY_SERVER": server,
     }
     command = [sys.executable, "-m", "gateway"]
     if profile is not None:
@@ -528,6 +529,7 @@ def main() -> None:
     parser.add_argument("--tools-venv", type=Path, default=Path("/tmp/bench-venv"))
     parser.add_argument("--only", default="", help="comma-separated target names to run")
     parser.add_argument("--workers", default="1,2", help="gateway worker counts to measure")
+    parser.add_argument("--gateway-server", default="lean", choices=["lean", "uvicorn"])
     parser.add_argument("--profile", type=Path, default=None, help="cProfile output of gateway x1")
     args = parser.parse_args()
     seconds = 3.0 if args.quick else args.seconds
@@ -552,6 +554,17 @@ def main() -> None:
         processes.append(upstream)
         asyncio.run(wait_http(f"http://127.0.0.1:{upstream_port}/", proc=upstream))
         stack.start(upstream_port)
+
+        def started(
+            url: str, proc: subprocess.Popen[bytes], name: str, timeout: float = 60
+        ) -> bool:
+            try:
+                asyncio.run(wait_http(url, timeout, proc))
+                return True
+            except (RuntimeError, TimeoutError) as exc:
+                results.append(TargetResult(name, "", error=f"did not start: {exc}"))
+                stop(proc)
+                return False
 
         def want(name: str) -> bool:
             return not only or name in only
@@ -581,9 +594,10 @@ def main() -> None:
                 continue
             port = free_port()
             profile = args.profile if workers == 1 else None
-            proc = start_gateway(stack, port, workers, profile)
+            proc = start_gateway(stack, port, workers, profile, args.gateway_server)
             processes.append(proc)
-            asyncio.run(wait_http(f"http://127.0.0.1:{port}/readyz", proc=proc))
+            if not started(f"http://127.0.0.1:{port}/readyz", proc, name):
+                continue
             run(
                 Target(
                     name,
@@ -613,8 +627,8 @@ def main() -> None:
                 stderr=subprocess.DEVNULL,
             )  # fmt: skip
             processes.append(proc)
-            asyncio.run(wait_http(f"http://127.0.0.1:{port}/health", proc=proc))
-            run(Target("vllm-router", port, proc, notes="Rust router, round robin, no auth"))
+            if started(f"http://127.0.0.1:{port}/health", proc, "vllm-router"):
+                run(Target("vllm-router", port, proc, notes="Rust router, round robin, no auth"))
             stop(proc)
 
         litellm_bin = args.tools_venv / "bin" / "litellm"
@@ -648,10 +662,10 @@ def main() -> None:
                 env={**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"},
             )
             processes.append(proc)
-            asyncio.run(
-                wait_http(f"http://127.0.0.1:{port}/health/liveliness", timeout=180, proc=proc)
-            )
-            run(Target("litellm", port, proc, notes="LiteLLM proxy, no database, no master key"))
+            if started(f"http://127.0.0.1:{port}/health/liveliness", proc, "litellm", 180):
+                run(
+                    Target("litellm", port, proc, notes="LiteLLM proxy, no database, no master key")
+                )
             stop(proc)
     finally:
         for proc in reversed(processes):

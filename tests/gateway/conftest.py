@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from core.redis_keys import ROUTING_CHANNEL, ROUTING_REGISTRY
 from core.settings import Settings
 from core.wire import RegistryChange, RoutableInstance
 from gateway.app import Gateway, create_app
+from gateway.server import LeanServer
 from gateway.settings import GatewaySettings
 from tests.factories import Seeded, seed
 from tests.gateway.engine import RunningServer, TestEngine
@@ -127,11 +130,36 @@ def registry(redis_client: aioredis.Redis, seeded: Seeded) -> Registry:
     return Registry(redis_client, seeded)
 
 
+class LeanRunning:
+    """The gateway on its own lean HTTP server (what `python -m gateway` runs) in this loop."""
+
+    def __init__(self, app: Gateway, port: int) -> None:
+        self.app = app
+        self.url = f"http://127.0.0.1:{port}"
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", port))
+        self.stop_event = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        server = LeanServer(self.app, self.app.startup, self.app.shutdown)
+        self.task = asyncio.create_task(server.serve(self.sock, self.stop_event, graceful_s=5))
+        while not self.app.ready:
+            if self.task.done():
+                self.task.result()
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        self.stop_event.set()
+        if self.task is not None:
+            await self.task
+
+
 @dataclass
 class RunningGateway:
     app: Gateway
     url: str
-    server: RunningServer
+    server: RunningServer | LeanRunning
 
     def client(self, key: str | None) -> httpx.AsyncClient:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -139,14 +167,24 @@ class RunningGateway:
 
 
 @pytest.fixture
+def gateway_server() -> str:
+    """Which HTTP server runs the gateway app in-process: "lean" (production) or "uvicorn"."""
+    return "lean"
+
+
+@pytest.fixture
 async def start_gateway(
-    settings: Settings, gateway_settings: GatewaySettings
+    settings: Settings, gateway_settings: GatewaySettings, gateway_server: str
 ) -> AsyncIterator[Callable[[], Awaitable[RunningGateway]]]:
     started: list[RunningGateway] = []
 
     async def start() -> RunningGateway:
         app = create_app(settings, gateway_settings)
-        server = RunningServer(app, free_port())
+        server: RunningServer | LeanRunning
+        if gateway_server == "lean":
+            server = LeanRunning(app, free_port())
+        else:
+            server = RunningServer(app, free_port())
         await server.start()
         running = RunningGateway(app, server.url, server)
         started.append(running)

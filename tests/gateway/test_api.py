@@ -81,6 +81,7 @@ async def test_models_lists_served_names(
     assert engine.requests == []  # listing models never reaches an engine
 
 
+@pytest.mark.parametrize("gateway_server", ["lean", "uvicorn"])
 async def test_openai_client_every_endpoint_and_usage_logged(
     gateway: RunningGateway,
     seeded: Seeded,

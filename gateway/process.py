@@ -1,0 +1,113 @@
+"""The gateway's processes (`python -m gateway`): serve on Settings().host:Settings().gateway_port.
+
+With INVENTIV_GATEWAY_WORKERS=N > 1, N processes each bind the port with SO_REUSEPORT (the
+kernel spreads connections over them) and share Prometheus values through a folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import tempfile
+from types import FrameType
+from typing import TYPE_CHECKING
+
+import uvicorn
+import uvloop
+
+from core.settings import Settings
+from gateway.server import LeanServer
+from gateway.settings import GatewaySettings
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+log = logging.getLogger("inventiv.gateway")
+
+GRACEFUL_S = 30  # in-flight requests get this long to finish on SIGTERM
+KEEP_ALIVE_S = 75  # idle client connections: longer than the usual 60 s of load balancers
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(4096)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve() -> None:
+    """Run one gateway process until SIGTERM/SIGINT (then drain and flush request logs)."""
+    from gateway.app import create_app
+
+    settings = Settings()
+    gateway_settings = GatewaySettings()
+    sock = _listen(settings.host, settings.gateway_port)
+    app = create_app(settings, gateway_settings)
+    if gateway_settings.server == "lean":
+        uvloop.run(_serve_lean(app, sock))
+        return
+    config = uvicorn.Config(
+        app,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        proxy_headers=False,  # no X-Forwarded-* rewriting on the hot path
+        log_level="warning",
+        timeout_graceful_shutdown=GRACEFUL_S,
+        timeout_keep_alive=KEEP_ALIVE_S,
+    )
+    server = uvicorn.Server(config)
+    # uvicorn drains, runs the shutdown (request logs flushed), then re-raises the signal it
+    # caught; a no-op handler makes that a clean exit with status 0.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
+    uvloop.run(server.serve(sockets=[sock]))
+
+
+async def _serve_lean(app: Gateway, sock: socket.socket) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    server = LeanServer(app, app.startup, app.shutdown, keep_alive_s=KEEP_ALIVE_S)
+    await server.serve(sock, stop, GRACEFUL_S)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings = Settings()
+    workers = GatewaySettings().workers
+    if workers == 1:
+        serve()
+        return
+    # Shared Prometheus values must be set up before any worker imports prometheus_client.
+    metrics_dir = tempfile.mkdtemp(prefix="inventiv-gateway-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=serve, daemon=False) for _ in range(workers)]
+    for process in processes:
+        process.start()
+    log.info(
+        "gateway on http://%s:%d with %d workers", settings.host, settings.gateway_port, workers
+    )
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        for process in processes:
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for process in processes:
+        process.join()
+    sys.exit(max((p.exitcode or 0) for p in processes))

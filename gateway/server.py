@@ -1,0 +1,385 @@
+"""A lean HTTP/1.1 server for the gateway's ASGI app: httptools parsing, one socket write per
+response (status line, headers and body together), keep-alive, chunked streaming, flow control,
+client-disconnect notice and graceful shutdown.
+
+uvicorn serves the same app (tests, `INVENTIV_GATEWAY_SERVER=uvicorn`); this server exists
+because every microsecond here is paid on every request: it skips uvicorn's middleware, per-
+request bookkeeping and its separate write for the headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from http import HTTPStatus
+from typing import Any, cast
+from urllib.parse import unquote
+
+import httptools
+
+log = logging.getLogger("inventiv.gateway.server")
+
+Message = MutableMapping[str, Any]
+App = Callable[
+    [
+        MutableMapping[str, Any],
+        Callable[[], Awaitable[Message]],
+        Callable[[Message], Awaitable[None]],
+    ],
+    Awaitable[None],
+]
+
+MAX_BODY = 32 * 1024 * 1024
+_HIGH_WATER = 256 * 1024
+
+
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    return f"HTTP/1.1 {status} {phrase}\r\n".encode()
+
+
+_STATUS_LINES = {status.value: _status_line(status.value) for status in HTTPStatus}
+_DISCONNECT: Message = {"type": "http.disconnect"}
+
+
+class _Cycle:
+    """One request and its response."""
+
+    __slots__ = (
+        "body",
+        "chunked",
+        "complete",
+        "conn",
+        "disconnected",
+        "final_delivered",
+        "head",
+        "keep_alive",
+        "receive_waiter",
+        "response_complete",
+        "response_started",
+        "scope",
+    )
+
+    def __init__(
+        self, conn: _Connection, scope: MutableMapping[str, Any], keep_alive: bool
+    ) -> None:
+        self.conn = conn
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.body: list[bytes] = []
+        self.complete = False
+        self.final_delivered = False
+        self.disconnected = False
+        self.receive_waiter: asyncio.Future[None] | None = None
+        self.head: bytes | None = None
+        self.chunked = False
+        self.response_started = False
+        self.response_complete = False
+
+    def wake(self) -> None:
+        waiter = self.receive_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def receive(self) -> Message:
+        while True:
+            if self.disconnected or self.response_complete:
+                return _DISCONNECT
+            if not self.final_delivered and (self.body or self.complete):
+                body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+                self.body = []
+                self.final_delivered = self.complete
+                return {"type": "http.request", "body": body, "more_body": not self.complete}
+            if not self.complete:
+                self.conn.resume_reading()
+            self.receive_waiter = asyncio.get_running_loop().create_future()
+            await self.receive_waiter
+
+    async def send(self, message: Message) -> None:
+        conn = self.conn
+        if self.disconnected or conn.transport is None:
+            return
+        kind = message["type"]
+        if kind == "http.response.start":
+            if self.response_started:
+                raise RuntimeError("response already started")
+            self.response_started = True
+            status = int(message["status"])
+            parts = [_STATUS_LINES.get(status) or _status_line(status)]
+            has_length = False
+            for name, value in message.get("headers", ()):
+                if name.lower() == b"content-length":
+                    has_length = True
+                parts.append(b"%s: %s\r\n" % (name, value))
+            if not has_length:
+                self.chunked = True
+                parts.append(b"transfer-encoding: chunked\r\n")
+            if not self.keep_alive:
+                parts.append(b"connection: close\r\n")
+            parts.append(b"\r\n")
+            self.head = b"".join(parts)
+            return
+        if kind != "http.response.body" or not self.response_started or self.response_complete:
+            raise RuntimeError(f"unexpected ASGI message {kind!r}")
+        body: bytes = message.get("body", b"")
+        more = bool(message.get("more_body", False))
+        if self.chunked:
+            data = b"%x\r\n%s\r\n" % (len(body), body) if body else b""
+            if not more:
+                data += b"0\r\n\r\n"
+        else:
+            data = body
+        if self.head is not None:
+            data = self.head + data
+            self.head = None
+        if data:
+            conn.transport.write(data)
+        if not more:
+            self.response_complete = True
+            conn.response_done(self)
+        elif conn.write_paused:
+            await conn.drain()
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, server: LeanServer) -> None:
+        self.server = server
+        self.app = server.app
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.cycle: _Cycle | None = None  # the request being answered
+        self.pending: collections.deque[_Cycle] = collections.deque()  # pipelined ones
+        self.reading_paused = False
+        self.write_paused = False
+        self.drain_waiter: asyncio.Future[None] | None = None
+        self.idle_since = time.monotonic()
+        self.client: tuple[str, int] | None = None
+        self.server_addr: tuple[str, int] | None = None
+        self.body_size = 0
+
+    # -- asyncio
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=_HIGH_WATER)
+        peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        self.client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
+        self.server_addr = (str(local[0]), int(local[1])) if isinstance(local, tuple) else None
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        self.transport = None
+        for cycle in (self.cycle, *self.pending):
+            if cycle is not None:
+                cycle.disconnected = True
+                cycle.wake()
+        waiter = self.drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._reject(400, b"Upgrades are not supported.")
+        except httptools.HttpParserError:
+            self._reject(400, b"Malformed HTTP request.")
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        waiter = self.drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def drain(self) -> None:
+        if self.write_paused and self.transport is not None:
+            self.drain_waiter = self.loop.create_future()
+            await self.drain_waiter
+
+    # -- httptools
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+        self.body_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        parsed = httptools.parse_url(self.url)
+        raw_path = parsed.path
+        path = raw_path.decode("latin-1")
+        if "%" in path:
+            path = unquote(path)
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": self.parser.get_http_version(),
+            "scheme": "http",
+            "method": self.parser.get_method().decode("ascii"),
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": parsed.query or b"",
+            "root_path": "",
+            "headers": self.headers,
+            "client": self.client,
+            "server": self.server_addr,
+        }
+        cycle = _Cycle(self, scope, self.parser.should_keep_alive() and not self.server.stopping)
+        if self.cycle is None:
+            self._start(cycle)
+        else:
+            self.pending.append(cycle)
+            self.pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.pending[-1] if self.pending else self.cycle
+        if cycle is None:
+            return
+        self.body_size += len(body)
+        if self.body_size > MAX_BODY:
+            self._reject(413, b"Request body too large.")
+            return
+        cycle.body.append(body)
+        if len(cycle.body) > 16:
+            self.pause_reading()  # the app reads slower than the client sends
+        cycle.wake()
+
+    def on_message_complete(self) -> None:
+        cycle = self.pending[-1] if self.pending else self.cycle
+        if cycle is not None:
+            cycle.complete = True
+            cycle.wake()
+
+    # -- helpers
+    def pause_reading(self) -> None:
+        if not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused and self.transport is not None:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def _reject(self, status: int, message: bytes) -> None:
+        if self.transport is None:
+            return
+        body = (
+            b'{"error":{"message":"%s","type":"invalid_request_error","param":null,"code":null}}'
+            % message
+        )
+        self.transport.write(
+            _STATUS_LINES[status]
+            + b"content-type: application/json\r\nconnection: close\r\ncontent-length: %d\r\n\r\n"
+            % len(body)
+            + body
+        )
+        self.transport.close()
+
+    def _start(self, cycle: _Cycle) -> None:
+        self.cycle = cycle
+        task = self.loop.create_task(self._run(cycle))
+        self.server.tasks.add(task)
+        task.add_done_callback(self.server.tasks.discard)
+
+    async def _run(self, cycle: _Cycle) -> None:
+        try:
+            await self.app(cycle.scope, cycle.receive, cycle.send)
+        except Exception:
+            log.exception("unhandled error in the gateway")
+            if not cycle.response_started and not cycle.disconnected:
+                body = b'{"error":{"message":"Internal error","type":"server_error","param":null,"code":null}}'
+                await cycle.send(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", b"%d" % len(body)),
+                        ],
+                    }
+                )
+                await cycle.send({"type": "http.response.body", "body": body})
+        if not cycle.response_complete and self.transport is not None:
+            # The app ended without finishing its response: the client must not wait forever.
+            self.transport.close()
+
+    def response_done(self, cycle: _Cycle) -> None:
+        self.cycle = None
+        self.idle_since = time.monotonic()
+        if self.transport is None:
+            return
+        if not cycle.keep_alive:
+            self.transport.close()
+            return
+        if self.pending:
+            self._start(self.pending.popleft())
+        else:
+            self.resume_reading()
+
+
+class LeanServer:
+    def __init__(
+        self,
+        app: App,
+        startup: Callable[[], Awaitable[None]],
+        shutdown: Callable[[], Awaitable[None]],
+        keep_alive_s: float = 75.0,
+    ) -> None:
+        self.app = app
+        self.startup = startup
+        self.shutdown = shutdown
+        self.keep_alive_s = keep_alive_s
+        self.connections: set[_Connection] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.stopping = False
+
+    async def serve(self, sock: socket.socket, stop: asyncio.Event, graceful_s: float) -> None:
+        await self.startup()
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: _Connection(self), sock=sock, backlog=4096)
+        sweeper = asyncio.create_task(self._close_idle())
+        try:
+            await stop.wait()
+        finally:
+            self.stopping = True
+            server.close()
+            sweeper.cancel()
+            for conn in list(self.connections):
+                if conn.cycle is None and conn.transport is not None:
+                    conn.transport.close()
+            if self.tasks:
+                await asyncio.wait(list(self.tasks), timeout=graceful_s)
+            for conn in list(self.connections):
+                if conn.transport is not None:
+                    conn.transport.close()
+            await self.shutdown()
+
+    async def _close_idle(self) -> None:
+        while True:
+            await asyncio.sleep(min(5.0, self.keep_alive_s))
+            limit = time.monotonic() - self.keep_alive_s
+            for conn in list(self.connections):
+                if conn.cycle is None and conn.idle_since < limit and conn.transport is not None:
+                    conn.transport.close()
