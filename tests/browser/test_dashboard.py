@@ -406,7 +406,7 @@ async def test_instance_list_is_empty_and_says_so_for_a_new_member(
     await expect(page.get_by_label("Provider")).to_contain_text(member.provider.name)
     await page.get_by_label("Provider").select_option(label=f"{member.provider.name} (local)")
     await expect(page.get_by_label("Instance type")).to_contain_text(
-        f"{member.instance_type.name} — 1× sim, €1.00/h"
+        f"{member.instance_type.name} — 1\N{MULTIPLICATION SIGN} sim, €1.00/h"
     )
 
 
