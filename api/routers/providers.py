@@ -22,10 +22,11 @@ from activities.providers.scaleway import SCALEWAY_OFFERS
 from activities.providers.settings import SSHSettings
 from activities.providers.ssh import BARE_METAL_TYPE, encrypt_private_key
 from api.deps import CurrentAdmin, SessionDep, SettingsDep
+from api.errors import ADMIN_ERRORS
 from api.validation import JsonObject, Name, PartialUpdate
 from core.models import BareMetalHost, Deployment, InstanceType, Project, Provider
 
-providers = APIRouter(prefix="/providers", tags=["providers"])
+providers = APIRouter(prefix="/providers", tags=["providers"], responses=ADMIN_ERRORS)
 
 ProviderKind = Literal["local", "scaleway", "aws", "ssh"]
 ShortName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
@@ -35,12 +36,12 @@ SECRET_WORDS = ("secret", "password", "token", "access_key", "private_key", "cre
 
 
 def _refuse_credentials(config: dict[str, Any], kind: str, path: str = "") -> None:
-    """422 when a config key names a credential; the value is never echoed back."""
+    """400 when a config key names a credential; the value is never echoed back."""
     for key, value in config.items():
         name = key.lower().replace("-", "_")
         if any(word in name.replace("_", "") or word in name for word in SECRET_WORDS):
             raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                status.HTTP_400_BAD_REQUEST,
                 f"config key {path + key!r} looks like a credential: credentials come from the "
                 f"environment (INVENTIV_{kind.upper()}_...), never from the database",
             )
@@ -301,7 +302,7 @@ async def delete_instance_type(
 
 # ---------------------------------------------------------------- bare-metal hosts
 
-hosts = APIRouter(prefix="/providers/bare-metal-hosts", tags=["providers"])
+hosts = APIRouter(prefix="/providers/bare-metal-hosts", tags=["providers"], responses=ADMIN_ERRORS)
 
 
 class HostBody(BaseModel):
@@ -374,7 +375,7 @@ async def _host(session: SessionDep, host_id: uuid.UUID) -> BareMetalHost:
 
 async def _project_exists(session: SessionDep, project_id: uuid.UUID | None) -> None:
     if project_id is not None and await session.get(Project, project_id) is None:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"no project {project_id}")
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"no project {project_id}")
 
 
 @hosts.get("", response_model=list[HostPublic])
@@ -387,14 +388,14 @@ async def list_hosts(session: SessionDep, admin: CurrentAdmin) -> list[HostPubli
 async def create_host(body: HostCreate, session: SessionDep, admin: CurrentAdmin) -> HostPublic:
     if (body.private_key is None) == (body.private_key_path is None):
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            status.HTTP_400_BAD_REQUEST,
             "give exactly one of private_key, private_key_path",
         )
     if body.private_key is not None:
         try:
             ref = encrypt_private_key(body.private_key.get_secret_value(), SSHSettings())
         except InvalidRequestError as exc:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
     else:
         ref = f"file:{body.private_key_path}"
     await _project_exists(session, body.project_id)

@@ -32,7 +32,7 @@ async def test_provider_crud_refuses_credentials(client: httpx.AsyncClient, admi
         json={"name": "aws-eu", "kind": "aws", "config": {"nested": {"Secret-Access-Key": secret}}},
         headers=admin.headers,
     )
-    assert refused.status_code == 422
+    assert refused.status_code == 400
     assert "credentials come from the environment (INVENTIV_AWS_" in refused.text
     assert secret not in refused.text
     bad_kind = await client.post(BASE, json={"name": "x", "kind": "gcp"}, headers=admin.headers)
@@ -112,7 +112,7 @@ async def test_bare_metal_host_keys_never_in_clear(
     # Without an encryption key configured, a key cannot be stored at all.
     monkeypatch.delenv("INVENTIV_SSH_KEY_ENCRYPTION_KEY", raising=False)
     refused = await client.post(url, json=body, headers=admin.headers)
-    assert refused.status_code == 422 and "INVENTIV_SSH_KEY_ENCRYPTION_KEY" in refused.text
+    assert refused.status_code == 400 and "INVENTIV_SSH_KEY_ENCRYPTION_KEY" in refused.text
     assert "PRIVATE KEY" not in refused.text
 
     monkeypatch.setenv("INVENTIV_SSH_KEY_ENCRYPTION_KEY", Fernet.generate_key().decode())
@@ -132,11 +132,11 @@ async def test_bare_metal_host_keys_never_in_clear(
     not_a_key = await client.post(
         url, json={**body, "name": "b2", "private_key": "hunter2"}, headers=admin.headers
     )
-    assert not_a_key.status_code == 422 and "hunter2" not in not_a_key.text
+    assert not_a_key.status_code == 400 and "hunter2" not in not_a_key.text
     both = await client.post(
         url, json={**body, "name": "b3", "private_key_path": "/k"}, headers=admin.headers
     )
-    assert both.status_code == 422
+    assert both.status_code == 400
     by_path = await client.post(
         url,
         json={**{k: v for k, v in body.items() if k != "private_key"}, "name": "b4",
