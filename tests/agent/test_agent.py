@@ -176,11 +176,13 @@ async def test_load_reports_requests_in_flight_until_they_finish(tmp_path: Path)
             ]
 
             async def busy() -> dict | None:
+                # The engine admits queued requests at its next step: wait for a settled view.
                 _, load = await get_json(f"{agent.url}/load") or (0, {})
-                return load if load.get("requests_waiting") else None
+                settled = load.get("requests_running") == 2 and load.get("requests_waiting") == 2
+                return load if settled else None
 
-            load = await wait_for(busy, 20, "queued requests to show")
-            assert load["requests_running"] == 2 and load["in_flight"] == 4
+            load = await wait_for(busy, 20, "two running and two queued requests to show")
+            assert load["in_flight"] == 4
             assert all(r.status_code == 200 for r in await asyncio.gather(*requests))
         _, load = await get_json(f"{agent.url}/load") or (0, {})
         assert load["in_flight"] == 0 and load["engine_metrics_read"] is True
