@@ -336,24 +336,43 @@ async def test_create_and_revoke_a_key_then_read_usage(
     await nav(page, "Usage & costs")
     await expect(page.get_by_role("heading", name="Usage and costs")).to_be_visible()
     totals = page.get_by_role("region", name="Period totals")
-    await expect(totals.get_by_role("group", name="Requests")).to_contain_text("3")
+    await expect(totals.get_by_role("group", name="Requests").locator(".stat-value")).to_have_text(
+        "3"
+    )
     await expect(totals.get_by_role("group", name="Requests")).to_contain_text("1 failed")
     await expect(totals.get_by_role("group", name="Input tokens")).to_contain_text("130")
     await expect(totals.get_by_role("group", name="Output tokens")).to_contain_text("456")
+    # A request logged now shows up within seconds, without a reload.
+    async with sessionmaker() as session:
+        session.add(
+            RequestLog(
+                at=utcnow(),
+                api_key_id=seeded.api_key_row.id,
+                project_id=seeded.project.id,
+                model="test-model",
+                input_tokens=1,
+                output_tokens=1,
+                latency_ms=50,
+            )
+        )
+        await session.commit()
+    requests = totals.get_by_role("group", name="Requests").locator(".stat-value")
+    await expect(requests).to_have_text("4", timeout=15_000)
+    await expect(totals.get_by_role("group", name="Input tokens")).to_contain_text("131")
     await page.get_by_label("Group usage by").select_option("model")
     table = page.get_by_role("table", name="Usage by model")
-    await expect(table.locator("tbody tr", has_text="test-model")).to_contain_text("130")
+    await expect(table.locator("tbody tr", has_text="test-model")).to_contain_text("131")
     await shot(page, "usage")
     async with page.expect_download() as download_info:
         await page.get_by_role("button", name="Export CSV").first.click()
     download = await download_info.value
     csv = (await download.path()).read_text() if await download.path() else ""
-    assert csv.splitlines()[0].startswith("model,") and "test-model" in csv and ",130," in csv
+    assert csv.splitlines()[0].startswith("model,") and "test-model" in csv and ",131," in csv
 
     # Overview shows today's totals too.
     await nav(page, "Overview")
-    await expect(page.get_by_role("group", name="Requests today")).to_contain_text("3")
-    await expect(page.get_by_role("group", name="Error rate today")).to_contain_text("33.3 %")
+    await expect(page.get_by_role("group", name="Requests today")).to_contain_text("4")
+    await expect(page.get_by_role("group", name="Error rate today")).to_contain_text("25.0 %")
 
     # Every page fits a small laptop and a wide screen without sideways scrolling.
     for width, height in ((1024, 700), (1920, 1080)):

@@ -3,7 +3,7 @@ import { client, typed } from "../api/client";
 import { BarList } from "../components/LineChart";
 import { DataTable } from "../components/DataTable";
 import { Empty, Guard, Loading, PageHeader, Stat } from "../components/ui";
-import { useResource } from "../lib/hooks";
+import { useInterval, useResource } from "../lib/hooks";
 import { useProjects } from "../lib/projects";
 import { downloadText, fmtMoney, fmtNumber, toCsv } from "../lib/format";
 import {
@@ -38,6 +38,11 @@ export function UsagePage() {
   const [costDim, setCostDim] = useState<CostDimension>("day");
   const usage = useResource(() => fetchUsage(dim, start, end), [dim, start, end]);
   const costs = useResource(() => fetchCosts(costDim, start, end), [costDim, start, end]);
+  // A period that includes today keeps up with the gateway's request logs and running instances.
+  useInterval(() => {
+    void usage.reload();
+    void costs.reload();
+  }, end >= isoDay(new Date()) ? 10000 : null);
 
   const report = usage.data;
   const usageRows = (report?.rows ?? []) as Row[];
@@ -49,7 +54,9 @@ export function UsagePage() {
 
   return (
     <>
-      <PageHeader title="Usage and costs" />
+      <PageHeader title="Usage and costs">
+        {end >= isoDay(new Date()) && <span className="muted">Refreshes every 10 s</span>}
+      </PageHeader>
       <div className="filters" role="group" aria-label="Period">
         <label>From <input type="date" aria-label="From date" value={start} max={end} onChange={(e) => e.target.value && setStart(e.target.value)} /></label>
         <label>To <input type="date" aria-label="To date" value={end} min={start} onChange={(e) => e.target.value && setEnd(e.target.value)} /></label>
