@@ -15,10 +15,12 @@ import hashlib
 from typing import cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from redis.exceptions import RedisError
+
 Reply = int | bytes | list["Reply"] | None
 
 
-class RedisReplyError(Exception):
+class RedisReplyError(RedisError):
     """Redis answered with an error (-ERR ...)."""
 
 
