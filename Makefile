@@ -5,9 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-DASHBOARD_SRC := $(shell find dashboard/src dashboard/index.html dashboard/vite.config.ts dashboard/tsconfig.json -type f 2>/dev/null)
+DASHBOARD_SRC := $(shell find dashboard/src dashboard/index.html dashboard/package.json dashboard/vite.config.ts dashboard/tsconfig.json -type f 2>/dev/null)
 
-.PHONY: setup dashboard dev test lint pytest system-deps agent-checksum agent-version-bump agent-version-check clean
+.PHONY: setup dashboard dashboard-generate dev test lint pytest system-deps agent-checksum agent-version-bump agent-version-check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,11 +18,16 @@ $(STAMP): pyproject.toml
 # The dashboard is built when missing or older than its sources; the API serves it at /.
 dashboard/node_modules/.package-lock.json: dashboard/package-lock.json
 	cd dashboard && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
 
 dashboard/dist/index.html: dashboard/node_modules/.package-lock.json $(DASHBOARD_SRC)
 	cd dashboard && npm run --silent build
 
 dashboard: dashboard/dist/index.html
+
+# After an API change: regenerate the dashboard's typed client from the OpenAPI schema.
+dashboard-generate: $(STAMP) dashboard/node_modules/.package-lock.json
+	cd dashboard && PYTHON=../$(BIN)/python npm run generate
 
 setup: $(STAMP) dashboard
 

@@ -17,9 +17,9 @@ import sys
 import time
 
 import asyncpg
-from sqlmodel import select
+from sqlmodel import col, select
 
-from activities.launch import create_instance
+from activities.launch import ensure_autoscaler
 from activities.providers.local import LocalCompute
 from core.db import make_engine, make_sessionmaker
 from core.embedded import (
@@ -32,9 +32,8 @@ from core.embedded import (
     wait_for_port,
 )
 from core.migrate import upgrade
-from core.models import Deployment, Instance
+from core.models import Deployment
 from core.settings import Settings
-from core.states import LIVE_STATES
 from inventiv.seed import DevCredentials, seed_dev
 
 DEV_DATABASE = "inventiv"
@@ -68,32 +67,26 @@ async def ensure_database(admin_url: str, name: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
 
 
-async def _seed_and_provision(settings: Settings) -> DevCredentials:
+async def _seed_and_scale(settings: Settings) -> DevCredentials:
+    """Seed on first start; start the autoscalers (the demo's keeps one instance up)."""
     from temporalio.client import Client
 
     engine = make_engine(settings.database_url or "", pool_size=2)
     try:
         async with make_sessionmaker(engine)() as session:
             creds = await seed_dev(session, settings, settings.data_path("dev-credentials.json"))
-            deployment = (
-                await session.exec(select(Deployment).where(Deployment.name == "demo"))
-            ).first()
-            if deployment is not None:
-                live = (
-                    await session.exec(
-                        select(Instance).where(
-                            Instance.deployment_id == deployment.id,
-                            Instance.state.in_(LIVE_STATES),  # type: ignore[attr-defined]
-                        )
+            autoscaled = (
+                await session.exec(
+                    select(col(Deployment.id)).where(
+                        col(Deployment.autoscaling_enabled), col(Deployment.deleted_at).is_(None)
                     )
-                ).all()
-                missing = deployment.min_instances - len(live)
-                if missing > 0:
-                    client = await Client.connect(settings.temporal_address or "")
-                    for _ in range(missing):
-                        await create_instance(
-                            session, client, settings.task_queue, deployment=deployment
-                        )
+                )
+            ).all()
+        client = await Client.connect(settings.temporal_address or "")
+        for deployment_id in autoscaled:
+            await ensure_autoscaler(
+                client, settings.task_queue, deployment_id, settings.autoscale_interval_s
+            )
     finally:
         await engine.dispose()
     return creds
@@ -203,7 +196,7 @@ class DevStack:
   Credentials  {s.data_path("dev-credentials.json")}
   Logs         {s.data_path("logs")}
 
-  The demo instance boots in a few seconds; then:
+  The demo instance boots in a few seconds (dashboard: http://{host}:{s.api_port}/); then:
   curl http://{host}:{s.gateway_port}/v1/chat/completions \\
     -H "Authorization: Bearer {creds.api_key}" -H "Content-Type: application/json" \\
     -d '{{"model": "{s.demo_model}", "messages": [{{"role": "user", "content": "Hello"}}]}}'
@@ -227,7 +220,7 @@ def run_dev(settings: Settings) -> int:
         upgrade(settings.database_url or "")
         resumed = stack.local.power_on_all()
         stack.start_services()
-        creds = asyncio.run(_seed_and_provision(settings))
+        creds = asyncio.run(_seed_and_scale(settings))
         print(stack.banner(creds), flush=True)
         if resumed:
             print(f"  resumed {resumed} local machine(s) from the previous run", flush=True)

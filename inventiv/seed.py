@@ -116,6 +116,9 @@ async def seed_dev(session: AsyncSession, settings: Settings, creds_path: Path) 
             instance_type_id=itype.id,
             min_instances=1,
             max_instances=2,
+            # The autoscaler keeps one instance up and adds a second under load.
+            autoscaling_enabled=True,
+            autoscaling={"scale_up_cooldown_s": 30, "scale_down_cooldown_s": 120},
             engine_args={},
             boot_timeout_s=120,
         )

@@ -134,9 +134,13 @@ def task_queue() -> str:
 @pytest.fixture
 def settings(
     tmp_path: Path, db_url: str, redis_url: str, stack: Stack, task_queue: str
-) -> Settings:
-    """Settings pointing every part at the test servers, with short lifecycle timings."""
-    return Settings(
+) -> Iterator[Settings]:
+    """Settings pointing every part at the test servers, with short lifecycle timings.
+
+    Afterwards, any local machine a test left running is stopped: a failing test must not leave
+    agents behind for the next one.
+    """
+    settings = Settings(
         data_dir=tmp_path / "data",
         database_url=db_url,
         redis_url=redis_url,
@@ -154,3 +158,7 @@ def settings(
         reconcile_interval_s=2,
         orphan_grace_s=5,
     )
+    yield settings
+    from activities.providers.local import LocalCompute
+
+    LocalCompute(settings).power_off_all()

@@ -13,7 +13,7 @@ from core.models import Deployment, Instance, InstanceState
 from core.redis_keys import EVENTS_STREAM, gateway_load_key
 from core.settings import Settings
 from tests.factories import seed
-from tests.workflows.helpers import running_worker
+from tests.workflows.helpers import running_worker, wait_state
 from workflows.autoscaler import autoscaler_workflow_id
 
 S = InstanceState
@@ -101,8 +101,11 @@ async def test_scales_up_under_load_and_down_when_idle(
             autoscaler_workflow_id(str(dep_id))
         ).result()
         assert result == "autoscaling turned off"
-        for inst in await _live(sessionmaker, dep_id):
+        live = await _live(sessionmaker, dep_id)
+        for inst in live:
             await temporal_client.get_workflow_handle(inst.workflow_id).signal("terminate")
+        for inst in live:
+            await wait_state(sessionmaker, inst.id, S.terminated)
 
 
 async def _live(sessionmaker, dep_id):  # type: ignore[no-untyped-def]

@@ -14,8 +14,9 @@ type Msg = { tone: "ok" | "bad"; text: string } | null;
 
 // Autoscaling thresholds edited as fields; any other policy keys are kept as they are.
 const POLICY_FIELDS = [
-  { key: "target_queue_per_instance", label: "Scale up above this many waiting requests per instance", step: "0.1" },
-  { key: "scale_down_utilization", label: "Scale down below this load per instance (0–1)", step: "0.05" },
+  { key: "target_in_flight_per_instance", label: "Requests in flight one instance should carry", step: "0.5" },
+  { key: "max_queue_wait_ms", label: "Add an instance when queue wait p95 exceeds (ms)", step: "100" },
+  { key: "scale_down_utilization", label: "Drain one when the rest stay under this share of their target (0–1)", step: "0.05" },
   { key: "scale_up_cooldown_s", label: "Cooldown after scaling up (s)", step: "1" },
   { key: "scale_down_cooldown_s", label: "Cooldown after scaling down (s)", step: "1" },
 ];
@@ -188,7 +189,11 @@ function pairs(o: Record<string, unknown>): string {
 }
 
 function describeEvent(kind: string, data: Record<string, unknown>): string {
-  const text = data.change ?? data.decision ?? data.reason ?? data.detail ?? data.action;
+  // Scaling decisions: "+1 instance(s): 20 requests in flight for 1 instance(s)".
+  const text =
+    kind === "scaling" && data.change !== undefined
+      ? `${String(data.change)} instance(s): ${String(data.reason ?? "")}`
+      : (data.change ?? data.decision ?? data.reason ?? data.detail ?? data.action);
   const extra = [
     data.desired !== undefined ? `desired ${data.desired}` : null,
     data.instance_id ? `instance ${String(data.instance_id).slice(0, 8)}` : null,
