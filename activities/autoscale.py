@@ -16,6 +16,7 @@ from temporalio.client import Client
 
 from core.autoscaling import AutoscalingPolicy, LoadSnapshot, decide
 from core.events import publish_event
+from core.instances import new_instance
 from core.models import Deployment, Instance, InstanceState
 from core.redis_keys import INSTANCE_LOAD, gateway_load_key
 from workflows.types import AssessInput, ScaleDownInput, ScaleUpInput, ScalingPlan
@@ -108,16 +109,7 @@ class AutoscaleActivities:
                 return
             for new_id in map(uuid.UUID, inp.new_instance_ids):
                 if await session.get(Instance, new_id) is None:
-                    session.add(
-                        Instance(
-                            id=new_id,
-                            deployment_id=deployment.id,
-                            project_id=deployment.project_id,
-                            provider_id=deployment.provider_id,
-                            instance_type_id=deployment.instance_type_id,
-                            workflow_id=f"instance-{new_id}",
-                        )
-                    )
+                    session.add(new_instance(deployment, new_id))
             await session.commit()
         for new_id in map(uuid.UUID, inp.new_instance_ids):
             await self._start_instance(new_id)

@@ -38,6 +38,7 @@ from activities.providers.base import (
 )
 from core import states
 from core.events import publish_event
+from core.instances import new_instance
 from core.models import (
     ActionStatus,
     Deployment,
@@ -572,17 +573,10 @@ class InstanceActivities:
         new_id = uuid.UUID(inp.new_instance_id)
         async with self.sessionmaker() as session:
             old = await self._instance(session, inp.replaced_instance_id)
+            deployment = await session.get(Deployment, old.deployment_id)
+            assert deployment is not None
             if await session.get(Instance, new_id) is None:
-                session.add(
-                    Instance(
-                        id=new_id,
-                        deployment_id=old.deployment_id,
-                        project_id=old.project_id,
-                        provider_id=old.provider_id,
-                        instance_type_id=old.instance_type_id,
-                        workflow_id=f"instance-{new_id}",
-                    )
-                )
+                session.add(new_instance(deployment, new_id))
                 session.add(
                     InstanceAction(
                         instance_id=old.id,

@@ -9,14 +9,11 @@ from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
+from core.instances import new_instance, workflow_id_for
 from core.models import Deployment, Instance
 from workflows.autoscaler import AutoscalerWorkflow, autoscaler_workflow_id
 from workflows.instance import InstanceWorkflow
 from workflows.types import AutoscaleInput, InstanceWorkflowInput
-
-
-def workflow_id_for(instance_id: uuid.UUID) -> str:
-    return f"instance-{instance_id}"
 
 
 async def start_instance_workflow(client: Client, task_queue: str, instance_id: uuid.UUID) -> None:
@@ -38,14 +35,7 @@ async def create_instance(
 ) -> Instance:
     """A new instance of the deployment in `provisioning`, its workflow started."""
     instance_id = uuid.uuid4()
-    instance = Instance(
-        id=instance_id,
-        deployment_id=deployment.id,
-        project_id=deployment.project_id,
-        provider_id=deployment.provider_id,
-        instance_type_id=deployment.instance_type_id,
-        workflow_id=workflow_id_for(instance_id),
-    )
+    instance = new_instance(deployment, instance_id)
     session.add(instance)
     await session.commit()
     await session.refresh(instance)
