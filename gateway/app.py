@@ -151,6 +151,7 @@ class Gateway:
             self._every(self.config.load_publish_s, self._publish_load),
             self._every(5.0, self._keys.flush_last_used),
             self._every(0.25, self._flush_tokens),
+            self._every(0.1, self._limiter.release_expired),
             self._logs.run(self.config.log_flush_s),
         ]
         self._tasks = [asyncio.create_task(loop) for loop in loops]
@@ -177,6 +178,8 @@ class Gateway:
         self._tasks = []
         try:
             await self._flush_tokens()
+            if self._limiter is not None:
+                await self._limiter.release_all()
             if self._logs is not None:
                 await asyncio.wait_for(self._logs.flush(), 10)
             if self._keys is not None:

@@ -6,14 +6,25 @@ per-replica counters. Tokens per minute use per-second buckets summed over the l
 request is admitted while the tokens already used stay under the limit, and its own tokens are
 added once the engine reported them. Times come from the Redis server's clock, so replicas with
 skewed clocks agree.
+
+Leases keep Redis off most requests of busy keys: a replica that sees a key's traffic reserves
+up to `MAX_LEASE` slots of its request window at once (as many admission entries, so every other
+replica counts them) and hands them out locally for `LEASE_S`; slots still unused then are given
+back. Near the limit (less than four leases' worth left) the script grants one slot per call, so
+the count stays exact where it matters: a key limited to N per minute gets N, not fewer, and
+never more than N + 1 (a slot is timestamped when leased, at most LEASE_S before its use).
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 import os
 import socket
+import time
+import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import cast
 
@@ -23,6 +34,8 @@ from core.redis_keys import rate_limit_key
 from gateway.resp import PipelinedRedis
 
 WINDOW_S = 60
+LEASE_S = 0.25  # how long leased request slots stay with this replica
+MAX_LEASE = 64  # request slots leased at once, at most
 
 _ADMIT = """
 local t = redis.call('TIME')
@@ -40,7 +53,7 @@ if rpm >= 0 then
     req_reset_ms = tonumber(oldest[2]) + window_ms - now_ms
   end
   if used_req >= rpm then
-    return {0, 1, used_req, 0, req_reset_ms}
+    return {0, 1, used_req, 0, req_reset_ms, 0}
   end
 end
 local used_tok = 0
@@ -62,16 +75,25 @@ if tpm >= 0 then
     tok_reset_ms = (oldest_s + tonumber(ARGV[4])) * 1000 - now_ms
   end
   if used_tok >= tpm then
-    return {0, 2, used_req, used_tok, tok_reset_ms}
+    return {0, 2, used_req, used_tok, tok_reset_ms, 0}
   end
 end
+local grant = 0
 if rpm >= 0 then
-  redis.call('ZADD', KEYS[1], now_ms, ARGV[3])
+  local want = tonumber(ARGV[5])
+  if rpm - used_req < 4 * want then want = 1 end
+  grant = math.min(want, rpm - used_req)
+  local entries = {}
+  for i = 1, grant do
+    entries[#entries + 1] = now_ms
+    entries[#entries + 1] = ARGV[3] .. i
+  end
+  redis.call('ZADD', KEYS[1], unpack(entries))
   redis.call('PEXPIRE', KEYS[1], window_ms)
-  used_req = used_req + 1
+  used_req = used_req + grant
   if req_reset_ms == 0 then req_reset_ms = window_ms end
 end
-return {1, 0, used_req, used_tok, math.max(req_reset_ms, tok_reset_ms)}
+return {1, 0, used_req, used_tok, math.max(req_reset_ms, tok_reset_ms), grant}
 """
 
 _ADD_TOKENS = """
@@ -89,6 +111,7 @@ class Decision:
     requests_used: int
     tokens_used: int
     reset_ms: int
+    granted: int = 1  # request slots reserved by this call (leases)
 
     def headers(self, rpm: int | None, tpm: int | None) -> list[tuple[bytes, bytes]]:
         headers: list[tuple[bytes, bytes]] = []
@@ -112,6 +135,21 @@ class Decision:
         return max(1, math.ceil(self.reset_ms / 1000))
 
 
+@dataclass(slots=True, eq=False)
+class _KeyLease:
+    """Request slots this replica reserved for one key and has not handed out yet."""
+
+    slots: list[str]
+    expires: float  # monotonic
+    requests_used: int  # the window's count when leased (reserved slots included)
+    tokens_used: int
+    reset_ms: int
+    arrivals: int = 0  # requests seen in the current rate window
+    rate_since: float = 0.0
+    rate_per_s: float = 0.0
+    pending: asyncio.Future[None] | None = None
+
+
 class RateLimiter:
     """Admission through the pipelined client (redis:// and unix:// URLs), else redis-py."""
 
@@ -124,33 +162,131 @@ class RateLimiter:
         if self._fast is not None:
             self._admit_sha = self._fast.script(_ADMIT)
             self._add_sha = self._fast.script(_ADD_TOKENS)
+        self._redis = fallback
         self._admit = fallback.register_script(_ADMIT)
         self._add_tokens = fallback.register_script(_ADD_TOKENS)
-        self._member_prefix = f"{socket.gethostname()}:{os.getpid()}:"
+        # Unique per limiter (several may share a process), so admission entries never collide.
+        self._member_prefix = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}:"
         self._counter = itertools.count()
+        self._leases: dict[str, _KeyLease] = {}
 
     async def admit(self, key_id: str, rpm: int | None, tpm: int | None) -> Decision:
-        member = f"{self._member_prefix}{next(self._counter)}"
+        if rpm is None:
+            return await self._call(key_id, rpm, tpm, want=1)[0]
+        while True:
+            lease = self._leases.get(key_id)
+            now = time.monotonic()
+            if lease is not None:
+                self._track_rate(lease, now)
+                if lease.slots and now < lease.expires and (tpm is None or lease.tokens_used < tpm):
+                    lease.slots.pop()
+                    return Decision(
+                        True,
+                        None,
+                        lease.requests_used - len(lease.slots),
+                        lease.tokens_used,
+                        lease.reset_ms,
+                    )
+                if lease.pending is not None:
+                    # Another request of this key is leasing: share its result.
+                    await asyncio.shield(lease.pending)
+                    continue
+            return await self._lease(key_id, rpm, tpm, lease, now)
+
+    def _track_rate(self, lease: _KeyLease, now: float) -> None:
+        lease.arrivals += 1
+        elapsed = now - lease.rate_since
+        if elapsed >= LEASE_S:
+            lease.rate_per_s = lease.arrivals / elapsed
+            lease.arrivals = 0
+            lease.rate_since = now
+
+    async def _lease(
+        self, key_id: str, rpm: int, tpm: int | None, lease: _KeyLease | None, now: float
+    ) -> Decision:
+        want = 1
+        if lease is not None:
+            want = max(1, min(MAX_LEASE, math.ceil(lease.rate_per_s * LEASE_S)))
+            await self._release(key_id, lease)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        placeholder = lease or _KeyLease([], 0.0, 0, 0, 0, rate_since=now)
+        placeholder.pending = future
+        self._leases[key_id] = placeholder
+        try:
+            decision_call, prefix = self._call(key_id, rpm, tpm, want)
+            decision = await decision_call
+        finally:
+            placeholder.pending = None
+            future.set_result(None)
+        granted = decision.granted
+        if not decision.allowed or granted <= 0:
+            placeholder.slots = []
+            return decision
+        # One slot is this request's; the others wait here for the next ones.
+        placeholder.slots = [f"{prefix}{i}" for i in range(2, granted + 1)]
+        placeholder.expires = time.monotonic() + LEASE_S
+        placeholder.requests_used = decision.requests_used
+        placeholder.tokens_used = decision.tokens_used
+        placeholder.reset_ms = decision.reset_ms
+        decision.requests_used -= len(placeholder.slots)
+        return decision
+
+    def _call(
+        self, key_id: str, rpm: int | None, tpm: int | None, want: int
+    ) -> tuple[Awaitable[Decision], str]:
+        prefix = f"{self._member_prefix}{next(self._counter)}:"
         keys = [rate_limit_key(key_id, "rpm", WINDOW_S), rate_limit_key(key_id, "tpm", WINDOW_S)]
         args: list[str | int] = [
             -1 if rpm is None else rpm,
             -1 if tpm is None else tpm,
-            member,
+            prefix,
             WINDOW_S,
+            want,
         ]
+
+        async def call() -> Decision:
+            if self._fast is not None:
+                result = await self._fast.evalsha(self._admit_sha, keys, args)
+            else:
+                result = await self._admit(keys=keys, args=args)
+            assert isinstance(result, list)
+            allowed, reason, used_req, used_tok, reset_ms, granted = (
+                int(cast(int, v)) for v in result
+            )
+            return Decision(
+                allowed=bool(allowed),
+                limited_by={1: "requests", 2: "tokens"}.get(reason),
+                requests_used=used_req,
+                tokens_used=used_tok,
+                reset_ms=reset_ms,
+                granted=granted,
+            )
+
+        return call(), prefix
+
+    async def _release(self, key_id: str, lease: _KeyLease) -> None:
+        """Give back slots leased and not used, so other replicas can admit with them."""
+        if not lease.slots:
+            return
+        members, lease.slots = lease.slots, []
+        key = rate_limit_key(key_id, "rpm", WINDOW_S)
         if self._fast is not None:
-            result = await self._fast.evalsha(self._admit_sha, keys, args)
+            await self._fast.command("ZREM", key, *members)
         else:
-            result = await self._admit(keys=keys, args=args)
-        assert isinstance(result, list)
-        allowed, reason, used_req, used_tok, reset_ms = (int(cast(int, v)) for v in result)
-        return Decision(
-            allowed=bool(allowed),
-            limited_by={1: "requests", 2: "tokens"}.get(reason),
-            requests_used=used_req,
-            tokens_used=used_tok,
-            reset_ms=reset_ms,
-        )
+            await self._redis.zrem(key, *members)
+
+    async def release_expired(self) -> None:
+        """Periodic: return slots of leases past their time (traffic stopped or slowed)."""
+        now = time.monotonic()
+        for key_id, lease in list(self._leases.items()):
+            if lease.slots and now >= lease.expires and lease.pending is None:
+                await self._release(key_id, lease)
+            elif not lease.slots and now - lease.expires > WINDOW_S:
+                del self._leases[key_id]
+
+    async def release_all(self) -> None:
+        for key_id, lease in list(self._leases.items()):
+            await self._release(key_id, lease)
 
     async def add_tokens(self, key_id: str, tokens: int) -> None:
         if tokens <= 0:

@@ -178,6 +178,10 @@ class PipelinedRedis:
         await protocol.send(_encode(b"SCRIPT", b"LOAD", self._scripts[sha]))
         return cast(Reply, await protocol.send(command))
 
+    async def command(self, *parts: bytes | str | int) -> Reply:
+        protocol = await self._connection()
+        return cast(Reply, await protocol.send(_encode(*parts)))
+
     def close(self) -> None:
         if self._protocol is not None and self._protocol.transport is not None:
             self._protocol.transport.close()

@@ -21,10 +21,11 @@ from sqlmodel import select
 
 from core.embedded import free_port
 from core.models import ApiKey, RequestLog
-from core.redis_keys import API_KEY_CHANNEL
+from core.redis_keys import API_KEY_CHANNEL, rate_limit_key
 from core.settings import Settings
 from tests.factories import Seeded
 from tests.gateway.conftest import MODEL, Engines, Registry, add_key
+from tests.gateway.test_api import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
@@ -200,3 +201,49 @@ async def test_graceful_stop_flushes_request_logs(
         rows = (await session.exec(select(RequestLog))).all()
     assert sorted(r.streamed for r in rows) == [False, False, True]
     assert all(r.output_tokens == 3 and r.input_tokens == 7 for r in rows)
+
+
+async def test_leased_limits_stay_exact_and_spare_redis(
+    start_gateway,
+    seeded: Seeded,
+    sessionmaker,
+    engines: Engines,
+    registry: Registry,
+    redis_client: aioredis.Redis,
+) -> None:  # type: ignore[no-untyped-def]
+    """Busy keys lease request slots (fewer Redis calls); the limit is still exact across two
+    replicas, and slots leased but not used go back."""
+    await engines.start("a")
+    await registry.put(registry.instance(engines.servers["a"].url))
+    limit = 1000
+    limited_key, row = await add_key(sessionmaker, seeded.project.id, rpm=limit)
+    replicas = [await start_gateway(), await start_gateway()]
+    for replica in replicas:
+        await wait_for(lambda r=replica: MODEL in r.app.router.by_model)
+    await redis_client.config_resetstat()
+
+    statuses: list[int] = []
+    headers = {"Authorization": f"Bearer {limited_key}"}
+    async with httpx.AsyncClient(headers=headers, timeout=30) as client:
+
+        async def worker(index: int, until: float, stop_at: int) -> None:
+            sent = 0
+            while time.monotonic() < until and len(statuses) < stop_at:
+                url = replicas[(index + sent) % 2].url + "/v1/chat/completions"
+                statuses.append((await client.post(url, json=CHAT)).status_code)
+                sent += 1
+
+        # Traffic well under the limit (leases start), then on past the limit.
+        await asyncio.gather(*(worker(i, time.monotonic() + 1.0, 600) for i in range(8)))
+        assert 429 not in statuses
+        await asyncio.gather(*(worker(i, time.monotonic() + 60, limit + 200) for i in range(8)))
+
+    evalsha_calls = int((await redis_client.info("commandstats"))["cmdstat_evalsha"]["calls"])
+    assert len(statuses) >= limit + 200
+    assert statuses.count(200) == limit
+    assert statuses.count(429) == len(statuses) - limit
+    assert evalsha_calls < len(statuses) * 0.5  # leases served most requests
+    # Unused leased slots are given back: the window holds exactly the admitted requests.
+    key = rate_limit_key(str(row.id), "rpm", 60)
+    await asyncio.sleep(0.6)
+    assert await redis_client.zcard(key) == limit
