@@ -147,6 +147,7 @@ class _KeyLease:
     arrivals: int = 0  # requests seen in the current rate window
     rate_since: float = 0.0
     rate_per_s: float = 0.0
+    seen: float = 0.0  # last request (monotonic)
     pending: asyncio.Future[None] | None = None
 
 
@@ -194,6 +195,7 @@ class RateLimiter:
             return await self._lease(key_id, rpm, tpm, lease, now)
 
     def _track_rate(self, lease: _KeyLease, now: float) -> None:
+        lease.seen = now
         lease.arrivals += 1
         elapsed = now - lease.rate_since
         if elapsed >= LEASE_S:
@@ -204,31 +206,29 @@ class RateLimiter:
     async def _lease(
         self, key_id: str, rpm: int, tpm: int | None, lease: _KeyLease | None, now: float
     ) -> Decision:
+        """One Redis call for this key at a time: later requests wait for it (admit loops)."""
         want = 1
-        if lease is not None:
+        if lease is None:
+            lease = self._leases[key_id] = _KeyLease([], 0.0, 0, 0, 0, rate_since=now, seen=now)
+        else:
             want = max(1, min(MAX_LEASE, math.ceil(lease.rate_per_s * LEASE_S)))
-            await self._release(key_id, lease)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        placeholder = lease or _KeyLease([], 0.0, 0, 0, 0, rate_since=now)
-        placeholder.pending = future
-        self._leases[key_id] = placeholder
+        lease.pending = future  # set before any await: no second call can start meanwhile
         try:
-            decision_call, prefix = self._call(key_id, rpm, tpm, want)
-            decision = await decision_call
+            await self._release(key_id, lease)  # expired slots, if any, go back first
+            call, prefix = self._call(key_id, rpm, tpm, want)
+            decision = await call
         finally:
-            placeholder.pending = None
+            lease.pending = None
             future.set_result(None)
-        granted = decision.granted
-        if not decision.allowed or granted <= 0:
-            placeholder.slots = []
-            return decision
-        # One slot is this request's; the others wait here for the next ones.
-        placeholder.slots = [f"{prefix}{i}" for i in range(2, granted + 1)]
-        placeholder.expires = time.monotonic() + LEASE_S
-        placeholder.requests_used = decision.requests_used
-        placeholder.tokens_used = decision.tokens_used
-        placeholder.reset_ms = decision.reset_ms
-        decision.requests_used -= len(placeholder.slots)
+        if decision.allowed and decision.granted > 1:
+            # One slot is this request's; the others serve the next requests here.
+            lease.slots.extend(f"{prefix}{i}" for i in range(2, decision.granted + 1))
+            lease.expires = time.monotonic() + LEASE_S
+            lease.requests_used = decision.requests_used
+            lease.tokens_used = decision.tokens_used
+            lease.reset_ms = decision.reset_ms
+            decision.requests_used -= len(lease.slots)
         return decision
 
     def _call(
@@ -281,8 +281,8 @@ class RateLimiter:
         for key_id, lease in list(self._leases.items()):
             if lease.slots and now >= lease.expires and lease.pending is None:
                 await self._release(key_id, lease)
-            elif not lease.slots and now - lease.expires > WINDOW_S:
-                del self._leases[key_id]
+            elif not lease.slots and lease.pending is None and now - lease.seen > WINDOW_S:
+                del self._leases[key_id]  # key idle for a while: forget its rate
 
     async def release_all(self) -> None:
         for key_id, lease in list(self._leases.items()):
