@@ -46,6 +46,7 @@ from gateway.keys import KeyCache, KeyInfo
 from gateway.logs import RequestLogWriter
 from gateway.ratelimit import RateLimiter
 from gateway.routing import Backend, Router
+from gateway.server import DISCONNECT_EXTENSION
 from gateway.settings import GatewaySettings
 from gateway.upstream import UpstreamClient, UpstreamError, UpstreamResponse
 
@@ -460,16 +461,30 @@ class Gateway:
         assert task is not None
         gone = False
 
-        def on_receive(message_future: asyncio.Future[Message]) -> None:
+        def on_disconnect() -> None:
             nonlocal gone
-            if message_future.cancelled() or message_future.exception() is not None:
-                return
-            if message_future.result().get("type") == "http.disconnect":
-                gone = True
-                task.cancel()
+            gone = True
+            task.cancel()
 
-        watcher = asyncio.ensure_future(receive())
-        watcher.add_done_callback(on_receive)
+        # The lean server calls back when the connection drops; under another ASGI server a
+        # task waits for the http.disconnect message.
+        register: Callable[[Callable[[], None] | None], None] | None = scope.get(
+            "extensions", {}
+        ).get(DISCONNECT_EXTENSION)
+        watcher: asyncio.Future[Message] | None = None
+        if register is not None:
+            register(on_disconnect)
+        else:
+            watcher = asyncio.ensure_future(receive())
+            watcher.add_done_callback(
+                lambda done: (
+                    on_disconnect()
+                    if not done.cancelled()
+                    and done.exception() is None
+                    and done.result().get("type") == "http.disconnect"
+                    else None
+                )
+            )
         try:
             if key.limited:
                 await self._check_rate_limit(key, outcome)
@@ -486,7 +501,10 @@ class Gateway:
             headers = exc.headers + outcome.headers + _JSON_HEADERS
             await _respond(send, exc.status, exc.body(), headers)
         finally:
-            watcher.cancel()
+            if register is not None:
+                register(None)
+            elif watcher is not None:
+                watcher.cancel()
             self._finish(key, model, outcome, started)
 
     async def _check_rate_limit(self, key: KeyInfo, outcome: _Outcome) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from tests.factories import Seeded
 from tests.gateway.conftest import MODEL, Engines, Registry, RunningGateway
 from tests.gateway.test_api import wait_for
@@ -57,6 +59,7 @@ async def test_keepalive_comments_while_the_first_token_is_slow(
     assert events[-1] == "data: [DONE]"
 
 
+@pytest.mark.parametrize("gateway_server", ["lean", "uvicorn"])
 async def test_client_disconnect_cancels_the_engine_request(
     gateway: RunningGateway, seeded: Seeded, engines: Engines, registry: Registry
 ) -> None:
