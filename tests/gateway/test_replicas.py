@@ -249,3 +249,23 @@ async def test_leased_limits_stay_exact_and_spare_redis(
     key = rate_limit_key(str(row.id), "rpm", 60)
     await asyncio.sleep(0.6)
     assert await redis_client.zcard(key) == limit
+
+
+async def test_worker_processes_share_the_port_and_metrics(
+    spawn_gateway, seeded: Seeded, engines: Engines, registry: Registry
+) -> None:  # type: ignore[no-untyped-def]
+    engine = await engines.start("a")
+    await registry.put(registry.instance(engines.servers["a"].url))
+    replica = await spawn_gateway(INVENTIV_GATEWAY_WORKERS="2")
+    headers = {"Authorization": f"Bearer {seeded.api_key}"}
+    # New connections spread over both workers (SO_REUSEPORT): each request on its own one.
+    for _ in range(20):
+        async with httpx.AsyncClient(headers=headers, timeout=30) as client:
+            response = await client.post(replica.url + "/v1/chat/completions", json=CHAT)
+            assert response.status_code == 200
+    assert len(engine.requests) == 20
+    async with httpx.AsyncClient(timeout=30) as client:
+        text = (await client.get(replica.url + "/metrics")).text
+    line = f'inventiv_gateway_requests_total{{code="200",model="{MODEL}"}} '
+    (value,) = [float(row[len(line) :]) for row in text.splitlines() if row.startswith(line)]
+    assert value == 20  # whichever worker answers /metrics reports both workers' requests
