@@ -618,12 +618,25 @@ class Gateway:
                 backend, retried = alternative, True
 
             outcome.status = response.status
-            if stream and response.status == 200:
+            if (
+                stream
+                and response.status == 200
+                and response.content_type.startswith(b"text/event-stream")
+            ):
                 outcome.streamed = True
                 await self._relay_stream(send, response, wants_usage, outcome)
             else:
                 outcome.streamed = False
-                data = await response.read_all()
+                try:
+                    data = await response.read_all()
+                except UpstreamError as exc:
+                    metrics.UPSTREAM_ERRORS.labels(model, "broken").inc()
+                    raise GatewayError(
+                        502,
+                        f"The engine serving '{model}' failed while answering: {exc}",
+                        type_="upstream_error",
+                        code="engine_failed",
+                    ) from exc
                 if response.status == 200:
                     _count_usage(data, outcome)
                 headers = [(b"content-type", response.content_type or b"application/json")]

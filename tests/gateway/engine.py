@@ -124,6 +124,22 @@ class TestEngine:
             )
             return
         if not body.get("stream"):
+            if behaviour.break_after is not None:
+                # Headers and part of the body, then the engine dies.
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", b"1000"),
+                        ],
+                    }
+                )
+                await send(
+                    {"type": "http.response.body", "body": b'{"id": "cmpl', "more_body": True}
+                )
+                raise ConnectionAbortedError("engine crashed mid-answer")
             text = " ".join(f"t{i}" for i in range(behaviour.tokens))
             choice: dict[str, Any] = (
                 {

@@ -305,6 +305,22 @@ async def test_no_retry_after_the_first_byte(
     assert len(a.requests) + len(b.requests) == 1  # the request was not replayed elsewhere
 
 
+async def test_engine_dying_mid_answer_is_a_clear_502(
+    gateway: RunningGateway, seeded: Seeded, engines: Engines, registry: Registry
+) -> None:
+    a, b = await engines.start("a"), await engines.start("b")
+    for engine in (a, b):
+        engine.behaviour.break_after = 0
+    await registry.put(registry.instance(engines.servers["a"].url))
+    await registry.put(registry.instance(engines.servers["b"].url))
+    await ready(gateway, 2)
+    async with gateway.client(seeded.api_key) as client:
+        response = await client.post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "engine_failed"
+    assert len(a.requests) + len(b.requests) == 1  # the engine had started: not replayed
+
+
 async def test_draining_instance_finishes_in_flight_and_gets_nothing_new(
     gateway: RunningGateway, seeded: Seeded, engines: Engines, registry: Registry
 ) -> None:
