@@ -269,3 +269,28 @@ async def test_worker_processes_share_the_port_and_metrics(
     line = f'inventiv_gateway_requests_total{{code="200",model="{MODEL}"}} '
     (value,) = [float(row[len(line) :]) for row in text.splitlines() if row.startswith(line)]
     assert value == 20  # whichever worker answers /metrics reports both workers' requests
+
+
+async def test_sigterm_lets_in_flight_requests_finish(
+    spawn_gateway, seeded: Seeded, engines: Engines, registry: Registry
+) -> None:  # type: ignore[no-untyped-def]
+    engine = await engines.start("a")
+    hold = asyncio.Event()
+    engine.behaviour.hold = hold
+    await registry.put(registry.instance(engines.servers["a"].url))
+    replica = await spawn_gateway()
+    headers = {"Authorization": f"Bearer {seeded.api_key}"}
+    async with httpx.AsyncClient(headers=headers, timeout=30) as client:
+        in_flight = asyncio.create_task(
+            client.post(replica.url + "/v1/chat/completions", json=CHAT)
+        )
+        await wait_for(lambda: engine.active == 1)
+        replica.proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        assert replica.proc.poll() is None  # still draining
+        with pytest.raises(httpx.TransportError):  # no new connections meanwhile
+            await client.get(replica.url + "/healthz", headers={"Connection": "close"})
+        hold.set()
+        response = await in_flight
+    assert response.status_code == 200
+    assert await asyncio.to_thread(replica.proc.wait, 10) == 0
