@@ -339,8 +339,41 @@ class TargetResult:
     extra: dict[str, float] = field(default_factory=dict)
 
 
+def summarize_profile(raw: Path, top: int = 30) -> str:
+    """Self and inclusive sample shares per function from py-spy's raw (collapsed) output."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        total += count
+        frames = stack.split(";")
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+    lines = [f"{total} samples of the gateway process during the 32-connection run", ""]
+    lines.append("self time (where the CPU was when sampled; socket writes show as the line")
+    lines.append("calling transport.write, epoll and reads inside the event loop as Runner.run):")
+    for frame, count in sorted(own.items(), key=lambda item: -item[1])[:top]:
+        lines.append(f"  {count * 100 / max(1, total):5.1f}%  {frame}")
+    lines.append("")
+    lines.append("inclusive time of gateway functions:")
+    ours = [(f, c) for f, c in inclusive.items() if "gateway/" in f]
+    for frame, count in sorted(ours, key=lambda item: -item[1])[:top]:
+        lines.append(f"  {count * 100 / max(1, total):5.1f}%  {frame}")
+    return "\n".join(lines) + "\n"
+
+
 def measure(
-    target: Target, key: str, workdir: Path, seconds: float, stream_count: int
+    target: Target,
+    key: str,
+    workdir: Path,
+    seconds: float,
+    stream_count: int,
+    py_spy: Path | None = None,
 ) -> TargetResult:
     result = TargetResult(target.name, target.notes)
     url = f"http://127.0.0.1:{target.port}/v1/chat/completions"
@@ -349,7 +382,24 @@ def measure(
         run_wrk(url, script, 32, min(2.0, seconds))  # warm-up: connections, caches, JITs
         cpu_before = tree_cpu_s(target.proc.pid) if target.proc else 0.0
         support_before = sum(tree_cpu_s(pid) for pid in target.support_pids)
+        profiler = None
+        if py_spy is not None and target.proc is not None:
+            raw = workdir / "gateway-profile.raw"
+            profiler = subprocess.Popen(
+                [
+                    str(py_spy), "record", "--pid", str(target.proc.pid),
+                    "--duration", str(max(1, round(seconds) - 1)), "--rate", "250",
+                    "--format", "raw", "--output", str(raw), "--nonblocking",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
         result.c32 = run_wrk(url, script, 32, seconds)
+        if profiler is not None and profiler.wait(timeout=30) == 0:
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            (RESULTS / "gateway-profile.txt").write_text(
+                summarize_profile(workdir / "gateway-profile.raw")
+            )
         if target.proc:
             used = tree_cpu_s(target.proc.pid) - cpu_before
             result.cpu_ms_per_request = used * 1000 / max(1, result.c32.requests)
@@ -475,9 +525,7 @@ def start_nginx(workdir: Path, name: str, servers: str, workers: int) -> subproc
     )
 
 
-def start_gateway(
-    stack: Stack, port: int, workers: int, profile: Path | None, server: str
-) -> subprocess.Popen[bytes]:
+def start_gateway(stack: Stack, port: int, workers: int, server: str) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "INVENTIV_DATABASE_URL": stack.db_url,
@@ -488,8 +536,6 @@ def start_gateway(
         "INVENTIV_GATEWAY_SERVER": server,
     }
     command = [sys.executable, "-m", "gateway"]
-    if profile is not None:
-        command = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "gateway"]
     return subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
 
 
@@ -548,7 +594,12 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated target names to run")
     parser.add_argument("--workers", default="1,2", help="gateway worker counts to measure")
     parser.add_argument("--gateway-server", default="lean", choices=["lean", "uvicorn"])
-    parser.add_argument("--profile", type=Path, default=None, help="cProfile output of gateway x1")
+    parser.add_argument(
+        "--no-profile",
+        action="store_true",
+        help="skip the py-spy profile of the 1-worker gateway (taken when py-spy is in the "
+        "tools venv: pip install py-spy)",
+    )
     args = parser.parse_args()
     seconds = 3.0 if args.quick else args.seconds
     only = {name for name in args.only.split(",") if name}
@@ -587,9 +638,16 @@ def main() -> None:
         def want(name: str) -> bool:
             return not only or name in only
 
+        py_spy = args.tools_venv / "bin" / "py-spy"
+
         def run(target: Target) -> None:
             print(f"-- {target.name}", flush=True)
-            result = measure(target, stack.key, workdir, seconds, args.stream_requests)
+            profile = (
+                py_spy
+                if target.name == "inventiv-gateway x1" and py_spy.exists() and not args.no_profile
+                else None
+            )
+            result = measure(target, stack.key, workdir, seconds, args.stream_requests, profile)
             print(json.dumps(asdict(result)), flush=True)
             results.append(result)
 
@@ -611,8 +669,7 @@ def main() -> None:
             if not want(name) and not want("gateway"):
                 continue
             port = free_port()
-            profile = args.profile if workers == 1 else None
-            proc = start_gateway(stack, port, workers, profile, args.gateway_server)
+            proc = start_gateway(stack, port, workers, args.gateway_server)
             processes.append(proc)
             if not started(f"http://127.0.0.1:{port}/readyz", proc, name):
                 continue
