@@ -10,6 +10,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -91,8 +92,9 @@ def main() -> None:
         serve()
         return
     # Shared Prometheus values must be set up before any worker imports prometheus_client.
-    metrics_dir = tempfile.mkdtemp(prefix="inventiv-gateway-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if own_metrics_dir:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="inventiv-gateway-")
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=serve, daemon=False) for _ in range(workers)]
     for process in processes:
@@ -110,4 +112,6 @@ def main() -> None:
     signal.signal(signal.SIGINT, forward)
     for process in processes:
         process.join()
+    if own_metrics_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
     sys.exit(max((p.exitcode or 0) for p in processes))
