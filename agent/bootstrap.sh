@@ -120,10 +120,13 @@ background)
     nohup setsid "$PYTHON" -m agent >>"$LOG" 2>&1 </dev/null &
     pid=$!
     echo "$pid" > "$INSTALL_DIR/agent.pid"
+    # Ask the agent where it listens: loopback when it binds every address.
+    HOST="${INVENTIV_AGENT_HOST:-0.0.0.0}"
+    case "$HOST" in 0.0.0.0|"::") HOST=127.0.0.1 ;; esac
     tries=0
     while [ "$tries" -lt "${WORKER_AGENT_START_TIMEOUT_S:-60}" ]; do
         kill -0 "$pid" 2>/dev/null || die 5 "the agent exited during start-up; see $LOG"
-        if "$PYTHON" -c "import sys, urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT/healthz', timeout=1)" >/dev/null 2>&1; then
+        if "$PYTHON" -c "import sys, urllib.request; urllib.request.urlopen('http://$HOST:$PORT/healthz', timeout=1)" >/dev/null 2>&1; then
             say "agent running (pid $pid), answering on port $PORT"
             exit 0
         fi

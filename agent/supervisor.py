@@ -10,6 +10,7 @@ import logging
 import os
 import shlex
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
@@ -55,7 +56,12 @@ def engine_flags(args: dict[str, Any]) -> list[str]:
 
 def build_engine_command(settings: AgentSettings, model_path: str | None = None) -> list[str]:
     """The `vllm serve` command line for this deployment (the simulator takes the same one)."""
-    command = shlex.split(settings.engine_command)
+    # "{python}" is the interpreter running the agent: the one that has the simulator's packages,
+    # wherever the bootstrap installed them.
+    command = [
+        sys.executable if part == "{python}" else part
+        for part in shlex.split(settings.engine_command)
+    ]
     command += [model_path or settings.model]
     command += ["--host", settings.engine_host, "--port", str(settings.engine_port)]
     command += ["--served-model-name", settings.served]

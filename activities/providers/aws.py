@@ -238,7 +238,8 @@ class AWSCompute(Compute, PublicIPMixin):
     # ------------------------------------------------------------------ instances
 
     def _to_instance(self, raw: Mapping[str, Any]) -> ProviderInstance:
-        ip = raw.get("PublicIpAddress")
+        address = "PrivateIpAddress" if self.settings.use_private_ip else "PublicIpAddress"
+        ip = raw.get(address) if raw["State"]["Name"] == "running" else None
         return ProviderInstance(
             resource_id=raw["InstanceId"],
             instance_id=_tag(raw, INSTANCE_TAG) or "",

@@ -29,7 +29,8 @@ class Flavor:
     name: str
     description: str
     accelerator: str  # cpu | nvidia | amd
-    # Engine command; "{python}" is replaced by the interpreter that runs the agent.
+    # Engine command; "{python}" is the interpreter that runs the agent (the agent resolves it
+    # unless the adapter knows the machine's interpreter).
     engine_command: str
     # Worker container image (agent + engine); None: the agent runs as a plain process.
     engine_image: str | None
@@ -137,7 +138,7 @@ def get_flavor(name: str) -> Flavor:
 def agent_environment(
     request: CreateRequest,
     *,
-    python: str = "python3",
+    python: str = "{python}",
     agent_port: int = AGENT_PORT,
     engine_port: int = ENGINE_PORT,
     provider_env: Mapping[str, str] | None = None,

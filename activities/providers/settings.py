@@ -60,6 +60,10 @@ class AWSSettings(BaseSettings):
         default=None, description="Instance profile name (e.g. S3 read for the model cache)"
     )
     elastic_ip: bool = Field(default=False, description="Allocate and associate an Elastic IP")
+    use_private_ip: bool = Field(
+        default=False,
+        description="Reach agents at their private address (control plane inside the VPC)",
+    )
     root_volume_gb: int = Field(default=100, description="Root EBS volume size")
     model_s3_prefix: str = Field(
         default="", description="s3://bucket/prefix the agent tries before the hub"

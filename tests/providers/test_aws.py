@@ -88,7 +88,7 @@ async def test_tags_volumes_and_user_data(
     text = base64.b64decode(user_data).decode()
     assert text.startswith("#cloud-config")
     assert "WORKER_AGENT_SHA256=" + "ab" * 32 in text
-    assert "INVENTIV_AGENT_ENGINE_COMMAND='python3 -m agent.sim'" in text
+    assert "INVENTIV_AGENT_ENGINE_COMMAND='{python} -m agent.sim'" in text
 
     # Neither the agent's token nor the AWS secret reached a log line, even at DEBUG.
     assert "tok-secret" not in caplog.text and "testing-secret" not in caplog.text
