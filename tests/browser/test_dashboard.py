@@ -483,9 +483,9 @@ async def test_admin_sets_a_price_and_configures_a_deployment(
 
     await card.get_by_role("button", name="Edit chat").click()
     edit = page.locator("form", has=page.get_by_role("heading", name="Edit chat"))
-    await expect(
-        edit.get_by_label("Requests in flight one instance should carry")
-    ).to_have_value("4")
+    await expect(edit.get_by_label("Requests in flight one instance should carry")).to_have_value(
+        "4"
+    )
     await edit.get_by_label("Maximum instances").fill("6")
     await edit.get_by_role("button", name="Save").click()
     await expect(card).to_contain_text("min 0 · max 6")
