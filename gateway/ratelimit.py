@@ -25,7 +25,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 import redis.asyncio as aioredis
@@ -35,7 +35,7 @@ from gateway.resp import PipelinedRedis
 
 WINDOW_S = 60
 LEASE_S = 0.25  # how long leased request slots stay with this replica
-MAX_LEASE = 64  # request slots leased at once, at most
+MAX_LEASE = 256  # request slots leased at once, at most
 
 _ADMIT = """
 local t = redis.call('TIME')
@@ -148,7 +148,8 @@ class _KeyLease:
     rate_since: float = 0.0
     rate_per_s: float = 0.0
     seen: float = 0.0  # last request (monotonic)
-    pending: asyncio.Future[None] | None = None
+    leasing: bool = False  # a Redis call for this key is in flight
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
 
 class RateLimiter:
@@ -188,9 +189,11 @@ class RateLimiter:
                         lease.tokens_used,
                         lease.reset_ms,
                     )
-                if lease.pending is not None:
+                if lease.leasing:
                     # Another request of this key is leasing: share its result.
-                    await asyncio.shield(lease.pending)
+                    waiter = asyncio.get_running_loop().create_future()
+                    lease.waiters.append(waiter)
+                    await waiter
                     continue
             return await self._lease(key_id, rpm, tpm, lease, now)
 
@@ -212,15 +215,17 @@ class RateLimiter:
             lease = self._leases[key_id] = _KeyLease([], 0.0, 0, 0, 0, rate_since=now, seen=now)
         else:
             want = max(1, min(MAX_LEASE, math.ceil(lease.rate_per_s * LEASE_S)))
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        lease.pending = future  # set before any await: no second call can start meanwhile
+        lease.leasing = True  # set before any await: no second call can start meanwhile
         try:
             await self._release(key_id, lease)  # expired slots, if any, go back first
             call, prefix = self._call(key_id, rpm, tpm, want)
             decision = await call
         finally:
-            lease.pending = None
-            future.set_result(None)
+            lease.leasing = False
+            waiters, lease.waiters = lease.waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
         if decision.allowed and decision.granted > 1:
             # One slot is this request's; the others serve the next requests here.
             lease.slots.extend(f"{prefix}{i}" for i in range(2, decision.granted + 1))
@@ -279,9 +284,9 @@ class RateLimiter:
         """Periodic: return slots of leases past their time (traffic stopped or slowed)."""
         now = time.monotonic()
         for key_id, lease in list(self._leases.items()):
-            if lease.slots and now >= lease.expires and lease.pending is None:
+            if lease.slots and now >= lease.expires and not lease.leasing:
                 await self._release(key_id, lease)
-            elif not lease.slots and lease.pending is None and now - lease.seen > WINDOW_S:
+            elif not lease.slots and not lease.leasing and now - lease.seen > WINDOW_S:
                 del self._leases[key_id]  # key idle for a while: forget its rate
 
     async def release_all(self) -> None:
