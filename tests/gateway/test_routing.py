@@ -343,3 +343,34 @@ async def test_draining_instance_finishes_in_flight_and_gets_nothing_new(
         response = await in_flight
     assert response.status_code == 200
     assert response.json()["served_by"] == "leaving"
+
+
+async def test_full_queue_refuses_at_once(
+    start_gateway,
+    gateway_settings: GatewaySettings,
+    seeded: Seeded,
+    engines: Engines,
+    registry: Registry,
+) -> None:  # type: ignore[no-untyped-def]
+    gateway_settings.max_inflight_per_gpu = 1
+    gateway_settings.queue_size = 1
+    gateway_settings.queue_deadline_s = 10
+    gateway = await start_gateway()
+    engine = await engines.start("a")
+    hold = asyncio.Event()
+    engine.behaviour.hold = hold
+    await registry.put(registry.instance(engines.servers["a"].url))
+    await ready(gateway, 1)
+    async with gateway.client(seeded.api_key) as client:
+        running = asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
+        await wait_for(lambda: engine.active == 1)
+        queued = asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
+        await wait_for(lambda: gateway.app.router.queue(MODEL).length == 1)
+        started = time.monotonic()
+        refused = await client.post("/v1/chat/completions", json=CHAT)
+        assert refused.status_code == 503
+        assert time.monotonic() - started < 1  # no wait for the deadline: the queue is full
+        assert "retry-after" in refused.headers
+        hold.set()
+        assert (await running).status_code == 200
+        assert (await queued).status_code == 200
