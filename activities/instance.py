@@ -245,6 +245,7 @@ class InstanceActivities:
             archive_after_s=s.archive_after_s,
             poll_interval_s=s.boot_poll_interval_s,
             block_on_agent_mismatch=s.block_on_agent_mismatch,
+            health_rounds_per_run=s.health_rounds_per_run,
         )
 
     @activity.defn

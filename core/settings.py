@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     heartbeat_fresh_s: float = Field(
         default=30, description="A heartbeat younger than this counts as healthy"
     )
+    health_rounds_per_run: int = Field(
+        default=500, description="Health checks before an instance workflow continues as new"
+    )
     unhealthy_threshold: int = Field(
         default=3, description="Failed health checks in a row before replacement"
     )

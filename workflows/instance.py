@@ -77,7 +77,6 @@ def cleanup(method: Callable[[Any, ArgT], Awaitable[ResultT]], arg: ArgT) -> Awa
     )
 
 
-HEALTH_ROUNDS_PER_RUN = 500
 
 
 def failure_message(err: BaseException) -> str:
@@ -213,7 +212,10 @@ class InstanceWorkflow:
     async def _serve(self, ref: InstanceRef, spec: LifecycleSpec) -> None:
         rounds = 0
         while not self._stop_wanted():
-            if rounds >= HEALTH_ROUNDS_PER_RUN or workflow.info().is_continue_as_new_suggested():
+            if (
+                rounds >= spec.health_rounds_per_run
+                or workflow.info().is_continue_as_new_suggested()
+            ):
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(InstanceWorkflowInput(ref.instance_id, self.state))
             rounds += 1

@@ -30,6 +30,8 @@ class LifecycleSpec:
     archive_after_s: float
     poll_interval_s: float
     block_on_agent_mismatch: bool
+    # Health rounds before the workflow continues as new (keeps its history short).
+    health_rounds_per_run: int = 500
 
 
 @dataclass

@@ -28,6 +28,7 @@ from tests.workflows.helpers import (
     running_worker,
     wait_state,
 )
+from workflows.instance import InstanceWorkflow
 
 S = InstanceState
 SIM_FAST = {"model-load-delay-s": 0.2}
@@ -330,4 +331,62 @@ async def test_fresh_heartbeat_reporting_a_dead_engine_is_unhealthy(
         await wait_state(sessionmaker, replacement.id, S.ready)
         await temporal_client.get_workflow_handle(replacement.workflow_id).signal("terminate")
         await wait_state(sessionmaker, replacement.id, S.terminated)
+    await _nothing_left(settings)
+
+
+async def test_long_lived_instance_continues_as_new_and_still_drains(
+    settings: Settings, sessionmaker, temporal_client
+) -> None:
+    settings = settings.model_copy(update={"health_interval_s": 0.2, "health_rounds_per_run": 3})
+    async with sessionmaker() as session:
+        seeded = await seed(session, engine_args=SIM_FAST)
+    async with running_worker(settings, temporal_client):
+        async with sessionmaker() as session:
+            instance = await create_instance(
+                session, temporal_client, settings.task_queue, deployment=seeded.deployment
+            )
+        await wait_state(sessionmaker, instance.id, S.ready)
+        handle = temporal_client.get_workflow_handle(instance.workflow_id)
+        first_run = (await handle.describe()).run_id
+        for _ in range(100):  # 3 health rounds of 0.2 s, then a new run
+            if (await handle.describe()).run_id != first_run:
+                break
+            await asyncio.sleep(0.2)
+        else:
+            raise AssertionError("the workflow never continued as new")
+        status = await handle.query(InstanceWorkflow.status)
+        assert status.phase == "ready" and status.resource_id, "state carried over"
+        await handle.signal("drain")
+        done = await wait_state(sessionmaker, instance.id, S.terminated)
+    assert done.termination_reason == "user_request"
+    await _nothing_left(settings)
+
+
+async def test_wrong_agent_is_flagged_or_refused(
+    settings: Settings, sessionmaker, temporal_client
+) -> None:
+    async with sessionmaker() as session:
+        seeded = await seed(session, engine_args=SIM_FAST)
+    pinned = settings.model_copy(update={"expected_agent_version": "9.9.9"})
+    async with running_worker(pinned, temporal_client):
+        async with sessionmaker() as session:
+            flagged = await create_instance(
+                session, temporal_client, pinned.task_queue, deployment=seeded.deployment
+            )
+        ready = await wait_state(sessionmaker, flagged.id, S.ready)
+        assert ready.agent_integrity_ok is False
+        check = [a for a in await actions(sessionmaker, flagged.id) if a.step == "health_check"]
+        assert "agent mismatch" in (check[0].detail or "") and "9.9.9" in (check[0].detail or "")
+        await temporal_client.get_workflow_handle(flagged.workflow_id).signal("terminate")
+        await wait_state(sessionmaker, flagged.id, S.terminated)
+
+    blocking = pinned.model_copy(update={"block_on_agent_mismatch": True})
+    async with running_worker(blocking, temporal_client):
+        async with sessionmaker() as session:
+            refused = await create_instance(
+                session, temporal_client, blocking.task_queue, deployment=seeded.deployment
+            )
+        done = await wait_state(sessionmaker, refused.id, S.terminated)
+    assert done.termination_reason == "startup_error" and "agent mismatch" in (done.error or "")
+    assert S.ready not in await history(sessionmaker, refused.id)
     await _nothing_left(settings)
