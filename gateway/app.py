@@ -1,9 +1,11 @@
 """The gateway: a lean ASGI application (no framework routing on the hot path).
 
 Per request: API key from the in-memory cache, body parsed once with orjson, per-key rate limit
-(one Redis round trip, only for keys with limits), an instance chosen in memory (or a wait in the
-model's queue), the body forwarded on a pooled keep-alive connection, the response passed back as
-it arrives, then metrics and a request-log row appended for the batch writer.
+(only for keys with limits: one Redis round trip, or none while a lease of request slots lasts),
+an instance chosen in memory (or a wait in the model's queue), the body forwarded on a pooled
+keep-alive connection, the response passed back as it arrives, then metrics and a request-log row
+appended for the batch writer. `python -m gateway` serves it with gateway.server; any ASGI server
+(uvicorn in tests) can too.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from gateway.keys import KeyCache, KeyInfo
 from gateway.logs import RequestLogWriter
 from gateway.ratelimit import RateLimiter
 from gateway.routing import Backend, Router
-from gateway.server import DISCONNECT_EXTENSION
+from gateway.server import DISCONNECT_EXTENSION, MAX_BODY
 from gateway.settings import GatewaySettings
 from gateway.upstream import UpstreamClient, UpstreamError, UpstreamResponse
 
@@ -57,7 +59,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-MAX_BODY = 32 * 1024 * 1024
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
 _PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
 _COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
