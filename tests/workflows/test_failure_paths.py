@@ -390,3 +390,22 @@ async def test_wrong_agent_is_flagged_or_refused(
     assert done.termination_reason == "startup_error" and "agent mismatch" in (done.error or "")
     assert S.ready not in await history(sessionmaker, refused.id)
     await _nothing_left(settings)
+
+
+async def test_terminated_instance_is_archived_after_retention(
+    settings: Settings, sessionmaker, temporal_client
+) -> None:
+    settings = settings.model_copy(update={"archive_after_s": 0.5})
+    async with sessionmaker() as session:
+        seeded = await seed(session, engine_args=SIM_FAST)
+    async with running_worker(settings, temporal_client):
+        async with sessionmaker() as session:
+            instance = await create_instance(
+                session, temporal_client, settings.task_queue, deployment=seeded.deployment
+            )
+        await wait_state(sessionmaker, instance.id, S.ready)
+        handle = temporal_client.get_workflow_handle(instance.workflow_id)
+        await handle.signal("terminate")
+        await wait_state(sessionmaker, instance.id, S.archived)
+        assert await handle.result() == "user_request"
+    assert (await history(sessionmaker, instance.id))[-2:] == [S.terminated, S.archived]
