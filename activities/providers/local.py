@@ -103,7 +103,10 @@ class LocalCompute(Compute):
     def _write_json(self, path: Path, data: dict[str, Any]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
+        # Owner-only, like a VM's /etc/inventiv/agent.env: a machine record holds its agent token.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(data))
         tmp.replace(path)  # atomic: a crash never leaves half a record
 
     def _all_machines(self) -> list[dict[str, Any]]:

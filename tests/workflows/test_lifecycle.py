@@ -40,6 +40,9 @@ async def test_happy_path_provision_serve_terminate(
         assert ready.agent_integrity_ok is True
 
         # Routable: the gateway's registry has it, with an engine that answers.
+        local = LocalCompute(settings)
+        [machine_file] = local.machines.glob("*.json")
+        assert machine_file.stat().st_mode & 0o077 == 0, "the record holds the agent token"
         entry = json.loads(await redis_client.hget(ROUTING_REGISTRY, str(instance.id)))
         assert entry["model"] == "test-model"
         async with httpx.AsyncClient() as http:
