@@ -258,6 +258,9 @@ class _Connection(asyncio.Protocol):
         }
         cycle = _Cycle(self, scope, self.parser.should_keep_alive() and not self.server.stopping)
         scope["extensions"] = {DISCONNECT_EXTENSION: cycle.set_disconnect_callback}
+        if (b"expect", b"100-continue") in self.headers and self.transport is not None:
+            # curl and others wait for this before sending a large body.
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if self.cycle is None:
             self._start(cycle)
         else:

@@ -68,7 +68,7 @@ class GatewaySettings(BaseSettings):
     )
     # Request logs
     log_flush_s: float = Field(default=1.0, description="Request log batch period")
-    log_batch_size: int = Field(default=500, ge=1, description="Rows per request log insert")
+    log_batch_size: int = Field(default=5000, ge=1, description="Rows per request log insert")
     log_buffer_max: int = Field(
         default=100_000, ge=1, description="Request logs kept while the database is down"
     )

@@ -87,3 +87,18 @@ async def test_chunked_request_body_and_oversized_body(
     data = await exchange(gateway, raw)
     assert data.startswith(b"HTTP/1.1 413 ")
     assert len(engine.requests) == 1
+
+
+async def test_expect_100_continue_is_answered(gateway: RunningGateway) -> None:
+    host, port = gateway.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+        b"Authorization: Bearer sk-inv-nope\r\nContent-Length: 2\r\n\r\n"
+    )
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b"{}")
+    final = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert final.startswith(b"HTTP/1.1 401 ")
+    writer.close()
