@@ -189,7 +189,12 @@ class _Connection(asyncio.Protocol):
         if not self.in_use:
             return
         self.in_use = False
-        if self.closed or not self.keep_alive or not self.complete:
+        if (
+            self.closed
+            or not self.keep_alive
+            or not self.complete
+            or len(self.pool.idle) >= self.pool.max_idle
+        ):
             self.close()
             return
         self.used = True

@@ -44,6 +44,8 @@ class RecordedRequest:
 class TestEngine:
     """An ASGI OpenAI-compatible engine that records what it received."""
 
+    __test__ = False  # a helper, not a test class
+
     name: str = "engine"
     behaviour: EngineBehaviour = field(default_factory=EngineBehaviour)
     requests: list[RecordedRequest] = field(default_factory=list)
@@ -235,7 +237,7 @@ async def _json(send: Callable[[Message], Awaitable[None]], status: int, payload
 class RunningServer:
     """A uvicorn server on 127.0.0.1:port inside the current event loop."""
 
-    def __init__(self, app: Any, port: int) -> None:
+    def __init__(self, app: Any, port: int, keep_alive_s: int = 5) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         config = uvicorn.Config(
@@ -246,6 +248,7 @@ class RunningServer:
             lifespan="on",
             access_log=False,
             timeout_graceful_shutdown=5,
+            timeout_keep_alive=keep_alive_s,
         )
         self.server = uvicorn.Server(config)
         self.task: asyncio.Task[None] | None = None

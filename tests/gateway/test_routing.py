@@ -16,6 +16,7 @@ from core.wire import GatewayLoad
 from gateway.settings import GatewaySettings
 from tests.factories import Seeded
 from tests.gateway.conftest import MODEL, Engines, Registry, RunningGateway, add_key
+from tests.gateway.engine import RunningServer, TestEngine
 from tests.gateway.test_api import wait_for
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
@@ -374,3 +375,21 @@ async def test_full_queue_refuses_at_once(
         hold.set()
         assert (await running).status_code == 200
         assert (await queued).status_code == 200
+
+
+async def test_engine_closing_idle_connections_is_harmless(
+    gateway: RunningGateway, seeded: Seeded, registry: Registry
+) -> None:
+    engine = TestEngine(name="short-keepalive")
+    server = RunningServer(engine, free_port(), keep_alive_s=1)
+    await server.start()
+    try:
+        await registry.put(registry.instance(server.url))
+        await ready(gateway, 1)
+        async with gateway.client(seeded.api_key) as client:
+            for _ in range(3):
+                assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
+                await asyncio.sleep(1.3)  # the engine closed the pooled connection meanwhile
+        assert len(engine.requests) == 3
+    finally:
+        await server.stop()
