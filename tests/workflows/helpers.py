@@ -9,12 +9,14 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 
+from activities.launch import create_instance
 from activities.providers.base import Compute
 from activities.providers.local import LocalCompute, LocalFaults
 from core.models import Instance, InstanceAction, InstanceState, InstanceStateHistory
@@ -32,6 +34,14 @@ async def running_worker(
 
 def local_providers(settings: Settings, **faults: object) -> dict[str, Compute]:
     return {"local": LocalCompute(settings, LocalFaults(**faults))}  # type: ignore[arg-type]
+
+
+async def provision(
+    maker: async_sessionmaker[AsyncSession], client: Client, settings: Settings, deployment: Any
+) -> Instance:
+    """A new instance of the deployment, its workflow started (as the API does)."""
+    async with maker() as session:
+        return await create_instance(session, client, settings.task_queue, deployment=deployment)
 
 
 async def wait_state(

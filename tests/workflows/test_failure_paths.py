@@ -12,7 +12,6 @@ import httpx
 import redis.asyncio as aioredis
 from sqlmodel import col, select
 
-from activities.launch import create_instance
 from activities.providers.base import CreateRequest
 from activities.providers.local import LocalCompute, LocalFaults
 from core.models import Instance, InstanceState, InstanceVolume
@@ -24,6 +23,7 @@ from tests.workflows.helpers import (
     actions,
     history,
     local_providers,
+    provision,
     record_history,
     running_worker,
     wait_state,
@@ -48,10 +48,7 @@ async def test_boot_timeout_when_engine_never_ready(
         seeded = await seed(session, boot_timeout_s=4)
     providers = local_providers(settings, engine_never_ready=True)
     async with running_worker(settings, temporal_client, providers):
-        async with sessionmaker() as session:
-            instance = await create_instance(
-                session, temporal_client, settings.task_queue, deployment=seeded.deployment
-            )
+        instance = await provision(sessionmaker, temporal_client, settings, seeded.deployment)
         done = await wait_state(sessionmaker, instance.id, S.terminated)
         await record_history(temporal_client, instance.workflow_id, "boot_timeout")
     assert done.termination_reason == "boot_timeout"
@@ -70,10 +67,7 @@ async def test_create_without_capacity_fails_cleanly(
         seeded = await seed(session)
     providers = local_providers(settings, fail_create="capacity")
     async with running_worker(settings, temporal_client, providers):
-        async with sessionmaker() as session:
-            instance = await create_instance(
-                session, temporal_client, settings.task_queue, deployment=seeded.deployment
-            )
+        instance = await provision(sessionmaker, temporal_client, settings, seeded.deployment)
         done = await wait_state(sessionmaker, instance.id, S.terminated)
     assert done.termination_reason == "startup_error"
     assert "no capacity" in (done.error or "")
@@ -91,10 +85,7 @@ async def test_no_ip_hits_the_boot_deadline(
     async with sessionmaker() as session:
         seeded = await seed(session, boot_timeout_s=3)
     async with running_worker(settings, temporal_client, local_providers(settings, no_ip=True)):
-        async with sessionmaker() as session:
-            instance = await create_instance(
-                session, temporal_client, settings.task_queue, deployment=seeded.deployment
-            )
+        instance = await provision(sessionmaker, temporal_client, settings, seeded.deployment)
         done = await wait_state(sessionmaker, instance.id, S.terminated)
     assert done.termination_reason == "boot_timeout"
     steps = {a.step: a.status for a in await actions(sessionmaker, instance.id)}
@@ -109,10 +100,7 @@ async def test_unhealthy_instance_is_replaced_and_terminated(
     async with sessionmaker() as session:
         seeded = await seed(session, engine_args=SIM_FAST)
     async with running_worker(settings, temporal_client):
-        async with sessionmaker() as session:
-            instance = await create_instance(
-                session, temporal_client, settings.task_queue, deployment=seeded.deployment
-            )
+        instance = await provision(sessionmaker, temporal_client, settings, seeded.deployment)
         await wait_state(sessionmaker, instance.id, S.ready)
         # The machine's agent dies (no heartbeat reaches an API in this test: active checks).
         local = LocalCompute(settings)
@@ -145,10 +133,7 @@ async def test_drain_lets_in_flight_requests_finish(
     async with sessionmaker() as session:
         seeded = await seed(session, engine_args={**SIM_FAST, "inter-token-latency-s": 0.05})
     async with running_worker(settings, temporal_client):
-        async with sessionmaker() as session:
-            instance = await create_instance(
-                session, temporal_client, settings.task_queue, deployment=seeded.deployment
-            )
+        instance = await provision(sessionmaker, temporal_client, settings, seeded.deployment)
         ready = await wait_state(sessionmaker, instance.id, S.ready)
         body = {"model": "test-model", "prompt": "tell me a story", "max_tokens": 60}
         async with httpx.AsyncClient(timeout=30) as http:
@@ -185,10 +170,7 @@ async def test_persistent_volumes_are_kept_others_deleted(
     async with sessionmaker() as session:
         seeded = await seed(session, engine_args={**SIM_FAST, "volumes": volumes})
     async with running_worker(settings, temporal_client):
-        async with sessionmaker() as session:
-            instance = await create_instance(
-                session, temporal_client, settings.task_queue, deployment=seeded.deployment
-            )
+        instance = await provision(sessionmaker, temporal_client, settings, seeded.deployment)
         await wait_state(sessionmaker, instance.id, S.ready)
         await temporal_client.get_workflow_handle(instance.workflow_id).signal("terminate")
         await wait_state(sessionmaker, instance.id, S.terminated)
@@ -208,10 +190,7 @@ async def test_transient_delete_failures_are_retried(
         seeded = await seed(session, engine_args=SIM_FAST)
     providers = local_providers(settings, delete_failures=2)
     async with running_worker(settings, temporal_client, providers):
-        async with sessionmaker() as session:
-            instance = await create_instance(
-                session, temporal_client, settings.task_queue, deployment=seeded.deployment
-            )
+        instance = await provision(sessionmaker, temporal_client, settings, seeded.deployment)
         await wait_state(sessionmaker, instance.id, S.ready)
         await temporal_client.get_workflow_handle(instance.workflow_id).signal("terminate")
         await wait_state(sessionmaker, instance.id, S.terminated, timeout=90)
@@ -233,10 +212,7 @@ async def test_vanished_machine_becomes_provider_deleted(
     providers = local_providers(settings, vanish_after_s=6)
     async with running_worker(settings, temporal_client, providers):
         await ensure_reconciler(temporal_client, settings)
-        async with sessionmaker() as session:
-            instance = await create_instance(
-                session, temporal_client, settings.task_queue, deployment=seeded.deployment
-            )
+        instance = await provision(sessionmaker, temporal_client, settings, seeded.deployment)
         await wait_state(sessionmaker, instance.id, S.ready)
         gone = await wait_state(sessionmaker, instance.id, S.provider_deleted, timeout=30)
         assert gone.termination_reason == "provider_deleted"
@@ -303,10 +279,7 @@ async def test_fresh_heartbeat_reporting_a_dead_engine_is_unhealthy(
     async with sessionmaker() as session:
         seeded = await seed(session, engine_args=SIM_FAST)
     async with running_worker(settings, temporal_client):
-        async with sessionmaker() as session:
-            instance = await create_instance(
-                session, temporal_client, settings.task_queue, deployment=seeded.deployment
-            )
+        instance = await provision(sessionmaker, temporal_client, settings, seeded.deployment)
         await wait_state(sessionmaker, instance.id, S.ready)
 
         async def heartbeats() -> None:
@@ -341,10 +314,7 @@ async def test_long_lived_instance_continues_as_new_and_still_drains(
     async with sessionmaker() as session:
         seeded = await seed(session, engine_args=SIM_FAST)
     async with running_worker(settings, temporal_client):
-        async with sessionmaker() as session:
-            instance = await create_instance(
-                session, temporal_client, settings.task_queue, deployment=seeded.deployment
-            )
+        instance = await provision(sessionmaker, temporal_client, settings, seeded.deployment)
         await wait_state(sessionmaker, instance.id, S.ready)
         handle = temporal_client.get_workflow_handle(instance.workflow_id)
         first_run = (await handle.describe()).run_id
@@ -369,10 +339,7 @@ async def test_wrong_agent_is_flagged_or_refused(
         seeded = await seed(session, engine_args=SIM_FAST)
     pinned = settings.model_copy(update={"expected_agent_version": "9.9.9"})
     async with running_worker(pinned, temporal_client):
-        async with sessionmaker() as session:
-            flagged = await create_instance(
-                session, temporal_client, pinned.task_queue, deployment=seeded.deployment
-            )
+        flagged = await provision(sessionmaker, temporal_client, pinned, seeded.deployment)
         ready = await wait_state(sessionmaker, flagged.id, S.ready)
         assert ready.agent_integrity_ok is False
         check = [a for a in await actions(sessionmaker, flagged.id) if a.step == "health_check"]
@@ -382,10 +349,7 @@ async def test_wrong_agent_is_flagged_or_refused(
 
     blocking = pinned.model_copy(update={"block_on_agent_mismatch": True})
     async with running_worker(blocking, temporal_client):
-        async with sessionmaker() as session:
-            refused = await create_instance(
-                session, temporal_client, blocking.task_queue, deployment=seeded.deployment
-            )
+        refused = await provision(sessionmaker, temporal_client, blocking, seeded.deployment)
         done = await wait_state(sessionmaker, refused.id, S.terminated)
     assert done.termination_reason == "startup_error" and "agent mismatch" in (done.error or "")
     assert S.ready not in await history(sessionmaker, refused.id)
@@ -399,10 +363,7 @@ async def test_terminated_instance_is_archived_after_retention(
     async with sessionmaker() as session:
         seeded = await seed(session, engine_args=SIM_FAST)
     async with running_worker(settings, temporal_client):
-        async with sessionmaker() as session:
-            instance = await create_instance(
-                session, temporal_client, settings.task_queue, deployment=seeded.deployment
-            )
+        instance = await provision(sessionmaker, temporal_client, settings, seeded.deployment)
         await wait_state(sessionmaker, instance.id, S.ready)
         handle = temporal_client.get_workflow_handle(instance.workflow_id)
         await handle.signal("terminate")
