@@ -205,7 +205,17 @@ class Router:
         self, model: str, session: str | None = None, exclude: Backend | None = None
     ) -> Backend | None:
         """Choose an instance and count the request on it, or None when none can take it now."""
-        candidates = self._available(model, exclude, time.monotonic())
+        members = self.by_model.get(model)
+        if not members:
+            return None
+        now_mono = time.monotonic()
+        if len(members) == 1:  # the common small deployment: no scoring needed
+            only = members[0]
+            if only is exclude or only.inflight >= only.capacity or only.ejected_until > now_mono:
+                return None
+            only.inflight += 1
+            return only
+        candidates = self._available(model, exclude, now_mono)
         if not candidates:
             return None
         now = time.time()

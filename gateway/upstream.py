@@ -209,15 +209,19 @@ class _Connection(asyncio.Protocol):
         self.chunks.clear()
         self.buffered = 0
         self.body_waiter = None
-        self.transport.write(head + body if len(body) < 65536 else head)
-        if len(body) >= 65536:
+        if len(body) < 65536:
+            self.transport.write(head + body)
+        else:
+            self.transport.write(head)
             self.transport.write(body)
         if self.error is not None:
             raise self.error
         if not self.headers_done:
-            self.headers_waiter = asyncio.get_running_loop().create_future()
+            # Awaited here, not in a helper coroutine: every frame between the task and this
+            # future is resumed on each wake-up, so the chain is kept short.
+            waiter = self.headers_waiter = asyncio.get_running_loop().create_future()
             try:
-                await self.headers_waiter
+                await waiter
             except BaseException:
                 self.close()
                 raise
@@ -262,11 +266,9 @@ class HostPool:
             conn.transport = cast(asyncio.Transport, transport)
         return conn
 
-    async def request(
-        self, method: bytes, path: bytes, body: bytes, extra_headers: bytes = b""
-    ) -> UpstreamResponse:
-        """Send one request; returns once the status line and headers arrived."""
-        head = b"".join(
+    def head(self, method: bytes, path: bytes, body: bytes) -> bytes:
+        """Request line and headers for `body` (JSON) on this engine."""
+        return b"".join(
             (
                 method,
                 b" ",
@@ -276,21 +278,29 @@ class HostPool:
                 self.host_header,
                 b"\r\nContent-Type: application/json\r\nContent-Length: ",
                 str(len(body)).encode(),
-                b"\r\n",
-                extra_headers,
-                b"\r\n",
+                b"\r\n\r\n",
             )
         )
+
+    def idle_connection(self) -> _Connection | None:
         while self.idle:
             conn = self.idle.pop()
-            if conn.closed:
-                continue
+            if not conn.closed:
+                return conn
+        return None
+
+    async def request(self, method: bytes, path: bytes, body: bytes) -> UpstreamResponse:
+        """Send one request; returns once the status line and headers arrived."""
+        head = self.head(method, path, body)
+        conn = self.idle_connection()
+        while conn is not None:
             try:
                 return await conn.request(head, body)
             except UpstreamError as exc:
                 if not (exc.reused and exc.before_first_byte):
                     raise
                 # The engine closed this idle connection as we reused it: try another.
+            conn = self.idle_connection()
         conn = await self._connect()
         return await conn.request(head, body)
 
