@@ -153,7 +153,7 @@ async def wait_http(
     async with httpx.AsyncClient(timeout=2) as client:
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+                raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
             try:
                 response = await client.get(url)
                 if response.status_code < 500:

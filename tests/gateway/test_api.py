@@ -7,7 +7,7 @@ import asyncio
 
 import openai
 import pytest
-from sqlmodel import select
+from sqlmodel import col, select
 
 from core.models import RequestLog
 from tests.factories import Seeded
@@ -119,15 +119,15 @@ async def test_openai_client_every_endpoint_and_usage_logged(
     assert engine.requests[-1].body["stream_options"] == {"include_usage": True}
 
     # A stream that asked for usage keeps it.
-    stream = await client.completions.create(
+    completion_stream = await client.completions.create(
         model=MODEL, prompt="hello", stream=True, stream_options={"include_usage": True}
     )
-    usages = [chunk.usage async for chunk in stream if chunk.usage is not None]
+    usages = [chunk.usage async for chunk in completion_stream if chunk.usage is not None]
     assert [u.completion_tokens for u in usages] == [3]
 
     async def logged() -> list[RequestLog]:
         async with sessionmaker() as session:
-            return list((await session.exec(select(RequestLog).order_by(RequestLog.id))).all())
+            return list((await session.exec(select(RequestLog).order_by(col(RequestLog.id)))).all())
 
     rows: list[RequestLog] = []
     for _ in range(100):

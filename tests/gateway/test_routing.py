@@ -93,7 +93,7 @@ async def test_sessions_stick_to_one_instance_with_bounded_load(
         return [e.name for e in started for _ in e.requests]
 
     async with gateway.client(seeded.api_key) as client:
-        homes = {}
+        homes: dict[str, set[str]] = {}
         for session in ("alice", "bob", "carol", "dave", "erin", "frank"):
             for _ in range(4):
                 before = {e.name: len(e.requests) for e in started}

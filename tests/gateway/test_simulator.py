@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from sqlmodel import select
+from sqlmodel import col, select
 
 from core.embedded import free_port
 from core.models import RequestLog
@@ -80,7 +80,7 @@ async def test_simulator_through_the_gateway(
     rows: list[RequestLog] = []
     for _ in range(100):
         async with sessionmaker() as session:
-            rows = list((await session.exec(select(RequestLog).order_by(RequestLog.id))).all())
+            rows = list((await session.exec(select(RequestLog).order_by(col(RequestLog.id)))).all())
         if len(rows) == 2:
             break
         await asyncio.sleep(0.05)
