@@ -408,7 +408,7 @@ class Gateway:
         try:
             key = await self._keys.lookup(secret)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("API key lookup failed: %s", exc)
+            _warn_at_most_every(10, "keys", "API key lookup failed: %s", exc)
             raise unavailable("Key verification is unavailable; retry shortly.", 2) from exc
         if key is None:
             raise invalid_key()
@@ -514,7 +514,7 @@ class Gateway:
             decision = await self._limiter.admit(key.id, key.rpm_limit, key.tpm_limit)
         except (RedisError, OSError) as exc:
             # Fail open: an outage of the limiter must not stop inference.
-            log.warning("rate limiter unavailable (%s); admitting", exc)
+            _warn_at_most_every(10, "ratelimit", "rate limiter unavailable (%s); admitting", exc)
             return
         outcome.headers = decision.headers(key.rpm_limit, key.tpm_limit)
         if not decision.allowed:
@@ -845,6 +845,17 @@ def _take_usage(events: bytes, keep: bool, outcome: _Outcome) -> bytes:
                     continue
         kept.append(event)
     return b"".join(kept)
+
+
+_last_warning: dict[str, float] = {}
+
+
+def _warn_at_most_every(period_s: float, topic: str, message: str, *args: object) -> None:
+    """A per-request failure (an outage) is logged once per period, not once per request."""
+    now = time.monotonic()
+    if now - _last_warning.get(topic, -period_s) >= period_s:
+        _last_warning[topic] = now
+        log.warning(message, *args)
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
