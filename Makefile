@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 
 DASHBOARD_SRC := $(shell find dashboard/src dashboard/index.html dashboard/package.json dashboard/vite.config.ts dashboard/tsconfig.json -type f 2>/dev/null)
 
-.PHONY: setup dashboard dashboard-generate dev test lint pytest system-deps agent-checksum agent-version-bump agent-version-check clean
+.PHONY: bench-gateway setup dashboard dashboard-generate dev test lint pytest system-deps agent-checksum agent-version-bump agent-version-check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,3 +63,11 @@ agent-version-check: setup
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache dashboard/node_modules dashboard/dist
+
+# Gateway benchmark: wrk and nginx from Debian; vllm-router, LiteLLM and py-spy in their own venv
+# (never in the project's) so the comparison does not change what the project installs.
+BENCH_VENV ?= /tmp/bench-venv
+bench-gateway: setup
+	@command -v wrk >/dev/null && command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk nginx >/dev/null; }
+	@test -x $(BENCH_VENV)/bin/vllm-router || { $(PYTHON) -m venv $(BENCH_VENV) && $(BENCH_VENV)/bin/pip install --quiet vllm-router 'litellm[proxy]' py-spy; }
+	$(BIN)/python -m bench.gateway.run --tools-venv $(BENCH_VENV)

@@ -279,6 +279,7 @@ class Gateway:
         assert self._pool is not None
         rows = await self._pool.fetch(
             "SELECT id, project_id, served_name, session_affinity FROM deployments"
+            " WHERE deleted_at IS NULL"  # a retired deployment's name is free for another
         )
         deployments: dict[str, list[DeploymentEntry]] = {}
         for row in rows:
