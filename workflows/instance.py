@@ -77,8 +77,6 @@ def cleanup(method: Callable[[Any, ArgT], Awaitable[ResultT]], arg: ArgT) -> Awa
     )
 
 
-
-
 def failure_message(err: BaseException) -> str:
     cause = err.cause if isinstance(err, ActivityError) and err.cause else err
     return str(cause) or type(cause).__name__
