@@ -111,6 +111,17 @@ def month_window(month: str) -> Window:
     return Window(first, after)
 
 
+def traffic_totals() -> list[Any]:
+    """Requests, errors and tokens over `request_logs` rows: the same sums for usage and charts."""
+    log = RequestLog
+    return [
+        func.count().label("requests"),
+        func.count().filter(col(log.status_code) >= 400).label("errors"),
+        func.coalesce(func.sum(log.input_tokens), 0).label("input_tokens"),
+        func.coalesce(func.sum(log.output_tokens), 0).label("output_tokens"),
+    ]
+
+
 async def usage_rows(
     session: AsyncSession,
     *,
@@ -132,13 +143,9 @@ async def usage_rows(
         UsageDimension.deployment: col(log.deployment_id).label("deployment_id"),
     }
     dims = [columns[d] for d in dict.fromkeys(group_by)]
-    query = sa_select(
-        *dims,
-        func.count().label("requests"),
-        func.count().filter(col(log.status_code) >= 400).label("errors"),
-        func.coalesce(func.sum(log.input_tokens), 0).label("input_tokens"),
-        func.coalesce(func.sum(log.output_tokens), 0).label("output_tokens"),
-    ).where(col(log.at) >= span.start, col(log.at) < span.end)
+    query = sa_select(*dims, *traffic_totals()).where(
+        col(log.at) >= span.start, col(log.at) < span.end
+    )
     if projects is not None:
         query = query.where(col(log.project_id).in_(projects))
     if project_id is not None:

@@ -19,7 +19,7 @@ from sqlmodel import col
 from api.access import require_project, visible_project_ids
 from api.deps import CurrentUser, SessionDep
 from api.errors import ERRORS
-from api.reports import Window, window
+from api.reports import Window, traffic_totals, window
 from api.routers.deployments import get_visible_deployment
 from api.routers.instances import get_visible_instance
 from core.models import Instance, InstanceMetric, RequestLog
@@ -126,10 +126,7 @@ async def request_metrics(
     query = (
         sa_select(
             at,
-            func.count().label("requests"),
-            func.count().filter(col(log.status_code) >= 400).label("errors"),
-            func.coalesce(func.sum(log.input_tokens), 0).label("input_tokens"),
-            func.coalesce(func.sum(log.output_tokens), 0).label("output_tokens"),
+            *traffic_totals(),
             func.percentile_cont(0.5).within_group(col(log.ttft_ms)).label("ttft_p50_ms"),
             func.percentile_cont(0.95).within_group(col(log.ttft_ms)).label("ttft_p95_ms"),
             func.percentile_cont(0.5).within_group(col(log.latency_ms)).label("latency_p50_ms"),
