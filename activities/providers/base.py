@@ -31,6 +31,15 @@ class TransientProviderError(ProviderError):
     """Rate limit, timeout, 5xx: retried."""
 
 
+class ResourceNotYetGoneError(TransientProviderError):
+    """A delete was requested and the resource still exists: retried until it is gone.
+
+    `delete` issues the request and returns; the caller that must see the machine gone (the
+    teardown activity) checks `get()` and raises this, so Temporal's retry policy does the
+    waiting instead of one activity blocking for minutes.
+    """
+
+
 class NoCapacityError(ProviderError):
     """No capacity or quota for this type/zone: not retried for that type."""
 
