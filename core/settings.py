@@ -1,16 +1,45 @@
 """Control-plane settings: one pydantic-settings class, environment variables prefixed INVENTIV_.
 
 `DATABASE_URL`, `REDIS_URL` and `TEMPORAL_ADDRESS` are also read unprefixed: when one is set, the
-embedded server for that part is not started (DESIGN.md section 3).
+embedded server for that part is not started (docs/architecture.md, "Settings").
+
+A process that needs a URL or the secret key asks for it with `Settings.require(name)` (or checks
+all it needs at start with `Settings.require_all`): a missing one raises `MissingSettingError`
+naming the environment variable, never an empty string standing in for it.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+RequiredSetting = Literal["database_url", "redis_url", "temporal_address", "secret_key"]
+
+
+_UNPREFIXED = {
+    "database_url": "DATABASE_URL",
+    "redis_url": "REDIS_URL",
+    "temporal_address": "TEMPORAL_ADDRESS",
+}
+
+
+def _env_names(name: str) -> str:
+    also = _UNPREFIXED.get(name)
+    return f"INVENTIV_{name.upper()}" + (f" (or {also})" if also else "")
+
+
+class MissingSettingError(RuntimeError):
+    """Settings a process needs are not set; the message names their environment variables."""
+
+    def __init__(self, *names: str) -> None:
+        self.names = names
+        super().__init__(
+            "required setting not set: " + ", ".join(_env_names(name) for name in names)
+        )
 
 
 class Settings(BaseSettings):
@@ -95,6 +124,19 @@ class Settings(BaseSettings):
 
     # Gateway
     api_key_cache_ttl_s: float = Field(default=30, description="Gateway API-key cache lifetime")
+
+    def require(self, name: RequiredSetting) -> str:
+        """The value of a required setting, or `MissingSettingError` naming it."""
+        value = getattr(self, name)
+        if not value:
+            raise MissingSettingError(name)
+        return str(value)
+
+    def require_all(self, *names: RequiredSetting) -> None:
+        """Fail at start, naming every missing setting at once."""
+        missing = [name for name in names if not getattr(self, name)]
+        if missing:
+            raise MissingSettingError(*missing)
 
     def data_path(self, *parts: str) -> Path:
         path = self.data_dir.joinpath(*parts)
