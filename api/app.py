@@ -61,18 +61,20 @@ def _routers() -> list[APIRouter]:
 def create_app(
     settings: Settings, *, dashboard_dist: Path = DASHBOARD_DIST, sse_keepalive_s: float = 15
 ) -> FastAPI:
-    assert settings.database_url and settings.redis_url and settings.temporal_address
+    settings.require_all("database_url", "redis_url", "temporal_address", "secret_key")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = make_engine(settings.database_url or "")
+        engine = make_engine(settings.require("database_url"))
         app.state.settings = settings
         app.state.sse_keepalive_s = sse_keepalive_s
         app.state.engine = engine
         app.state.sessionmaker = make_sessionmaker(engine)
-        app.state.redis = aioredis.Redis.from_url(settings.redis_url or "", decode_responses=True)
+        app.state.redis = aioredis.Redis.from_url(
+            settings.require("redis_url"), decode_responses=True
+        )
         app.state.temporal = await Client.connect(
-            settings.temporal_address or "", namespace=settings.temporal_namespace
+            settings.require("temporal_address"), namespace=settings.temporal_namespace
         )
         try:
             yield

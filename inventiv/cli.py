@@ -10,21 +10,23 @@ import signal
 import sys
 import warnings
 
-from core.settings import Settings
+from core.settings import MissingSettingError, RequiredSetting, Settings
 
 
-def _need(settings: Settings, *names: str) -> None:
-    missing = [n for n in names if not getattr(settings, n)]
-    if missing:
-        env = ", ".join(n.upper() for n in missing)
-        raise SystemExit(f"error: set {env} (or run `inventiv dev`, which starts embedded servers)")
+def _need(settings: Settings, *names: RequiredSetting) -> None:
+    try:
+        settings.require_all(*names)
+    except MissingSettingError as exc:
+        raise SystemExit(
+            f"error: {exc} (or run `inventiv dev`, which starts embedded servers)"
+        ) from None
 
 
 def cmd_migrate(settings: Settings) -> int:
     from core.migrate import upgrade
 
     _need(settings, "database_url")
-    upgrade(settings.database_url or "")
+    upgrade(settings.require("database_url"))
     print("database is at the latest migration")
     return 0
 

@@ -71,7 +71,7 @@ async def _seed_and_scale(settings: Settings) -> DevCredentials:
     """Seed on first start; start the autoscalers (the demo's keeps one instance up)."""
     from temporalio.client import Client
 
-    engine = make_engine(settings.database_url or "", pool_size=2)
+    engine = make_engine(settings.require("database_url"), pool_size=2)
     try:
         async with make_sessionmaker(engine)() as session:
             creds = await seed_dev(session, settings, settings.data_path("dev-credentials.json"))
@@ -82,7 +82,7 @@ async def _seed_and_scale(settings: Settings) -> DevCredentials:
                     )
                 )
             ).all()
-        client = await Client.connect(settings.temporal_address or "")
+        client = await Client.connect(settings.require("temporal_address"))
         for deployment_id in autoscaled:
             await ensure_autoscaler(
                 client, settings.task_queue, deployment_id, settings.autoscale_interval_s
@@ -137,10 +137,10 @@ class DevStack:
         env.update(
             {
                 "INVENTIV_DATA_DIR": str(s.data_dir),
-                "INVENTIV_DATABASE_URL": s.database_url or "",
-                "INVENTIV_REDIS_URL": s.redis_url or "",
-                "INVENTIV_TEMPORAL_ADDRESS": s.temporal_address or "",
-                "INVENTIV_SECRET_KEY": s.secret_key or "",
+                "INVENTIV_DATABASE_URL": s.require("database_url"),
+                "INVENTIV_REDIS_URL": s.require("redis_url"),
+                "INVENTIV_TEMPORAL_ADDRESS": s.require("temporal_address"),
+                "INVENTIV_SECRET_KEY": s.require("secret_key"),
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -217,7 +217,7 @@ def run_dev(settings: Settings) -> int:
         stack.check_ports()
         started = time.monotonic()
         settings = stack.start_servers()
-        upgrade(settings.database_url or "")
+        upgrade(settings.require("database_url"))
         resumed = stack.local.power_on_all()
         stack.start_services()
         creds = asyncio.run(_seed_and_scale(settings))
