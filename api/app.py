@@ -24,6 +24,7 @@ from api.routers import (
     metrics,
     overview,
     projects,
+    prometheus,
     providers,
     usage,
     users,
@@ -97,6 +98,7 @@ def create_app(
     for module_router in _routers():
         router.include_router(module_router)
     app.include_router(router)
+    app.include_router(prometheus.router)  # /metrics and service discovery, outside /api/v1's list
 
     @app.exception_handler(DBAPIError)
     async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:

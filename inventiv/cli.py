@@ -43,10 +43,23 @@ def cmd_api(settings: Settings) -> int:
     return 0
 
 
+def serve_worker_metrics(host: str) -> None:
+    """The Temporal SDK's metrics (task latencies, slots, failures) for Prometheus, when on."""
+    from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+
+    from core.observability import ObservabilitySettings
+
+    port = ObservabilitySettings().worker_metrics_port
+    if port is not None:
+        metrics = PrometheusConfig(bind_address=f"{host}:{port}", durations_as_seconds=True)
+        Runtime.set_default(Runtime(telemetry=TelemetryConfig(metrics=metrics)))
+
+
 def cmd_worker(settings: Settings) -> int:
     from workers.worker import run_worker
 
     _need(settings, "database_url", "redis_url", "temporal_address", "secret_key")
+    serve_worker_metrics(settings.host)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -34,6 +34,7 @@ from core.embedded import (
 from core.migrate import upgrade
 from core.models import Deployment
 from core.settings import Settings
+from inventiv.ops.prometheus import LocalPrometheus, ensure_metrics_token, start_dev_prometheus
 from inventiv.seed import DevCredentials, seed_dev
 
 DEV_DATABASE = "inventiv"
@@ -98,6 +99,7 @@ class DevStack:
         self.embedded: list[EmbeddedPostgres | EmbeddedRedis | EmbeddedTemporal] = []
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.local = LocalCompute(settings)
+        self.prometheus: LocalPrometheus | None = None
 
     def check_ports(self) -> None:
         s = self.settings
@@ -141,6 +143,7 @@ class DevStack:
                 "INVENTIV_REDIS_URL": s.require("redis_url"),
                 "INVENTIV_TEMPORAL_ADDRESS": s.require("temporal_address"),
                 "INVENTIV_SECRET_KEY": s.require("secret_key"),
+                "INVENTIV_METRICS_TOKEN": ensure_metrics_token(s.data_path("metrics_token")),
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -170,8 +173,11 @@ class DevStack:
             except (RuntimeError, TimeoutError) as exc:
                 log_path = s.data_path("logs", f"{name}.log")
                 raise SystemExit(f"{name} did not start ({exc}); see {log_path}") from exc
+        self.prometheus = start_dev_prometheus(s.data_dir, s.host, s.api_port, s.gateway_port)
 
     def stop(self) -> None:
+        if self.prometheus is not None:
+            self.prometheus.stop()
         for _name, proc in reversed(self.children):
             stop_process(proc)
         self.children.clear()
@@ -191,6 +197,7 @@ class DevStack:
   API          http://{host}:{s.api_port}/api/v1   docs: http://{host}:{s.api_port}/docs
   Gateway      http://{host}:{s.gateway_port}/v1   (OpenAI-compatible)
   Temporal UI  {s.temporal_ui}      Temporal: {s.temporal_address}
+  Prometheus   {self.prometheus.url if self.prometheus else "not installed (apt-get install prometheus)"}
   Admin        {creds.admin_email} / {creds.admin_password}
   API key      {creds.api_key}
   Credentials  {s.data_path("dev-credentials.json")}

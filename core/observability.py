@@ -1,0 +1,36 @@
+"""Observability settings: what Prometheus scrapes and how it authenticates, where traces go.
+
+Kept apart from the control-plane `Settings` so the monitoring stack can be configured (and
+documented) on its own; every process reads the same INVENTIV_ variables.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ObservabilitySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INVENTIV_", extra="ignore")
+
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Bearer token Prometheus sends to the API's /metrics and service discovery "
+            "(an admin's session token works too); without it only admins may scrape"
+        ),
+    )
+    worker_metrics_port: int | None = Field(
+        default=9464,
+        description="Port of the worker's Prometheus endpoint (Temporal SDK metrics); unset: off",
+    )
+    prometheus_port: int = Field(
+        default=9090, description="Port of the Prometheus `inventiv dev` starts when installed"
+    )
+    project_monthly_budgets: dict[str, float] = Field(
+        default_factory=dict,
+        description=(
+            'Monthly budget per project name, JSON like {"research": 500} in the currency of '
+            "its instance types; exported for the over-budget alert"
+        ),
+    )

@@ -1,0 +1,1 @@
+"""Operating Inventiv: the Prometheus that `inventiv dev` runs, and the operator CLI."""
