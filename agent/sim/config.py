@@ -16,7 +16,14 @@ Every figure is a flag, so a calibration run (bench/sim) can replace them with m
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+# Every flag real vLLM's server accepts, captured from its parser (agent/sim/capture_flags.py).
+VLLM_FLAGS_FILE = Path(__file__).with_name("vllm_flags.json")
+DEFAULT_MAX_MODEL_LEN = 8192
 
 
 @dataclass
@@ -28,7 +35,7 @@ class SimConfig:
     seed: int = 0
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192
-    max_model_len: int = 8192
+    max_model_len: int = DEFAULT_MAX_MODEL_LEN
     block_size: int = 16
     kv_cache_tokens: int = 131072
     prefill_overhead_s: float = 0.015
@@ -85,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m agent.sim",
         description="OpenAI-compatible vLLM simulator. Accepts `vllm serve` flags; "
-        "flags it does not model are accepted and ignored.",
+        "vLLM's flags it does not model are accepted and ignored, others refused as vLLM does.",
     )
     d = SimConfig()
     parser.add_argument("--model", help="model; `vllm serve MODEL` puts it first instead")
@@ -95,7 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=d.seed, help="seed for repeatable runs")
     parser.add_argument("--max-num-seqs", type=int, default=d.max_num_seqs)
     parser.add_argument("--max-num-batched-tokens", type=int, default=d.max_num_batched_tokens)
-    parser.add_argument("--max-model-len", type=int, default=d.max_model_len)
+    parser.add_argument(
+        "--max-model-len",
+        type=int,
+        default=None,
+        help="default: the model folder's max_position_embeddings, as vLLM reads it; else "
+        f"{DEFAULT_MAX_MODEL_LEN}",
+    )
     parser.add_argument("--block-size", type=int, default=d.block_size)
     parser.add_argument(
         "--num-gpu-blocks-override", type=int, default=None, help="KV budget in blocks"
@@ -160,8 +173,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cache
+def vllm_flags() -> frozenset[str]:
+    return frozenset(json.loads(VLLM_FLAGS_FILE.read_text())["flags"])
+
+
+def _kebab(arg: str) -> str:
+    """`--max_num_seqs=4` -> `--max-num-seqs=4`: vLLM's parser takes both spellings."""
+    if not arg.startswith("--"):
+        return arg
+    name, sep, value = arg.partition("=")
+    return name.replace("_", "-") + sep + value
+
+
+def unknown_flags(args: list[str]) -> list[str]:
+    """The flags in `args` (left over by the simulator's parser) that vLLM does not know either.
+    vLLM's parser also takes `--flag=value` and `--json-flag.key` forms."""
+    unknown = []
+    for arg in args:
+        if not arg.startswith("-") or len(arg) < 2 or not (arg[1].isalpha() or arg[1] == "-"):
+            continue  # a value
+        name = arg.partition("=")[0]
+        if name.startswith("--"):
+            name = name.split(".")[0]
+        if name not in vllm_flags():
+            unknown.append(arg)
+    return unknown
+
+
+def model_context_length(model: str) -> int | None:
+    """max_position_embeddings of a local model folder, which vLLM takes as max_model_len."""
+    config = Path(model) / "config.json"
+    if not config.is_file():
+        return None
+    value = json.loads(config.read_text()).get("max_position_embeddings")
+    return value if isinstance(value, int) else None
+
+
 def parse_args(argv: list[str]) -> SimConfig:
     parser = build_parser()
+    argv = [_kebab(arg) for arg in argv]
     # `vllm serve MODEL --flags`: the model comes first. It is not an argparse positional, which
     # would swallow the value of the first unknown flag (`--dtype bfloat16`).
     model_tag = argv[0] if argv and not argv[0].startswith("-") else None
@@ -169,6 +220,10 @@ def parse_args(argv: list[str]) -> SimConfig:
     model = args.model or model_tag
     if not model:
         parser.error("a model is required: `python -m agent.sim MODEL` or `--model MODEL`")
+    if refused := unknown_flags(unknown):
+        parser.error(f"unrecognized arguments: {' '.join(refused)}")
+    if args.max_model_len is None:
+        args.max_model_len = model_context_length(model) or DEFAULT_MAX_MODEL_LEN
     kv_tokens = args.kv_cache_tokens
     if args.num_gpu_blocks_override:
         kv_tokens = args.num_gpu_blocks_override * args.block_size

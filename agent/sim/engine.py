@@ -99,80 +99,64 @@ _ITL_BUCKETS = (
 )
 
 
+# vLLM labels every engine metric with its engine core's index (one core here) and the model.
+_LABELS = ("engine", "model_name")
+# vLLM creates these finished_reason series at start, at 0.
+_FINISHED_REASONS = ("stop", "length", "abort", "error", "repetition")
+
+
 class EngineMetrics:
-    """The engine's Prometheus metrics, with vLLM's names and `model_name` label."""
+    """The engine's Prometheus metrics, with vLLM 0.32's names and labels."""
 
     def __init__(self, config: SimConfig) -> None:
-        self.registry = CollectorRegistry()
-        labels = ["model_name"]
-        model = config.served_names[0]
+        self.registry = r = CollectorRegistry()
+        values = ("0", config.served_names[0])
         kv_name = (
             "vllm:gpu_cache_usage_perc" if config.legacy_kv_metric else "vllm:kv_cache_usage_perc"
         )
 
         def gauge(name: str, doc: str) -> Gauge:
-            return Gauge(name, doc, labels, registry=self.registry).labels(model)  # type: ignore[no-any-return]
+            return Gauge(name, doc, _LABELS, registry=r).labels(*values)  # type: ignore[no-any-return]
+
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(name, doc, _LABELS, registry=r).labels(*values)  # type: ignore[no-any-return]
+
+        def histogram(name: str, doc: str, buckets: Sequence[float]) -> Histogram:
+            return Histogram(name, doc, _LABELS, buckets=buckets, registry=r).labels(*values)  # type: ignore[no-any-return]
 
         self.running = gauge("vllm:num_requests_running", "Requests in the running batch")
         self.waiting = gauge("vllm:num_requests_waiting", "Requests waiting to be scheduled")
         self.kv_usage = gauge(kv_name, "KV-cache usage, 1 means 100 percent")
-        self.prompt_tokens = Counter(
-            "vllm:prompt_tokens", "Prefill tokens processed", labels, registry=self.registry
-        ).labels(model)
-        self.generation_tokens = Counter(
-            "vllm:generation_tokens", "Generation tokens processed", labels, registry=self.registry
-        ).labels(model)
+        self.prompt_tokens = counter("vllm:prompt_tokens", "Prefill tokens processed")
+        self.generation_tokens = counter("vllm:generation_tokens", "Generation tokens processed")
         self._success = Counter(
-            "vllm:request_success",
-            "Finished requests",
-            [*labels, "finished_reason"],
-            registry=self.registry,
+            "vllm:request_success", "Finished requests", [*_LABELS, "finished_reason"], registry=r
         )
-        self._model = model
-        self.ttft = Histogram(
-            "vllm:time_to_first_token_seconds",
-            "Time to first token",
-            labels,
-            buckets=_TTFT_BUCKETS,
-            registry=self.registry,
-        ).labels(model)
-        self.e2e = Histogram(
-            "vllm:e2e_request_latency_seconds",
-            "End-to-end request latency",
-            labels,
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
-        ).labels(model)
-        self.itl = Histogram(
-            "vllm:time_per_output_token_seconds",
-            "Time per output token",
-            labels,
-            buckets=_ITL_BUCKETS,
-            registry=self.registry,
-        ).labels(model)
-        self.queue_time = Histogram(
+        self._values = values
+        for reason in _FINISHED_REASONS:
+            self._success.labels(*values, reason)
+        self.ttft = histogram(
+            "vllm:time_to_first_token_seconds", "Time to first token", _TTFT_BUCKETS
+        )
+        self.e2e = histogram(
+            "vllm:e2e_request_latency_seconds", "End-to-end request latency", _LATENCY_BUCKETS
+        )
+        # vLLM 0.32's name; vllm:time_per_output_token_seconds is gone
+        self.itl = histogram(
+            "vllm:inter_token_latency_seconds", "Time between output tokens", _ITL_BUCKETS
+        )
+        self.queue_time = histogram(
             "vllm:request_queue_time_seconds",
             "Time spent waiting before being scheduled",
-            labels,
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
-        ).labels(model)
-
-        self.prefix_queries = Counter(
-            "vllm:prefix_cache_queries",
-            "Prefix-cache lookups, in prompt tokens",
-            labels,
-            registry=self.registry,
-        ).labels(model)
-        self.prefix_hits = Counter(
-            "vllm:prefix_cache_hits",
-            "Prefix-cache hits, in prompt tokens",
-            labels,
-            registry=self.registry,
-        ).labels(model)
+            _LATENCY_BUCKETS,
+        )
+        self.prefix_queries = counter(
+            "vllm:prefix_cache_queries", "Prefix-cache lookups, in prompt tokens"
+        )
+        self.prefix_hits = counter("vllm:prefix_cache_hits", "Prefix-cache hits, in prompt tokens")
 
     def finished(self, reason: str) -> None:
-        self._success.labels(self._model, reason).inc()
+        self._success.labels(*self._values, reason).inc()
 
 
 def block_hashes(tokens: Sequence[str | int], block_size: int) -> list[int]:

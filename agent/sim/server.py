@@ -8,7 +8,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -27,6 +27,7 @@ log = logging.getLogger("agent.sim")
 # vLLM's /version answers its release; the simulator names the release its behaviour follows.
 SIM_VERSION = "0.8.5+inventiv-sim"
 
+# vLLM's error `type` per status; request-validation errors are "Bad Request" instead.
 _ERROR_TYPES = {
     400: "BadRequestError",
     404: "NotFoundError",
@@ -44,6 +45,7 @@ class _Common(BaseModel):
     stream_options: dict[str, Any] | None = None
     seed: int | None = None
     n: int = 1
+    temperature: float | None = None
 
 
 class ChatRequest(_Common):
@@ -55,26 +57,50 @@ class CompletionRequest(_Common):
     prompt: str | list[int] | list[str] | list[list[int]]
 
 
-class SimulatedStreamAbort(Exception):
-    """Raised mid-stream: the server drops the connection, as when an engine worker dies."""
+class SimulatedStreamFailure(Exception):
+    """Raised mid-stream, as when generation fails in an engine worker; vLLM then sends an
+    in-band error event and ends the stream."""
 
 
 class SimError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(
+        self, status: int, message: str, param: str | None = None, error_type: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.param = param
+        self.error_type = error_type or _ERROR_TYPES.get(status, "Error")
+
+    def body(self) -> dict[str, Any]:
+        """vLLM's error body: {"error": {message, type, param, code}}."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.status,
+            }
+        }
 
 
-def error_response(status: int, message: str) -> JSONResponse:
-    body = {
-        "object": "error",
-        "message": message,
-        "type": _ERROR_TYPES.get(status, "Error"),
-        "param": None,
-        "code": status,
-    }
-    return JSONResponse(body, status_code=status)
+def bad_parameter(param: str, message: str, value: Any) -> SimError:
+    """A refused parameter, worded as vLLM words it."""
+    return SimError(400, f"{message} (parameter={param}, value={value})", param)
+
+
+def error_response(status: int, message: str, param: str | None = None) -> JSONResponse:
+    error = SimError(status, message, param)
+    return JSONResponse(error.body(), status_code=status)
+
+
+def _validation_error(exc: ValidationError) -> SimError:
+    """Pydantic's complaint, in the form vLLM's FastAPI handler gives it."""
+    errors = exc.errors()
+    loc = "body." + ".".join(str(part) for part in errors[0]["loc"])
+    count = f"{len(errors)} validation error" + ("s" if len(errors) > 1 else "")
+    first = {"type": errors[0]["type"], "loc": loc, "msg": errors[0]["msg"]}
+    return SimError(400, f"{count}:\n  {first}", loc, "Bad Request")
 
 
 def _sse(payload: dict[str, Any] | str) -> bytes:
@@ -87,6 +113,7 @@ def create_app(config: SimConfig) -> FastAPI:
     engine = Engine(config, metrics)
     rng = random.Random(config.seed)
     counter = {"received": 0}
+    fingerprint = f"vllm-{SIM_VERSION}"
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -101,7 +128,7 @@ def create_app(config: SimConfig) -> FastAPI:
 
     @app.exception_handler(SimError)
     async def _sim_error(request: Request, exc: SimError) -> JSONResponse:
-        return error_response(exc.status, exc.message)
+        return JSONResponse(exc.body(), status_code=exc.status)
 
     @app.get("/health")
     async def health() -> Response:
@@ -129,6 +156,7 @@ def create_app(config: SimConfig) -> FastAPI:
                     "root": config.model,
                     "parent": None,
                     "max_model_len": config.max_model_len,
+                    "permission": [_PERMISSION | {"created": created}],
                 }
                 for name in config.served_names
             ],
@@ -139,24 +167,46 @@ def create_app(config: SimConfig) -> FastAPI:
             body = orjson.loads(await request.body())
             parsed = kind.model_validate(body)
         except orjson.JSONDecodeError as exc:
-            raise SimError(400, f"request body is not valid JSON: {exc}") from None
+            raise SimError(400, f"JSON decode error: {exc}", "body", "Bad Request") from None
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
-            raise SimError(400, f"{where}: {first['msg']}") from None
+            raise _validation_error(exc) from None
         if parsed.model not in config.served_names:
-            raise SimError(404, f"The model `{parsed.model}` does not exist.")
-        if parsed.n != 1:
-            raise SimError(400, "n must be 1: the simulator samples one choice per request")
+            aliases = ", ".join(config.served_names)
+            message = f"The model `{parsed.model}` does not exist. Valid aliases: {aliases}."
+            raise SimError(404, message, "model")
+        if parsed.stream_options is not None and not parsed.stream:
+            raise SimError(
+                400,
+                "Stream options can only be defined when `stream=True`. (parameter=stream_options)",
+                "stream_options",
+            )
+        if parsed.n < 1:
+            raise SimError(400, f"n must be at least 1, got {parsed.n}.")
+        if parsed.temperature is not None and parsed.temperature < 0:
+            raise bad_parameter(
+                "temperature",
+                f"temperature must be non-negative, got {parsed.temperature}.",
+                parsed.temperature,
+            )
         return parsed
 
     async def admit(
-        prompt: Sequence[str | int], max_tokens: int | None, seed: int | None, stream: bool
-    ) -> SimRequest:
-        """Apply vLLM's length checks and the configured faults; queue the request."""
+        prompt: Sequence[str | int], max_tokens: int | None, body: _Common
+    ) -> list[SimRequest]:
+        """Apply vLLM's length checks and the configured faults; queue the request's `n`
+        sequences."""
         prompt_tokens = len(prompt)
-        if prompt_tokens == 0:
-            raise SimError(400, "The decoder prompt cannot be empty")
+        limit = config.max_model_len
+        if prompt_tokens > limit:
+            # vLLM stops counting one token past the limit
+            raise SimError(
+                400,
+                f"This model's maximum context length is {limit} tokens. However, your prompt "
+                f"contains at least {limit + 1} input tokens, which exceeds this limit even "
+                "without any output tokens. Please reduce the length of the input prompt. "
+                f"(parameter=input_tokens, value={limit + 1})",
+                "input_tokens",
+            )
         counter["received"] += 1
         if config.fault_crash_after and counter["received"] > config.fault_crash_after:
             log.error("simulated crash after %d requests", config.fault_crash_after)
@@ -169,38 +219,38 @@ def create_app(config: SimConfig) -> FastAPI:
         # without max_tokens the model "ends its answer" (EOS) after the default length
         finish_reason = "stop" if max_tokens is None else "length"
         if max_tokens is None:
-            max_tokens = max(
-                1, min(config.default_max_tokens, config.max_model_len - prompt_tokens)
-            )
+            max_tokens = config.default_max_tokens
+        # vLLM 0.32 shortens an answer that would not fit rather than refusing the request
+        max_tokens = min(max_tokens, limit - prompt_tokens)
         if max_tokens < 1:
-            raise SimError(400, "max_tokens must be at least 1")
-        if prompt_tokens + max_tokens > config.max_model_len:
-            raise SimError(
-                400,
-                f"This model's maximum context length is {config.max_model_len} tokens. "
-                f"However, you requested {prompt_tokens + max_tokens} tokens "
-                f"({prompt_tokens} in the messages, {max_tokens} in the completion). "
-                "Please reduce the length of the messages or completion.",
+            raise bad_parameter(
+                "max_tokens", f"max_tokens must be at least 1, got {max_tokens}.", max_tokens
             )
         if not engine.fits_at_all(prompt_tokens, max_tokens):
             raise SimError(400, "the request needs more KV cache than the engine has")
         if config.fault_hang_rate and rng.random() < config.fault_hang_rate:
             await asyncio.sleep(config.fault_hang_s)
-        request_rng = random.Random(seed if seed is not None else rng.getrandbits(64))
-        sim_request = SimRequest(
-            prompt_tokens=prompt_tokens,
-            max_tokens=max_tokens,
-            rng=request_rng,
-            finish_reason=finish_reason,
-            prompt_blocks=block_hashes(prompt, config.block_size)
-            if config.enable_prefix_caching
-            else [],
+        seed = body.seed if body.seed is not None else rng.getrandbits(64)
+        blocks = block_hashes(prompt, config.block_size) if config.enable_prefix_caching else []
+        fail_stream = bool(
+            body.stream
+            and config.fault_stream_abort_rate
+            and rng.random() < config.fault_stream_abort_rate
         )
-        if stream and config.fault_stream_abort_rate:
-            if rng.random() < config.fault_stream_abort_rate:
+        sequences = []
+        for index in range(body.n):
+            sim_request = SimRequest(
+                prompt_tokens=prompt_tokens,
+                max_tokens=max_tokens,
+                rng=random.Random(seed + index),
+                finish_reason=finish_reason,
+                prompt_blocks=blocks,
+            )
+            if fail_stream:
                 sim_request.abort_after = max_tokens // 2
-        engine.submit(sim_request)
-        return sim_request
+            engine.submit(sim_request)
+            sequences.append(sim_request)
+        return sequences
 
     async def tokens_of(sim_request: SimRequest) -> AsyncIterator[str]:
         finished = False
@@ -208,100 +258,187 @@ def create_app(config: SimConfig) -> FastAPI:
         try:
             while (token := await sim_request.output.get()) is not None:
                 if sim_request.abort_after is not None and emitted >= sim_request.abort_after:
-                    log.warning("simulated fault: dropping a stream after %d tokens", emitted)
-                    raise SimulatedStreamAbort(f"stream dropped after {emitted} tokens")
+                    log.warning("simulated fault: generation failed after %d tokens", emitted)
+                    raise SimulatedStreamFailure(f"generation failed after {emitted} tokens")
                 yield token
                 emitted += 1
             finished = True
         finally:
-            if not finished:  # client gone or stream dropped: free the slot and KV blocks
+            if not finished:  # client gone or generation failed: free the slot and KV blocks
                 engine.cancel(sim_request)
 
-    def usage(sim_request: SimRequest) -> dict[str, Any]:
+    async def text_of(sim_request: SimRequest) -> str:
+        return "".join([token async for token in tokens_of(sim_request)])
+
+    async def merged(sequences: list[SimRequest]) -> AsyncIterator[tuple[int, str, bool]]:
+        """(choice index, text, last) as the sequences produce tokens. Each token is held until
+        the next one, so the last one carries the finish reason, as in vLLM's streams."""
+        queue: asyncio.Queue[tuple[int, str, bool] | BaseException] = asyncio.Queue()
+
+        async def pump(index: int, sim_request: SimRequest) -> None:
+            try:
+                held: str | None = None
+                async for token in tokens_of(sim_request):
+                    if held is not None:
+                        await queue.put((index, held, False))
+                    held = token
+                await queue.put((index, held or "", True))
+            except Exception as exc:
+                await queue.put(exc)
+
+        pumps = [asyncio.create_task(pump(i, r)) for i, r in enumerate(sequences)]
+        try:
+            remaining = len(sequences)
+            while remaining:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                remaining -= item[2]
+                yield item
+        finally:
+            for task in pumps:
+                task.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+
+    def usage(sequences: list[SimRequest]) -> dict[str, Any]:
+        prompt = sequences[0].prompt_tokens
+        generated = sum(sim_request.generated for sim_request in sequences)
         return {
-            "prompt_tokens": sim_request.prompt_tokens,
-            "completion_tokens": sim_request.generated,
-            "total_tokens": sim_request.prompt_tokens + sim_request.generated,
-            "prompt_tokens_details": {"cached_tokens": sim_request.cached_tokens}
+            "prompt_tokens": prompt,
+            "total_tokens": prompt + generated,
+            "completion_tokens": generated,
+            "prompt_tokens_details": {"cached_tokens": sequences[0].cached_tokens}
             if config.enable_prompt_tokens_details
             else None,
+            "completion_tokens_details": None,
         }
+
+    def stream_usage(sequences: list[SimRequest]) -> dict[str, Any]:
+        """The usage chunk's usage: vLLM leaves out the empty details there."""
+        return {key: value for key, value in usage(sequences).items() if value is not None}
+
+    async def sse_stream(
+        sequences: list[SimRequest],
+        chunk: Callable[[int, str, str | None], dict[str, Any]],
+        head: Callable[[], dict[str, Any]],
+        include_usage: bool,
+    ) -> AsyncIterator[bytes]:
+        try:
+            async for index, text, last in merged(sequences):
+                payload = chunk(index, text, sequences[index].finish_reason if last else None)
+                if last:
+                    payload["system_fingerprint"] = fingerprint
+                yield _sse(payload)
+            if include_usage:
+                yield _sse(
+                    head()
+                    | {"choices": [], "usage": stream_usage(sequences)}
+                    | {"system_fingerprint": fingerprint}
+                )
+        except SimulatedStreamFailure:
+            yield _sse(SimError(500, "Internal server error").body())
+        yield _sse("[DONE]")
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(request: Request) -> Response:
         body: ChatRequest = await parse(request, ChatRequest)
+        if not body.messages:
+            raise SimError(
+                400,
+                "Cannot apply chat template to an empty conversation. "
+                "Provide at least one message.",
+            )
         for index, message in enumerate(body.messages):
             if not isinstance(message.get("role"), str):
-                raise SimError(400, f"messages.{index}.role: a message needs a role")
+                raise SimError(
+                    400,
+                    f"messages.{index}.role: a message needs a role",
+                    f"body.messages.{index}.role",
+                    "Bad Request",
+                )
             if not isinstance(message.get("content"), str | list | None):
-                raise SimError(400, f"messages.{index}.content: expected text or a list of parts")
+                raise SimError(
+                    400,
+                    f"messages.{index}.content: expected text or a list of parts",
+                    f"body.messages.{index}.content",
+                    "Bad Request",
+                )
         prompt = chat_tokens(body.messages)
         max_tokens = body.max_completion_tokens or body.max_tokens
-        sim_request = await admit(prompt, max_tokens, body.seed, body.stream)
+        sequences = await admit(prompt, max_tokens, body)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
+
+        def head() -> dict[str, Any]:
+            return {
+                "id": rid,
+                "object": "chat.completion.chunk" if body.stream else "chat.completion",
+                "created": created,
+                "model": body.model,
+            }
+
         if not body.stream:
-            text = "".join([token async for token in tokens_of(sim_request)])
+            texts = await asyncio.gather(*(text_of(r) for r in sequences))
             return JSONResponse(
-                {
-                    "id": rid,
-                    "object": "chat.completion",
-                    "created": created,
-                    "model": body.model,
+                head()
+                | {
                     "choices": [
                         {
-                            "index": 0,
-                            "message": {
-                                "role": "assistant",
-                                "content": text,
-                                "tool_calls": [],
-                                "reasoning_content": None,
-                            },
+                            "index": index,
+                            "message": _MESSAGE | {"content": text},
                             "logprobs": None,
                             "finish_reason": sim_request.finish_reason,
                             "stop_reason": None,
+                            "token_ids": None,
+                            "routed_experts": None,
                         }
+                        for index, (text, sim_request) in enumerate(
+                            zip(texts, sequences, strict=True)
+                        )
                     ],
-                    "usage": usage(sim_request),
+                    "service_tier": None,
+                    "system_fingerprint": fingerprint,
+                    "usage": usage(sequences),
                     "prompt_logprobs": None,
+                    "prompt_token_ids": None,
+                    "prompt_text": None,
+                    "kv_transfer_params": None,
+                    "ec_transfer_params": None,
+                    "metrics": None,
                 }
             )
-        include_usage = bool((body.stream_options or {}).get("include_usage"))
+        include_usage = bool(body.stream_options and body.stream_options.get("include_usage"))
 
-        def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-            payload: dict[str, Any] = {
-                "id": rid,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": body.model,
-                "choices": [
-                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-                ],
+        def chunk(index: int, text: str, finish: str | None) -> dict[str, Any]:
+            choice: dict[str, Any] = {
+                "index": index,
+                "delta": {"content": text},
+                "logprobs": None,
+                "finish_reason": finish,
             }
-            if include_usage:
-                payload["usage"] = None
-            return payload
+            if finish is not None:
+                choice["stop_reason"] = None
+            choice["token_ids"] = None
+            return head() | {"choices": [choice]}
+
+        def role_chunk(index: int) -> dict[str, Any]:
+            choice = {
+                "index": index,
+                "delta": {"role": "assistant", "content": ""},
+                "logprobs": None,
+                "finish_reason": None,
+            }
+            return head() | {"choices": [choice], "prompt_token_ids": None, "prompt_text": None}
 
         async def stream() -> AsyncIterator[bytes]:
-            first = True
-            async for token in tokens_of(sim_request):
-                if first:  # vLLM sends the role once the first token exists, not before
-                    yield _sse(chunk({"role": "assistant", "content": ""}, None))
-                    first = False
-                yield _sse(chunk({"content": token}, None))
-            yield _sse(chunk({}, sim_request.finish_reason))
-            if include_usage:
-                yield _sse(
-                    {
-                        "id": rid,
-                        "object": "chat.completion.chunk",
-                        "created": created,
-                        "model": body.model,
-                        "choices": [],
-                        "usage": usage(sim_request),
-                    }
-                )
-            yield _sse("[DONE]")
+            # vLLM sends each choice's role once the first token exists, not before
+            roles_sent = False
+            async for event in sse_stream(sequences, chunk, head, include_usage):
+                if not roles_sent and event.startswith(b'data: {"id"'):
+                    for index in range(len(sequences)):
+                        yield _sse(role_chunk(index))
+                    roles_sent = True
+                yield event
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 
@@ -311,72 +448,93 @@ def create_app(config: SimConfig) -> FastAPI:
         prompt = body.prompt
         if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
             if len(prompt) != 1:
-                raise SimError(400, "the simulator takes one prompt per request")
+                raise SimError(400, "the simulator takes one prompt per request", "prompt")
             prompt = prompt[0]  # type: ignore[assignment]
         tokens = prompt_tokens(prompt)  # type: ignore[arg-type]
-        sim_request = await admit(tokens, body.max_tokens, body.seed, body.stream)
+        if not tokens:
+            raise SimError(
+                400,
+                "Either prompt or prompt_embeds must be provided and non-empty. (parameter=prompt)",
+                "prompt",
+            )
+        sequences = await admit(tokens, body.max_tokens, body)
         rid = f"cmpl-{uuid.uuid4().hex}"
         created = int(time.time())
+
+        def head() -> dict[str, Any]:
+            return {"id": rid, "object": "text_completion", "created": created, "model": body.model}
+
         if not body.stream:
-            text = "".join([token async for token in tokens_of(sim_request)])
+            texts = await asyncio.gather(*(text_of(r) for r in sequences))
             return JSONResponse(
-                {
-                    "id": rid,
-                    "object": "text_completion",
-                    "created": created,
-                    "model": body.model,
+                head()
+                | {
                     "choices": [
                         {
-                            "index": 0,
+                            "index": index,
                             "text": text,
                             "logprobs": None,
                             "finish_reason": sim_request.finish_reason,
                             "stop_reason": None,
+                            "token_ids": None,
                             "prompt_logprobs": None,
+                            "prompt_token_ids": None,
+                            "routed_experts": None,
                         }
+                        for index, (text, sim_request) in enumerate(
+                            zip(texts, sequences, strict=True)
+                        )
                     ],
-                    "usage": usage(sim_request),
+                    "service_tier": None,
+                    "system_fingerprint": fingerprint,
+                    "usage": usage(sequences),
+                    "kv_transfer_params": None,
+                    "ec_transfer_params": None,
+                    "metrics": None,
                 }
             )
-        include_usage = bool((body.stream_options or {}).get("include_usage"))
+        include_usage = bool(body.stream_options and body.stream_options.get("include_usage"))
 
-        def chunk(text: str, finish: str | None) -> dict[str, Any]:
-            payload: dict[str, Any] = {
-                "id": rid,
-                "object": "text_completion",
-                "created": created,
-                "model": body.model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "text": text,
-                        "logprobs": None,
-                        "finish_reason": finish,
-                        "stop_reason": None,
-                    }
-                ],
+        def chunk(index: int, text: str, finish: str | None) -> dict[str, Any]:
+            choice = {
+                "index": index,
+                "text": text,
+                "logprobs": None,
+                "finish_reason": finish,
+                "stop_reason": None,
+                "prompt_token_ids": None,
+                "token_ids": None,
             }
-            if include_usage:
-                payload["usage"] = None
-            return payload
+            return head() | {"choices": [choice]}
 
-        async def stream() -> AsyncIterator[bytes]:
-            async for token in tokens_of(sim_request):
-                yield _sse(chunk(token, None))
-            yield _sse(chunk("", sim_request.finish_reason))
-            if include_usage:
-                yield _sse(
-                    {
-                        "id": rid,
-                        "object": "text_completion",
-                        "created": created,
-                        "model": body.model,
-                        "choices": [],
-                        "usage": usage(sim_request),
-                    }
-                )
-            yield _sse("[DONE]")
-
-        return StreamingResponse(stream(), media_type="text/event-stream")
+        return StreamingResponse(
+            sse_stream(sequences, chunk, head, include_usage), media_type="text/event-stream"
+        )
 
     return app
+
+
+# The fields vLLM 0.32 puts beside the content of a chat answer's message, and in a model's
+# permission entry.
+_MESSAGE: dict[str, Any] = {
+    "role": "assistant",
+    "content": "",
+    "refusal": None,
+    "annotations": None,
+    "audio": None,
+    "function_call": None,
+    "reasoning": None,
+}
+_PERMISSION: dict[str, Any] = {
+    "id": "modelperm-inventiv-sim",
+    "object": "model_permission",
+    "allow_create_engine": False,
+    "allow_sampling": True,
+    "allow_logprobs": True,
+    "allow_search_indices": False,
+    "allow_view": True,
+    "allow_fine_tuning": False,
+    "organization": "*",
+    "group": None,
+    "is_blocking": False,
+}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -119,7 +120,8 @@ async def test_bad_requests_get_vllm_style_errors() -> None:
             broken = await http.post("/v1/chat/completions", content=b"{not json")
             missing = await http.post("/v1/chat/completions", json={"model": MODEL})
         assert broken.status_code == 400 and missing.status_code == 400
-        assert "messages" in missing.json()["message"]
+        assert "messages" in missing.json()["error"]["message"]
+        assert missing.json()["error"]["param"] == "body.messages"
 
 
 BAD_BODIES = [
@@ -127,7 +129,9 @@ BAD_BODIES = [
     ("/v1/chat/completions", {"model": MODEL, "messages": "hello"}),
     ("/v1/chat/completions", {"model": MODEL, "messages": [1, 2]}),
     ("/v1/chat/completions", {"model": MODEL, "messages": [], "max_tokens": -3}),
-    ("/v1/chat/completions", {"model": MODEL, "messages": [], "n": 2}),
+    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user"}], "n": 0}),
+    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user"}], "temperature": -1}),
+    ("/v1/completions", {"model": MODEL, "prompt": "x", "stream_options": {}}),
     ("/v1/chat/completions", {"model": 5, "messages": []}),
     ("/v1/chat/completions", {"model": MODEL, "messages": [{"content": {"x": 1}}]}),
     ("/v1/completions", {"model": MODEL}),
@@ -146,7 +150,9 @@ async def test_malformed_requests_get_a_4xx_never_a_500() -> None:
         answers = [(body, await http.post(path, json=body)) for path, body in BAD_BODIES]
     for body, response in answers:
         assert 400 <= response.status_code < 500, (body, response.text)
-        assert response.json()["object"] == "error" and response.json()["message"], body
+        error = response.json()["error"]
+        assert error["message"] and error["code"] == response.status_code, body
+        assert set(error) == {"message", "type", "param", "code"}, body
 
 
 async def test_requests_beyond_max_num_seqs_wait_and_their_ttft_grows() -> None:
@@ -214,22 +220,36 @@ async def test_injected_errors_and_hangs() -> None:
             await client(url, timeout=0.5).completions.create(model=MODEL, prompt="x", max_tokens=1)
 
 
-async def test_an_injected_stream_abort_drops_the_connection_half_way() -> None:
+async def test_an_injected_stream_failure_ends_the_stream_with_an_error_event() -> None:
     async with simulator("--fault-stream-abort-rate", "1") as url:
+        body = {"model": MODEL, "prompt": "x", "max_tokens": 10, "stream": True}
+        async with httpx.AsyncClient(base_url=url) as http:
+            response = await http.post("/v1/completions", json=body)
+        events = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
+        # like vLLM: tokens so far, then the error in band, then the end of the stream
+        assert response.status_code == 200 and events[-1] == "[DONE]"
+        assert orjson.loads(events[-2]) == {
+            "error": {
+                "message": "Internal server error",
+                "type": "InternalServerError",
+                "param": None,
+                "code": 500,
+            }
+        }
+        assert [orjson.loads(e)["choices"][0]["finish_reason"] for e in events[:-2]] == [None] * 4
+
         api = client(url)
-        received: list[str] = []
         stream = await api.completions.create(model=MODEL, prompt="x", max_tokens=10, stream=True)
-        with pytest.raises((openai.APIError, httpx.HTTPError)):
-            async for chunk in stream:
-                received.append(chunk.choices[0].text)
-        assert len(received) == 5
+        with pytest.raises(openai.APIError, match="Internal server error"):
+            async for _ in stream:
+                pass
         unstreamed = await api.completions.create(model=MODEL, prompt="x", max_tokens=3)
         assert unstreamed.usage is not None and unstreamed.usage.completion_tokens == 3
 
         async def idle() -> bool:
             return (await scrape(url))["vllm:num_requests_running"] == 0
 
-        await wait_for(idle, 10, "the dropped sequence to be freed")
+        await wait_for(idle, 10, "the failed sequences to be freed")
 
 
 async def test_a_repeated_prompt_prefix_is_served_from_the_prefix_cache() -> None:
@@ -335,3 +355,43 @@ async def test_a_client_that_disconnects_frees_its_slot() -> None:
             await wait_for(idle, 10, "the abandoned sequence to be dropped")
             done = await client(url).completions.create(model=MODEL, prompt="y", max_tokens=2)
         assert done.usage is not None and done.usage.completion_tokens == 2
+
+
+async def test_n_choices_are_sampled_and_streamed_side_by_side() -> None:
+    async with simulator() as url:
+        api = client(url)
+        chat = await api.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=3, n=2
+        )
+        assert [c.index for c in chat.choices] == [0, 1]
+        assert chat.usage is not None and chat.usage.completion_tokens == 6
+        stream = await api.completions.create(
+            model=MODEL,
+            prompt="x",
+            max_tokens=3,
+            n=2,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [chunk async for chunk in stream]
+    finished = [c.choices[0].index for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert sorted(finished) == [0, 1]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
+
+
+def test_flags_vllm_does_not_know_are_refused_like_vllm(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = parse_args([MODEL, "--enforce-eager", "--dtype=bfloat16", "--max_num_seqs", "4"])
+    assert config.max_num_seqs == 4 and "--enforce-eager" in config.ignored_args
+    with pytest.raises(SystemExit) as exited:
+        parse_args([MODEL, "--enforce-eager", "--no-such-flag", "1"])
+    assert exited.value.code == 2
+    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+
+
+def test_the_default_context_length_is_the_model_folders(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"max_position_embeddings": 1024}')
+    assert parse_args([str(tmp_path)]).max_model_len == 1024
+    assert parse_args([str(tmp_path), "--max-model-len", "512"]).max_model_len == 512
+    assert parse_args([MODEL]).max_model_len == 8192
