@@ -11,6 +11,8 @@ from sqlalchemy import BigInteger, Column, DateTime, Index, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
+from core.wire import RoutingStrategy
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -160,7 +162,7 @@ class Deployment(SQLModel, table=True):
     autoscaling: dict[str, Any] = _json({})
     engine_args: dict[str, Any] = _json({})
     boot_timeout_s: float | None = None
-    session_affinity: str = Field(default="header", max_length=16)  # none | header | user
+    routing: RoutingStrategy = RoutingStrategy.sticky_header  # how the gateway picks an instance
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )

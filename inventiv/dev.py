@@ -20,7 +20,7 @@ import asyncpg
 from sqlmodel import col, select
 
 from activities.launch import ensure_autoscaler
-from activities.providers.local import LocalCompute
+from activities.providers.local.adapter import LocalCompute
 from core.db import make_engine, make_sessionmaker
 from core.embedded import (
     EmbeddedPostgres,

@@ -12,7 +12,8 @@ from pathlib import Path
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from activities.providers.local import LOCAL_INSTANCE_TYPE, LocalCompute
+from activities.providers.local.adapter import LocalCompute
+from activities.providers.local.catalogue import LOCAL_INSTANCE_TYPE
 from api.security import hash_password, new_api_key
 from core.models import (
     ApiKey,

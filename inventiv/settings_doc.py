@@ -9,8 +9,7 @@ from pathlib import Path
 
 from pydantic_settings import BaseSettings
 
-from activities.providers.local import LocalFaults
-from activities.providers.settings import AWSSettings, ScalewaySettings, SSHSettings
+from activities.providers.registry import PROVIDERS
 from agent.settings import AgentSettings
 from core.settings import Settings
 from gateway.settings import GatewaySettings
@@ -19,10 +18,8 @@ SECTIONS: list[tuple[str, type[BaseSettings]]] = [
     ("Control plane (API, worker, `inventiv dev`)", Settings),
     ("Gateway", GatewaySettings),
     ("Node agent (on each GPU machine)", AgentSettings),
-    ("Local provider fault injection", LocalFaults),
-    ("Scaleway provider", ScalewaySettings),
-    ("AWS provider", AWSSettings),
-    ("Bare-metal (SSH) provider", SSHSettings),
+    # One section per registered provider kind, in the registry's order.
+    *((f"{spec.title} provider", spec.settings) for spec in PROVIDERS.values()),
 ]
 BEGIN, END = "<!-- settings:begin -->", "<!-- settings:end -->"
 

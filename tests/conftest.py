@@ -159,6 +159,6 @@ def settings(
         orphan_grace_s=5,
     )
     yield settings
-    from activities.providers.local import LocalCompute
+    from activities.providers.local.adapter import LocalCompute
 
     LocalCompute(settings).power_off_all()

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from activities.providers.local import LOCAL_INSTANCE_TYPE
+from activities.providers.local.catalogue import LOCAL_INSTANCE_TYPE
 from api.security import hash_password, new_api_key
 from core.models import (
     ApiKey,

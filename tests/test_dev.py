@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from activities.providers.local import machine_pids
+from activities.providers.local.adapter import machine_pids
 from core.embedded import free_port
 
 REPO = Path(__file__).resolve().parents[1]

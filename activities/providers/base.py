@@ -2,16 +2,28 @@
 
 Every resource an adapter creates carries our instance id as a tag (or in its name), so a retried
 create finds what the first try made, and the reconciler can list what is ours. `delete` and
-`delete_volume` are idempotent: a missing resource is success. Blocking SDK calls run through
+`delete_volume` are idempotent: a missing resource is success, and they return once the request
+is made, not once the resource is gone (`get` says when it is). Blocking SDK calls run through
 `asyncio.to_thread`.
+
+This module imports no cloud SDK: the registry, the API and the orchestration import it freely.
+How to add a provider: docs/providers.md.
 """
 
 from __future__ import annotations
 
 import abc
+import enum
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self
+
+from pydantic_settings import BaseSettings
+
+if TYPE_CHECKING:
+    from core.models import BareMetalHost
+    from core.settings import Settings
 
 # The tag every resource carries: its value is the Inventiv instance id.
 INSTANCE_TAG = "inventiv-instance-id"
@@ -48,6 +60,12 @@ class NoCapacityError(ProviderError):
 
 class InvalidRequestError(ProviderError):
     """The request can never succeed as given (bad type, bad image, bad volume): not retried."""
+
+    retryable = False
+
+
+class ProviderUnavailableError(ProviderError):
+    """The provider is off in this process (its SDK is not installed): not retried."""
 
     retryable = False
 
@@ -121,10 +139,39 @@ class InstanceOffer:
     zones: list[str] = field(default_factory=list)
 
 
+class ProviderSettings(BaseSettings):
+    """A provider's settings (its own `INVENTIV_<KIND>_` environment prefix)."""
+
+    def unconfigured(self, settings: Settings) -> str | None:
+        """Why the provider cannot run with these settings (never quoting a secret); None: it can."""
+        return None
+
+
+class Capability(enum.StrEnum):
+    """What a provider offers beyond `Compute`; each is a mixin below, declared in the registry."""
+
+    volumes = "volumes"  # provider volumes created with the machine, deleted one by one
+    public_ips = "public_ips"  # detachable public addresses, released at termination
+    host_pool = "host_pool"  # lends registered hosts (the API's bare-metal hosts)
+
+
 class Compute(abc.ABC):
     """What every provider adapter does."""
 
     kind: str = ""
+
+    @classmethod
+    def from_settings(cls, provider_settings: Any, settings: Settings) -> Self:
+        """The adapter the registry builds: from its provider settings (most need nothing more)."""
+        return cls(provider_settings)  # type: ignore[call-arg]  # an adapter's own __init__
+
+    async def confirm_gone(self, resource_id: str) -> None:
+        """Raise `ResourceNotYetGoneError` while the machine still exists (after `delete`)."""
+        machine = await self.get(resource_id)
+        if machine is not None:
+            raise ResourceNotYetGoneError(
+                f"{self.kind} machine {resource_id} is still there ({machine.state})"
+            )
 
     @abc.abstractmethod
     async def create(self, request: CreateRequest) -> ProviderInstance:
@@ -140,30 +187,66 @@ class Compute(abc.ABC):
 
     @abc.abstractmethod
     async def delete(self, resource_id: str) -> None:
-        """Delete the machine. Idempotent: a missing machine is success."""
+        """Ask for the machine's deletion and return promptly (never wait minutes for it).
+
+        Idempotent: a missing machine is success. When a step must finish before the delete can
+        be asked for (a power-off), start it and raise `ResourceNotYetGoneError`: the caller
+        retries. Whether the machine is gone is `get` (or `confirm_gone`) after this returns."""
 
     @abc.abstractmethod
     async def list_tagged(self) -> list[ProviderInstance]:
         """Every machine carrying our tags (for the reconciler)."""
 
     @abc.abstractmethod
+    def catalogue(self) -> list[InstanceOffer]:
+        """Instance types this adapter can create, with prices."""
+
+    # Without the volumes capability a machine has no provider volumes: nothing to list or delete.
+
     async def list_volumes(self, resource_id: str) -> list[ProviderVolume]:
         """Volumes attached to (or created for) the machine, boot volume included."""
+        return []
+
+    async def list_tagged_volumes(self) -> list[ProviderVolume]:
+        """Volumes carrying our tag, attached or not (orphan detection)."""
+        return []
+
+    async def delete_volume(self, volume_id: str) -> None:  # noqa: B027 - see VolumesMixin
+        """Delete one volume. Idempotent: a missing volume is success."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release clients and connections."""
+
+
+# Capability mixins come before `Compute` in an adapter's bases, so their abstract methods win.
+
+
+class VolumesMixin(abc.ABC):
+    """Providers whose machines get provider volumes (block volumes, EBS, local folders)."""
+
+    @abc.abstractmethod
+    async def list_volumes(self, resource_id: str) -> list[ProviderVolume]:
+        """Volumes attached to (or created for) the machine, boot volume included."""
+
+    @abc.abstractmethod
+    async def list_tagged_volumes(self) -> list[ProviderVolume]:
+        """Volumes carrying our tag, attached or not (orphan detection)."""
 
     @abc.abstractmethod
     async def delete_volume(self, volume_id: str) -> None:
         """Delete one volume. Idempotent: a missing volume is success."""
 
+
+class HostPoolMixin(abc.ABC):
+    """Providers that lend registered hosts (the API's bare-metal hosts), one instance each."""
+
     @abc.abstractmethod
-    def catalogue(self) -> list[InstanceOffer]:
-        """Instance types this adapter can create, with prices."""
+    async def claim_host(self, instance_id: str, instance_type: str) -> BareMetalHost | None:
+        """The host this instance holds, else a free one claimed atomically; None: none free."""
 
-    async def list_tagged_volumes(self) -> list[ProviderVolume]:
-        """Volumes carrying our tag, attached or not (orphan detection). Empty if unsupported."""
-        return []
-
-    async def close(self) -> None:  # noqa: B027 - optional hook
-        """Release clients and connections."""
+    @abc.abstractmethod
+    async def release_host(self, host_id: uuid.UUID, instance_id: str) -> bool:
+        """Give the host back (only if this instance holds it); True when it did."""
 
 
 class PublicIPMixin(abc.ABC):
@@ -172,3 +255,15 @@ class PublicIPMixin(abc.ABC):
     @abc.abstractmethod
     async def release_ips(self, resource_id: str, instance_id: str) -> list[str]:
         """Detach and delete every address tagged for the instance; returns what was released."""
+
+
+CAPABILITY_MIXINS: dict[Capability, type] = {
+    Capability.volumes: VolumesMixin,
+    Capability.public_ips: PublicIPMixin,
+    Capability.host_pool: HostPoolMixin,
+}
+
+
+def capabilities_of(adapter: type[Compute]) -> frozenset[Capability]:
+    """The capabilities an adapter class implements (by its mixins)."""
+    return frozenset(c for c, mixin in CAPABILITY_MIXINS.items() if issubclass(adapter, mixin))

@@ -1,9 +1,10 @@
 """Worker flavors: which engine runs on a machine, from which image, with which defaults.
 
 A flavor names the worker container image (agent + engine, built from the Dockerfiles under
-`agent/`), the machine image each provider boots, the environment and the default engine
-arguments. `cpu-sim` runs the vLLM simulator (`python -m agent.sim`) instead of vLLM, so every
-provider path can be exercised without a GPU. Adapters add their own specifics (Scaleway's
+`agent/`), the environment and the default engine arguments; the machine image it boots on a
+cloud is that provider's (`MACHINE_IMAGES` in its catalogue.py). `cpu-sim` runs the vLLM
+simulator (`python -m agent.sim`) instead of vLLM, so every provider path can be exercised
+without a GPU. Adapters add their own specifics (Scaleway's
 block-volume model cache and private network, AWS's S3 model cache and EFA flags) through
 `agent_environment(..., provider_env=...)`.
 """
@@ -38,15 +39,14 @@ class Flavor:
     gpu_models: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     engine_args: Mapping[str, Any] = field(default_factory=dict)
-    # Machine image per provider kind: a Scaleway image label; for AWS "owner:AMI name pattern".
-    machine_images: Mapping[str, str] = field(default_factory=dict)
 
     def command(self, python: str) -> str:
         return self.engine_command.replace("{python}", python)
 
-    def machine_image(self, provider: str) -> str:
+    def machine_image(self, images: Mapping[str, str], provider: str) -> str:
+        """This flavor's image in a provider's `MACHINE_IMAGES`, or a clear refusal."""
         try:
-            return self.machine_images[provider]
+            return images[self.name]
         except KeyError:
             raise InvalidRequestError(
                 f"flavor {self.name!r} has no machine image on {provider}"
@@ -61,9 +61,6 @@ class Flavor:
             )
 
 
-_UBUNTU_AMI = "099720109477:ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*"
-_NVIDIA_AMI = "amazon:Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *"
-
 FLAVORS: dict[str, Flavor] = {
     f.name: f
     for f in (
@@ -73,7 +70,6 @@ FLAVORS: dict[str, Flavor] = {
             accelerator="cpu",
             engine_command="{python} -m agent.sim",
             engine_image=None,
-            machine_images={"scaleway": "ubuntu_noble", "aws": _UBUNTU_AMI},
         ),
         Flavor(
             name="nvidia-h100",
@@ -88,7 +84,6 @@ FLAVORS: dict[str, Flavor] = {
                 "VLLM_WORKER_MULTIPROC_METHOD": "spawn",
             },
             engine_args={"gpu-memory-utilization": 0.92, "enable-prefix-caching": True},
-            machine_images={"scaleway": "ubuntu_jammy_gpu_os_12", "aws": _NVIDIA_AMI},
         ),
         Flavor(
             name="nvidia-cuda12",
@@ -103,7 +98,6 @@ FLAVORS: dict[str, Flavor] = {
                 "VLLM_WORKER_MULTIPROC_METHOD": "spawn",
             },
             engine_args={"gpu-memory-utilization": 0.9},
-            machine_images={"scaleway": "ubuntu_jammy_gpu_os_12", "aws": _NVIDIA_AMI},
         ),
         Flavor(
             name="amd-mi300",

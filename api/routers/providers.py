@@ -1,5 +1,8 @@
 """Providers, their instance types and prices, and bare-metal hosts: admins only.
 
+Kinds, their catalogues and capabilities come from the provider registry
+(activities/providers/registry.py), which imports no cloud SDK: neither does this module.
+
 Credentials never pass through here: provider credentials live in the environment
 (INVENTIV_SCALEWAY_*, INVENTIV_AWS_*), a config holding anything that looks like one is refused,
 and a bare-metal host's SSH key is stored encrypted (or as a path) and never returned.
@@ -12,15 +15,14 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Response, status
-from pydantic import BaseModel, Field, SecretStr, StringConstraints
+from pydantic import AfterValidator, BaseModel, Field, SecretStr, StringConstraints
 from sqlmodel import col, func, select
 
-from activities.providers.aws import AWS_OFFERS
-from activities.providers.base import InstanceOffer, InvalidRequestError
-from activities.providers.local import LocalCompute
-from activities.providers.scaleway import SCALEWAY_OFFERS
-from activities.providers.settings import SSHSettings
-from activities.providers.ssh import BARE_METAL_TYPE, encrypt_private_key
+from activities.providers.base import Capability, InvalidRequestError, ProviderUnavailableError
+from activities.providers.registry import PROVIDERS, check_kind
+from activities.providers.ssh.catalogue import BARE_METAL_TYPE
+from activities.providers.ssh.keys import encrypt_private_key
+from activities.providers.ssh.settings import SSHSettings
 from api.deps import CurrentAdmin, SessionDep, SettingsDep
 from api.errors import ADMIN_ERRORS
 from api.validation import JsonObject, Name, PartialUpdate
@@ -28,7 +30,6 @@ from core.models import BareMetalHost, Deployment, InstanceType, Project, Provid
 
 providers = APIRouter(prefix="/providers", tags=["providers"], responses=ADMIN_ERRORS)
 
-ProviderKind = Literal["local", "scaleway", "aws", "ssh"]
 ShortName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
 Currency = Annotated[str, StringConstraints(pattern="^[A-Z]{3}$")]
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -47,6 +48,43 @@ def _refuse_credentials(config: dict[str, Any], kind: str, path: str = "") -> No
             )
         if isinstance(value, dict):
             _refuse_credentials(value, kind, f"{path}{key}.")
+
+
+# ---------------------------------------------------------------- provider kinds
+
+ProviderKind = Annotated[
+    str,
+    AfterValidator(check_kind),
+    Field(description="A registered provider kind: GET /providers/kinds lists them"),
+]
+
+
+class ProviderKindPublic(BaseModel):
+    kind: str
+    title: str
+    enabled: bool = Field(description="Whether this process can run it (SDK and settings)")
+    reason: str | None = Field(description="Why it cannot, when it cannot")
+    capabilities: list[Capability]
+
+
+@providers.get("/kinds", response_model=list[ProviderKindPublic])
+async def list_provider_kinds(
+    admin: CurrentAdmin, settings: SettingsDep
+) -> list[ProviderKindPublic]:
+    """Every registered provider kind, whether its SDK and settings are present here, and why not."""
+    kinds = []
+    for spec in PROVIDERS.values():
+        reason = spec.unavailable(settings)
+        kinds.append(
+            ProviderKindPublic(
+                kind=spec.kind,
+                title=spec.title,
+                enabled=reason is None,
+                reason=reason,
+                capabilities=list(spec.capabilities),
+            )
+        )
+    return kinds
 
 
 # ---------------------------------------------------------------- providers
@@ -192,18 +230,6 @@ class InstanceTypePublic(InstanceTypeCreate):
     provider_id: uuid.UUID
 
 
-def _catalogue(kind: str, settings: SettingsDep) -> list[InstanceOffer]:
-    """The adapter's built-in catalogue for a provider kind (no credentials needed)."""
-    if kind == "scaleway":
-        return list(SCALEWAY_OFFERS)
-    if kind == "aws":
-        return list(AWS_OFFERS)
-    if kind == "ssh":
-        price = SSHSettings().price_per_hour
-        return [InstanceOffer(BARE_METAL_TYPE, None, 0, 0, 0, 0, price, "EUR")]
-    return LocalCompute(settings).catalogue()
-
-
 async def _instance_type(
     session: SessionDep, provider_id: uuid.UUID, type_id: uuid.UUID
 ) -> InstanceType:
@@ -254,12 +280,17 @@ async def create_instance_type(
 
 @providers.post("/{provider_id}/instance-types/sync", response_model=list[InstanceTypePublic])
 async def sync_instance_types(
-    provider_id: uuid.UUID, session: SessionDep, admin: CurrentAdmin, settings: SettingsDep
+    provider_id: uuid.UUID, session: SessionDep, admin: CurrentAdmin
 ) -> list[InstanceTypePublic]:
-    """Add the adapter's catalogue types this provider lacks; prices already set are kept."""
+    """Add the kind's catalogue types this provider lacks; prices already set are kept."""
     provider = await _provider(session, provider_id)
+    spec = PROVIDERS.get(provider.kind)
+    if spec is None:  # a row written before its kind was unregistered
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"provider kind {provider.kind!r} is no longer registered"
+        )
     existing = {t.name for t in await _types(session, provider_id)}
-    for offer in _catalogue(provider.kind, settings):
+    for offer in spec.offers():
         if offer.name not in existing:
             session.add(InstanceType(provider_id=provider_id, **offer.__dict__))
     await session.commit()
@@ -396,6 +427,8 @@ async def create_host(body: HostCreate, session: SessionDep, admin: CurrentAdmin
             ref = encrypt_private_key(body.private_key.get_secret_value(), SSHSettings())
         except InvalidRequestError as exc:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+        except ProviderUnavailableError as exc:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
     else:
         ref = f"file:{body.private_key_path}"
     await _project_exists(session, body.project_id)

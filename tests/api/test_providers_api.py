@@ -3,7 +3,12 @@ credential ever stored in clear or returned."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncssh
@@ -11,10 +16,14 @@ import httpx
 import pytest
 from cryptography.fernet import Fernet
 
+from activities.providers.registry import PROVIDERS
 from core.models import BareMetalHost
+from core.settings import Settings
 from tests.api.conftest import Tenant
 
 BASE = "/api/v1/providers"
+REPO = Path(__file__).resolve().parents[2]
+CLOUD_SDKS = ("boto3", "botocore", "scaleway", "scaleway_core", "asyncssh")
 
 
 async def test_members_are_refused(client: httpx.AsyncClient, alice: Tenant) -> None:
@@ -23,6 +32,7 @@ async def test_members_are_refused(client: httpx.AsyncClient, alice: Tenant) -> 
     created = await client.post(BASE, json={"name": "x", "kind": "aws"}, headers=alice.headers)
     assert created.status_code == 403
     assert (await client.get(f"{BASE}/bare-metal-hosts", headers=alice.headers)).status_code == 403
+    assert (await client.get(f"{BASE}/kinds", headers=alice.headers)).status_code == 403
 
 
 async def test_provider_crud_refuses_credentials(client: httpx.AsyncClient, admin: Tenant) -> None:
@@ -37,6 +47,7 @@ async def test_provider_crud_refuses_credentials(client: httpx.AsyncClient, admi
     assert secret not in refused.text
     bad_kind = await client.post(BASE, json={"name": "x", "kind": "gcp"}, headers=admin.headers)
     assert bad_kind.status_code == 422
+    assert "unknown provider kind 'gcp'; known: local, scaleway, aws, ssh" in bad_kind.text
 
     created = await client.post(
         BASE, json={"name": "aws-eu", "kind": "aws", "config": {"region": "eu-west-3"}},
@@ -158,3 +169,118 @@ async def test_bare_metal_host_keys_never_in_clear(
     assert patched.status_code == 200 and patched.json()["enabled"] is False
     freed = await client.delete(f"{url}/{by_path.json()['id']}", headers=admin.headers)
     assert freed.status_code == 204
+
+
+async def test_kinds_say_which_providers_can_run_and_why_not(
+    client: httpx.AsyncClient, admin: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("INVENTIV_AWS_ACCESS_KEY_ID", raising=False)
+    monkeypatch.setenv("INVENTIV_SCALEWAY_ACCESS_KEY", "SCWXXXXXXXXXXXXXXXXX")
+    monkeypatch.setenv("INVENTIV_SCALEWAY_SECRET_KEY", str(uuid.uuid4()))
+    monkeypatch.setenv("INVENTIV_SCALEWAY_PROJECT_ID", str(uuid.uuid4()))
+    listed = await client.get(f"{BASE}/kinds", headers=admin.headers)
+    assert listed.status_code == 200
+    kinds = {k["kind"]: k for k in listed.json()}
+    assert list(kinds) == list(PROVIDERS)  # the registry's order
+    assert kinds["local"] == {
+        "kind": "local", "title": "Local", "enabled": True, "reason": None,
+        "capabilities": ["volumes"],
+    }  # fmt: skip
+    assert kinds["scaleway"]["enabled"] is True
+    assert kinds["scaleway"]["capabilities"] == ["volumes", "public_ips"]
+    assert kinds["aws"]["enabled"] is False
+    assert kinds["aws"]["reason"] == "INVENTIV_AWS_ACCESS_KEY_ID or _SECRET_ACCESS_KEY unset"
+    assert kinds["ssh"]["capabilities"] == ["host_pool"]
+    assert os.environ["INVENTIV_SCALEWAY_SECRET_KEY"] not in listed.text
+
+
+def test_the_api_imports_no_cloud_sdk() -> None:
+    """Importing the API loads none of the SDKs: they are the worker's, through the registry."""
+    probe = f"import sys, api.app; print([m for m in {CLOUD_SDKS!r} if m in sys.modules])"
+    run = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
+
+
+# The API in a process where the SDKs cannot be imported (a sys.meta_path blocker): it starts,
+# lists the kinds with the reason each is off, syncs a catalogue, and refuses only what needs one.
+_API_WITHOUT_SDKS = """
+import asyncio, json, sys
+
+class NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in SDKS:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+SDKS, settings_json, token, pem = json.loads(sys.argv[1])
+sys.meta_path.insert(0, NotInstalled())
+
+import httpx
+from api.app import create_app
+from core.settings import Settings
+
+async def main():
+    app = create_app(Settings(**settings_json))
+    headers = {"Authorization": f"Bearer {token}"}
+    out = {}
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+            out["kinds"] = (await client.get("/api/v1/providers/kinds", headers=headers)).json()
+            made = await client.post(
+                "/api/v1/providers", json={"name": "aws-no-sdk", "kind": "aws"}, headers=headers
+            )
+            synced = await client.post(
+                f"/api/v1/providers/{made.json()['id']}/instance-types/sync", headers=headers
+            )
+            out["synced"] = [synced.status_code, sorted(t["name"] for t in synced.json())]
+            host = await client.post(
+                "/api/v1/providers/bare-metal-hosts", headers=headers,
+                json={"name": "no-sdk", "address": "10.0.0.9", "user": "u", "private_key": pem},
+            )
+            out["host"] = [host.status_code, host.json()["detail"]]
+    out["loaded"] = [m for m in SDKS if m in sys.modules]
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+async def test_the_api_serves_without_the_sdks(admin: Tenant, settings: Settings) -> None:
+    pem = asyncssh.generate_private_key("ssh-ed25519").export_private_key().decode()
+    own = {
+        "data_dir": str(settings.data_dir),
+        "database_url": settings.database_url,
+        "redis_url": settings.redis_url,
+        "temporal_address": settings.temporal_address,
+        "task_queue": settings.task_queue,
+        "secret_key": settings.secret_key,
+    }
+    env = {
+        **os.environ,
+        "INVENTIV_AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
+        "INVENTIV_AWS_SECRET_ACCESS_KEY": "aws-secret-" + uuid.uuid4().hex,
+        "INVENTIV_SSH_KEY_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+    }
+    token = admin.headers["Authorization"].removeprefix("Bearer ")
+    run = subprocess.run(
+        [sys.executable, "-c", _API_WITHOUT_SDKS, json.dumps([CLOUD_SDKS, own, token, pem])],
+        cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    kinds = {k["kind"]: k for k in out["kinds"]}
+    assert kinds["local"]["enabled"] is True
+    assert kinds["aws"] == {
+        "kind": "aws", "title": "AWS", "enabled": False,
+        "reason": "its SDK (boto3) is not installed", "capabilities": ["volumes", "public_ips"],
+    }  # fmt: skip
+    assert kinds["scaleway"]["reason"] == "its SDK (scaleway) is not installed"
+    assert kinds["ssh"]["reason"] == "its SDK (asyncssh) is not installed"
+    assert out["synced"] == [200, sorted(o.name for o in PROVIDERS["aws"].offers())]
+    assert out["host"] == [503, "the bare-metal provider is off: asyncssh is not installed"]
+    assert out["loaded"] == []
+    assert env["INVENTIV_AWS_SECRET_ACCESS_KEY"] not in run.stdout + run.stderr

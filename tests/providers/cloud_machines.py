@@ -27,7 +27,7 @@ import psutil
 from mypy_boto3_ec2 import EC2Client
 
 from activities.providers.base import INSTANCE_TAG
-from activities.providers.local import machine_pids
+from activities.providers.local.adapter import machine_pids
 
 MACHINE_PATHS = ("/etc/inventiv", "/opt/inventiv")
 

@@ -18,7 +18,8 @@ import pytest
 from moto.server import ThreadedMotoServer
 from mypy_boto3_ec2 import EC2Client
 
-from activities.providers.settings import AWSSettings, ScalewaySettings
+from activities.providers.aws.settings import AWSSettings
+from activities.providers.scaleway.settings import ScalewaySettings
 from core.embedded import free_port
 from tests.providers.fake_scaleway import FakeScaleway, serve
 

@@ -9,7 +9,8 @@ import uuid
 import pytest
 from mypy_boto3_ec2 import EC2Client
 
-from activities.providers.aws import AWSCompute, map_client_error
+from activities.providers.aws.adapter import AWSCompute, map_client_error
+from activities.providers.aws.settings import AWSSettings
 from activities.providers.base import (
     INSTANCE_TAG,
     CreateRequest,
@@ -18,7 +19,7 @@ from activities.providers.base import (
     TransientProviderError,
     VolumeSpec,
 )
-from activities.providers.settings import AWSSettings
+from tests.providers.teardown import delete_until_gone
 
 
 def _request(**kwargs: object) -> CreateRequest:
@@ -94,7 +95,7 @@ async def test_tags_volumes_and_user_data(
     assert "tok-secret" not in caplog.text and "testing-secret" not in caplog.text
     assert user_data not in caplog.text  # not even base64-encoded
 
-    await compute.delete(created.resource_id)
+    await delete_until_gone(compute, created.resource_id)
     remaining = ec2.describe_volumes(VolumeIds=[volumes[20].volume_id])["Volumes"]
     assert remaining[0]["State"] == "available"  # the persistent volume survives termination
     gone = [volumes[100].volume_id, volumes[50].volume_id]
@@ -120,7 +121,7 @@ async def test_elastic_ip_attached_and_released(aws_settings: AWSSettings, ec2: 
     assert addresses[0]["InstanceId"] == created.resource_id
     assert again.ip_address == addresses[0]["PublicIp"]
 
-    await compute.delete(created.resource_id)
+    await delete_until_gone(compute, created.resource_id)
     assert await compute.release_ips(created.resource_id, request.instance_id) == [
         addresses[0]["PublicIp"]
     ]

@@ -12,9 +12,8 @@ from typing import Any
 import openai
 from mypy_boto3_ec2 import EC2Client
 
-from activities.launch import create_instance
-from activities.providers.aws import AWSCompute
-from activities.providers.settings import AWSSettings
+from activities.providers.aws.adapter import AWSCompute
+from activities.providers.aws.settings import AWSSettings
 from api.app import create_app
 from core.models import InstanceState
 from core.settings import Settings
@@ -24,6 +23,7 @@ from tests.factories import seed
 from tests.gateway.engine import RunningServer
 from tests.providers.cloud_machines import CloudInitEmulator
 from tests.workflows.helpers import history, running_worker, wait_state
+from workflows.client import create_instance, terminate_instance
 
 S = InstanceState
 
@@ -83,7 +83,7 @@ async def test_aws_instance_boots_serves_and_terminates(
             else:
                 raise AssertionError("no heartbeat reached the API")
 
-            await temporal_client.get_workflow_handle(instance.workflow_id).signal("terminate")
+            await terminate_instance(temporal_client, instance.workflow_id)
             await wait_state(sessionmaker, instance.id, S.terminated, timeout=120)
             assert machines.booted == {}, "the machine's processes are gone"
     finally:

@@ -13,10 +13,10 @@ import pytest
 from mypy_boto3_ec2 import EC2Client
 from sqlmodel import select
 
-from activities.launch import create_instance
-from activities.providers.aws import AWSCompute
-from activities.providers.settings import AWSSettings, SSHSettings
-from activities.providers.ssh import SSHCompute
+from activities.providers.aws.adapter import AWSCompute
+from activities.providers.aws.settings import AWSSettings
+from activities.providers.ssh.adapter import SSHCompute
+from activities.providers.ssh.settings import SSHSettings
 from core.embedded import free_port
 from core.models import BareMetalHost, InstanceState, InstanceVolume
 from core.settings import Settings
@@ -24,6 +24,7 @@ from core.states import is_legal_path
 from tests.factories import seed
 from tests.providers.conftest import SSHHost
 from tests.workflows.helpers import history, running_worker, wait_state
+from workflows.client import create_instance, terminate_instance
 
 S = InstanceState
 
@@ -61,9 +62,7 @@ async def test_ssh_instance_ready_then_terminated(
                 )
             assert answer.status_code == 200
 
-            await temporal_client.get_workflow_handle(instance.workflow_id).signal(
-                "terminate", "user_request"
-            )
+            await terminate_instance(temporal_client, instance.workflow_id)
             await wait_state(sessionmaker, instance.id, S.terminated, timeout=90)
         async with sessionmaker() as session:
             fresh = await session.get(BareMetalHost, host.id)

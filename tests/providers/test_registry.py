@@ -1,16 +1,25 @@
-"""The registry turns an adapter on only with its credentials, and never logs them."""
+"""The registry: an adapter is on only with its SDK and credentials, the reason it is off is logged
+(never a credential), and each entry matches the adapter it names."""
 
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
-from activities.providers.registry import build_providers
-from activities.providers.settings import AWSSettings, ScalewaySettings, SSHSettings
+from activities.providers.aws.settings import AWSSettings
+from activities.providers.base import Compute, capabilities_of
+from activities.providers.registry import PROVIDERS, build_providers, check_kind
+from activities.providers.scaleway.settings import ScalewaySettings
+from activities.providers.ssh.settings import SSHSettings
 from core.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_only_configured_providers_are_enabled(
@@ -20,27 +29,32 @@ def test_only_configured_providers_are_enabled(
     secret_scw, secret_aws = str(uuid.uuid4()), "aws-secret-" + uuid.uuid4().hex
     with caplog.at_level(logging.INFO, logger="activities.providers.registry"):
         bare = build_providers(
-            settings, scaleway=ScalewaySettings(), aws=AWSSettings(), ssh=SSHSettings()
+            settings,
+            {"scaleway": ScalewaySettings(), "aws": AWSSettings(), "ssh": SSHSettings()},
         )
         full = build_providers(
             settings,
-            scaleway=ScalewaySettings(
-                access_key="SCWXXXXXXXXXXXXXXXXX",
-                secret_key=secret_scw,
-                project_id=str(uuid.uuid4()),
-            ),
-            aws=AWSSettings(access_key_id="AKIAEXAMPLE", secret_access_key=secret_aws),
-            ssh=SSHSettings(enabled=True),
+            {
+                "scaleway": ScalewaySettings(
+                    access_key="SCWXXXXXXXXXXXXXXXXX",
+                    secret_key=secret_scw,
+                    project_id=str(uuid.uuid4()),
+                ),
+                "aws": AWSSettings(access_key_id="AKIAEXAMPLE", secret_access_key=secret_aws),
+                "ssh": SSHSettings(enabled=True),
+            },
         )
         broken = build_providers(
             settings,
-            scaleway=ScalewaySettings(
-                access_key="SCWXXXXXXXXXXXXXXXXX",
-                secret_key="not-a-uuid-" + secret_aws,
-                project_id=str(uuid.uuid4()),
-            ),
-            aws=AWSSettings(),
-            ssh=SSHSettings(),
+            {
+                "scaleway": ScalewaySettings(
+                    access_key="SCWXXXXXXXXXXXXXXXXX",
+                    secret_key="not-a-uuid-" + secret_aws,
+                    project_id=str(uuid.uuid4()),
+                ),
+                "aws": AWSSettings(),
+                "ssh": SSHSettings(),
+            },
         )
     assert sorted(bare) == ["local"]
     assert sorted(full) == ["aws", "local", "scaleway", "ssh"]
@@ -51,4 +65,69 @@ def test_only_configured_providers_are_enabled(
         in caplog.text
     )
     assert "provider scaleway disabled: malformed Scaleway settings" in caplog.text
+    assert "provider ssh disabled: INVENTIV_SSH_ENABLED is not true" in caplog.text
     assert secret_scw not in caplog.text and secret_aws not in caplog.text
+    for adapters in (bare, full):
+        for adapter in adapters.values():
+            assert adapter.kind in PROVIDERS
+
+
+@pytest.mark.parametrize("kind", list(PROVIDERS))
+def test_each_entry_matches_its_adapter(kind: str) -> None:
+    """The factory names a `Compute` of that kind whose mixins are the declared capabilities, and
+    the static catalogue the API serves is the adapter's own."""
+    spec = PROVIDERS[kind]
+    adapter = spec.adapter_class()
+    assert issubclass(adapter, Compute) and adapter.kind == kind
+    assert capabilities_of(adapter) == frozenset(spec.capabilities)
+    assert spec.offers(), "a provider offers at least one instance type"
+    assert spec.settings.model_config.get("env_prefix", "").startswith("INVENTIV_")
+
+
+def test_unknown_kinds_are_refused() -> None:
+    assert check_kind("aws") == "aws"
+    with pytest.raises(ValueError, match="unknown provider kind 'gcp'; known: local, scaleway"):
+        check_kind("gcp")
+
+
+# A blocker on sys.meta_path: these SDKs cannot be imported, as if they were not installed.
+_BLOCK_SDKS = """
+import sys
+
+class NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {blocked!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        return None
+
+sys.meta_path.insert(0, NotInstalled())
+"""
+
+_BUILD = """
+import logging, sys
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+from activities.providers.registry import PROVIDERS, build_providers
+from core.settings import Settings
+print("built:", ",".join(sorted(build_providers(Settings(database_url="postgresql://u@h/db")))))
+print("aws catalogue:", len(PROVIDERS["aws"].offers()))
+"""
+
+
+def test_a_missing_sdk_turns_its_provider_off_with_a_reason(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "INVENTIV_DATA_DIR": str(tmp_path),
+        "INVENTIV_AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
+        "INVENTIV_AWS_SECRET_ACCESS_KEY": "aws-secret-" + uuid.uuid4().hex,
+        "INVENTIV_SSH_ENABLED": "true",
+    }
+    script = _BLOCK_SDKS.format(blocked={"boto3", "botocore", "asyncssh"}) + _BUILD
+    run = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert "provider aws disabled: its SDK (boto3) is not installed" in run.stdout
+    assert "provider ssh disabled: its SDK (asyncssh) is not installed" in run.stdout
+    assert "built: local\n" in run.stdout
+    assert "aws catalogue: 6" in run.stdout  # the catalogue needs no SDK
+    assert env["INVENTIV_AWS_SECRET_ACCESS_KEY"] not in run.stdout + run.stderr

@@ -14,12 +14,14 @@ from activities.providers.base import (
     CreateRequest,
     InvalidRequestError,
     NoCapacityError,
+    ResourceNotYetGoneError,
     TransientProviderError,
     VolumeSpec,
 )
-from activities.providers.scaleway import ScalewayCompute, block_device, map_scaleway_error
-from activities.providers.settings import ScalewaySettings
+from activities.providers.scaleway.adapter import ScalewayCompute, block_device, map_scaleway_error
+from activities.providers.scaleway.settings import ScalewaySettings
 from tests.providers.fake_scaleway import FakeScaleway
+from tests.providers.teardown import delete_until_gone
 
 ZONE = r"/(instance|block)/v1/zones/fr-par-2"
 ID = r"[0-9a-f-]+"
@@ -105,8 +107,13 @@ async def test_create_tracks_and_cleans_everything(
     assert running is not None and running.state == "running"
     assert running.ip_address == next(iter(fake_scaleway.ips.values()))["address"]
 
-    await compute.delete(created.resource_id)  # powers off first: a running server can't go
+    # A running server can't go: delete powers it off and says so, without waiting for it.
+    with pytest.raises(ResourceNotYetGoneError, match="powering off"):
+        await compute.delete(created.resource_id)
     assert fake_scaleway.count("POST", ZONE + f"/servers/{ID}/action") == 2
+    assert await compute.get(created.resource_id) is not None
+    await compute.delete(created.resource_id)  # stopped now: deleted
+    assert fake_scaleway.count("DELETE", ZONE + f"/servers/{ID}") == 1
     assert await compute.get(created.resource_id) is None
     await compute.delete(created.resource_id)  # idempotent
     for volume in volumes.values():
@@ -143,7 +150,7 @@ async def test_local_volume_on_a_type_with_local_storage(
         ("l_ssd", False),
         ("sbs_volume", True),
     ]
-    await compute.delete(created.resource_id)
+    await delete_until_gone(compute, created.resource_id)
     for volume in volumes:
         await compute.delete_volume(volume.volume_id)
     assert fake_scaleway.leftovers() == {

@@ -24,8 +24,9 @@ from activities.providers.base import (
     TransientProviderError,
     VolumeSpec,
 )
-from activities.providers.settings import SSHSettings
-from activities.providers.ssh import SSHCompute, encrypt_private_key
+from activities.providers.ssh.adapter import SSHCompute
+from activities.providers.ssh.keys import encrypt_private_key
+from activities.providers.ssh.settings import SSHSettings
 from core.embedded import free_port
 from core.models import BareMetalHost, Instance
 from tests.factories import seed

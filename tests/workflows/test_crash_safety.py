@@ -16,7 +16,7 @@ from pathlib import Path
 from sqlmodel import select
 
 from activities.launch import create_instance
-from activities.providers.local import LocalCompute
+from activities.providers.local.adapter import LocalCompute
 from core.models import Instance, InstanceState, InstanceVolume
 from core.settings import Settings
 from core.states import is_legal_path

@@ -13,7 +13,8 @@ import redis.asyncio as aioredis
 from sqlmodel import col, select
 
 from activities.providers.base import CreateRequest
-from activities.providers.local import LocalCompute, LocalFaults
+from activities.providers.local.adapter import LocalCompute
+from activities.providers.local.settings import LocalFaults
 from core.models import Instance, InstanceState, InstanceVolume
 from core.redis_keys import ROUTING_REGISTRY
 from core.settings import Settings

@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 from sqlmodel import select
 
 from activities.launch import create_instance
-from activities.providers.local import LocalCompute
+from activities.providers.local.adapter import LocalCompute
 from core.models import InstanceState, InstanceVolume
 from core.progress import progress_percent
 from core.redis_keys import ROUTING_REGISTRY

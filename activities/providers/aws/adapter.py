@@ -3,7 +3,9 @@
 Every instance, EBS volume and Elastic IP carries `inventiv-instance-id` and `inventiv-managed`
 tags; `RunInstances` also gets the instance id as `ClientToken`, so EC2 itself dedupes a retried
 create, and a lookup by tag finds what a crashed first try made. Volumes get `DeleteOnTermination`
-as each `VolumeSpec` asks. boto3 is blocking: every call runs through `asyncio.to_thread`.
+as each `VolumeSpec` asks. `delete` asks EC2 to terminate and returns: termination takes a minute
+or more, and whoever needs it finished polls `get`. boto3 is blocking: every call runs through
+`asyncio.to_thread`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, WaiterError
 
+from activities.providers.aws.catalogue import AWS_OFFERS, MACHINE_IMAGES, offers
+from activities.providers.aws.settings import AWSSettings
 from activities.providers.base import (
     AGENT_PORT,
     ENGINE_PORT,
@@ -32,20 +36,11 @@ from activities.providers.base import (
     ProviderVolume,
     PublicIPMixin,
     TransientProviderError,
+    VolumesMixin,
 )
 from activities.providers.cloud_init import render_user_data
 from activities.providers.flavors import agent_environment, get_flavor
-from activities.providers.settings import AWSSettings
 
-# On-demand list prices (us-east-1, USD/hour); editable per provider through the API.
-AWS_OFFERS: tuple[InstanceOffer, ...] = (
-    InstanceOffer("t3.medium", None, 0, 0, 2, 4, 0.0416, "USD"),
-    InstanceOffer("g6.xlarge", "L4", 1, 24, 4, 16, 0.8048, "USD"),
-    InstanceOffer("g5.xlarge", "A10G", 1, 24, 4, 16, 1.006, "USD"),
-    InstanceOffer("g6e.xlarge", "L40S", 1, 48, 4, 32, 1.861, "USD"),
-    InstanceOffer("p4d.24xlarge", "A100", 8, 40, 96, 1152, 21.96, "USD"),
-    InstanceOffer("p5.48xlarge", "H100", 8, 80, 192, 2048, 55.04, "USD"),
-)
 # Types with Elastic Fabric Adapter: NCCL goes over libfabric's EFA provider.
 EFA_TYPES = frozenset({"p4d.24xlarge", "p5.48xlarge"})
 EFA_ENV = {"FI_PROVIDER": "efa", "FI_EFA_USE_DEVICE_RDMA": "1", "NCCL_NET": "ofi"}
@@ -127,7 +122,7 @@ _STATES = {
 _LIVE_STATES = ["pending", "running", "stopping", "stopped"]
 
 
-class AWSCompute(Compute, PublicIPMixin):
+class AWSCompute(VolumesMixin, PublicIPMixin, Compute):
     kind = "aws"
 
     def __init__(self, settings: AWSSettings) -> None:
@@ -206,10 +201,7 @@ class AWSCompute(Compute, PublicIPMixin):
     # ------------------------------------------------------------------ catalogue
 
     def catalogue(self) -> list[InstanceOffer]:
-        return [
-            InstanceOffer(**{**offer.__dict__, "zones": [self.settings.region]})
-            for offer in AWS_OFFERS
-        ]
+        return offers(self.settings)
 
     async def _image(self, flavor_name: str) -> dict[str, Any]:
         flavor = get_flavor(flavor_name)
@@ -217,7 +209,7 @@ class AWSCompute(Compute, PublicIPMixin):
         if ami:
             images = (await self._call("describe_images", ImageIds=[ami]))["Images"]
         else:
-            owner, _, pattern = flavor.machine_image(self.kind).partition(":")
+            owner, _, pattern = flavor.machine_image(MACHINE_IMAGES, self.kind).partition(":")
             images = (
                 await self._call(
                     "describe_images",
@@ -369,9 +361,7 @@ class AWSCompute(Compute, PublicIPMixin):
         return self._to_instance(found[0])
 
     async def delete(self, resource_id: str) -> None:
-        result = await self._call_or_none("terminate_instances", InstanceIds=[resource_id])
-        if result is not None:
-            await self._wait("instance_terminated", InstanceIds=[resource_id])
+        await self._call_or_none("terminate_instances", InstanceIds=[resource_id])
 
     async def list_tagged(self) -> list[ProviderInstance]:
         found = await self._instances(

@@ -24,8 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from activities.providers.base import (
     Compute,
@@ -36,30 +34,12 @@ from activities.providers.base import (
     ProviderInstance,
     ProviderVolume,
     TransientProviderError,
+    VolumesMixin,
 )
+from activities.providers.local.catalogue import LOCAL_INSTANCE_TYPE, offers
+from activities.providers.local.settings import LocalFaults
 from core.embedded import free_port
 from core.settings import Settings
-
-LOCAL_INSTANCE_TYPE = "local-sim-1"
-
-
-class LocalFaults(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="INVENTIV_LOCAL_", extra="ignore")
-
-    fail_create: str | None = Field(
-        default=None, description="Make create fail: 'transient', 'capacity' or 'invalid'"
-    )
-    no_ip: bool = Field(default=False, description="Machines never get an IP address")
-    engine_never_ready: bool = Field(
-        default=False, description="The engine starts but never serves the model"
-    )
-    delete_failures: int = Field(
-        default=0, description="Each machine/volume delete fails this many times first"
-    )
-    vanish_after_s: float | None = Field(
-        default=None, description="Machines disappear (process and record) after this many seconds"
-    )
-    boot_volume_gb: float = Field(default=20, description="Size recorded for each boot volume")
 
 
 def machine_pids(instance_id: str) -> list[int]:
@@ -78,7 +58,7 @@ def machine_pids(instance_id: str) -> list[int]:
     return pids
 
 
-class LocalCompute(Compute):
+class LocalCompute(VolumesMixin, Compute):
     kind = "local"
 
     def __init__(self, settings: Settings, faults: LocalFaults | None = None) -> None:
@@ -88,6 +68,10 @@ class LocalCompute(Compute):
         self.machines = self.root / "machines"
         self.volumes = self.root / "volumes"
         self._lock = asyncio.Lock()
+
+    @classmethod
+    def from_settings(cls, provider_settings: Any, settings: Settings) -> LocalCompute:
+        return cls(settings, provider_settings)
 
     # ------------------------------------------------------------ records
 
@@ -329,18 +313,7 @@ class LocalCompute(Compute):
             await asyncio.to_thread(shutil.rmtree, folder, True)
 
     def catalogue(self) -> list[InstanceOffer]:
-        return [
-            InstanceOffer(
-                name=LOCAL_INSTANCE_TYPE,
-                gpu_model="sim",
-                gpu_count=1,
-                gpu_memory_gb=80,
-                vcpus=1,
-                ram_gb=1,
-                price_per_hour=0.10,
-                zones=["local"],
-            )
-        ]
+        return offers(self.faults)
 
     # ------------------------------------------------------------ dev supervisor helpers
 

@@ -7,9 +7,10 @@ Resource ids are `<zone>/<server id>`, volume ids `<zone>/<volume id>`.
 Boot volumes are Block Storage (`sbs_volume`), which every GPU type accepts; the boot volume
 Scaleway creates from the image is discovered after create and tagged. Types without local
 storage (L4, L40S, H100, PRO2) refuse local (`l_ssd`) volumes with a clear error. The first
-block data volume is mounted as the agent's model cache. Deleting a server powers it off first
-(Scaleway refuses to delete a running server) and leaves volumes and flexible IPs to
-`delete_volume` and `release_ips`, as the lifecycle workflow deletes them one by one.
+block data volume is mounted as the agent's model cache. Scaleway refuses to delete a running
+server: `delete` powers it off and raises `ResourceNotYetGoneError` until it is stopped (the
+caller retries), then deletes it; volumes and flexible IPs are left to `delete_volume` and
+`release_ips`, as the lifecycle workflow deletes them one by one.
 The SDK is blocking: every call runs through `asyncio.to_thread`.
 """
 
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -43,25 +43,19 @@ from activities.providers.base import (
     ProviderInstance,
     ProviderVolume,
     PublicIPMixin,
+    ResourceNotYetGoneError,
     TransientProviderError,
+    VolumesMixin,
     VolumeSpec,
 )
 from activities.providers.cloud_init import render_user_data
 from activities.providers.flavors import agent_environment, get_flavor
-from activities.providers.settings import ScalewaySettings
+from activities.providers.scaleway.catalogue import MACHINE_IMAGES, SCALEWAY_OFFERS, offers
+from activities.providers.scaleway.settings import ScalewaySettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# List prices (EUR/hour); editable per provider through the API.
-SCALEWAY_OFFERS: tuple[InstanceOffer, ...] = (
-    InstanceOffer("PRO2-XXS", None, 0, 0, 2, 8, 0.055, "EUR", ["fr-par-1", "fr-par-2", "nl-ams-1"]),
-    InstanceOffer("GPU-3070-S", "RTX-3070", 1, 8, 8, 16, 0.98, "EUR", ["fr-par-2"]),
-    InstanceOffer("L4-1-24G", "L4", 1, 24, 8, 48, 0.75, "EUR", ["fr-par-2"]),
-    InstanceOffer("L40S-1-48G", "L40S", 1, 48, 8, 96, 1.40, "EUR", ["fr-par-2"]),
-    InstanceOffer("H100-1-80G", "H100", 1, 80, 24, 240, 2.73, "EUR", ["fr-par-2"]),
-    InstanceOffer("H100-2-80G", "H100", 2, 80, 48, 480, 5.46, "EUR", ["fr-par-2"]),
-)
 # Only these types have local NVMe (`l_ssd`); every other type boots from Block Storage.
 LOCAL_STORAGE_TYPES = frozenset({"GPU-3070-S"})
 LOCAL_VOLUME_TYPES = frozenset({"local", "l_ssd"})
@@ -106,7 +100,7 @@ def block_device(volume_id: str) -> str:
     return f"/dev/disk/by-id/scsi-0SCW_sbs_volume-{volume_id}"
 
 
-class ScalewayCompute(Compute, PublicIPMixin):
+class ScalewayCompute(VolumesMixin, PublicIPMixin, Compute):
     kind = "scaleway"
 
     def __init__(self, settings: ScalewaySettings) -> None:
@@ -174,7 +168,7 @@ class ScalewayCompute(Compute, PublicIPMixin):
     # ------------------------------------------------------------------ catalogue
 
     def catalogue(self) -> list[InstanceOffer]:
-        return list(SCALEWAY_OFFERS)
+        return offers(self.settings)
 
     @staticmethod
     def _offer(instance_type: str) -> InstanceOffer:
@@ -268,7 +262,7 @@ class ScalewayCompute(Compute, PublicIPMixin):
                     zone=zone,
                     commercial_type=offer.name,
                     name=f"inventiv-{request.instance_id}",
-                    image=flavor.machine_image(self.kind),
+                    image=flavor.machine_image(MACHINE_IMAGES, self.kind),
                     volumes=templates,
                     tags=tags,
                     project=self.settings.project_id,
@@ -398,8 +392,7 @@ class ScalewayCompute(Compute, PublicIPMixin):
         server = await self._server(resource_id)
         if server is None:
             return
-        deadline = time.monotonic() + self.settings.state_timeout_s
-        while server.state not in ("stopped", "stopped in place"):
+        if server.state not in ("stopped", "stopped in place"):
             if server.state == "running":
                 await self._call(
                     self._instance.server_action,
@@ -407,15 +400,10 @@ class ScalewayCompute(Compute, PublicIPMixin):
                     server_id=server.id,
                     action="poweroff",  # type: ignore[arg-type]
                 )
-            if time.monotonic() > deadline:
-                raise TransientProviderError(
-                    f"Scaleway server {resource_id} still {server.state} after "
-                    f"{self.settings.state_timeout_s:.0f}s"
-                )
-            await asyncio.sleep(self.settings.poll_interval_s)
-            server = await self._server(resource_id)
-            if server is None:
-                return
+            raise ResourceNotYetGoneError(
+                f"Scaleway server {resource_id} is powering off ({server.state}): "
+                "it can be deleted once stopped"
+            )
         await self._call_or_none(
             self._instance.delete_server, zone=server.zone, server_id=server.id
         )

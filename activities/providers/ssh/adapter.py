@@ -20,6 +20,7 @@ import sys
 import tempfile
 import uuid
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 from cryptography.fernet import Fernet, InvalidToken
@@ -30,12 +31,12 @@ from sqlmodel import col, select
 from activities.providers.base import (
     Compute,
     CreateRequest,
+    HostPoolMixin,
     InstanceOffer,
     InvalidRequestError,
     NoCapacityError,
     ProviderError,
     ProviderInstance,
-    ProviderVolume,
     ProvisioningError,
     TransientProviderError,
 )
@@ -47,28 +48,15 @@ from activities.providers.cloud_init import (
     read_bootstrap,
 )
 from activities.providers.flavors import agent_environment, get_flavor
-from activities.providers.settings import SSHSettings
+from activities.providers.ssh.catalogue import offers
+from activities.providers.ssh.settings import SSHSettings
 from core.db import make_engine, make_sessionmaker
 from core.models import BareMetalHost, Instance
+from core.settings import Settings
 
 REPO_ROOT = BOOTSTRAP_PATH.parents[1]
-BARE_METAL_TYPE = "bare-metal"
 # bootstrap.sh exit statuses
 _CHECKSUM_MISMATCH = 3
-
-
-def encrypt_private_key(private_key: str, settings: SSHSettings) -> str:
-    """A `private_key_ref` for a key given through the API: Fernet-encrypted, never clear."""
-    if settings.key_encryption_key is None:
-        raise InvalidRequestError(
-            "set INVENTIV_SSH_KEY_ENCRYPTION_KEY to register keys; or give a key path instead"
-        )
-    try:
-        asyncssh.import_private_key(private_key)
-    except (asyncssh.KeyImportError, ValueError):
-        raise InvalidRequestError("the private key is not a valid unencrypted SSH key") from None
-    fernet = Fernet(settings.key_encryption_key.get_secret_value().encode())
-    return "fernet:" + fernet.encrypt(private_key.encode()).decode()
 
 
 def load_private_key(ref: str, settings: SSHSettings) -> asyncssh.SSHKey:
@@ -95,7 +83,7 @@ def _known_hosts(host: BareMetalHost, settings: SSHSettings) -> asyncssh.SSHKnow
     )
 
 
-class SSHCompute(Compute):
+class SSHCompute(HostPoolMixin, Compute):
     kind = "ssh"
 
     def __init__(self, settings: SSHSettings, database_url: str) -> None:
@@ -104,10 +92,12 @@ class SSHCompute(Compute):
         self._sessions = make_sessionmaker(self._engine)
         self._bundle: Path | None = None
 
+    @classmethod
+    def from_settings(cls, provider_settings: Any, settings: Settings) -> SSHCompute:
+        return cls(provider_settings, settings.require("database_url"))
+
     def catalogue(self) -> list[InstanceOffer]:
-        return [
-            InstanceOffer(BARE_METAL_TYPE, None, 0, 0, 0, 0, self.settings.price_per_hour, "EUR")
-        ]
+        return offers(self.settings)
 
     # ------------------------------------------------------------------ claiming
 
@@ -364,13 +354,6 @@ class SSHCompute(Compute):
                 )
             ).all()
         return [self._to_instance(h, str(h.claimed_by)) for h in hosts]
-
-    async def list_volumes(self, resource_id: str) -> list[ProviderVolume]:
-        """A host's disks are its own: nothing to track or delete."""
-        return []
-
-    async def delete_volume(self, volume_id: str) -> None:
-        """Bare metal has no provider volumes."""
 
     async def close(self) -> None:
         await self._engine.dispose()

@@ -1,0 +1,55 @@
+"""AWS provider settings (INVENTIV_AWS_*).
+
+Credentials come only from the environment (or a `.env` the operator controls) and are `SecretStr`:
+their repr is masked, so they never reach a log line or an API response. No SDK is imported here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from activities.providers.base import ProviderSettings
+
+if TYPE_CHECKING:
+    from core.settings import Settings
+
+
+class AWSSettings(ProviderSettings):
+    model_config = SettingsConfigDict(env_prefix="INVENTIV_AWS_", extra="ignore")
+
+    access_key_id: SecretStr | None = Field(default=None, description="IAM access key id")
+    secret_access_key: SecretStr | None = Field(default=None, description="IAM secret access key")
+    session_token: SecretStr | None = Field(default=None, description="STS session token")
+    region: str = Field(default="us-east-1", description="EC2 region")
+    endpoint_url: str | None = Field(
+        default=None, description="EC2 endpoint override (a stand-in such as moto's server)"
+    )
+    ami_ids: dict[str, str] = Field(
+        default_factory=dict,
+        description='AMI per flavor as JSON, e.g. {"nvidia-h100": "ami-..."}; else looked up by name',
+    )
+    subnet_id: str | None = Field(default=None, description="Subnet for instances")
+    security_group_ids: list[str] = Field(default_factory=list, description="Security groups")
+    key_name: str | None = Field(default=None, description="EC2 key pair for operator SSH access")
+    iam_instance_profile: str | None = Field(
+        default=None, description="Instance profile name (e.g. S3 read for the model cache)"
+    )
+    elastic_ip: bool = Field(default=False, description="Allocate and associate an Elastic IP")
+    use_private_ip: bool = Field(
+        default=False,
+        description="Reach agents at their private address (control plane inside the VPC)",
+    )
+    root_volume_gb: int = Field(default=100, description="Root EBS volume size")
+    model_s3_prefix: str = Field(
+        default="", description="s3://bucket/prefix the agent tries before the hub"
+    )
+    waiter_delay_s: int = Field(default=5, description="Seconds between waiter polls")
+    waiter_max_attempts: int = Field(default=60, description="Waiter polls before giving up")
+
+    def unconfigured(self, settings: Settings) -> str | None:
+        if self.access_key_id and self.secret_access_key:
+            return None
+        return "INVENTIV_AWS_ACCESS_KEY_ID or _SECRET_ACCESS_KEY unset"
