@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from pydantic import BaseModel
+
+
+class RoutingStrategy(StrEnum):
+    """How the gateway chooses an instance of a deployment (`Deployment.routing`, carried to the
+    gateway in `RoutableInstance`). Each member is served by one strategy class in
+    gateway/routing/strategies.py (`build_strategies`)."""
+
+    least_load = "least_load"  # fewest requests per GPU, engines' own reports included
+    sticky_header = "sticky_header"  # a session named by a header keeps its instance (bounded load)
+    sticky_user = "sticky_user"  # the same, the session named by the request's "user" field
 
 
 class RoutableInstance(BaseModel):
@@ -15,7 +27,7 @@ class RoutableInstance(BaseModel):
     engine_url: str  # OpenAI-compatible base URL of the engine, e.g. http://10.0.0.5:8000
     agent_url: str | None = None
     gpu_count: int = 1
-    session_affinity: str = "header"
+    routing: RoutingStrategy = RoutingStrategy.sticky_header
 
 
 class RegistryChange(BaseModel):

@@ -1,8 +1,14 @@
-"""OpenAI-format error bodies: {"error": {"message", "type", "param", "code"}}."""
+"""OpenAI-format error bodies ({"error": {"message", "type", "param", "code"}}) and the
+rate-limited warning of an outage seen on the request path."""
 
 from __future__ import annotations
 
+import logging
+import time
+
 import orjson
+
+log = logging.getLogger("inventiv.gateway")
 
 
 class GatewayError(Exception):
@@ -65,3 +71,14 @@ def unavailable(message: str, retry_after_s: int) -> GatewayError:
         code="no_capacity",
         headers=[(b"retry-after", str(retry_after_s).encode())],
     )
+
+
+_last_warning: dict[str, float] = {}
+
+
+def warn_at_most_every(period_s: float, topic: str, message: str, *args: object) -> None:
+    """A per-request failure (an outage) is logged once per period, not once per request."""
+    now = time.monotonic()
+    if now - _last_warning.get(topic, -period_s) >= period_s:
+        _last_warning[topic] = now
+        log.warning(message, *args)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import asyncpg
 
 from core.tokens import token_hash
+from gateway import sql
+from gateway.errors import invalid_key, unavailable, warn_at_most_every
 
 
 @dataclass(slots=True, frozen=True)
@@ -29,13 +31,6 @@ class KeyInfo:
         return self.rpm_limit is not None or self.tpm_limit is not None
 
 
-_LOOKUP = """
-SELECT id, project_id, rpm_limit, tpm_limit FROM api_keys
-WHERE key_hash = $1 AND revoked_at IS NULL
-"""
-_TOUCH = "UPDATE api_keys SET last_used_at = now() WHERE id = ANY($1::uuid[])"
-
-
 class KeyCache:
     def __init__(self, pool: asyncpg.Pool, ttl_s: float, unknown_ttl_s: float) -> None:
         self.pool = pool
@@ -47,6 +42,27 @@ class KeyCache:
         self._used: set[str] = set()
         # Bumped by every invalidation: a lookup that raced with one is not cached.
         self._generation = 0
+
+    async def authenticate(self, headers: list[tuple[bytes, bytes]]) -> KeyInfo:
+        """The key of a request's `Authorization: Bearer` header: 401 when missing or unknown,
+        503 when it cannot be checked (database down)."""
+        secret = ""
+        for name, value in headers:
+            if name == b"authorization":
+                scheme, _, token = value.decode("latin-1").partition(" ")
+                if scheme.lower() == "bearer":
+                    secret = token.strip()
+                break
+        if not secret:
+            raise invalid_key()
+        try:
+            key = await self.lookup(secret)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            warn_at_most_every(10, "keys", "API key lookup failed: %s", exc)
+            raise unavailable("Key verification is unavailable; retry shortly.", 2) from exc
+        if key is None:
+            raise invalid_key()
+        return key
 
     async def lookup(self, secret: str) -> KeyInfo | None:
         digest = token_hash(secret)
@@ -75,7 +91,7 @@ class KeyCache:
 
     async def _load(self, digest: str) -> KeyInfo | None:
         generation = self._generation
-        row = await self.pool.fetchrow(_LOOKUP, digest)
+        row = await self.pool.fetchrow(sql.API_KEY_BY_HASH, digest)
         info = (
             None
             if row is None
@@ -107,4 +123,4 @@ class KeyCache:
             return
         ids = [uuid.UUID(i) for i in self._used]
         self._used = set()
-        await self.pool.execute(_TOUCH, ids)
+        await self.pool.execute(sql.TOUCH_API_KEYS, ids)

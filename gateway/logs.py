@@ -12,28 +12,15 @@ import collections
 import functools
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import asyncpg
 
+from gateway import sql
 from gateway.metrics import LOGS_DROPPED
 
 log = logging.getLogger("inventiv.gateway.logs")
-
-COLUMNS = (
-    "at",
-    "api_key_id",
-    "project_id",
-    "deployment_id",
-    "instance_id",
-    "model",
-    "input_tokens",
-    "output_tokens",
-    "ttft_ms",
-    "latency_ms",
-    "status_code",
-    "streamed",
-)
 
 # (epoch s, key id, project id, deployment id, instance id, model, tokens in, tokens out,
 #  ttft ms, latency ms, status, streamed)
@@ -84,7 +71,6 @@ class RequestLogWriter:
         self.buffer_max = buffer_max
         self.dropped = 0
         self.written = 0
-        self.stopping = False
 
     def add(self, row: LogRow) -> None:
         if len(self.buffer) >= self.buffer_max:
@@ -99,15 +85,18 @@ class RequestLogWriter:
             count = min(self.batch_size, len(self.buffer))
             batch = [self.buffer[i] for i in range(count)]
             await self.pool.copy_records_to_table(
-                "request_logs", records=[_record(r) for r in batch], columns=COLUMNS
+                sql.REQUEST_LOGS.table,
+                records=[_record(r) for r in batch],
+                columns=sql.REQUEST_LOGS.columns,
             )
             for _ in range(count):
                 self.buffer.popleft()
             self.written += count
 
-    async def run(self, period_s: float) -> None:
+    async def run(self, period_s: float, stopping: Callable[[], bool]) -> None:
+        """The writer's control loop (until `stopping()`; the shutdown flushes the rest)."""
         failures = 0
-        while not self.stopping:
+        while not stopping():
             await asyncio.sleep(min(period_s * 2**failures, 30.0))
             try:
                 await self.flush()

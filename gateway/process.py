@@ -22,7 +22,7 @@ import uvicorn
 import uvloop
 
 from core.settings import Settings
-from gateway.server import LeanServer
+from gateway.protocols.http_server import LeanServer
 from gateway.settings import GatewaySettings
 
 if TYPE_CHECKING:

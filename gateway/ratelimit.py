@@ -31,7 +31,7 @@ from typing import cast
 import redis.asyncio as aioredis
 
 from core.redis_keys import rate_limit_key
-from gateway.resp import PipelinedRedis
+from gateway.protocols.resp import PipelinedRedis
 
 WINDOW_S = 60
 LEASE_S = 0.25  # how long leased request slots stay with this replica

@@ -33,7 +33,7 @@ class GatewaySettings(BaseSettings):
         "exceeds this factor times the average",
     )
     session_header: str = Field(
-        default="x-session-id", description="Header naming a session (affinity 'header')"
+        default="x-session-id", description="Header naming a session (routing 'sticky_header')"
     )
     load_stale_s: float = Field(
         default=5.0, description="Engine load reports older than this are ignored"

@@ -7,10 +7,10 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, status
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, model_validator
 from sqlmodel import col, func, select
 
 from activities.launch import create_instance, ensure_autoscaler
@@ -24,6 +24,7 @@ from api.validation import JsonObject, Name, PartialUpdate
 from core.events import publish_event
 from core.models import Deployment, Instance, InstanceType, Provider, utcnow
 from core.states import LIVE_STATES
+from core.wire import RoutingStrategy
 
 router = APIRouter(prefix="/deployments", tags=["deployments"], responses=ERRORS)
 
@@ -46,10 +47,22 @@ def _engine_args(value: dict[str, Any]) -> dict[str, Any]:
 
 EngineArgs = Annotated[JsonObject, AfterValidator(_engine_args)]
 ModelName = Annotated[str, Field(min_length=1, max_length=255, pattern=_MODEL)]
-Affinity = Literal["none", "header", "user"]
 
 
-class DeploymentBase(BaseModel):
+class _RoutingField(BaseModel):
+    @model_validator(mode="before")
+    @classmethod
+    def _session_affinity_is_gone(cls, data: Any) -> Any:
+        # Replaced by `routing` (migration 0004): refuse it rather than silently ignore it.
+        if isinstance(data, dict) and "session_affinity" in data:
+            raise ValueError(
+                "session_affinity was replaced by routing: 'none' is now 'least_load', "
+                "'header' 'sticky_header', 'user' 'sticky_user'"
+            )
+        return data
+
+
+class DeploymentBase(_RoutingField):
     name: Name
     model: ModelName = Field(description="model to load, e.g. a Hugging Face id")
     served_name: ModelName | None = Field(
@@ -71,14 +84,18 @@ class DeploymentBase(BaseModel):
         description='engine flags without dashes, e.g. {"max-model-len": 8192}',
     )
     boot_timeout_s: float | None = Field(default=None, gt=0, le=86400)
-    session_affinity: Affinity = "header"
+    routing: RoutingStrategy = Field(
+        default=RoutingStrategy.sticky_header,
+        description="how the gateway picks an instance: least_load, or sticky by session "
+        "(sticky_header: the session header; sticky_user: the request's user field)",
+    )
 
 
 class DeploymentCreate(DeploymentBase):
     project_id: uuid.UUID
 
 
-class DeploymentUpdate(PartialUpdate):
+class DeploymentUpdate(PartialUpdate, _RoutingField):
     """Fields left out are unchanged. Changes apply to instances started afterwards."""
 
     name: Name | None = None
@@ -92,7 +109,7 @@ class DeploymentUpdate(PartialUpdate):
     autoscaling: JsonObject | None = None
     engine_args: EngineArgs | None = None
     boot_timeout_s: float | None = Field(default=None, gt=0, le=86400)
-    session_affinity: Affinity | None = None
+    routing: RoutingStrategy | None = None
 
     nullable = frozenset({"boot_timeout_s"})
 
@@ -113,7 +130,7 @@ class DeploymentPublic(BaseModel):
     autoscaling: dict[str, Any]
     engine_args: dict[str, Any]
     boot_timeout_s: float | None
-    session_affinity: str
+    routing: RoutingStrategy
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None

@@ -441,61 +441,62 @@ class Stack:
         asyncio.run(self._seed(upstream_port))
 
     async def _seed(self, upstream_port: int) -> None:
-        import asyncpg
+        """Rows written through the SQLModel tables (core/models.py), like the API writes them."""
         import redis.asyncio as aioredis
 
+        from core.db import make_engine, make_sessionmaker
+        from core.models import ApiKey, Deployment, InstanceType, Project, Provider
         from core.redis_keys import ROUTING_REGISTRY
         from core.tokens import token_hash
-        from core.wire import RoutableInstance
+        from core.wire import RoutableInstance, RoutingStrategy
 
-        conn = await asyncpg.connect(self.db_url)
+        engine = make_engine(self.db_url, pool_size=1)
         try:
-            project, provider, itype, deployment, key = (uuid.uuid4() for _ in range(5))
-            await conn.execute(
-                "INSERT INTO projects (id, name, created_at) VALUES ($1, 'bench', now())", project
-            )
-            await conn.execute(
-                "INSERT INTO providers (id, name, kind, enabled, config, created_at) "
-                "VALUES ($1, 'bench', 'local', true, '{}', now())",
-                provider,
-            )
-            await conn.execute(
-                "INSERT INTO instance_types (id, provider_id, name, gpu_count, gpu_memory_gb, "
-                "vcpus, ram_gb, price_per_hour, currency, zones) "
-                "VALUES ($1, $2, 'bench', 1, 80, 8, 64, 1, 'EUR', '[]')",
-                itype,
-                provider,
-            )
-            await conn.execute(
-                "INSERT INTO deployments (id, project_id, name, model, served_name, flavor, "
-                "provider_id, instance_type_id, min_instances, max_instances, "
-                "autoscaling_enabled, autoscaling, engine_args, session_affinity, created_at, "
-                "updated_at) VALUES ($1, $2, 'bench', 'bench', $3, 'cpu-sim', $4, $5, 1, 1, "
-                "false, '{}', '{}', 'none', now(), now())",
-                deployment,
-                project,
-                MODEL,
-                provider,
-                itype,
-            )
-            # Limits far above what the benchmark sends: checked on every request, never hit.
-            await conn.execute(
-                "INSERT INTO api_keys (id, project_id, name, prefix, key_hash, rpm_limit, "
-                "tpm_limit, created_at) VALUES ($1, $2, 'bench', 'sk-inv-bench', $3, "
-                "2000000000, 2000000000, now())",
-                key,
-                project,
-                token_hash(self.key),
-            )
+            async with make_sessionmaker(engine)() as session:
+                project = Project(name="bench")
+                provider = Provider(name="bench", kind="local")
+                itype = InstanceType(
+                    provider_id=provider.id,
+                    name="bench",
+                    gpu_count=1,
+                    gpu_memory_gb=80,
+                    vcpus=8,
+                    ram_gb=64,
+                    price_per_hour=1,
+                )
+                deployment = Deployment(
+                    project_id=project.id,
+                    name="bench",
+                    model=MODEL,
+                    served_name=MODEL,
+                    provider_id=provider.id,
+                    instance_type_id=itype.id,
+                    min_instances=1,
+                    max_instances=1,
+                    routing=RoutingStrategy.least_load,
+                )
+                # Limits far above what the benchmark sends: checked on every request, never hit.
+                key = ApiKey(
+                    project_id=project.id,
+                    name="bench",
+                    prefix="sk-inv-bench",
+                    key_hash=token_hash(self.key),
+                    rpm_limit=2_000_000_000,
+                    tpm_limit=2_000_000_000,
+                )
+                for rows in ([project, provider], [itype], [deployment, key]):
+                    session.add_all(rows)
+                    await session.flush()
+                await session.commit()
         finally:
-            await conn.close()
+            await engine.dispose()
         instance = RoutableInstance(
             instance_id=str(uuid.uuid4()),
-            deployment_id=str(deployment),
-            project_id=str(project),
+            deployment_id=str(deployment.id),
+            project_id=str(project.id),
             model=MODEL,
             engine_url=f"http://127.0.0.1:{upstream_port}",
-            session_affinity="none",
+            routing=RoutingStrategy.least_load,
         )
         client = aioredis.Redis.from_url(self.redis_url)
         await client.hset(ROUTING_REGISTRY, instance.instance_id, instance.model_dump_json())

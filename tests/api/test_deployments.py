@@ -44,11 +44,16 @@ async def test_create_update_and_retire(
         alice.provider.name,
         0,
     )
+    assert d["routing"] == "sticky_header"  # the default
     updated = await client.patch(
-        f"/api/v1/deployments/{d['id']}", json={"max_instances": 5, "model": "org/v2"}, headers=h
+        f"/api/v1/deployments/{d['id']}",
+        json={"max_instances": 5, "model": "org/v2", "routing": "least_load"},
+        headers=h,
     )
     assert updated.status_code == 200, updated.text
     assert (updated.json()["max_instances"], updated.json()["model"]) == (5, "org/v2")
+    listed = await client.get("/api/v1/deployments", headers=h)
+    assert [x["routing"] for x in listed.json() if x["id"] == d["id"]] == ["least_load"]
 
     started = await client.post(f"/api/v1/deployments/{d['id']}/autoscaling/start", headers=h)
     assert started.json()["autoscaling_enabled"] is True
@@ -92,6 +97,8 @@ async def test_validation_messages(
         (body(alice, engine_args={"x": {"nested": 1}}), 422, "a value is a string"),
         (body(alice, max_instances=-1), 422, "greater than or equal to 0"),
         (body(alice, model="has spaces"), 422, "pattern"),
+        (body(alice, routing="header"), 422, "'least_load', 'sticky_header' or 'sticky_user'"),
+        (body(alice, session_affinity="none"), 422, "'none' is now 'least_load'"),
     ]
     for payload, code, message in cases:
         response = await client.post("/api/v1/deployments", json=payload, headers=h)

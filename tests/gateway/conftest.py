@@ -17,9 +17,9 @@ from core.embedded import free_port
 from core.models import ApiKey
 from core.redis_keys import ROUTING_CHANNEL, ROUTING_REGISTRY
 from core.settings import Settings
-from core.wire import RegistryChange, RoutableInstance
+from core.wire import RegistryChange, RoutableInstance, RoutingStrategy
 from gateway.app import Gateway, create_app
-from gateway.server import LeanServer
+from gateway.protocols.http_server import LeanServer
 from gateway.settings import GatewaySettings
 from tests.factories import Seeded, seed
 from tests.gateway.engine import RunningServer, TestEngine
@@ -102,7 +102,12 @@ class Registry:
         self.seeded = seeded
 
     def instance(
-        self, url: str, *, gpu_count: int = 1, affinity: str = "header", model: str = MODEL
+        self,
+        url: str,
+        *,
+        gpu_count: int = 1,
+        routing: RoutingStrategy = RoutingStrategy.sticky_header,
+        model: str = MODEL,
     ) -> RoutableInstance:
         return RoutableInstance(
             instance_id=str(uuid.uuid4()),
@@ -111,7 +116,7 @@ class Registry:
             model=model,
             engine_url=url,
             gpu_count=gpu_count,
-            session_affinity=affinity,
+            routing=routing,
         )
 
     async def put(self, instance: RoutableInstance) -> None:

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from core.embedded import free_port
 from core.redis_keys import INSTANCE_LOAD, gateway_load_key
-from core.wire import GatewayLoad
+from core.wire import GatewayLoad, RoutingStrategy
 from gateway.settings import GatewaySettings
 from tests.factories import Seeded
 from tests.gateway.conftest import MODEL, Engines, Registry, RunningGateway, add_key
@@ -86,7 +86,9 @@ async def test_sessions_stick_to_one_instance_with_bounded_load(
 ) -> None:
     started = [await engines.start(name) for name in ("a", "b", "c")]
     for name in ("a", "b", "c"):
-        await registry.put(registry.instance(engines.servers[name].url, affinity="header"))
+        await registry.put(
+            registry.instance(engines.servers[name].url, routing=RoutingStrategy.sticky_header)
+        )
     await ready(gateway, 3)
 
     def served_by() -> list[str]:
@@ -132,8 +134,12 @@ async def test_user_field_names_the_session_when_configured(
     gateway: RunningGateway, seeded: Seeded, engines: Engines, registry: Registry
 ) -> None:
     a, b = await engines.start("a"), await engines.start("b")
-    await registry.put(registry.instance(engines.servers["a"].url, affinity="user"))
-    await registry.put(registry.instance(engines.servers["b"].url, affinity="user"))
+    await registry.put(
+        registry.instance(engines.servers["a"].url, routing=RoutingStrategy.sticky_user)
+    )
+    await registry.put(
+        registry.instance(engines.servers["b"].url, routing=RoutingStrategy.sticky_user)
+    )
     await ready(gateway, 2)
     async with gateway.client(seeded.api_key) as client:
         for _ in range(6):

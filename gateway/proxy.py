@@ -1,0 +1,375 @@
+"""The proxy path of one request: admit (key, body, model, rate limit), acquire an instance,
+forward, retry once elsewhere when the engine could not answer, relay the answer (as it arrives,
+for streams), then book it (gateway.accounting). Everything known about the request along the way
+lives on one `ProxyRequest`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from redis.exceptions import RedisError
+
+from core.wire import RoutingStrategy
+from gateway import metrics
+from gateway.accounting import USAGE, Accounting, count_usage, take_usage
+from gateway.asgi import JSON_HEADERS, Message, Receive, Scope, Send, read_body, respond
+from gateway.deployments import DeploymentMap
+from gateway.errors import (
+    GatewayError,
+    bad_request,
+    error_body,
+    model_not_found,
+    unavailable,
+    warn_at_most_every,
+)
+from gateway.keys import KeyCache, KeyInfo
+from gateway.protocols.http_client import UpstreamClient, UpstreamError, UpstreamResponse
+from gateway.protocols.http_server import DISCONNECT_EXTENSION
+from gateway.ratelimit import RateLimiter
+from gateway.routing import Backend, Router
+from gateway.settings import GatewaySettings
+
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+_KEEPALIVE = b": keep-alive\n\n"
+
+
+@dataclass(slots=True, frozen=True)
+class ProxyRoute:
+    engine_path: bytes
+    required: str  # the field that must be present besides "model"
+
+
+PROXY_ROUTES: dict[str, ProxyRoute] = {
+    "/v1/chat/completions": ProxyRoute(b"/v1/chat/completions", "messages"),
+    "/v1/completions": ProxyRoute(b"/v1/completions", "prompt"),
+    "/v1/embeddings": ProxyRoute(b"/v1/embeddings", "input"),
+}
+
+
+@dataclass(slots=True, eq=False)
+class ProxyRequest:
+    """One proxied request: what the client asked (read by the routing strategy too) and, as it
+    goes, where it went and how it ended (read by accounting)."""
+
+    key: KeyInfo
+    model: str
+    engine_path: bytes
+    body: bytes  # as forwarded to the engine
+    payload: dict[str, Any]  # the parsed JSON body
+    headers: list[tuple[bytes, bytes]]  # the client's
+    routing: RoutingStrategy
+    started: float  # perf_counter
+    stream: bool = False
+    wants_usage: bool = True  # the client asked for the usage chunk of a stream
+    # How it went
+    status: int = 0
+    backend: Backend | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    first_chunk_at: float | None = None
+    streamed: bool = False
+    limit_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+class Proxy:
+    def __init__(
+        self,
+        config: GatewaySettings,
+        keys: KeyCache,
+        limiter: RateLimiter,
+        router: Router,
+        deployments: DeploymentMap,
+        upstream: UpstreamClient,
+        accounting: Accounting,
+    ) -> None:
+        self.config = config
+        self.keys = keys
+        self.limiter = limiter
+        self.router = router
+        self.deployments = deployments
+        self.upstream = upstream
+        self.accounting = accounting
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, route: ProxyRoute) -> None:
+        started = time.perf_counter()
+        key = await self.keys.authenticate(scope["headers"])
+        body = await read_body(receive)
+        payload = _parse_request(body, route.required)
+        model: str = payload["model"]
+        stream = payload.get("stream") is True
+        if stream and route.engine_path == b"/v1/embeddings":
+            raise bad_request("Embeddings cannot be streamed.", "stream")
+        request = ProxyRequest(
+            key,
+            model,
+            route.engine_path,
+            body,
+            payload,
+            scope["headers"],
+            self._routing_of(model),
+            started,
+            stream=stream,
+            streamed=stream,
+        )
+        if stream:
+            options = payload.get("stream_options")
+            request.wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+            if not request.wants_usage:
+                # Ask the engine for usage anyway (token accounting); the extra chunk is removed.
+                payload["stream_options"] = {
+                    **(options if isinstance(options, dict) else {}),
+                    "include_usage": True,
+                }
+                request.body = orjson.dumps(payload)
+        self.router.queue(model).arrived()
+
+        # From here the client may leave at any time: cancel whatever we wait for.
+        task = asyncio.current_task()
+        assert task is not None
+        gone = False
+
+        def on_disconnect() -> None:
+            nonlocal gone
+            gone = True
+            task.cancel()
+
+        # The lean server calls back when the connection drops; under another ASGI server a
+        # task waits for the http.disconnect message.
+        register: Callable[[Callable[[], None] | None], None] | None = scope.get(
+            "extensions", {}
+        ).get(DISCONNECT_EXTENSION)
+        watcher: asyncio.Future[Message] | None = None
+        if register is not None:
+            register(on_disconnect)
+        else:
+            watcher = asyncio.ensure_future(receive())
+            watcher.add_done_callback(
+                lambda done: (
+                    on_disconnect()
+                    if not done.cancelled()
+                    and done.exception() is None
+                    and done.result().get("type") == "http.disconnect"
+                    else None
+                )
+            )
+        try:
+            if key.limited:
+                await self._check_rate_limit(request)
+            await self._forward(request, send)
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            task.uncancel()
+            request.status = 499
+        except GatewayError as exc:
+            request.status = exc.status
+            headers = exc.headers + request.limit_headers + JSON_HEADERS
+            await respond(send, exc.status, exc.body(), headers)
+        finally:
+            if register is not None:
+                register(None)
+            elif watcher is not None:
+                watcher.cancel()
+            self.accounting.finish(request)
+
+    def _routing_of(self, model: str) -> RoutingStrategy:
+        """The strategy of the deployment serving `model`, or 404 when none does. The registry
+        carries it; the deployment map covers a model with no ready instance yet."""
+        backends = self.router.by_model.get(model)
+        if backends:
+            return backends[0].info.routing
+        entry = self.deployments.first(model)
+        if entry is None:
+            raise model_not_found(model)
+        return entry.routing
+
+    async def _check_rate_limit(self, request: ProxyRequest) -> None:
+        key = request.key
+        try:
+            decision = await self.limiter.admit(key.id, key.rpm_limit, key.tpm_limit)
+        except (RedisError, OSError) as exc:
+            # Fail open: an outage of the limiter must not stop inference.
+            warn_at_most_every(10, "ratelimit", "rate limiter unavailable (%s); admitting", exc)
+            return
+        request.limit_headers = decision.headers(key.rpm_limit, key.tpm_limit)
+        if not decision.allowed:
+            metrics.RATE_LIMITED.labels(decision.limited_by or "requests").inc()
+            limit = key.rpm_limit if decision.limited_by == "requests" else key.tpm_limit
+            unit = "requests" if decision.limited_by == "requests" else "tokens"
+            raise GatewayError(
+                429,
+                f"Rate limit reached: {limit} {unit} per minute for this key. "
+                f"Retry after {decision.retry_after_s} s.",
+                type_=unit,
+                code="rate_limit_exceeded",
+                headers=[(b"retry-after", str(decision.retry_after_s).encode())],
+            )
+
+    async def _acquire(self, request: ProxyRequest) -> Backend:
+        model = request.model
+        backend = self.router.acquire_now(model, request)
+        if backend is not None:
+            return backend
+        backend = await self.router.wait(
+            model, request.key.id, request, self.config.queue_deadline_s
+        )
+        if backend is None:
+            ready = bool(self.router.by_model.get(model))
+            raise unavailable(
+                f"No capacity for model '{model}' right now"
+                + ("" if ready else " (its instances are starting)")
+                + "; retry later.",
+                1 if ready else 5,
+            )
+        return backend
+
+    async def _forward(self, request: ProxyRequest, send: Send) -> None:
+        model = request.model
+        backend = await self._acquire(request)
+        retried = False
+        try:
+            while True:
+                request.backend = backend
+                try:
+                    response = await self.upstream.pool(backend.info.engine_url).request(
+                        b"POST", request.engine_path, request.body
+                    )
+                except UpstreamError as exc:
+                    metrics.UPSTREAM_ERRORS.labels(model, "connect").inc()
+                    failed_with: UpstreamResponse | None = None
+                    error: Exception = exc
+                else:
+                    if response.status < 500:
+                        self.router.record_success(backend)
+                        break
+                    metrics.UPSTREAM_ERRORS.labels(model, "5xx").inc()
+                    failed_with = response
+                    error = UpstreamError(
+                        f"engine answered {response.status}", before_first_byte=True
+                    )
+                if self.router.record_failure(backend):
+                    metrics.EJECTIONS.labels(backend.info.model).inc()
+                alternative = None if retried else self.router.pick(model, request, backend)
+                if alternative is None:
+                    if failed_with is not None:
+                        response = failed_with  # nothing else to try: pass the engine's answer on
+                        break
+                    raise GatewayError(
+                        502,
+                        f"The engine serving '{model}' could not be reached: {error}",
+                        type_="upstream_error",
+                        code="engine_unreachable",
+                    )
+                if failed_with is not None:
+                    failed_with.abort()
+                self.router.release(backend)
+                metrics.RETRIES.labels(model).inc()
+                backend, retried = alternative, True
+
+            request.status = response.status
+            if (
+                request.stream
+                and response.status == 200
+                and response.content_type.startswith(b"text/event-stream")
+            ):
+                request.streamed = True
+                await self._relay_stream(request, response, send)
+            else:
+                request.streamed = False
+                await self._relay_whole(request, response, send)
+        finally:
+            self.router.release(backend)
+
+    async def _relay_whole(
+        self, request: ProxyRequest, response: UpstreamResponse, send: Send
+    ) -> None:
+        try:
+            data = await response.read_all()
+        except UpstreamError as exc:
+            metrics.UPSTREAM_ERRORS.labels(request.model, "broken").inc()
+            raise GatewayError(
+                502,
+                f"The engine serving '{request.model}' failed while answering: {exc}",
+                type_="upstream_error",
+                code="engine_failed",
+            ) from exc
+        if response.status == 200:
+            count_usage(data, request)
+        headers = [(b"content-type", response.content_type or b"application/json")]
+        await respond(send, response.status, data, headers + request.limit_headers)
+
+    async def _relay_stream(
+        self, request: ProxyRequest, response: UpstreamResponse, send: Send
+    ) -> None:
+        """Pass SSE events on as they arrive. Complete events only (so the usage chunk can be
+        read and, if the client did not ask for it, removed); keep-alive comments while the
+        first token is slow."""
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": _SSE_HEADERS + request.limit_headers,
+            }
+        )
+        keepalive = self.config.keepalive_interval_s
+        pending = b""
+        try:
+            while True:
+                chunk = await response.next_chunk(
+                    keepalive if request.first_chunk_at is None else None
+                )
+                if chunk is None:
+                    break
+                if not chunk:
+                    await send(
+                        {"type": "http.response.body", "body": _KEEPALIVE, "more_body": True}
+                    )
+                    continue
+                if request.first_chunk_at is None:
+                    request.first_chunk_at = time.perf_counter()
+                data = pending + chunk if pending else chunk
+                end = max(data.rfind(b"\n\n") + 2, data.rfind(b"\r\n\r\n") + 4)
+                if end < 4:
+                    pending = data
+                    continue
+                events, pending = data[:end], data[end:]
+                if USAGE.search(events) is not None:
+                    events = take_usage(events, request.wants_usage, request)
+                if events:
+                    await send({"type": "http.response.body", "body": events, "more_body": True})
+        except UpstreamError as exc:
+            # Too late to retry: the client already has part of the answer. End the stream with
+            # an error event it can see.
+            metrics.UPSTREAM_ERRORS.labels(request.model, "stream").inc()
+            request.status = 502
+            pending += b"data: " + error_body(str(exc), "upstream_error", "stream_broken") + b"\n\n"
+        await send({"type": "http.response.body", "body": pending, "more_body": False})
+
+
+def _parse_request(body: bytes, required: str) -> dict[str, Any]:
+    if not body:
+        raise bad_request("The request body is empty; send a JSON object.")
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"The request body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise bad_request("The request body must be a JSON object.")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("'model' is required (a string).", "model")
+    if required not in payload:
+        raise bad_request(f"'{required}' is required.", required)
+    if "stream" in payload and not isinstance(payload["stream"], bool):
+        raise bad_request("'stream' must be a boolean.", "stream")
+    return payload

@@ -1,0 +1,139 @@
+"""The router: registry + strategy + queue + health, as the proxy uses them.
+
+`acquire_now` / `wait` give the proxy an instance with the request counted on it; `release`
+gives it back and hands freed capacity to the queue. Everything is synchronous and in memory:
+the hot path never waits on Redis or PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from core.wire import RoutingStrategy
+from gateway.routing.health import PassiveHealth
+from gateway.routing.queue import ModelQueue, Waiter
+from gateway.routing.registry import Backend, Registry
+from gateway.routing.strategies import RoutedRequest, Strategy, build_strategies
+from gateway.settings import GatewaySettings
+
+
+class Router:
+    def __init__(
+        self, config: GatewaySettings, on_removed: Callable[[Backend], None] | None = None
+    ) -> None:
+        self.queue_size = config.queue_size
+        self.registry = Registry(
+            config.max_inflight_per_gpu,
+            on_added=self.dispatch,
+            on_removed=on_removed or (lambda backend: None),
+        )
+        self.health = PassiveHealth(
+            config.eject_after_failures, config.eject_s, on_readmitted=self.dispatch
+        )
+        self.strategies: dict[RoutingStrategy, Strategy] = build_strategies(config)
+        self.queues: dict[str, ModelQueue] = {}
+        # The registry's indexes, read on every request.
+        self.backends = self.registry.backends
+        self.by_model = self.registry.by_model
+
+    def pick(
+        self, model: str, request: RoutedRequest, exclude: Backend | None = None
+    ) -> Backend | None:
+        """Choose an instance and count the request on it, or None when none can take it now."""
+        members = self.by_model.get(model)
+        if not members:
+            return None
+        now_mono = time.monotonic()
+        if len(members) == 1:  # the common small deployment: no scoring needed
+            only = members[0]
+            if only is exclude or not PassiveHealth.usable(only, now_mono):
+                return None
+            only.inflight += 1
+            return only
+        candidates = [b for b in members if b is not exclude and PassiveHealth.usable(b, now_mono)]
+        if not candidates:
+            return None
+        chosen = self.strategies[request.routing].pick(candidates, request)
+        chosen.inflight += 1
+        return chosen
+
+    def release(self, backend: Backend) -> None:
+        backend.inflight -= 1
+        if backend.routable:
+            self.dispatch(backend.info.model)
+
+    def record_success(self, backend: Backend) -> None:
+        self.health.record_success(backend)
+
+    def record_failure(self, backend: Backend) -> bool:
+        """True when this failure ejected the instance."""
+        return self.health.record_failure(backend)
+
+    # ------------------------------------------------------------ queue
+
+    def queue(self, model: str) -> ModelQueue:
+        queue = self.queues.get(model)
+        if queue is None:
+            queue = self.queues[model] = ModelQueue()
+        return queue
+
+    def acquire_now(self, model: str, request: RoutedRequest) -> Backend | None:
+        """The fast path: an instance right away, unless others already wait for this model."""
+        queue = self.queues.get(model)
+        if queue is not None and queue.length:
+            return None
+        return self.pick(model, request)
+
+    async def wait(
+        self, model: str, key_id: str, request: RoutedRequest, deadline_s: float
+    ) -> Backend | None:
+        """Wait in the model's queue; None when the queue is full or the deadline passed."""
+        queue = self.queue(model)
+        if queue.length >= self.queue_size:
+            queue.refused()
+            return None
+        loop = asyncio.get_running_loop()
+        waiter = Waiter(key_id, request, time.monotonic(), loop.create_future())
+        queue.push(waiter)
+        waiter.timer = loop.call_later(deadline_s, self._expire, model, waiter)
+        self.dispatch(model)
+        try:
+            backend = await waiter.future
+        except asyncio.CancelledError:
+            # The client left: give back an instance handed over at the same moment.
+            if waiter.future.done() and not waiter.future.cancelled():
+                handed = waiter.future.result()
+                if handed is not None:
+                    self.release(handed)
+            queue.remove(waiter)
+            waiter.timer.cancel()
+            raise
+        if backend is None:
+            queue.refused()
+        return backend
+
+    def _expire(self, model: str, waiter: Waiter) -> None:
+        if waiter.future.done():
+            return
+        queue = self.queue(model)
+        queue.remove(waiter)
+        queue.waited((time.monotonic() - waiter.enqueued) * 1000)
+        waiter.future.set_result(None)
+
+    def dispatch(self, model: str) -> None:
+        """Hand free capacity to waiting requests: keys in turn, each key's oldest first."""
+        queue = self.queues.get(model)
+        if queue is None or not queue.length:
+            return
+        now = time.monotonic()
+        while (waiter := queue.head()) is not None:
+            backend = self.pick(model, waiter.request)
+            if backend is None:
+                return
+            queue.take_head(waiter)
+            if waiter.timer is not None:
+                waiter.timer.cancel()
+            queue.waited((now - waiter.enqueued) * 1000)
+            waiter.future.set_result(backend)
