@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import uvicorn
 import uvloop
 
-from core.settings import Settings
+from core.settings import MissingSettingError, Settings
 from gateway.protocols.http_server import LeanServer
 from gateway.settings import GatewaySettings
 
@@ -87,6 +87,10 @@ async def _serve_lean(app: Gateway, sock: socket.socket) -> None:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = Settings()
+    try:
+        settings.require_all("database_url", "redis_url")
+    except MissingSettingError as exc:
+        sys.exit(f"the gateway cannot start: {exc}")
     workers = GatewaySettings().workers
     if workers == 1:
         serve()
