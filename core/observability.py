@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 
 class ObservabilitySettings(BaseSettings):
@@ -34,3 +35,15 @@ class ObservabilitySettings(BaseSettings):
             "its instance types; exported for the over-budget alert"
         ),
     )
+
+
+def worker_metrics_runtime(bind_address: str) -> Runtime:
+    """A Temporal runtime serving the SDK's metrics at http://bind_address/metrics, durations
+    in seconds, with the unit and `_total` suffixes Prometheus names carry."""
+    config = PrometheusConfig(
+        bind_address=bind_address,
+        durations_as_seconds=True,
+        unit_suffix=True,
+        counters_total_suffix=True,
+    )
+    return Runtime(telemetry=TelemetryConfig(metrics=config))

@@ -45,14 +45,13 @@ def cmd_api(settings: Settings) -> int:
 
 def serve_worker_metrics(host: str) -> None:
     """The Temporal SDK's metrics (task latencies, slots, failures) for Prometheus, when on."""
-    from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+    from temporalio.runtime import Runtime
 
-    from core.observability import ObservabilitySettings
+    from core.observability import ObservabilitySettings, worker_metrics_runtime
 
     port = ObservabilitySettings().worker_metrics_port
     if port is not None:
-        metrics = PrometheusConfig(bind_address=f"{host}:{port}", durations_as_seconds=True)
-        Runtime.set_default(Runtime(telemetry=TelemetryConfig(metrics=metrics)))
+        Runtime.set_default(worker_metrics_runtime(f"{host}:{port}"))
 
 
 def cmd_worker(settings: Settings) -> int:
