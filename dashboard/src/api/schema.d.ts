@@ -53,8 +53,8 @@ export interface paths {
         put?: never;
         /**
          * Login
-         * @description Log in: the token comes back in the body and as the httpOnly session cookie. After
-         *     LOGIN_FAILURE_LIMIT wrong passwords for one e-mail, further tries wait LOGIN_LOCK_S.
+         * @description Log in: the token comes back in the body and as the httpOnly session cookie. Repeated
+         *     wrong passwords make further tries from the same address wait longer and longer (429).
          */
         post: operations["auth-login"];
         delete?: never;
@@ -112,7 +112,11 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Change Password */
+        /**
+         * Change Password
+         * @description Change your password: every session of yours ends, this one too (log in again). Wrong
+         *     current passwords are throttled as logins are.
+         */
         post: operations["auth-change_password"];
         delete?: never;
         options?: never;
@@ -395,6 +399,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/keys/reassign": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Reassign Keys
+         * @description Make another person the owner of someone's live keys, so that they survive the removal,
+         *     disabling or deletion of their creator (which revokes the keys still theirs).
+         */
+        post: operations["keys-reassign_keys"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/keys/{key_id}": {
         parameters: {
             query?: never;
@@ -546,7 +571,11 @@ export interface paths {
          */
         put: operations["projects-add_member"];
         post?: never;
-        /** Remove Member */
+        /**
+         * Remove Member
+         * @description Take the person out of the project: the API keys they created in it are revoked
+         *     (reassign them first with POST /keys/reassign to keep them).
+         */
         delete: operations["projects-remove_member"];
         options?: never;
         head?: never;
@@ -586,6 +615,26 @@ export interface paths {
          *     (usage), then the totals.
          */
         get: operations["costs-export_statement"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/prometheus/targets": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Prometheus Targets
+         * @description Live instances' agents (or engines) in Prometheus' `http_sd_configs` format.
+         */
+        get: operations["prometheus-prometheus_targets"];
         put?: never;
         post?: never;
         delete?: never;
@@ -648,6 +697,26 @@ export interface paths {
         patch: operations["providers-update_host"];
         trace?: never;
     };
+    "/api/v1/providers/kinds": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Provider Kinds
+         * @description Every registered provider kind, whether its SDK and settings are present here, and why not.
+         */
+        get: operations["providers-list_provider_kinds"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/providers/{provider_id}": {
         parameters: {
             query?: never;
@@ -696,7 +765,7 @@ export interface paths {
         put?: never;
         /**
          * Sync Instance Types
-         * @description Add the adapter's catalogue types this provider lacks; prices already set are kept.
+         * @description Add the kind's catalogue types this provider lacks; prices already set are kept.
          */
         post: operations["providers-sync_instance_types"];
         delete?: never;
@@ -794,7 +863,8 @@ export interface paths {
         post?: never;
         /**
          * Delete User
-         * @description Delete a person and their memberships; the API keys they created stay with the project.
+         * @description Delete a person and their memberships; the API keys they created are revoked (reassign
+         *     them first to keep them).
          */
         delete: operations["users-delete_user"];
         options?: never;
@@ -984,6 +1054,13 @@ export interface components {
             tpm_limit?: number | null;
         };
         /**
+         * Capability
+         * @description What a provider kind offers beyond creating and deleting machines (each is a mixin of
+         *     its adapter, declared in its registry entry).
+         * @enum {string}
+         */
+        Capability: "volumes" | "public_ips" | "host_pool";
+        /**
          * CostDimension
          * @enum {string}
          */
@@ -1037,6 +1114,16 @@ export interface components {
             amount: number;
             /** Currency */
             currency: string;
+        };
+        /** DependencyUnavailable */
+        DependencyUnavailable: {
+            /**
+             * Dependency
+             * @enum {string}
+             */
+            dependency: "database" | "redis" | "temporal";
+            /** Detail */
+            detail: string;
         };
         /** DeploymentCreate */
         DeploymentCreate: {
@@ -1100,16 +1187,21 @@ export interface components {
              */
             provider_id: string;
             /**
+             * @description how the gateway picks an instance: least_load, or sticky by session (sticky_header: the session header; sticky_user: the request's user field)
+             * @default sticky_header
+             */
+            routing: components["schemas"]["RoutingStrategy"];
+            /**
              * Served Name
              * @description name clients ask the gateway for; the model when unset
              */
             served_name?: string | null;
             /**
-             * Session Affinity
-             * @default header
-             * @enum {string}
+             * Trusted
+             * @description admins only: may use code-loading and network engine flags
+             * @default false
              */
-            session_affinity: "none" | "header" | "user";
+            trusted: boolean;
         };
         /** DeploymentPublic */
         DeploymentPublic: {
@@ -1169,10 +1261,11 @@ export interface components {
              * Format: uuid
              */
             provider_id: string;
+            routing: components["schemas"]["RoutingStrategy"];
             /** Served Name */
             served_name: string;
-            /** Session Affinity */
-            session_affinity: string;
+            /** Trusted */
+            trusted: boolean;
             /**
              * Updated At
              * Format: date-time
@@ -1208,10 +1301,11 @@ export interface components {
             name?: string | null;
             /** Provider Id */
             provider_id?: string | null;
+            routing?: components["schemas"]["RoutingStrategy"] | null;
             /** Served Name */
             served_name?: string | null;
-            /** Session Affinity */
-            session_affinity?: ("none" | "header" | "user") | null;
+            /** Trusted */
+            trusted?: boolean | null;
         };
         /**
          * EngineLoad
@@ -1808,6 +1902,30 @@ export interface components {
             /** Zones */
             zones?: string[] | null;
         };
+        /** KeysReassign */
+        KeysReassign: {
+            /**
+             * From User Id
+             * Format: uuid
+             */
+            from_user_id: string;
+            /**
+             * Project Id
+             * @description only this project's keys
+             */
+            project_id?: string | null;
+            /**
+             * To User Id
+             * Format: uuid
+             * @description a member of each project concerned, or an admin
+             */
+            to_user_id: string;
+        };
+        /** KeysReassigned */
+        KeysReassigned: {
+            /** Reassigned */
+            reassigned: number;
+        };
         /** LoginRequest */
         LoginRequest: {
             /** Email */
@@ -1966,11 +2084,30 @@ export interface components {
             enabled: boolean;
             /**
              * Kind
-             * @enum {string}
+             * @description A registered provider kind: GET /providers/kinds lists them
              */
-            kind: "local" | "scaleway" | "aws" | "ssh";
+            kind: string;
             /** Name */
             name: string;
+        };
+        /** ProviderKindPublic */
+        ProviderKindPublic: {
+            /** Capabilities */
+            capabilities: components["schemas"]["Capability"][];
+            /**
+             * Enabled
+             * @description Whether this process can run it (SDK and settings)
+             */
+            enabled: boolean;
+            /** Kind */
+            kind: string;
+            /**
+             * Reason
+             * @description Why it cannot, when it cannot
+             */
+            reason: string | null;
+            /** Title */
+            title: string;
         };
         /** ProviderPublic */
         ProviderPublic: {
@@ -2066,6 +2203,14 @@ export interface components {
          * @enum {string}
          */
         Role: "admin" | "member";
+        /**
+         * RoutingStrategy
+         * @description How the gateway chooses an instance of a deployment (`Deployment.routing`, carried to the
+         *     gateway in `RoutableInstance`). Each member is served by one strategy class in
+         *     gateway/routing/strategies.py (`build_strategies`).
+         * @enum {string}
+         */
+        RoutingStrategy: "least_load" | "sticky_header" | "sticky_user";
         /** StateChange */
         StateChange: {
             /**
@@ -2112,6 +2257,23 @@ export interface components {
              */
             usage: components["schemas"]["UsageRow"][];
         };
+        /**
+         * TargetGroup
+         * @description One entry of Prometheus' HTTP service-discovery format.
+         */
+        TargetGroup: {
+            /** Labels */
+            labels: {
+                [key: string]: string;
+            };
+            /** Targets */
+            targets: string[];
+        };
+        /**
+         * TargetRole
+         * @enum {string}
+         */
+        TargetRole: "agent" | "engine";
         /**
          * TerminationReason
          * @enum {string}
@@ -2314,6 +2476,15 @@ export interface operations {
                     "application/gzip": unknown;
                 };
             };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
         };
     };
     "agents-heartbeat": {
@@ -2354,6 +2525,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
                 };
             };
         };
@@ -2416,6 +2596,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorMessage"];
                 };
             };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
         };
     };
     "auth-logout": {
@@ -2450,6 +2639,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
                 };
             };
         };
@@ -2488,6 +2686,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
                 };
             };
         };
@@ -2537,6 +2744,24 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description too many attempts: retry after the Retry-After seconds */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
                 };
             };
         };
@@ -2612,6 +2837,15 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
         };
     };
     "deployments-list_deployments": {
@@ -2678,6 +2912,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
                 };
             };
         };
@@ -2749,6 +2992,15 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
         };
     };
     "deployments-list_flavors": {
@@ -2805,6 +3057,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorMessage"];
                 };
             };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
         };
     };
     "deployments-list_instance_type_choices": {
@@ -2859,6 +3120,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
                 };
             };
         };
@@ -2928,6 +3198,15 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
         };
     };
     "deployments-delete_deployment": {
@@ -2991,6 +3270,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
                 };
             };
         };
@@ -3064,6 +3352,15 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
         };
     };
     "deployments-start_autoscaling": {
@@ -3131,6 +3428,15 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
         };
     };
     "deployments-stop_autoscaling": {
@@ -3196,6 +3502,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
                 };
             };
         };
@@ -3267,6 +3582,15 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
         };
     };
     "deployments-provision_instance": {
@@ -3334,6 +3658,15 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
         };
     };
     "events-stream_events": {
@@ -3351,7 +3684,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description text/event-stream. Each event: `id: <stream id>` and `data: <JSON {"kind": "state"|"action"|"deployment"|..., "project_id": "...", "data": {...}}>`; comment lines (`: keep-alive`) every few seconds. After a reconnect whose Last-Event-ID is older than what the server still keeps, the first event is `{"kind": "resync"}` (without id): reload the data shown. */
+            /** @description text/event-stream. Each event: `id: <stream id>` and `data: <JSON {"kind": "state"|"action"|"deployment"|..., "project_id": "...", "data": {...}}>`; comment lines (`: keep-alive`) every few seconds. After a reconnect whose Last-Event-ID is older than what the server still keeps, the first event is `{"kind": "resync"}` (without id): reload the data shown. When the session ends or the caller loses access to a project, a last `{"kind": "end"}` event (without id) comes before the stream closes. */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -3394,6 +3727,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
                 };
             };
         };
@@ -3468,6 +3810,15 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
         };
     };
     "instances-get_instance": {
@@ -3533,6 +3884,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
                 };
             };
         };
@@ -3602,6 +3962,15 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
         };
     };
     "instances-drain_instance": {
@@ -3667,6 +4036,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
                 };
             };
         };
@@ -3735,6 +4113,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
                 };
             };
         };
@@ -3806,6 +4193,93 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
+        };
+    };
+    "keys-reassign_keys": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["KeysReassign"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["KeysReassigned"];
+                };
+            };
+            /** @description invalid request (the message says what to change) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description not logged in, session expired or logged out */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description not found, or not in one of your projects */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description conflicts with the current state (the message says which) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
         };
     };
     "keys-get_key": {
@@ -3873,6 +4347,15 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
         };
     };
     "keys-revoke_key": {
@@ -3938,6 +4421,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
                 };
             };
         };
@@ -4009,6 +4501,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
                 };
             };
         };
@@ -4086,6 +4587,15 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
         };
     };
     "metrics-request_metrics": {
@@ -4161,6 +4671,15 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
         };
     };
     "overview-get_overview": {
@@ -4228,6 +4747,15 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
         };
     };
     "projects-list_projects": {
@@ -4291,6 +4819,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
                 };
             };
         };
@@ -4371,6 +4908,15 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
         };
     };
     "projects-get_project": {
@@ -4447,6 +4993,15 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
         };
     };
     "projects-delete_project": {
@@ -4519,6 +5074,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
                 };
             };
         };
@@ -4601,6 +5165,15 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
         };
     };
     "projects-list_members": {
@@ -4675,6 +5248,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
                 };
             };
         };
@@ -4754,6 +5336,15 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
         };
     };
     "projects-remove_member": {
@@ -4829,6 +5420,15 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
         };
     };
     "costs-get_statement": {
@@ -4896,6 +5496,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
                 };
             };
         };
@@ -4967,6 +5576,92 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
+        };
+    };
+    "prometheus-prometheus_targets": {
+        parameters: {
+            query?: {
+                /** @description agents or their engines */
+                role?: components["schemas"]["TargetRole"];
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TargetGroup"][];
+                };
+            };
+            /** @description invalid request (the message says what to change) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description not logged in, session expired or logged out */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description not found, or not in one of your projects */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description conflicts with the current state (the message says which) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
         };
     };
     "providers-list_providers": {
@@ -5030,6 +5725,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
                 };
             };
         };
@@ -5110,6 +5814,15 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
         };
     };
     "providers-list_hosts": {
@@ -5173,6 +5886,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
                 };
             };
         };
@@ -5253,6 +5975,15 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
         };
     };
     "providers-delete_host": {
@@ -5325,6 +6056,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
                 };
             };
         };
@@ -5407,6 +6147,89 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
+        };
+    };
+    "providers-list_provider_kinds": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProviderKindPublic"][];
+                };
+            };
+            /** @description invalid request (the message says what to change) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description not logged in, session expired or logged out */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description admin role required */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description not found, or not in one of your projects */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description conflicts with the current state (the message says which) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
         };
     };
     "providers-get_provider": {
@@ -5483,6 +6306,15 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
         };
     };
     "providers-delete_provider": {
@@ -5555,6 +6387,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
                 };
             };
         };
@@ -5637,6 +6478,15 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
         };
     };
     "providers-list_instance_types": {
@@ -5711,6 +6561,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
                 };
             };
         };
@@ -5793,6 +6652,15 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
         };
     };
     "providers-sync_instance_types": {
@@ -5869,6 +6737,15 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
         };
     };
     "providers-delete_instance_type": {
@@ -5942,6 +6819,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
                 };
             };
         };
@@ -6025,6 +6911,15 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
         };
     };
     "usage-get_usage": {
@@ -6100,6 +6995,15 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
         };
     };
     "usage-export_usage": {
@@ -6170,6 +7074,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
                 };
             };
         };
@@ -6247,6 +7160,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
                 };
             };
         };
@@ -6327,6 +7249,15 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
         };
     };
     "users-get_user": {
@@ -6403,6 +7334,15 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
         };
     };
     "users-delete_user": {
@@ -6475,6 +7415,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
                 };
             };
         };
@@ -6555,6 +7504,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
                 };
             };
         };

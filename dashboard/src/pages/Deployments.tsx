@@ -9,7 +9,14 @@ import { fmtMoney, fmtTime, humanize, shortId } from "../lib/format";
 import { href } from "../lib/router";
 import { ACTIVE_STATES, drainInstance, provisionInstance, terminateInstance } from "../lib/actions";
 
-type Full = Deployment & { live_instances?: number; session_affinity?: string; deleted_at?: string | null };
+type Full = Deployment & { live_instances?: number; deleted_at?: string | null };
+type Routing = Deployment["routing"];
+// One label per routing strategy the API offers (a new one fails the type check until labelled).
+const ROUTING_LABELS: Record<Routing, string> = {
+  sticky_header: "Sticky by session header (reuses the KV cache)",
+  sticky_user: "Sticky by the request's user field",
+  least_load: "Least loaded instance",
+};
 type Msg = { tone: "ok" | "bad"; text: string } | null;
 
 // Autoscaling thresholds edited as fields; any other policy keys are kept as they are.
@@ -218,7 +225,7 @@ function DeploymentForm({ initial, onDone }: { initial: Full | null; onDone: (ms
     max_instances: String(initial?.max_instances ?? 1),
     autoscaling_enabled: initial?.autoscaling_enabled ?? false,
     engine_args: JSON.stringify(initial?.engine_args ?? {}, null, 1),
-    session_affinity: (initial?.session_affinity ?? "header") as "none" | "header" | "user",
+    routing: initial?.routing ?? ("sticky_header" as Routing),
   });
   const known = new Set(POLICY_FIELDS.map((p) => p.key));
   const [policy, setPolicy] = useState<Record<string, unknown>>(
@@ -270,7 +277,7 @@ function DeploymentForm({ initial, onDone }: { initial: Full | null; onDone: (ms
       name: f.name.trim(), model: f.model.trim(), served_name: f.served_name.trim() || undefined,
       flavor: f.flavor, provider_id: providerId, instance_type_id: typeId,
       min_instances: min, max_instances: max, autoscaling: { ...extra, ...policy },
-      engine_args: engineArgs as Record<string, unknown>, session_affinity: f.session_affinity,
+      engine_args: engineArgs as Record<string, unknown>, routing: f.routing,
     };
     setBusy(true);
     const r = initial
@@ -280,6 +287,7 @@ function DeploymentForm({ initial, onDone }: { initial: Full | null; onDone: (ms
       : await typed(client.POST("/api/v1/deployments", {
         body: {
           ...common, project_id: projectId, autoscaling_enabled: f.autoscaling_enabled,
+          trusted: false, // the API's default; only an admin may set it
         },
       }));
     setBusy(false);
@@ -335,11 +343,11 @@ function DeploymentForm({ initial, onDone }: { initial: Full | null; onDone: (ms
       ) : (
         <input id="dep-type" value={f.instance_type_id} onChange={set("instance_type_id")} placeholder="instance type id" />
       )}
-      <label htmlFor="dep-affinity">Session affinity</label>
-      <select id="dep-affinity" value={f.session_affinity} onChange={(e) => setF({ ...f, session_affinity: e.target.value as "none" | "header" | "user" })}>
-        <option value="header">By session header (reuses the KV cache)</option>
-        <option value="user">By the request's user field</option>
-        <option value="none">None (least loaded instance)</option>
+      <label htmlFor="dep-routing">Routing</label>
+      <select id="dep-routing" value={f.routing} onChange={(e) => setF({ ...f, routing: e.target.value as Routing })}>
+        {(Object.entries(ROUTING_LABELS) as [Routing, string][]).map(([value, label]) => (
+          <option key={value} value={value}>{label}</option>
+        ))}
       </select>
       <label htmlFor="dep-min">Minimum instances</label>
       <input id="dep-min" type="number" min={0} max={1000} required value={f.min_instances} onChange={set("min_instances")} />
