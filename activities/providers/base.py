@@ -148,7 +148,8 @@ class ProviderSettings(BaseSettings):
 
 
 class Capability(enum.StrEnum):
-    """What a provider offers beyond `Compute`; each is a mixin below, declared in the registry."""
+    """What a provider kind offers beyond creating and deleting machines (each is a mixin of
+    its adapter, declared in its registry entry)."""
 
     volumes = "volumes"  # provider volumes created with the machine, deleted one by one
     public_ips = "public_ips"  # detachable public addresses, released at termination

@@ -2,6 +2,7 @@ import { client, typed, type Result, type Schemas } from "../api/client";
 import { useResource } from "./hooks";
 
 export type Provider = Schemas["ProviderPublic"];
+export type ProviderKind = Schemas["ProviderKindPublic"];
 export type InstanceType = Schemas["InstanceTypePublic"];
 export type Flavor = Schemas["FlavorPublic"];
 export type TypeChoice = Schemas["InstanceTypeChoice"];
@@ -17,6 +18,13 @@ export const TYPES_PATH = "/api/v1/providers/{id}/instance-types";
 /** Providers (an admin's view: members get 403 and the forms fall back to plain ids). */
 export function useProviders() {
   return useResource(() => typed(client.GET("/api/v1/providers")), []);
+}
+
+export const KINDS_PATH = "/api/v1/providers/kinds";
+
+/** Provider kinds the platform knows (its registry), whether each can run here, and why not. */
+export function useProviderKinds() {
+  return useResource(() => typed(client.GET("/api/v1/providers/kinds")), []);
 }
 
 /** Instance types of every provider, in one list. */

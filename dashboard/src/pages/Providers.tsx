@@ -1,18 +1,16 @@
 import { useState, type FormEvent } from "react";
 import { client, typed } from "../api/client";
 import { Empty, Guard, Notice, PageHeader } from "../components/ui";
-import { PROVIDERS_PATH, TYPES_PATH, useInstanceTypes, useProviders, type InstanceType } from "../lib/catalog";
+import { PROVIDERS_PATH, TYPES_PATH, useInstanceTypes, useProviderKinds, useProviders, type InstanceType } from "../lib/catalog";
 import { fmtMoney, fmtNumber } from "../lib/format";
-
-const KINDS = ["local", "scaleway", "aws", "ssh"] as const;
-type Kind = (typeof KINDS)[number];
 
 export function ProvidersPage({ isAdmin }: { isAdmin: boolean }) {
   const providers = useProviders();
+  const kinds = useProviderKinds();
   const types = useInstanceTypes();
   const [notice, setNotice] = useState<{ tone: "ok" | "bad"; text: string } | null>(null);
   const [prices, setPrices] = useState<Record<string, string>>({});
-  const [newProvider, setNewProvider] = useState<{ name: string; kind: Kind }>({ name: "", kind: "local" });
+  const [newProvider, setNewProvider] = useState<{ name: string; kind: string }>({ name: "", kind: "local" });
 
   const savePrice = async (t: InstanceType) => {
     const value = Number(prices[t.id]);
@@ -97,8 +95,12 @@ export function ProvidersPage({ isAdmin }: { isAdmin: boolean }) {
             <label htmlFor="prov-name">Name</label>
             <input id="prov-name" required value={newProvider.name} onChange={(e) => setNewProvider({ ...newProvider, name: e.target.value })} />
             <label htmlFor="prov-kind">Kind</label>
-            <select id="prov-kind" value={newProvider.kind} onChange={(e) => setNewProvider({ ...newProvider, kind: e.target.value as Kind })}>
-              {KINDS.map((k) => <option key={k}>{k}</option>)}
+            <select id="prov-kind" value={newProvider.kind} onChange={(e) => setNewProvider({ ...newProvider, kind: e.target.value })}>
+              {(kinds.data ?? []).map((k) => (
+                <option key={k.kind} value={k.kind} title={k.reason ?? undefined}>
+                  {k.title}{k.enabled ? "" : ` (off here: ${k.reason})`}
+                </option>
+              ))}
             </select>
             <button type="submit">Add provider</button>
           </form>
