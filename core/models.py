@@ -67,6 +67,9 @@ class User(SQLModel, table=True):
     hashed_password: str
     role: Role = Field(default=Role.member)
     is_active: bool = True
+    # Carried in every session token; bumped by a password change, reset or disabling, which
+    # ends every session issued before.
+    token_version: int = 0
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
@@ -77,6 +80,30 @@ class Project(SQLModel, table=True):
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     name: str = Field(index=True, unique=True, max_length=120)
     created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class ProjectQuota(SQLModel, table=True):
+    """An admin's limits for one project; a project without a row (or a null field) is unlimited.
+
+    Checked in the transaction that creates an instance, with the project row locked
+    (core/quotas.py), so concurrent creations cannot both pass the last free slot.
+    """
+
+    __tablename__ = "project_quotas"
+    project_id: uuid.UUID = Field(foreign_key="projects.id", primary_key=True, ondelete="CASCADE")
+    allowed_provider_ids: list[str] | None = Field(default=None, sa_column=Column(JSONB))
+    allowed_instance_type_ids: list[str] | None = Field(default=None, sa_column=Column(JSONB))
+    max_instances: int | None = None
+    max_gpus: int | None = None
+    monthly_budget: float | None = None  # in budget_currency
+    budget_currency: str = Field(default="EUR", max_length=3)
+    monthly_gpu_hours: float | None = None
+    budget_warning_percent: int = 80
+    max_key_rpm: int | None = None
+    max_key_tpm: int | None = None
+    updated_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
 
@@ -119,8 +146,11 @@ class Provider(SQLModel, table=True):
     __tablename__ = "providers"
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     name: str = Field(index=True, unique=True, max_length=64)
-    kind: str = Field(max_length=32)  # local | scaleway | aws | ssh
+    kind: str = Field(max_length=32)  # a registered kind: activities/providers/registry.py
     enabled: bool = True
+    # What a volume at this provider costs, billed from its creation until its deletion.
+    volume_price_per_gb_month: float = 0
+    volume_currency: str = Field(default="EUR", max_length=3)
     config: dict[str, Any] = _json({})
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
@@ -163,6 +193,8 @@ class Deployment(SQLModel, table=True):
     engine_args: dict[str, Any] = _json({})
     boot_timeout_s: float | None = None
     routing: RoutingStrategy = RoutingStrategy.sticky_header  # how the gateway picks an instance
+    # Set by an admin: the deployment may use code-loading and network engine flags.
+    trusted: bool = False
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
