@@ -43,9 +43,12 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "workflows.contracts",
         "activities.contracts",
         "activities.providers.registry",
-        "activities.providers.catalogue",
         "activities.providers.flavors",
         "activities.providers.base",
+        # The bare-metal hosts API: the SSH provider's static parts (never its adapter).
+        "activities.providers.ssh.catalogue",
+        "activities.providers.ssh.keys",
+        "activities.providers.ssh.settings",
         "agent.identity",
     ),
 }
