@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ast
 import logging
 import os
 import subprocess
@@ -131,3 +132,37 @@ def test_a_missing_sdk_turns_its_provider_off_with_a_reason(tmp_path: Path) -> N
     assert "built: local\n" in run.stdout
     assert "aws catalogue: 6" in run.stdout  # the catalogue needs no SDK
     assert env["INVENTIV_AWS_SECRET_ACCESS_KEY"] not in run.stdout + run.stderr
+
+
+CLOUD_SDKS = {"boto3", "botocore", "scaleway", "scaleway_core", "asyncssh", "mypy_boto3_ec2"}
+
+
+def _module_level_imports(tree: ast.Module) -> list[tuple[int, str]]:
+    """Imports run when the module is imported (not those inside a function)."""
+    found: list[tuple[int, str]] = []
+    pending: list[ast.stmt] = list(tree.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.Import):
+            found.extend((node.lineno, a.name) for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+        elif isinstance(node, ast.If | ast.Try):
+            pending.extend(node.body + node.orelse + getattr(node, "finalbody", []))
+            pending.extend(h for handler in getattr(node, "handlers", []) for h in handler.body)
+    return found
+
+
+def test_only_adapters_import_their_sdk() -> None:
+    """A cloud SDK is imported at module level by its provider's adapter.py and nowhere else in
+    the product: importing anything else (the registry, a catalogue, the API) never needs it."""
+    offenders = []
+    for package in ("activities", "api", "core", "gateway", "inventiv", "workers", "workflows"):
+        for path in sorted((REPO / package).rglob("*.py")):
+            relative = path.relative_to(REPO)
+            if relative.parts[:2] == ("activities", "providers") and path.name == "adapter.py":
+                continue
+            for line, name in _module_level_imports(ast.parse(path.read_text())):
+                if name.partition(".")[0] in CLOUD_SDKS:
+                    offenders.append(f"{relative}:{line} imports {name}")
+    assert offenders == []
