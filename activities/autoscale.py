@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -12,14 +11,19 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
-from temporalio.client import Client
 
+from activities.contracts import AssessInput, ScaleDownInput, ScaleUpInput, ScalingPlan
+from activities.instance import StartInstance
 from core.autoscaling import AutoscalingPolicy, LoadSnapshot, decide
-from core.events import publish_event
+from core.events import EventKind, publish_event
 from core.instances import new_instance
-from core.models import Deployment, Instance, InstanceState
+from core.models import Deployment, Instance, InstanceState, TerminationReason
 from core.redis_keys import INSTANCE_LOAD, gateway_load_key
-from workflows.types import AssessInput, ScaleDownInput, ScaleUpInput, ScalingPlan
+from core.wire import GatewayLoad, InstanceLoad
+
+# Asks an instance's workflow to drain; False when it refused or has ended. The worker passes one
+# built on workflows/client.py (activities never import workflows).
+DrainInstance = Callable[[str, TerminationReason], Awaitable[bool]]
 
 # A gateway replica that has not published for this long has stopped: its figures are ignored.
 GATEWAY_LOAD_STALE_S = 10.0
@@ -31,24 +35,24 @@ class AutoscaleActivities:
         self,
         sessionmaker: async_sessionmaker[AsyncSession],
         redis: aioredis.Redis,
-        temporal: Client,
-        start_instance: Callable[[uuid.UUID], Awaitable[None]],
+        start_instance: StartInstance,
+        drain_instance: DrainInstance,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.redis = redis
-        self.temporal = temporal
-        self._start_instance = start_instance
+        self.start_instance = start_instance
+        self.drain_instance = drain_instance
 
     async def _gateway_load(self, deployment_id: str, now: float) -> tuple[float, float, float]:
         """(in flight, queue length, worst queue wait p95) summed over live gateway replicas."""
         in_flight = queue = wait = 0.0
         for raw in (await self.redis.hgetall(gateway_load_key(deployment_id))).values():
-            load = json.loads(raw)
-            if now - float(load.get("ts", 0)) > GATEWAY_LOAD_STALE_S:
+            load = GatewayLoad.model_validate_json(raw)
+            if now - load.ts > GATEWAY_LOAD_STALE_S:
                 continue
-            in_flight += float(load.get("in_flight", 0))
-            queue += float(load.get("queue_length", 0))
-            wait = max(wait, float(load.get("queue_wait_p95_ms", 0)))
+            in_flight += load.in_flight
+            queue += load.queue_length
+            wait = max(wait, load.queue_wait_p95_ms)
         return in_flight, queue, wait
 
     @activity.defn
@@ -93,8 +97,9 @@ class AutoscaleActivities:
         raw = await self.redis.hmget(INSTANCE_LOAD, [str(i.id) for i in ready]) if ready else []
 
         def running(pair: tuple[Instance, bytes | str | None]) -> tuple[float, float]:
-            instance, load = pair
-            value = float(json.loads(load).get("requests_running", 0)) if load else 0.0
+            instance, raw_load = pair
+            load = InstanceLoad.model_validate_json(raw_load) if raw_load else None
+            value = (load.requests_running or 0.0) if load else 0.0
             return value, -instance.created_at.timestamp()
 
         ordered = sorted(zip(ready, raw, strict=True), key=running)
@@ -112,7 +117,7 @@ class AutoscaleActivities:
                     session.add(new_instance(deployment, new_id))
             await session.commit()
         for new_id in map(uuid.UUID, inp.new_instance_ids):
-            await self._start_instance(new_id)
+            await self.start_instance(new_id)
         await self._decision_event(deployment, f"+{len(inp.new_instance_ids)}", inp.reason)
 
     @activity.defn
@@ -126,17 +131,18 @@ class AutoscaleActivities:
                     )
                 )
             ).all()
+        drained = 0
         for instance in rows:
-            await self.temporal.get_workflow_handle(instance.workflow_id).signal(
-                "drain", "scale_down"
-            )
+            # The workflow decides: one that stopped being ready meanwhile refuses the drain.
+            if await self.drain_instance(instance.workflow_id, TerminationReason.scale_down):
+                drained += 1
         if deployment is not None:
-            await self._decision_event(deployment, f"-{len(rows)}", inp.reason)
+            await self._decision_event(deployment, f"-{drained}", inp.reason)
 
     async def _decision_event(self, deployment: Deployment, change: str, reason: str) -> None:
         await publish_event(
             self.redis,
-            "scaling",
+            EventKind.scaling,
             str(deployment.project_id),
             {
                 "deployment_id": str(deployment.id),

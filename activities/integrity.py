@@ -1,18 +1,20 @@
 """Agent integrity: is the agent a machine runs the one this control plane ships?
 
-One rule for the boot-time health check and for every heartbeat, so they never disagree.
+One rule for the boot-time health check and for every heartbeat, so they never disagree. The
+bundled agent's identity is read as data (agent/identity.py), never by importing the agent.
 """
 
 from __future__ import annotations
 
-from agent.agent import AGENT_VERSION, _get_agent_checksum
+from agent.identity import bundled_agent
 from core.settings import Settings
 
 
 def expected_agent(settings: Settings) -> tuple[str, str]:
     """(version, checksum) required: settings.expected_agent_version or the bundled agent's
     version, and always the bundled agent's checksum."""
-    return settings.expected_agent_version or AGENT_VERSION, _get_agent_checksum()
+    bundled = bundled_agent()
+    return settings.expected_agent_version or bundled.version, bundled.checksum
 
 
 def agent_integrity_ok(version: str | None, checksum: str | None, settings: Settings) -> bool:

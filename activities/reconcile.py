@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
@@ -11,12 +12,11 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
-from temporalio.client import Client
 
-from activities.launch import ensure_autoscaler
-from activities.providers.base import Compute, ProviderError
+from activities.contracts import ReconcileInput, ReconcileResult
+from activities.providers.base import Compute, ProviderError, ResourceNotYetGoneError
 from core import states
-from core.events import publish_event
+from core.events import EventKind, publish_event
 from core.models import (
     ActionStatus,
     Deployment,
@@ -26,10 +26,15 @@ from core.models import (
     Provider,
     utcnow,
 )
-from core.settings import Settings
-from workflows.types import ReconcileInput, ReconcileResult
+from core.progress import Step
 
 log = logging.getLogger(__name__)
+
+# The worker passes these, built on workflows/client.py (activities never import workflows).
+# Tells an instance's workflow its machine is gone (by workflow id):
+ReportProviderDeleted = Callable[[str], Awaitable[None]]
+# Starts a deployment's autoscaler unless it runs already:
+EnsureAutoscaler = Callable[[uuid.UUID], Awaitable[None]]
 
 # Instances whose machine must exist at the provider: their absence means it was deleted there.
 # (provisioning may not have a machine yet; terminating is deleting it on purpose.)
@@ -42,16 +47,16 @@ class ReconcileActivities:
         sessionmaker: async_sessionmaker[AsyncSession],
         redis: aioredis.Redis,
         providers: dict[str, Compute],
-        temporal: Client,
-        settings: Settings,
+        report_provider_deleted: ReportProviderDeleted,
+        ensure_autoscaler: EnsureAutoscaler,
     ) -> None:
-        self.settings = settings
         self.sessionmaker = sessionmaker
         self.redis = redis
         self.providers = providers
-        self.temporal = temporal
+        self.report_provider_deleted = report_provider_deleted
+        self.ensure_autoscaler = ensure_autoscaler
 
-    async def _log_action(self, instance: Instance | None, step: str, detail: str) -> None:
+    async def _log_action(self, instance: Instance | None, step: Step, detail: str) -> None:
         log.warning("reconciler: %s %s", step, detail)
         project = str(instance.project_id) if instance else None
         if instance is not None:
@@ -66,7 +71,9 @@ class ReconcileActivities:
                     )
                 )
                 await session.commit()
-        await publish_event(self.redis, "reconciler", project, {"step": step, "detail": detail})
+        await publish_event(
+            self.redis, EventKind.reconciler, project, {"step": step, "detail": detail}
+        )
 
     @activity.defn
     async def reconcile_once(self, inp: ReconcileInput) -> ReconcileResult:
@@ -102,22 +109,26 @@ class ReconcileActivities:
                 age = (now - machine.created_at).total_seconds() if machine.created_at else None
                 if age is not None and age < inp.orphan_grace_s:
                     continue  # just created: its instance row may not say so yet
-                await adapter.delete(machine.resource_id)
+                try:
+                    await adapter.delete(machine.resource_id)
+                except ResourceNotYetGoneError as exc:  # powering off first: next round deletes it
+                    log.info("reconciler: orphan %s not deleted yet: %s", machine.resource_id, exc)
+                    continue
                 await self._log_action(
                     owner[0] if owner else None,
-                    "orphan_deleted",
+                    Step.orphan_deleted,
                     f"{kind} machine {machine.resource_id} had no live instance",
                 )
                 result.orphans_deleted.append(machine.resource_id)
             for volume in volumes:
-                owner = instances.get(volume.instance_id or "")
+                owner = instances.get(volume.instance_id) if volume.instance_id else None
                 if owner is None or owner[0].state not in states.FINAL_STATES:
                     continue  # live instances own their volumes; unknown ones wait for a person
                 if not volume.delete_on_terminate:
                     continue  # persistent volumes outlive their instance on purpose
                 await adapter.delete_volume(volume.volume_id)
                 await self._log_action(
-                    owner[0], "orphan_volume_deleted", f"{kind} volume {volume.volume_id}"
+                    owner[0], Step.orphan_volume_deleted, f"{kind} volume {volume.volume_id}"
                 )
                 result.orphan_volumes_deleted.append(volume.volume_id)
         await self._ensure_autoscalers()
@@ -133,21 +144,15 @@ class ReconcileActivities:
                 )
             ).all()
         for deployment_id in ids:
-            await ensure_autoscaler(
-                self.temporal,
-                self.settings.task_queue,
-                deployment_id,
-                self.settings.autoscale_interval_s,
-            )
+            await self.ensure_autoscaler(deployment_id)
 
     async def _provider_deleted(self, instance: Instance) -> None:
         async with self.sessionmaker() as session:
             changed = await states.mark_provider_deleted(session, uuid.UUID(str(instance.id)))
         if not changed:
             return
-        await self._log_action(instance, "provider_deleted", "machine not found at the provider")
+        await self._log_action(instance, Step.provider_deleted, "machine not found at the provider")
         try:
-            handle = self.temporal.get_workflow_handle(instance.workflow_id)
-            await handle.signal("provider_deleted")
+            await self.report_provider_deleted(instance.workflow_id)
         except Exception:
             log.exception("could not signal %s", instance.workflow_id)

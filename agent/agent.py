@@ -1,20 +1,18 @@
 """The node agent: supervises the engine on a GPU machine and reports on it.
 
-`AGENT_VERSION`, `AGENT_BUILD_DATE` and `_get_agent_checksum()` (SHA-256 of this file) identify
-the agent; the control plane compares them with the bundled agent's to flag a tampered or stale
-one. Any change to this file needs a version bump (`python -m agent.version_tool bump`).
+`AGENT_VERSION`, `AGENT_BUILD_DATE` and the SHA-256 of this file identify the agent;
+agent/identity.py reads them as data, and the control plane compares them with the bundled
+agent's to flag a tampered or stale one. Any change to this file needs a version bump
+(`python -m agent.version_tool bump`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,26 +23,22 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, gen
 from agent.engine_metrics import EngineStats, parse_engine_metrics
 from agent.gpu import GpuReader, read_host
 from agent.heartbeat import HeartbeatSender
+from agent.identity import bundled_agent
 from agent.model_cache import ModelCache
 from agent.settings import AgentSettings
 from agent.supervisor import EngineState, EngineSupervisor
 from core.wire import AgentHeartbeat, AgentInfo, EngineLoad, GpuSample
 
-AGENT_VERSION = "0.1.0"
-AGENT_BUILD_DATE = "2026-11-28"
+AGENT_VERSION = "0.1.1"
+AGENT_BUILD_DATE = "2026-12-01"
 
 log = logging.getLogger("agent")
 
 
-@cache
-def _get_agent_checksum() -> str:
-    """SHA-256 of this file's bytes, as `sha256sum agent/agent.py` prints it."""
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
-
-
 def agent_info() -> AgentInfo:
+    identity = bundled_agent()
     return AgentInfo(
-        version=AGENT_VERSION, build_date=AGENT_BUILD_DATE, checksum=_get_agent_checksum()
+        version=identity.version, build_date=identity.build_date, checksum=identity.checksum
     )
 
 
@@ -82,7 +76,7 @@ class AgentMetrics:
             "inventiv_agent_engine_ttft_seconds_count", "vllm TTFT histogram count", registry=r
         )
         info = Gauge("inventiv_agent_info", "Agent identity", ["version", "checksum"], registry=r)
-        info.labels(AGENT_VERSION, _get_agent_checksum()).set(1)
+        info.labels(AGENT_VERSION, bundled_agent().checksum).set(1)
         self.cpu = Gauge("inventiv_agent_cpu_percent", "Machine CPU use", registry=r)
         self.ram = Gauge("inventiv_agent_ram_percent", "Machine RAM use", registry=r)
         self.disk = Gauge("inventiv_agent_disk_percent", "Model-cache volume use", registry=r)
@@ -139,7 +133,7 @@ class Agent:
             "agent %s (%s) checksum %s; engine %s serving %s as %s",
             AGENT_VERSION,
             AGENT_BUILD_DATE,
-            _get_agent_checksum(),
+            bundled_agent().checksum,
             self.settings.engine_command,
             self.settings.model,
             self.settings.served,
@@ -193,7 +187,7 @@ class Agent:
         return {
             "version": AGENT_VERSION,
             "build_date": AGENT_BUILD_DATE,
-            "checksum": _get_agent_checksum(),
+            "checksum": bundled_agent().checksum,
             "engine": {
                 "command": supervisor.command,
                 "state": supervisor.state,

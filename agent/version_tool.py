@@ -9,17 +9,13 @@ ship under the old version: `bump` raises the patch version and build date, then
 from __future__ import annotations
 
 import argparse
-import hashlib
-import re
 import sys
 import tarfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-AGENT_DIR = Path(__file__).resolve().parent
-_VERSION_RE = re.compile(r'^AGENT_VERSION = "(\d+)\.(\d+)\.(\d+)"$', re.MULTILINE)
-_DATE_RE = re.compile(r'^AGENT_BUILD_DATE = "[^"]*"$', re.MULTILINE)
+from agent.identity import AGENT_DIR, BUILD_DATE_RE, VERSION_RE, read_identity
 
 
 @dataclass
@@ -29,14 +25,14 @@ class Record:
 
 
 def checksum(agent_dir: Path) -> str:
-    return hashlib.sha256((agent_dir / "agent.py").read_bytes()).hexdigest()
+    return read_identity(agent_dir).checksum
 
 
 def current_version(agent_dir: Path) -> str:
-    match = _VERSION_RE.search((agent_dir / "agent.py").read_text())
-    if match is None:
-        raise SystemExit(f'{agent_dir / "agent.py"} has no AGENT_VERSION = "X.Y.Z" line')
-    return ".".join(match.groups())
+    try:
+        return read_identity(agent_dir).version
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def read_record(agent_dir: Path) -> Record | None:
@@ -61,13 +57,13 @@ def write_record(agent_dir: Path) -> Record:
 def bump(agent_dir: Path, today: str | None = None) -> Record:
     path = agent_dir / "agent.py"
     text = path.read_text()
-    match = _VERSION_RE.search(text)
+    match = VERSION_RE.search(text)
     if match is None:
         raise SystemExit(f'{path} has no AGENT_VERSION = "X.Y.Z" line')
     major, minor, patch = (int(part) for part in match.groups())
-    text = _VERSION_RE.sub(f'AGENT_VERSION = "{major}.{minor}.{patch + 1}"', text, count=1)
+    text = VERSION_RE.sub(f'AGENT_VERSION = "{major}.{minor}.{patch + 1}"', text, count=1)
     date = today or datetime.now(UTC).date().isoformat()
-    text = _DATE_RE.sub(f'AGENT_BUILD_DATE = "{date}"', text, count=1)
+    text = BUILD_DATE_RE.sub(f'AGENT_BUILD_DATE = "{date}"', text, count=1)
     path.write_text(text)
     return write_record(agent_dir)
 

@@ -1,4 +1,8 @@
-"""Progress 0-100 % derived from completed actions (DESIGN.md section 4)."""
+"""Action steps of an instance's timeline, and its progress 0-100 % derived from them.
+
+The boot steps count towards progress (docs/architecture.md, "Progress steps"); the others are
+recorded in the same action log (drain, teardown, the reconciler's findings) but do not.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,20 @@ class Step(StrEnum):
     warmup = "warmup"
     health_check = "health_check"
     ready = "ready"
+    # Serving
+    unhealthy = "unhealthy"
+    replacement = "replacement"
+    # Drain and teardown
+    drain = "drain"
+    discover_volumes = "discover_volumes"
+    delete_server = "delete_server"
+    confirm_gone = "confirm_gone"
+    delete_volume = "delete_volume"
+    release_ips = "release_ips"
+    # Found by the reconciler
+    provider_deleted = "provider_deleted"
+    orphan_deleted = "orphan_deleted"
+    orphan_volume_deleted = "orphan_volume_deleted"
 
 
 STEP_PERCENT: dict[str, int] = {

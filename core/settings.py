@@ -102,6 +102,10 @@ class Settings(BaseSettings):
         default=3, description="Failed health checks in a row before replacement"
     )
     drain_timeout_s: float = Field(default=300, description="Drain deadline before terminating")
+    delete_confirm_timeout_s: float = Field(
+        default=240,
+        description="How long a deleted machine may take to disappear before the delete is re-sent",
+    )
     archive_after_s: float = Field(default=7 * 86400, description="Retention before archiving")
     boot_poll_interval_s: float = Field(default=1.0, description="Boot step polling period")
     block_on_agent_mismatch: bool = Field(

@@ -19,7 +19,6 @@ import time
 import asyncpg
 from sqlmodel import col, select
 
-from activities.launch import ensure_autoscaler
 from activities.providers.local.adapter import LocalCompute
 from core.db import make_engine, make_sessionmaker
 from core.embedded import (
@@ -36,6 +35,7 @@ from core.models import Deployment
 from core.settings import Settings
 from inventiv.ops.prometheus import LocalPrometheus, ensure_metrics_token, start_dev_prometheus
 from inventiv.seed import DevCredentials, seed_dev
+from workflows.client import ensure_autoscaler
 
 DEV_DATABASE = "inventiv"
 

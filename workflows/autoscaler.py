@@ -7,7 +7,7 @@ continue-as-new. The workflow ends when the deployment's autoscaling is turned o
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from temporalio import workflow
@@ -16,17 +16,20 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from activities.autoscale import AutoscaleActivities
-    from workflows.types import (
-        AssessInput,
-        AutoscaleInput,
-        ScaleDownInput,
-        ScaleUpInput,
-        ScalingPlan,
-    )
+    from activities.contracts import AssessInput, ScaleDownInput, ScaleUpInput, ScalingPlan
 
 
 def autoscaler_workflow_id(deployment_id: str) -> str:
     return f"autoscaler-{deployment_id}"
+
+
+@dataclass
+class AutoscaleInput:
+    deployment_id: str
+    interval_s: float = 15.0
+    last_scale_up: float = 0.0  # epoch seconds of the last scale-up (carried by continue-as-new)
+    last_scale_down: float = 0.0
+    rounds_before_continue: int = 200
 
 
 @workflow.defn

@@ -1,16 +1,22 @@
 """InstanceWorkflow: one per instance (id `instance-<uuid>`), its whole life.
 
 provisioning -> booting -> ready -> draining -> terminating -> terminated -> archived, with
-startup_failed and provider_deleted on the side. Whatever fails after the provider created
-something ends in cleanup: termination activities retry until they succeed, so nothing is left
-running or billed at a provider.
+startup_failed and provider_deleted on the side (core/states.py holds the state machine; `Phase`
+below is only where this workflow's code is). Whatever fails after the provider created something
+ends in cleanup: termination activities retry until they succeed, so nothing is left running or
+billed at a provider.
+
+Drain and terminate are updates: their validators refuse what the phase forbids, so the caller
+(the API, the autoscaler) learns at once whether the command was taken.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any, TypeVar
 
 from temporalio import workflow
@@ -19,21 +25,27 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 from temporalio.exceptions import TimeoutError as TimeoutError_
 
 with workflow.unsafe.imports_passed_through():
-    from activities.instance import InstanceActivities
-    from core.progress import Step
-    from workflows.types import (
+    from activities.contracts import (
+        BootStepInput,
         DrainInput,
         FailInput,
+        HealthInput,
         InstanceRef,
-        InstanceWorkflowInput,
-        InstanceWorkflowState,
         LifecycleSpec,
         ReplacementInput,
         RoutingInput,
-        StepInput,
         TerminateInput,
         VolumeRef,
     )
+    from activities.instance import (
+        BootActivities,
+        DrainActivities,
+        HealthActivities,
+        ProvisionActivities,
+        TeardownActivities,
+    )
+    from core.models import InstanceState, TerminationReason
+    from core.progress import Step
 
 BOOT_STEPS = [
     Step.provider_start,
@@ -44,6 +56,39 @@ BOOT_STEPS = [
     Step.warmup,
     Step.health_check,
 ]
+
+
+class Phase(StrEnum):
+    """Where the workflow's code is; the instance's state is in the database (core/states.py)."""
+
+    start = "start"  # nothing created yet
+    booting = "booting"  # the machine exists, the boot steps run
+    ready = "ready"  # serving (draining included)
+    terminating = "terminating"  # teardown runs
+    provider_deleted = "provider_deleted"  # the machine vanished: only its volumes are left
+    done = "done"  # nothing left at the provider; archived after the retention
+
+
+@dataclass
+class InstanceWorkflowState:
+    """The workflow's whole state; continue-as-new carries it to the next run."""
+
+    instance_id: str
+    phase: Phase = Phase.start
+    resource_id: str | None = None  # set once the provider created the machine
+    drain_requested: bool = False
+    terminate_requested: bool = False
+    termination_reason: TerminationReason | None = None
+    provider_deleted: bool = False
+    failed_checks: int = 0
+    replacement_id: str | None = None
+
+
+@dataclass
+class InstanceWorkflowInput:
+    instance_id: str
+    state: InstanceWorkflowState | None = None
+
 
 ArgT = TypeVar("ArgT")
 ResultT = TypeVar("ResultT")
@@ -86,27 +131,53 @@ def failure_message(err: BaseException) -> str:
 class InstanceWorkflow:
     @workflow.init
     def __init__(self, inp: InstanceWorkflowInput) -> None:
-        # State is built here, not in run(): a signal delivered with the start (before run()
+        # State is built here, not in run(): a command delivered with the start (before run()
         # begins) must land in the state the workflow will use.
         self.state = inp.state or InstanceWorkflowState(instance_id=inp.instance_id)
 
-    # ------------------------------------------------------------ signals and queries
+    # ------------------------------------------------------------ commands and queries
 
-    @workflow.signal
-    def drain(self, reason: str = "user_request") -> None:
+    @workflow.update
+    def drain(self, reason: TerminationReason = TerminationReason.user_request) -> None:
         """Leave routing, let in-flight requests finish (up to the drain deadline), terminate."""
         self.state.drain_requested = True
         self.state.termination_reason = self.state.termination_reason or reason
 
-    @workflow.signal
-    def terminate(self, reason: str = "user_request") -> None:
+    @drain.validator
+    def validate_drain(self, reason: TerminationReason = TerminationReason.user_request) -> None:
+        if self.state.phase != Phase.ready:
+            raise ApplicationError(
+                f"instance is {self._phase_words()}: only a ready instance can be drained "
+                "(use DELETE to terminate it)",
+                type="CommandRefused",
+            )
+
+    @workflow.update
+    def terminate(self, reason: TerminationReason = TerminationReason.user_request) -> None:
         """Terminate now (a ready instance is drained first)."""
         self.state.terminate_requested = True
         self.state.termination_reason = self.state.termination_reason or reason
 
+    @terminate.validator
+    def validate_terminate(
+        self, reason: TerminationReason = TerminationReason.user_request
+    ) -> None:
+        if self.state.phase in (Phase.terminating, Phase.provider_deleted, Phase.done):
+            raise ApplicationError(f"instance is {self._phase_words()}", type="CommandRefused")
+
+    def _phase_words(self) -> str:
+        return {
+            Phase.start: "provisioning",
+            Phase.booting: "booting",
+            Phase.ready: "ready",
+            Phase.terminating: "already terminating",
+            Phase.provider_deleted: "gone at its provider",
+            Phase.done: "already terminated",
+        }[self.state.phase]
+
     @workflow.signal
     def provider_deleted(self) -> None:
-        """The reconciler found the machine gone at the provider."""
+        """The reconciler found the machine gone at the provider (a fact, never refused)."""
         self.state.provider_deleted = True
 
     @workflow.query
@@ -122,28 +193,28 @@ class InstanceWorkflow:
     @workflow.run
     async def run(self, inp: InstanceWorkflowInput) -> str:
         ref = InstanceRef(self.state.instance_id)
-        spec: LifecycleSpec = await quick(InstanceActivities.load_spec, ref)
-        if self.state.phase == "start":
+        spec = await quick(ProvisionActivities.load_spec, ref)
+        if self.state.phase == Phase.start:
             await self._provision_and_boot(ref, spec)
-        if self.state.phase == "ready":
+        if self.state.phase == Phase.ready:
             await self._serve(ref, spec)
-        if self.state.phase == "provider_deleted":
+        if self.state.phase == Phase.provider_deleted:
             await self._cleanup_after_provider_deleted(ref)
-        elif self.state.phase == "terminating":
+        elif self.state.phase == Phase.terminating:
             await self._terminate(ref, spec)
-        if self.state.phase == "done":
+        if self.state.phase == Phase.done:
             await workflow.sleep(timedelta(seconds=spec.archive_after_s))
-            await quick(InstanceActivities.archive, ref)
+            await quick(TeardownActivities.archive, ref)
         return self.state.termination_reason or "archived"
 
     async def _provision_and_boot(self, ref: InstanceRef, spec: LifecycleSpec) -> None:
-        await quick(InstanceActivities.record_request, ref)
+        await quick(ProvisionActivities.record_request, ref)
         deadline = workflow.now() + timedelta(seconds=spec.boot_timeout_s)
         try:
             # Transient provider errors and worker crashes are retried until the boot deadline;
             # typed non-retryable errors (no capacity, invalid request) stop at once.
             created = await workflow.execute_activity_method(
-                InstanceActivities.provider_create,
+                ProvisionActivities.provider_create,
                 ref,
                 start_to_close_timeout=timedelta(minutes=10),
                 heartbeat_timeout=timedelta(seconds=10),
@@ -151,10 +222,10 @@ class InstanceWorkflow:
                 retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),
             )
             self.state.resource_id = created.resource_id
-            self.state.phase = "booting"
+            self.state.phase = Phase.booting
             if self._stop_wanted():
                 raise _StopRequested()
-            boot = asyncio.ensure_future(self._boot(ref, spec, deadline))
+            boot = asyncio.ensure_future(self._boot(ref, spec, created.resource_id, deadline))
             await workflow.wait_condition(lambda: boot.done() or self._stop_wanted())
             if not boot.done():
                 boot.cancel()
@@ -162,30 +233,35 @@ class InstanceWorkflow:
                     await boot
                 raise _StopRequested()
             boot.result()
-            self.state.phase = "ready"
+            self.state.phase = Phase.ready
         except _StopRequested:
-            self.state.phase = "provider_deleted" if self.state.provider_deleted else "terminating"
+            self.state.phase = (
+                Phase.provider_deleted if self.state.provider_deleted else Phase.terminating
+            )
         except _BootTimeout:
-            await self._fail(ref, "boot_timeout", f"not ready within {spec.boot_timeout_s:.0f}s")
+            await self._fail(
+                ref, TerminationReason.boot_timeout, f"not ready within {spec.boot_timeout_s:.0f}s"
+            )
         except ActivityError as err:
-            await self._fail(ref, "startup_error", failure_message(err))
+            await self._fail(ref, TerminationReason.startup_error, failure_message(err))
 
-    async def _boot(self, ref: InstanceRef, spec: LifecycleSpec, deadline: object) -> None:
-        assert self.state.resource_id is not None
+    async def _boot(
+        self, ref: InstanceRef, spec: LifecycleSpec, resource_id: str, deadline: datetime
+    ) -> None:
         for step in BOOT_STEPS:
-            remaining = (deadline - workflow.now()).total_seconds()  # type: ignore[operator]
+            remaining = (deadline - workflow.now()).total_seconds()
             if remaining <= 0:
                 raise _BootTimeout()
-            step_input = StepInput(
+            step_input = BootStepInput(
                 instance_id=ref.instance_id,
-                resource_id=self.state.resource_id,
+                resource_id=resource_id,
                 step=step,
                 timeout_s=remaining,
                 poll_interval_s=spec.poll_interval_s,
             )
             try:
                 await workflow.execute_activity_method(
-                    InstanceActivities.boot_step,
+                    BootActivities.boot_step,
                     step_input,
                     schedule_to_close_timeout=timedelta(seconds=remaining),
                     heartbeat_timeout=timedelta(seconds=max(10, spec.poll_interval_s * 10)),
@@ -198,12 +274,12 @@ class InstanceWorkflow:
                 if isinstance(cause, TimeoutError_):
                     raise _BootTimeout() from err
                 raise
-        await quick(InstanceActivities.mark_ready, ref)
+        await quick(BootActivities.mark_ready, ref)
 
-    async def _fail(self, ref: InstanceRef, reason: str, error: str) -> None:
-        await quick(InstanceActivities.fail_startup, FailInput(ref.instance_id, reason, error))
+    async def _fail(self, ref: InstanceRef, reason: TerminationReason, error: str) -> None:
+        await quick(ProvisionActivities.fail_startup, FailInput(ref.instance_id, reason, error))
         self.state.termination_reason = self.state.termination_reason or reason
-        self.state.phase = "terminating"
+        self.state.phase = Phase.terminating
 
     # ------------------------------------------------------------ ready
 
@@ -224,10 +300,7 @@ class InstanceWorkflow:
                 break
             except TimeoutError:
                 pass  # time for the next health check
-            health = await quick(
-                InstanceActivities.check_health,
-                StepInput(ref.instance_id, self.state.resource_id or ""),
-            )
+            health = await quick(HealthActivities.check_health, HealthInput(ref.instance_id))
             if health.gone:
                 self.state.provider_deleted = True
                 break
@@ -236,65 +309,92 @@ class InstanceWorkflow:
                 await self._replace_unhealthy(ref, health.detail)
                 return
         if self.state.provider_deleted:
-            self.state.phase = "provider_deleted"
+            self.state.phase = Phase.provider_deleted
             return
-        reason = self.state.termination_reason or "user_request"
+        reason = self.state.termination_reason or TerminationReason.user_request
         drain = DrainInput(ref.instance_id, reason, spec.drain_timeout_s, spec.poll_interval_s)
-        if await quick(InstanceActivities.begin_drain, drain):
+        if await quick(DrainActivities.begin_drain, drain):
             await workflow.execute_activity_method(
-                InstanceActivities.wait_drained,
+                DrainActivities.wait_drained,
                 drain,
                 start_to_close_timeout=timedelta(seconds=spec.drain_timeout_s + 60),
                 heartbeat_timeout=timedelta(seconds=30),
                 retry_policy=RetryPolicy(maximum_attempts=3),
             )
-        self.state.phase = "terminating"
+        self.state.phase = Phase.terminating
 
     async def _replace_unhealthy(self, ref: InstanceRef, detail: str) -> None:
         error = f"{self.state.failed_checks} failed health checks: {detail}"
         await quick(
-            InstanceActivities.record_unhealthy, FailInput(ref.instance_id, "unhealthy", error)
+            HealthActivities.record_unhealthy,
+            FailInput(ref.instance_id, TerminationReason.unhealthy, error),
         )
         if self.state.replacement_id is None:
             self.state.replacement_id = str(workflow.uuid4())
         await quick(
-            InstanceActivities.start_replacement,
+            HealthActivities.start_replacement,
             ReplacementInput(ref.instance_id, self.state.replacement_id),
         )
-        self.state.termination_reason = "unhealthy"
-        self.state.phase = "terminating"
+        self.state.termination_reason = TerminationReason.unhealthy
+        self.state.phase = Phase.terminating
 
     # ------------------------------------------------------------ terminate
 
     async def _terminate(self, ref: InstanceRef, spec: LifecycleSpec) -> None:
-        reason = self.state.termination_reason or "error"
+        reason = self.state.termination_reason or TerminationReason.error
         state = await quick(
-            InstanceActivities.begin_terminate, TerminateInput(ref.instance_id, reason)
+            TeardownActivities.begin_terminate, TerminateInput(ref.instance_id, reason)
         )
-        if state == "provider_deleted":
+        if state == InstanceState.provider_deleted:
             await self._cleanup_after_provider_deleted(ref)
             return
-        plan = await cleanup(InstanceActivities.discover_volumes, ref)
-        await cleanup(InstanceActivities.delete_server, ref)
-        await cleanup(
-            InstanceActivities.confirm_gone,
-            StepInput(ref.instance_id, self.state.resource_id or "", timeout_s=240),
-        )
+        plan = await cleanup(TeardownActivities.discover_volumes, ref)
+        await self._delete_server(ref, spec)
         await self._delete_volumes(ref, plan.delete)
-        await cleanup(InstanceActivities.finish_termination, ref)
-        self.state.phase = "done"
+        await cleanup(TeardownActivities.finish_termination, ref)
+        self.state.phase = Phase.done
+
+    async def _delete_server(self, ref: InstanceRef, spec: LifecycleSpec) -> None:
+        """Ask for the deletion, then look until the machine is gone (Temporal retries the look
+        with backoff). One that outlives the bound gets the delete again: never give up."""
+        while True:
+            await cleanup(TeardownActivities.delete_server, ref)
+            try:
+                await workflow.execute_activity_method(
+                    TeardownActivities.confirm_gone,
+                    ref,
+                    start_to_close_timeout=timedelta(seconds=60),
+                    schedule_to_close_timeout=timedelta(seconds=spec.delete_confirm_timeout_s),
+                    retry_policy=RetryPolicy(
+                        initial_interval=timedelta(seconds=1),
+                        backoff_coefficient=1.5,
+                        maximum_interval=timedelta(seconds=15),
+                        maximum_attempts=0,
+                    ),
+                )
+                return
+            except ActivityError as err:
+                if not isinstance(err.cause, TimeoutError_):
+                    raise
+                workflow.logger.warning(
+                    "machine of %s still there after %.0fs: deleting it again",
+                    ref.instance_id,
+                    spec.delete_confirm_timeout_s,
+                )
 
     async def _delete_volumes(self, ref: InstanceRef, volume_ids: list[str]) -> None:
         for volume_id in volume_ids:
-            await cleanup(InstanceActivities.delete_volume, VolumeRef(ref.instance_id, volume_id))
+            await cleanup(TeardownActivities.delete_volume, VolumeRef(ref.instance_id, volume_id))
 
     async def _cleanup_after_provider_deleted(self, ref: InstanceRef) -> None:
         """The machine is gone; its volumes may not be. Delete those meant to go with it."""
-        await quick(InstanceActivities.set_routable, RoutingInput(ref.instance_id, False))
-        plan = await cleanup(InstanceActivities.discover_volumes, ref)
+        await quick(HealthActivities.set_routable, RoutingInput(ref.instance_id, False))
+        plan = await cleanup(TeardownActivities.discover_volumes, ref)
         await self._delete_volumes(ref, plan.delete)
-        self.state.termination_reason = self.state.termination_reason or "provider_deleted"
-        self.state.phase = "done"
+        self.state.termination_reason = (
+            self.state.termination_reason or TerminationReason.provider_deleted
+        )
+        self.state.phase = Phase.done
 
 
 class _StopRequested(Exception):

@@ -9,8 +9,8 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.contracts import ReconcileInput, ReconcileResult
     from activities.reconcile import ReconcileActivities
-    from workflows.types import ReconcileInput, ReconcileResult
 
 
 def reconciler_workflow_id(task_queue: str) -> str:

@@ -19,7 +19,7 @@ from fastapi.responses import FileResponse
 from sqlmodel import col, update
 
 from activities.integrity import agent_integrity_ok
-from agent.agent import AGENT_VERSION, _get_agent_checksum
+from agent.identity import bundled_agent
 from agent.version_tool import bundle
 from api.deps import RedisDep, SessionDep, SettingsDep
 from api.security import token_hash
@@ -169,8 +169,9 @@ async def heartbeat(
 async def agent_bundle(settings: SettingsDep) -> FileResponse:
     """What `agent/bootstrap.sh` downloads from WORKER_AGENT_URL. Public: it is our code, not a
     secret; the machine verifies it against WORKER_AGENT_SHA256 before running it."""
+    agent = bundled_agent()
     path = settings.data_path(
-        "agent-bundles", f"agent-{AGENT_VERSION}-{_get_agent_checksum()[:16]}.tar.gz"
+        "agent-bundles", f"agent-{agent.version}-{agent.checksum[:16]}.tar.gz"
     )
     if not path.exists():
         tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")

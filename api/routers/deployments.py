@@ -13,7 +13,6 @@ from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 from sqlmodel import col, func, select
 
-from activities.launch import create_instance, ensure_autoscaler
 from activities.providers.flavors import FLAVORS
 from api.access import require_project, visible_project_ids
 from api.deps import CurrentUser, RedisDep, SessionDep, SettingsDep, TemporalDep
@@ -21,10 +20,11 @@ from api.errors import ERRORS
 from api.routers.events import EventPublic, recent_events
 from api.routers.instances import InstanceSummary, summarize
 from api.validation import JsonObject, Name, PartialUpdate
-from core.events import publish_event
+from core.events import EventKind, publish_event
 from core.models import Deployment, Instance, InstanceType, Provider, utcnow
 from core.states import LIVE_STATES
 from core.wire import RoutingStrategy
+from workflows.client import create_instance, ensure_autoscaler
 
 router = APIRouter(prefix="/deployments", tags=["deployments"], responses=ERRORS)
 
@@ -248,7 +248,7 @@ async def _sync_autoscaler(temporal: TemporalDep, settings: SettingsDep, d: Depl
 
 async def _changed(redis: RedisDep, d: Deployment, what: str) -> None:
     await publish_event(
-        redis, "deployment", str(d.project_id), {"deployment_id": str(d.id), "change": what}
+        redis, EventKind.deployment, str(d.project_id), {"deployment_id": str(d.id), "change": what}
     )
 
 
@@ -456,7 +456,7 @@ async def provision_instance(
     instance = await create_instance(session, temporal, settings.task_queue, deployment=deployment)
     await publish_event(
         redis,
-        "instance",
+        EventKind.instance,
         str(instance.project_id),
         {"instance_id": str(instance.id), "state": instance.state.value, "change": "created"},
     )

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, Field
 from sqlmodel import col, func, select
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.client import Client
 
-from agent.agent import AGENT_VERSION
+from agent.identity import bundled_agent
 from api.access import require_project, visible_project_ids
 from api.deps import CurrentUser, SessionDep, SettingsDep, TemporalDep
 from api.errors import ERRORS
@@ -28,7 +29,12 @@ from core.models import (
     TerminationReason,
 )
 from core.progress import current_step, progress_percent
-from core.states import FINAL_STATES
+from workflows import client as orchestration
+from workflows.client import (
+    CommandRefusedError,
+    OrchestratorUnavailableError,
+    WorkflowNotRunningError,
+)
 
 router = APIRouter(prefix="/instances", tags=["instances"], responses=ERRORS)
 
@@ -235,7 +241,7 @@ async def get_instance(
         agent_url=instance.agent_url,
         agent_checksum=instance.agent_checksum,
         agent_status=agent_status,
-        expected_agent_version=settings.expected_agent_version or AGENT_VERSION,
+        expected_agent_version=settings.expected_agent_version or bundled_agent().version,
         last_heartbeat_at=instance.last_heartbeat_at,
         latest_metrics=MetricSample(**latest.model_dump()) if latest else None,
         history=[StateChange(**h.model_dump()) for h in history],
@@ -248,18 +254,21 @@ async def get_instance(
     )
 
 
-async def signal_workflow(temporal: TemporalDep, instance: Instance, signal: str) -> None:
-    """Signal the instance's workflow; 409 when it is not running (nothing would act on it)."""
+async def command_workflow(
+    command: Callable[[Client, str], Awaitable[None]], temporal: Client, instance: Instance
+) -> None:
+    """Send the command to the instance's workflow, which decides: 409 when it refuses or is not
+    running (nothing would act on it), 503 when the orchestrator does not answer."""
     try:
-        await temporal.get_workflow_handle(instance.workflow_id).signal(signal, "user_request")
-    except RPCError as exc:
-        if exc.status != RPCStatusCode.NOT_FOUND:
-            raise
+        await command(temporal, instance.workflow_id)
+    except CommandRefusedError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    except WorkflowNotRunningError as exc:
         raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            f"the instance's workflow {instance.workflow_id} is not running; "
-            "the reconciler will settle its state",
+            status.HTTP_409_CONFLICT, f"{exc}; the reconciler will settle its state"
         ) from None
+    except OrchestratorUnavailableError as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
 
 
 class ActionAccepted(BaseModel):
@@ -274,13 +283,7 @@ async def drain_instance(
 ) -> ActionAccepted:
     """Stop routing new requests to it, let in-flight ones finish, then terminate."""
     instance = await get_visible_instance(session, user, instance_id)
-    if instance.state not in (InstanceState.ready, InstanceState.draining):
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            f"instance is {instance.state.value}: only a ready instance can be drained "
-            "(use DELETE to terminate it)",
-        )
-    await signal_workflow(temporal, instance, "drain")
+    await command_workflow(orchestration.drain_instance, temporal, instance)
     return ActionAccepted(id=instance.id, state=instance.state, action="drain")
 
 
@@ -290,7 +293,5 @@ async def terminate_instance(
 ) -> ActionAccepted:
     """Drain (if serving) and terminate: server, then volumes; persistent volumes are kept."""
     instance = await get_visible_instance(session, user, instance_id)
-    if instance.state in FINAL_STATES:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"instance is already {instance.state.value}")
-    await signal_workflow(temporal, instance, "terminate")
+    await command_workflow(orchestration.terminate_instance, temporal, instance)
     return ActionAccepted(id=instance.id, state=instance.state, action="terminate")

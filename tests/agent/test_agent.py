@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 import agent.agent as agent_module
-from agent.agent import _get_agent_checksum
+from agent.identity import bundled_agent
 from tests.agent.helpers import (
     agent_env,
     get_json,
@@ -29,7 +29,7 @@ from tests.agent.helpers import (
 async def test_info_checksum_is_the_agent_files_sha256(tmp_path: Path) -> None:
     source = await asyncio.to_thread(Path(agent_module.__file__).read_bytes)
     expected = hashlib.sha256(source).hexdigest()
-    assert _get_agent_checksum() == expected
+    assert bundled_agent().checksum == expected
     async with running_agent(tmp_path) as agent:
         status, info = await wait_for(lambda: get_json(f"{agent.url}/info"), 20, "/info")
     assert status == 200
@@ -217,7 +217,7 @@ async def test_kv_cache_usage_is_read_under_both_vllm_names(tmp_path: Path, lega
         assert "inventiv_agent_engine_ready 1.0" in metrics
         assert "inventiv_agent_engine_prompt_tokens 1500.0" in metrics
         assert "inventiv_agent_engine_ttft_seconds_count 1.0" in metrics
-        assert f'checksum="{_get_agent_checksum()}"' in metrics
+        assert f'checksum="{bundled_agent().checksum}"' in metrics
 
 
 async def _ready(url: str) -> bool:

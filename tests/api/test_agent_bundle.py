@@ -8,7 +8,7 @@ import tarfile
 
 import httpx
 
-from agent.agent import _get_agent_checksum
+from agent.identity import bundled_agent
 
 
 async def test_bundle_holds_the_checksummed_agent(client: httpx.AsyncClient) -> None:
@@ -20,7 +20,7 @@ async def test_bundle_holds_the_checksummed_agent(client: httpx.AsyncClient) -> 
         agent_py = archive.extractfile("agent/agent.py")
         assert agent_py is not None
         digest = hashlib.sha256(agent_py.read()).hexdigest()
-    assert digest == _get_agent_checksum()
+    assert digest == bundled_agent().checksum
     assert {"agent/__main__.py", "core/wire.py", "agent/bootstrap.sh"} <= names
     assert not any("__pycache__" in n for n in names)
     again = await client.get("/api/v1/agents/bundle")

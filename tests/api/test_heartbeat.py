@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from sqlmodel import select
 
 from activities.integrity import agent_integrity_ok
-from agent.agent import AGENT_VERSION, _get_agent_checksum
+from agent.identity import bundled_agent
 from api.app import create_app
 from api.security import new_agent_token
 from core.models import (
@@ -80,9 +80,9 @@ def heartbeat_body(instance_id: uuid.UUID, **info: str) -> dict[str, Any]:
     return {
         "instance_id": str(instance_id),
         "agent_info": {
-            "version": info.get("version", AGENT_VERSION),
+            "version": info.get("version", bundled_agent().version),
             "build_date": "2026-11-28",
-            "checksum": info.get("checksum", _get_agent_checksum()),
+            "checksum": info.get("checksum", bundled_agent().checksum),
         },
         "engine_state": "running",
         "engine_ready": True,
@@ -129,8 +129,8 @@ async def test_real_agent_heartbeats_reach_the_api(
         assert load["gpu_utilization"] is None  # no GPU here: absent, not zero
         row = await read_instance(sessionmaker, instance_id)
         assert row.last_heartbeat_at is not None
-        assert row.agent_version == AGENT_VERSION
-        assert row.agent_checksum == _get_agent_checksum()
+        assert row.agent_version == bundled_agent().version
+        assert row.agent_checksum == bundled_agent().checksum
         assert row.agent_integrity_ok is True
         async with sessionmaker() as session:
             samples = (await session.exec(select(InstanceMetric))).all()
@@ -254,7 +254,7 @@ async def test_heartbeats_of_a_terminated_instance_are_not_recorded(
 
 def test_integrity_needs_the_expected_version_and_the_bundled_checksum(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
-    assert agent_integrity_ok(AGENT_VERSION, _get_agent_checksum(), settings)
-    assert not agent_integrity_ok(AGENT_VERSION, "f" * 64, settings)
+    assert agent_integrity_ok(bundled_agent().version, bundled_agent().checksum, settings)
+    assert not agent_integrity_ok(bundled_agent().version, "f" * 64, settings)
     pinned = settings.model_copy(update={"expected_agent_version": "9.9.9"})
-    assert not agent_integrity_ok(AGENT_VERSION, _get_agent_checksum(), pinned)
+    assert not agent_integrity_ok(bundled_agent().version, bundled_agent().checksum, pinned)

@@ -14,7 +14,6 @@ import pytest
 from playwright.async_api import Page, expect
 from sqlmodel import select
 
-from activities.launch import create_instance
 from core.models import (
     ActionStatus,
     ApiKey,
@@ -28,6 +27,7 @@ from core.models import (
 from tests.browser.conftest import SCREENSHOTS, ApiServer
 from tests.factories import Seeded, seed
 from tests.workflows.helpers import local_providers, running_worker, wait_state
+from workflows.client import create_instance
 
 SIM_FAST = {"model-load-delay-s": 0.2}
 

@@ -16,13 +16,13 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 
-from activities.launch import create_instance
 from activities.providers.base import Compute
 from activities.providers.local.adapter import LocalCompute
 from activities.providers.local.settings import LocalFaults
 from core.models import Instance, InstanceAction, InstanceState, InstanceStateHistory
 from core.settings import Settings
 from workers.worker import build_worker
+from workflows.client import create_instance
 
 
 @asynccontextmanager

@@ -8,13 +8,13 @@ import time
 
 from sqlmodel import col, select
 
-from activities.launch import ensure_autoscaler
 from core.models import Deployment, Instance, InstanceState
 from core.redis_keys import EVENTS_STREAM, gateway_load_key
 from core.settings import Settings
 from tests.factories import seed
 from tests.workflows.helpers import running_worker, wait_state
 from workflows.autoscaler import autoscaler_workflow_id
+from workflows.client import ensure_autoscaler, terminate_instance
 
 S = InstanceState
 
@@ -103,7 +103,7 @@ async def test_scales_up_under_load_and_down_when_idle(
         assert result == "autoscaling turned off"
         live = await _live(sessionmaker, dep_id)
         for inst in live:
-            await temporal_client.get_workflow_handle(inst.workflow_id).signal("terminate")
+            await terminate_instance(temporal_client, inst.workflow_id)
         for inst in live:
             await wait_state(sessionmaker, inst.id, S.terminated)
 

@@ -15,13 +15,13 @@ from pathlib import Path
 
 from sqlmodel import select
 
-from activities.launch import create_instance
 from activities.providers.local.adapter import LocalCompute
 from core.models import Instance, InstanceState, InstanceVolume
 from core.settings import Settings
 from core.states import is_legal_path
 from tests.factories import seed
 from tests.workflows.helpers import history, wait_state
+from workflows.client import create_instance, terminate_instance
 
 S = InstanceState
 INSTANCES = 6
@@ -94,7 +94,7 @@ async def test_worker_killed_at_random_points(
             worker.wait()
             if round_no == ROUNDS // 3:
                 for inst in to_terminate:  # termination, too, runs through the crashes
-                    await temporal_client.get_workflow_handle(inst.workflow_id).signal("terminate")
+                    await terminate_instance(temporal_client, inst.workflow_id)
             worker = start_worker(settings, log)
         for inst in instances:
             wanted = S.terminated if inst in to_terminate else S.ready
@@ -117,7 +117,7 @@ async def test_worker_killed_at_random_points(
 
         # Then the rest terminate cleanly too.
         for inst in instances[INSTANCES // 2 :]:
-            await temporal_client.get_workflow_handle(inst.workflow_id).signal("terminate")
+            await terminate_instance(temporal_client, inst.workflow_id)
         for inst in instances:
             await wait_state(sessionmaker, inst.id, S.terminated, timeout=120)
         assert await local.list_tagged() == []

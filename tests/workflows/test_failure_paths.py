@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import time
+from functools import partial
 
 import httpx
 import redis.asyncio as aioredis
@@ -29,6 +30,7 @@ from tests.workflows.helpers import (
     running_worker,
     wait_state,
 )
+from workflows.client import drain_instance, terminate_instance
 from workflows.instance import InstanceWorkflow
 
 S = InstanceState
@@ -120,7 +122,7 @@ async def test_unhealthy_instance_is_replaced_and_terminated(
         await record_history(temporal_client, instance.workflow_id, "unhealthy_replaced")
         steps = [a.step for a in await actions(sessionmaker, instance.id)]
         assert "unhealthy" in steps and "replacement" in steps
-        await temporal_client.get_workflow_handle(others[0].workflow_id).signal("terminate")
+        await terminate_instance(temporal_client, others[0].workflow_id)
         await wait_state(sessionmaker, others[0].id, S.terminated)
     assert await history(sessionmaker, instance.id) == [
         S.provisioning, S.booting, S.ready, S.terminating, S.terminated,
@@ -143,7 +145,7 @@ async def test_drain_lets_in_flight_requests_finish(
                 http.post(f"{ready.engine_url}/v1/completions", json=body)
             )
             await asyncio.sleep(0.5)
-            await temporal_client.get_workflow_handle(instance.workflow_id).signal("drain")
+            await drain_instance(temporal_client, instance.workflow_id)
             draining = await wait_state(sessionmaker, instance.id, S.draining, timeout=10)
             assert await redis_client.hget(ROUTING_REGISTRY, str(instance.id)) is None
             assert draining.state == S.draining
@@ -173,7 +175,7 @@ async def test_persistent_volumes_are_kept_others_deleted(
     async with running_worker(settings, temporal_client):
         instance = await provision(sessionmaker, temporal_client, settings, seeded.deployment)
         await wait_state(sessionmaker, instance.id, S.ready)
-        await temporal_client.get_workflow_handle(instance.workflow_id).signal("terminate")
+        await terminate_instance(temporal_client, instance.workflow_id)
         await wait_state(sessionmaker, instance.id, S.terminated)
     async with sessionmaker() as session:
         rows = (await session.exec(select(InstanceVolume))).all()
@@ -193,7 +195,7 @@ async def test_transient_delete_failures_are_retried(
     async with running_worker(settings, temporal_client, providers):
         instance = await provision(sessionmaker, temporal_client, settings, seeded.deployment)
         await wait_state(sessionmaker, instance.id, S.ready)
-        await temporal_client.get_workflow_handle(instance.workflow_id).signal("terminate")
+        await terminate_instance(temporal_client, instance.workflow_id)
         await wait_state(sessionmaker, instance.id, S.terminated, timeout=90)
     deletes = [a for a in await actions(sessionmaker, instance.id) if a.step == "delete_server"]
     assert [a.status for a in deletes] == ["failed", "failed", "succeeded"]
@@ -204,7 +206,7 @@ async def test_transient_delete_failures_are_retried(
 async def test_vanished_machine_becomes_provider_deleted(
     settings: Settings, sessionmaker, temporal_client
 ) -> None:
-    from workers.worker import ensure_reconciler
+    from workflows.client import ensure_reconciler
     from workflows.reconciler import reconciler_workflow_id
 
     settings = settings.model_copy(update={"reconcile_interval_s": 0.5})
@@ -239,9 +241,10 @@ async def test_orphan_removed_after_grace_period_not_before(
 ) -> None:
     from temporalio.testing import ActivityEnvironment
 
+    from activities.contracts import ReconcileInput
     from activities.reconcile import ReconcileActivities
     from core.db import make_engine, make_sessionmaker
-    from workflows.types import ReconcileInput
+    from workflows.client import ensure_autoscaler, report_provider_deleted
 
     local = LocalCompute(settings, LocalFaults())
     orphan = await local.create(
@@ -252,10 +255,16 @@ async def test_orphan_removed_after_grace_period_not_before(
             served_name="m",
         )
     )
-    engine = make_engine(settings.database_url or "")
-    redis = aioredis.Redis.from_url(settings.redis_url or "", decode_responses=True)
+    engine = make_engine(settings.require("database_url"))
+    redis = aioredis.Redis.from_url(settings.require("redis_url"), decode_responses=True)
     reconcile = ReconcileActivities(
-        make_sessionmaker(engine), redis, {"local": local}, temporal_client, settings
+        make_sessionmaker(engine),
+        redis,
+        {"local": local},
+        report_provider_deleted=partial(report_provider_deleted, temporal_client),
+        ensure_autoscaler=partial(
+            ensure_autoscaler, temporal_client, settings.task_queue, interval_s=1
+        ),
     )
     env = ActivityEnvironment()
     try:
@@ -303,7 +312,7 @@ async def test_fresh_heartbeat_reporting_a_dead_engine_is_unhealthy(
                 await session.exec(select(Instance).where(col(Instance.id) != instance.id))
             ).one()
         await wait_state(sessionmaker, replacement.id, S.ready)
-        await temporal_client.get_workflow_handle(replacement.workflow_id).signal("terminate")
+        await terminate_instance(temporal_client, replacement.workflow_id)
         await wait_state(sessionmaker, replacement.id, S.terminated)
     await _nothing_left(settings)
 
@@ -327,7 +336,7 @@ async def test_long_lived_instance_continues_as_new_and_still_drains(
             raise AssertionError("the workflow never continued as new")
         status = await handle.query(InstanceWorkflow.status)
         assert status.phase == "ready" and status.resource_id, "state carried over"
-        await handle.signal("drain")
+        await drain_instance(temporal_client, instance.workflow_id)
         done = await wait_state(sessionmaker, instance.id, S.terminated)
     assert done.termination_reason == "user_request"
     await _nothing_left(settings)
@@ -345,7 +354,7 @@ async def test_wrong_agent_is_flagged_or_refused(
         assert ready.agent_integrity_ok is False
         check = [a for a in await actions(sessionmaker, flagged.id) if a.step == "health_check"]
         assert "agent mismatch" in (check[0].detail or "") and "9.9.9" in (check[0].detail or "")
-        await temporal_client.get_workflow_handle(flagged.workflow_id).signal("terminate")
+        await terminate_instance(temporal_client, flagged.workflow_id)
         await wait_state(sessionmaker, flagged.id, S.terminated)
 
     blocking = pinned.model_copy(update={"block_on_agent_mismatch": True})
@@ -367,7 +376,7 @@ async def test_terminated_instance_is_archived_after_retention(
         instance = await provision(sessionmaker, temporal_client, settings, seeded.deployment)
         await wait_state(sessionmaker, instance.id, S.ready)
         handle = temporal_client.get_workflow_handle(instance.workflow_id)
-        await handle.signal("terminate")
+        await terminate_instance(temporal_client, instance.workflow_id)
         await wait_state(sessionmaker, instance.id, S.archived)
         assert await handle.result() == "user_request"
     assert (await history(sessionmaker, instance.id))[-2:] == [S.terminated, S.archived]

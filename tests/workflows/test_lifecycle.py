@@ -8,7 +8,6 @@ import httpx
 import redis.asyncio as aioredis
 from sqlmodel import select
 
-from activities.launch import create_instance
 from activities.providers.local.adapter import LocalCompute
 from core.models import InstanceState, InstanceVolume
 from core.progress import progress_percent
@@ -17,6 +16,7 @@ from core.settings import Settings
 from core.states import is_legal_path
 from tests.factories import seed
 from tests.workflows.helpers import actions, history, record_history, running_worker, wait_state
+from workflows.client import create_instance, terminate_instance
 
 S = InstanceState
 SIM_FAST = {"model-load-delay-s": 0.2}
@@ -52,9 +52,7 @@ async def test_happy_path_provision_serve_terminate(
             )
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] > 0
 
-        await temporal_client.get_workflow_handle(instance.workflow_id).signal(
-            "terminate", "user_request"
-        )
+        await terminate_instance(temporal_client, instance.workflow_id)
         done = await wait_state(sessionmaker, instance.id, S.terminated)
         assert done.termination_reason == "user_request"
         assert await redis_client.hget(ROUTING_REGISTRY, str(instance.id)) is None

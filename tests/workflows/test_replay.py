@@ -12,8 +12,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
 from tests.workflows.helpers import HISTORIES
-from workflows.instance import InstanceWorkflow
-from workflows.reconciler import ReconcilerWorkflow
+from workers.registration import WORKFLOWS
 
 RECORDED = sorted(HISTORIES.glob("*.json"))
 
@@ -26,5 +25,5 @@ def test_histories_are_recorded() -> None:
 @pytest.mark.parametrize("path", RECORDED, ids=[p.stem for p in RECORDED])
 async def test_recorded_history_replays(path) -> None:  # type: ignore[no-untyped-def]
     history = WorkflowHistory.from_json(path.stem, path.read_text())
-    replayer = Replayer(workflows=[InstanceWorkflow, ReconcilerWorkflow])
+    replayer = Replayer(workflows=WORKFLOWS)
     await replayer.replay_workflow(history)

@@ -1,0 +1,127 @@
+"""Provisioning: what the workflow needs to know, the request recorded, the machine created."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlmodel import col, select
+from temporalio import activity
+
+from activities.contracts import CreateResult, FailInput, InstanceRef, LifecycleSpec
+from activities.instance.context import InstanceContext
+from activities.integrity import expected_agent
+from activities.providers.base import CreateRequest, VolumeSpec
+from core import states
+from core.events import EventKind
+from core.models import ActionStatus, InstanceAction, InstanceState
+from core.progress import Step
+from core.tokens import agent_token, token_hash
+
+
+class ProvisionActivities:
+    def __init__(self, ctx: InstanceContext) -> None:
+        self.ctx = ctx
+
+    @activity.defn
+    async def load_spec(self, ref: InstanceRef) -> LifecycleSpec:
+        s = self.ctx.settings
+        instance = await self.ctx.instance(ref.instance_id)
+        deployment = await self.ctx.deployment_of(instance)
+        provider = await self.ctx.provider_of(instance)
+        return LifecycleSpec(
+            instance_id=ref.instance_id,
+            deployment_id=str(instance.deployment_id),
+            provider=provider.kind,
+            state=instance.state,
+            resource_id=instance.provider_resource_id,
+            boot_timeout_s=deployment.boot_timeout_s or s.boot_timeout_s,
+            health_interval_s=s.health_interval_s,
+            heartbeat_fresh_s=s.heartbeat_fresh_s,
+            unhealthy_threshold=s.unhealthy_threshold,
+            drain_timeout_s=s.drain_timeout_s,
+            archive_after_s=s.archive_after_s,
+            poll_interval_s=s.boot_poll_interval_s,
+            block_on_agent_mismatch=s.block_on_agent_mismatch,
+            health_rounds_per_run=s.health_rounds_per_run,
+            delete_confirm_timeout_s=s.delete_confirm_timeout_s,
+        )
+
+    @activity.defn
+    async def record_request(self, ref: InstanceRef) -> None:
+        async with self.ctx.sessionmaker() as session:
+            done = (
+                await session.execute(
+                    select(col(InstanceAction.id)).where(
+                        InstanceAction.instance_id == uuid.UUID(ref.instance_id),  # type: ignore[arg-type]
+                        InstanceAction.step == Step.request_created,  # type: ignore[arg-type]
+                        InstanceAction.status == ActionStatus.succeeded,  # type: ignore[arg-type]
+                    )
+                )
+            ).first()
+        if done is None:
+            async with self.ctx.action(ref.instance_id, Step.request_created):
+                pass
+
+    @activity.defn
+    async def provider_create(self, ref: InstanceRef) -> CreateResult:
+        """Create the machine (or find the one a previous attempt made), record its volumes."""
+        settings = self.ctx.settings
+        async with self.ctx.at_provider(ref.instance_id) as at:
+            deployment = await self.ctx.deployment_of(at.instance)
+            itype = await self.ctx.instance_type_of(at.instance)
+            token = agent_token(settings.require("secret_key"), ref.instance_id)
+            version, checksum = expected_agent(settings)
+            volumes = [
+                VolumeSpec(
+                    size_gb=float(v.get("size_gb", 10)),
+                    volume_type=str(v.get("volume_type", "data")),
+                    delete_on_terminate=bool(v.get("delete_on_terminate", True)),
+                )
+                for v in deployment.engine_args.get("volumes", [])
+            ]
+            engine_args = {k: v for k, v in deployment.engine_args.items() if k != "volumes"}
+            request = CreateRequest(
+                instance_id=ref.instance_id,
+                instance_type=itype.name,
+                model=deployment.model,
+                served_name=deployment.served_name,
+                flavor=deployment.flavor,
+                zone=itype.zones[0] if itype.zones else None,
+                engine_args=engine_args,
+                agent_env={
+                    "INVENTIV_AGENT_CONTROL_PLANE_URL": settings.api_url,
+                    "INVENTIV_AGENT_TOKEN": token,
+                    "WORKER_AGENT_URL": f"{settings.api_url}/api/v1/agents/bundle",
+                    "WORKER_AGENT_SHA256": checksum,
+                },
+                volumes=volumes,
+                gpu_count=max(itype.gpu_count, 1),
+            )
+            async with self.ctx.action(ref.instance_id, Step.provider_create) as action:
+                machine = await at.adapter.create(request)
+                action.detail = f"{machine.resource_id} (agent {version})"
+                await self.ctx.update_instance(
+                    ref.instance_id,
+                    provider_resource_id=machine.resource_id,
+                    zone=machine.zone,
+                    agent_token_hash=token_hash(token),
+                )
+                await self.ctx.record_volumes(ref.instance_id, machine.volumes)
+        async with self.ctx.sessionmaker() as session:
+            await states.provisioning_to_booting(session, uuid.UUID(ref.instance_id))
+        await self.ctx.event(EventKind.instance, ref.instance_id, {})
+        return CreateResult(resource_id=machine.resource_id)
+
+    @activity.defn
+    async def fail_startup(self, inp: FailInput) -> None:
+        async with self.ctx.sessionmaker() as session:
+            instance = await self.ctx.instance_in(session, inp.instance_id)
+            if instance.state == InstanceState.provisioning:
+                await states.provisioning_to_startup_failed(
+                    session, instance.id, reason=inp.reason, error=inp.error
+                )
+            elif instance.state == InstanceState.booting:
+                await states.booting_to_startup_failed(
+                    session, instance.id, reason=inp.reason, error=inp.error
+                )
+        await self.ctx.event(EventKind.instance, inp.instance_id, {"error": inp.error})

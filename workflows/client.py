@@ -1,0 +1,161 @@
+"""The client side of the workflows: start them and send them commands.
+
+Used by the API, the dev runner and the worker (which hands these to the activities that start or
+command workflows, so activities never import workflows). Signals and updates go by method
+reference (`InstanceWorkflow.drain`), never by name: a renamed handler fails the type check
+instead of being buffered, unknown, by Temporal.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio.client import (
+    Client,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+from temporalio.workflow import UpdateMethodMultiParam
+
+from activities.contracts import ReconcileInput
+from core.instances import new_instance, workflow_id_for
+from core.models import Deployment, Instance, TerminationReason
+from core.settings import Settings
+from workflows.autoscaler import AutoscaleInput, AutoscalerWorkflow, autoscaler_workflow_id
+from workflows.instance import InstanceWorkflow, InstanceWorkflowInput
+from workflows.reconciler import ReconcilerWorkflow, reconciler_workflow_id
+
+# How long a command waits for the workflow's answer (a worker must pick the update up).
+COMMAND_TIMEOUT = timedelta(seconds=15)
+
+
+class CommandError(Exception):
+    """A command to an instance's workflow was not carried out; the message says why."""
+
+
+class CommandRefusedError(CommandError):
+    """The workflow refused the command (its validator), e.g. draining an instance still booting."""
+
+
+class WorkflowNotRunningError(CommandError):
+    """No running workflow to take the command: it ended, or never started."""
+
+
+class OrchestratorUnavailableError(CommandError):
+    """Temporal or the workers did not answer in time."""
+
+
+# ---------------------------------------------------------------- starting
+
+
+async def start_instance_workflow(client: Client, task_queue: str, instance_id: uuid.UUID) -> None:
+    """Start the instance's workflow; a second start of the same instance is a no-op."""
+    try:
+        await client.start_workflow(
+            InstanceWorkflow.run,
+            InstanceWorkflowInput(str(instance_id)),
+            id=workflow_id_for(instance_id),
+            task_queue=task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        )
+    except WorkflowAlreadyStartedError:
+        pass
+
+
+async def create_instance(
+    session: AsyncSession, client: Client, task_queue: str, *, deployment: Deployment
+) -> Instance:
+    """A new instance of the deployment in `provisioning`, its workflow started."""
+    instance_id = uuid.uuid4()
+    instance = new_instance(deployment, instance_id)
+    session.add(instance)
+    await session.commit()
+    await session.refresh(instance)
+    await start_instance_workflow(client, task_queue, instance_id)
+    return instance
+
+
+async def ensure_autoscaler(
+    client: Client, task_queue: str, deployment_id: uuid.UUID, interval_s: float
+) -> None:
+    """Start the deployment's autoscaler unless it runs already (it ends when turned off)."""
+    await client.start_workflow(
+        AutoscalerWorkflow.run,
+        AutoscaleInput(str(deployment_id), interval_s=interval_s),
+        id=autoscaler_workflow_id(str(deployment_id)),
+        task_queue=task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    )
+
+
+async def ensure_reconciler(client: Client, settings: Settings) -> None:
+    """Start the reconciler once per cluster (an already running one is kept)."""
+    await client.start_workflow(
+        ReconcilerWorkflow.run,
+        ReconcileInput(settings.reconcile_interval_s, settings.orphan_grace_s),
+        id=reconciler_workflow_id(settings.task_queue),
+        task_queue=settings.task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    )
+
+
+# ---------------------------------------------------------------- commands
+
+
+async def drain_instance(
+    client: Client, workflow_id: str, reason: TerminationReason = TerminationReason.user_request
+) -> None:
+    """Drain, then terminate. Raises a `CommandError` when the workflow does not take it."""
+    await _command(client, workflow_id, InstanceWorkflow.drain, reason)
+
+
+async def terminate_instance(
+    client: Client, workflow_id: str, reason: TerminationReason = TerminationReason.user_request
+) -> None:
+    """Terminate (a ready instance is drained first). Raises a `CommandError` when the workflow
+    does not take it."""
+    await _command(client, workflow_id, InstanceWorkflow.terminate, reason)
+
+
+async def drain_if_accepted(client: Client, workflow_id: str, reason: TerminationReason) -> bool:
+    """Drain; False when the workflow refused or has ended (the autoscaler moves on)."""
+    try:
+        await drain_instance(client, workflow_id, reason)
+    except (CommandRefusedError, WorkflowNotRunningError):
+        return False
+    return True
+
+
+async def report_provider_deleted(client: Client, workflow_id: str) -> None:
+    """Tell the instance's workflow its machine is gone at the provider."""
+    handle = client.get_workflow_handle_for(InstanceWorkflow.run, workflow_id)
+    await handle.signal(InstanceWorkflow.provider_deleted)
+
+
+async def _command(
+    client: Client,
+    workflow_id: str,
+    update: UpdateMethodMultiParam[[InstanceWorkflow, TerminationReason], None],
+    reason: TerminationReason,
+) -> None:
+    handle = client.get_workflow_handle_for(InstanceWorkflow.run, workflow_id)
+    unavailable = f"the orchestrator did not answer within {COMMAND_TIMEOUT.total_seconds():.0f}s"
+    try:
+        await handle.execute_update(update, reason, rpc_timeout=COMMAND_TIMEOUT)
+    except WorkflowUpdateFailedError as exc:
+        raise CommandRefusedError(str(exc.cause or exc)) from exc
+    except WorkflowUpdateRPCTimeoutOrCancelledError as exc:
+        raise OrchestratorUnavailableError(unavailable) from exc
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise WorkflowNotRunningError(
+                f"the instance's workflow {workflow_id} is not running"
+            ) from exc
+        if exc.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.UNAVAILABLE):
+            raise OrchestratorUnavailableError(unavailable) from exc
+        raise
