@@ -57,22 +57,30 @@ SessionToken = Annotated[str | None, Depends(session_token)]
 async def authenticate(
     session: AsyncSession, redis: aioredis.Redis, settings: Settings, token: str | None
 ) -> User:
-    """The active user a session token belongs to, unless it expired or was logged out."""
-    subject = decode_access_token(token, settings.secret_key or "") if token else None
-    if subject is not None and token and await redis.exists(revoked_session_key(token)):
-        subject = None
-    if subject is None:
+    """The active user a session token belongs to, unless it expired, was logged out, or was
+    issued before the user's password changed (or the user was disabled)."""
+    claims = decode_access_token(token, settings.require("secret_key")) if token else None
+    if claims is not None and token and await redis.exists(revoked_session_key(token)):
+        claims = None
+    if claims is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "not authenticated: log in at POST /api/v1/auth/login",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    subject, version = claims
     try:
         user = await session.get(User, uuid.UUID(subject))
     except ValueError:
         user = None
     if user is None or not user.is_active:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "user is unknown or disabled")
+    if version != user.token_version:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "this session ended when the password changed: log in again",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     return user
 
 

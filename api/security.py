@@ -28,22 +28,26 @@ def verify_password(password: str, hashed: str) -> bool:
         return False
 
 
-def create_access_token(subject: str, secret: str, ttl_s: int) -> str:
+def create_access_token(subject: str, secret: str, ttl_s: int, version: int = 0) -> str:
     now = datetime.now(UTC)
     payload = {
         "sub": subject,
         "iat": now,
         "exp": now + timedelta(seconds=ttl_s),
         "jti": secrets.token_hex(8),  # each login its own token, so logout ends only that one
+        "ver": version,  # the user's token_version: a password change ends older sessions
     }
     return jwt.encode(payload, secret, algorithm=ALGORITHM)
 
 
-def decode_access_token(token: str, secret: str) -> str | None:
-    """The subject of a valid, unexpired token; None otherwise."""
+def decode_access_token(token: str, secret: str) -> tuple[str, int] | None:
+    """(subject, token version) of a valid, unexpired token; None otherwise."""
     payload = _claims(token, secret)
     sub = payload.get("sub") if payload else None
-    return sub if isinstance(sub, str) else None
+    version = payload.get("ver", 0) if payload else 0
+    if not isinstance(sub, str) or not isinstance(version, int):
+        return None
+    return sub, version
 
 
 def token_seconds_left(token: str, secret: str) -> int:
@@ -61,11 +65,6 @@ def _claims(token: str, secret: str) -> dict[str, object] | None:
     except jwt.PyJWTError:
         return None
     return payload if isinstance(payload, dict) else None
-
-
-def login_failures_key(email: str) -> str:
-    """Redis counter of recent failed logins for an e-mail (hashed: no addresses in Redis)."""
-    return f"{PREFIX}:logins:failed:{token_hash(email)}"
 
 
 def revoked_session_key(token: str) -> str:

@@ -86,6 +86,24 @@ class Settings(BaseSettings):
         description="Key that signs session tokens; generated once into the data folder when unset",
     )
     access_token_ttl_s: int = Field(default=8 * 3600, description="Login session lifetime")
+    sse_recheck_s: float = Field(
+        default=60,
+        description="Open event streams re-check their session and memberships this often",
+    )
+    login_free_attempts: int = Field(
+        default=5,
+        description="Login or password-change attempts per account and client address before "
+        "each further one waits longer (the first delay, doubling)",
+    )
+    login_first_delay_s: float = Field(
+        default=1, description="Wait before the first attempt past the free ones"
+    )
+    login_free_attempts_per_address: int = Field(
+        default=20, description="Failed logins from one client address, any account, before delays"
+    )
+    login_max_delay_s: float = Field(
+        default=900, description="Longest wait between login attempts once delays start"
+    )
 
     # Lifecycle timings: settings so tests can make them short.
     boot_timeout_s: float = Field(
@@ -120,21 +138,6 @@ class Settings(BaseSettings):
     )
     orphan_grace_s: float = Field(
         default=600, description="Age before an untracked tagged resource is deleted"
-    )
-
-    # Dependency outages: the API bounds every call to a dependency; past it, a 503.
-    db_timeout_s: float = Field(
-        default=10,
-        description="API: longest wait for PostgreSQL (a connection, each statement) before a 503",
-    )
-    redis_timeout_s: float = Field(
-        default=5, description="API: longest wait for Redis (connect, each command) before a 503"
-    )
-    temporal_rpc_timeout_s: float = Field(
-        default=10, description="API: longest wait for a Temporal call before a 503"
-    )
-    outage_retry_after_s: int = Field(
-        default=5, description="Retry-After (seconds) of the API's 503 when a dependency is down"
     )
 
     # Dev seeding

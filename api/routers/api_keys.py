@@ -11,11 +11,11 @@ from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
 from api.access import require_project, visible_project_ids
-from api.deps import CurrentUser, RedisDep, SessionDep
+from api.deps import CurrentAdmin, CurrentUser, RedisDep, SessionDep
 from api.errors import ERRORS
 from api.security import new_api_key
 from api.validation import Name, PartialUpdate, PositiveLimit
-from core.models import ApiKey, utcnow
+from core.models import ApiKey, ProjectMember, Role, User, utcnow
 from core.redis_keys import API_KEY_CHANNEL
 
 router = APIRouter(prefix="/keys", tags=["keys"], responses=ERRORS)
@@ -36,6 +36,16 @@ class ApiKeyUpdate(PartialUpdate):
     tpm_limit: PositiveLimit | None = None
 
     nullable = frozenset({"rpm_limit", "tpm_limit"})
+
+
+class KeysReassign(BaseModel):
+    from_user_id: uuid.UUID
+    to_user_id: uuid.UUID = Field(description="a member of each project concerned, or an admin")
+    project_id: uuid.UUID | None = Field(default=None, description="only this project's keys")
+
+
+class KeysReassigned(BaseModel):
+    reassigned: int
 
 
 class ApiKeyPublic(BaseModel):
@@ -94,6 +104,42 @@ async def create_key(body: ApiKeyCreate, session: SessionDep, user: CurrentUser)
     session.add(key)
     await session.commit()
     return ApiKeyCreated(**to_public(key).model_dump(), secret=secret)
+
+
+@router.post("/reassign", response_model=KeysReassigned)
+async def reassign_keys(
+    body: KeysReassign, session: SessionDep, admin: CurrentAdmin
+) -> KeysReassigned:
+    """Make another person the owner of someone's live keys, so that they survive the removal,
+    disabling or deletion of their creator (which revokes the keys still theirs)."""
+    target = await session.get(User, body.to_user_id)
+    if target is None or not target.is_active:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"active user {body.to_user_id} not found")
+    query = select(ApiKey).where(
+        ApiKey.created_by == body.from_user_id, col(ApiKey.revoked_at).is_(None)
+    )
+    if body.project_id is not None:
+        query = query.where(ApiKey.project_id == body.project_id)
+    keys = (await session.exec(query)).all()
+    if target.role != Role.admin:
+        member_of = set(
+            (
+                await session.exec(
+                    select(ProjectMember.project_id).where(ProjectMember.user_id == target.id)
+                )
+            ).all()
+        )
+        outside = sorted({str(k.project_id) for k in keys} - {str(p) for p in member_of})
+        if outside:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                f"user {target.email} is not a member of project(s) {', '.join(outside)}",
+            )
+    for key in keys:
+        key.created_by = target.id
+        session.add(key)
+    await session.commit()
+    return KeysReassigned(reassigned=len(keys))
 
 
 @router.get("/{key_id}", response_model=ApiKeyPublic)

@@ -1,5 +1,6 @@
 """Login for people: a bearer token in the body and the same token as an httpOnly cookie;
-logout ends that session everywhere (the token is refused until it would have expired)."""
+logout ends that session everywhere (the token is refused until it would have expired).
+Password checks (login, password change) are throttled by api/throttle.py."""
 
 from __future__ import annotations
 
@@ -23,16 +24,14 @@ from api.errors import error_responses
 from api.security import (
     create_access_token,
     hash_password,
-    login_failures_key,
     revoked_session_key,
     token_seconds_left,
     verify_password,
 )
+from api.throttle import client_address, reserve_attempt
 from api.validation import Password
 from core.models import Project, ProjectMember, Role, User
 
-LOGIN_FAILURE_LIMIT = 10
-LOGIN_LOCK_S = 15 * 60
 _UNKNOWN_USER_HASH = hash_password(secrets.token_urlsafe(16))
 
 router = APIRouter(prefix="/auth", tags=["auth"], responses=error_responses(400, 401))
@@ -76,29 +75,22 @@ async def login(
     redis: RedisDep,
     settings: SettingsDep,
 ) -> Token:
-    """Log in: the token comes back in the body and as the httpOnly session cookie. After
-    LOGIN_FAILURE_LIMIT wrong passwords for one e-mail, further tries wait LOGIN_LOCK_S."""
+    """Log in: the token comes back in the body and as the httpOnly session cookie. Repeated
+    wrong passwords make further tries from the same address wait longer and longer (429)."""
     email = body.email.strip().lower()
-    failures_key = login_failures_key(email)
-    if int(await redis.get(failures_key) or 0) >= LOGIN_FAILURE_LIMIT:
-        wait = max(1, int(await redis.ttl(failures_key)))
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            f"too many failed logins for this e-mail: try again in {wait} s",
-            headers={"Retry-After": str(wait)},
-        )
+    attempt = await reserve_attempt(redis, settings, email, client_address(request))
     user = (await session.exec(select(User).where(User.email == email))).first()
     # Hash either way (off the event loop): the answer takes as long for an unknown e-mail.
     hashed = user.hashed_password if user is not None else _UNKNOWN_USER_HASH
     password_ok = await asyncio.to_thread(verify_password, body.password, hashed)
     if user is None or not user.is_active or not password_ok:
-        failures = await redis.incr(failures_key)
-        if failures == 1:
-            await redis.expire(failures_key, LOGIN_LOCK_S)
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong e-mail or password")
-    await redis.delete(failures_key)
+    await attempt.succeeded()
     token = create_access_token(
-        str(user.id), settings.secret_key or "", settings.access_token_ttl_s
+        str(user.id),
+        settings.require("secret_key"),
+        settings.access_token_ttl_s,
+        user.token_version,
     )
     response.set_cookie(
         SESSION_COOKIE,
@@ -117,7 +109,7 @@ async def logout(
 ) -> None:
     """End this session: the cookie is cleared and the token refused from now on."""
     if token:
-        left = token_seconds_left(token, settings.secret_key or "")
+        left = token_seconds_left(token, settings.require("secret_key"))
         if left > 0:
             await redis.set(revoked_session_key(token), "1", ex=left)
     response.delete_cookie(SESSION_COOKIE)
@@ -139,10 +131,24 @@ async def me(user: CurrentUser, session: SessionDep) -> Me:
     )
 
 
-@router.post("/password", status_code=status.HTTP_204_NO_CONTENT)
-async def change_password(body: PasswordChange, user: CurrentUser, session: SessionDep) -> None:
+@router.post("/password", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(429))
+async def change_password(
+    body: PasswordChange,
+    request: Request,
+    response: Response,
+    user: CurrentUser,
+    session: SessionDep,
+    redis: RedisDep,
+    settings: SettingsDep,
+) -> None:
+    """Change your password: every session of yours ends, this one too (log in again). Wrong
+    current passwords are throttled as logins are."""
+    attempt = await reserve_attempt(redis, settings, user.email, client_address(request))
     if not await asyncio.to_thread(verify_password, body.current_password, user.hashed_password):
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "the current password is wrong")
+    await attempt.succeeded()
     user.hashed_password = await asyncio.to_thread(hash_password, body.new_password)
+    user.token_version += 1
     session.add(user)
     await session.commit()
+    response.delete_cookie(SESSION_COOKIE)

@@ -17,6 +17,7 @@ from activities.providers.flavors import FLAVORS
 from api.access import require_project, visible_project_ids
 from api.deps import CurrentUser, RedisDep, SessionDep, SettingsDep, TemporalDep
 from api.errors import ERRORS
+from api.governance import check_may_change, deployment_problems
 from api.routers.events import EventPublic, recent_events
 from api.routers.instances import InstanceSummary, summarize
 from api.validation import JsonObject, Name, PartialUpdate
@@ -89,6 +90,9 @@ class DeploymentBase(_RoutingField):
         description="how the gateway picks an instance: least_load, or sticky by session "
         "(sticky_header: the session header; sticky_user: the request's user field)",
     )
+    trusted: bool = Field(
+        default=False, description="admins only: may use code-loading and network engine flags"
+    )
 
 
 class DeploymentCreate(DeploymentBase):
@@ -110,6 +114,7 @@ class DeploymentUpdate(PartialUpdate, _RoutingField):
     engine_args: EngineArgs | None = None
     boot_timeout_s: float | None = Field(default=None, gt=0, le=86400)
     routing: RoutingStrategy | None = None
+    trusted: bool | None = None
 
     nullable = frozenset({"boot_timeout_s"})
 
@@ -131,6 +136,7 @@ class DeploymentPublic(BaseModel):
     engine_args: dict[str, Any]
     boot_timeout_s: float | None
     routing: RoutingStrategy
+    trusted: bool
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None
@@ -222,6 +228,7 @@ async def validate(session: SessionDep, d: Deployment) -> None:
             f"flavor {flavor.name!r} needs one of {', '.join(flavor.gpu_models)} GPUs; "
             f"{itype.name} has {itype.gpu_model or 'no GPU'}"
         )
+    problems += deployment_problems(d)
     if problems:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "; ".join(problems))
     clash = (
@@ -314,6 +321,7 @@ async def create_deployment(
 ) -> DeploymentPublic:
     await require_project(session, user, body.project_id)
     values = body.model_dump()
+    check_may_change(user, False, values)
     values["served_name"] = body.served_name or body.model
     values["flavor"] = body.flavor.lower()
     deployment = Deployment(**values)
@@ -344,6 +352,7 @@ async def update_deployment(
 ) -> DeploymentPublic:
     deployment = _active(await get_visible_deployment(session, user, deployment_id))
     changes = body.model_dump(exclude_unset=True)
+    check_may_change(user, deployment.trusted, changes)
     if "flavor" in changes:
         changes["flavor"] = changes["flavor"].lower()
     for field, value in changes.items():

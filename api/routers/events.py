@@ -5,12 +5,17 @@ Every API replica reads the same Redis stream (written by `core.events.publish_e
 all agree; each event's SSE id is its stream id, and a reconnect with `Last-Event-ID` resumes
 right after it without losing events (as long as the stream still holds them: it keeps the
 last ~10,000).
+
+An open stream re-checks its session and the caller's memberships every `sse_recheck_s`
+(60 s by default): after a logout, an expiry, a password change, or the loss of a project it
+covered, it sends a last `{"kind": "end"}` event and closes.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -25,6 +30,7 @@ from api.access import require_project, visible_project_ids
 from api.deps import RedisDep, SessionToken, SettingsDep, authenticate
 from api.errors import error_responses
 from core.redis_keys import EVENTS_STREAM
+from core.settings import Settings
 
 router = APIRouter(prefix="/events", tags=["events"])
 
@@ -39,7 +45,9 @@ EVENT_STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {
             '{"kind": "state"|"action"|"deployment"|..., "project_id": "...", "data": {...}}>`; '
             "comment lines (`: keep-alive`) every few seconds. After a reconnect whose "
             "Last-Event-ID is older than what the server still keeps, the first event is "
-            '`{"kind": "resync"}` (without id): reload the data shown.'
+            '`{"kind": "resync"}` (without id): reload the data shown. When the session ends or '
+            'the caller loses access to a project, a last `{"kind": "end"}` event (without id) '
+            "comes before the stream closes."
         ),
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     },
@@ -96,6 +104,27 @@ RESYNC = json.dumps(
 )
 
 
+def end_event(reason: str) -> str:
+    payload = json.dumps({"kind": "end", "project_id": None, "data": {"reason": reason}})
+    return f"data: {payload}\n\n"
+
+
+async def _access_now(
+    request: Request,
+    redis: aioredis.Redis,
+    settings: Settings,
+    token: str | None,
+    project_id: uuid.UUID | None,
+) -> set[str] | None:
+    """The projects the session may follow now (None: all); HTTPException once it may not."""
+    async with request.app.state.sessionmaker() as session:
+        user = await authenticate(session, redis, settings, token)
+        if project_id is not None:
+            await require_project(session, user, project_id)
+        visible = await visible_project_ids(session, user)
+    return None if visible is None else {str(p) for p in visible}
+
+
 def _order(stream_id: str) -> tuple[int, int]:
     millis, _, seq = stream_id.partition("-")
     return int(millis), int(seq or 0)
@@ -122,12 +151,7 @@ async def stream_events(
             status.HTTP_400_BAD_REQUEST, "Last-Event-ID must be an event id like 1700000000000-0"
         )
     # A short database session: the stream may stay open for hours.
-    async with request.app.state.sessionmaker() as session:
-        user = await authenticate(session, redis, settings, token)
-        if project_id is not None:
-            await require_project(session, user, project_id)
-        visible = await visible_project_ids(session, user)
-    allowed = None if visible is None else {str(p) for p in visible}
+    allowed = await _access_now(request, redis, settings, token, project_id)
     wanted = str(project_id) if project_id is not None else None
     gap = False
     if last_event_id is not None:
@@ -137,14 +161,27 @@ async def stream_events(
     else:
         newest = await redis.xrevrange(EVENTS_STREAM, count=1)
         start = str(newest[0][0]) if newest else "0-0"
-    keepalive_ms = int(request.app.state.sse_keepalive_s * 1000)
+    keepalive_ms = int(min(request.app.state.sse_keepalive_s, settings.sse_recheck_s) * 1000)
 
     async def events() -> AsyncIterator[str]:
+        nonlocal allowed
         last = start
+        checked = time.monotonic()
         yield "retry: 2000\n\n"
         if gap:  # the stream no longer holds everything after Last-Event-ID
             yield f"data: {RESYNC}\n\n"
         while True:
+            if time.monotonic() - checked >= settings.sse_recheck_s:
+                checked = time.monotonic()
+                try:
+                    now_allowed = await _access_now(request, redis, settings, token, project_id)
+                except HTTPException as exc:
+                    yield end_event(str(exc.detail))
+                    return
+                if now_allowed is not None and (allowed is None or not allowed <= now_allowed):
+                    yield end_event("your project memberships changed: reconnect")
+                    return
+                allowed = now_allowed
             batch: Any = await redis.xread({EVENTS_STREAM: last}, count=BATCH, block=keepalive_ms)
             if not batch:
                 yield ": keep-alive\n\n"

@@ -10,8 +10,9 @@ from pydantic import BaseModel
 from sqlmodel import col, func, select
 
 from api.access import require_project, visible_project_ids
-from api.deps import CurrentAdmin, CurrentUser, SessionDep
+from api.deps import CurrentAdmin, CurrentUser, RedisDep, SessionDep
 from api.errors import ADMIN_ERRORS
+from api.revocation import announce_revoked, revoke_keys_created_by
 from api.validation import Name
 from core.models import Instance, Project, ProjectMember, Role, User
 
@@ -151,8 +152,14 @@ async def add_member(
 
 @router.delete("/{project_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def remove_member(
-    project_id: uuid.UUID, user_id: uuid.UUID, session: SessionDep, admin: CurrentAdmin
+    project_id: uuid.UUID,
+    user_id: uuid.UUID,
+    session: SessionDep,
+    redis: RedisDep,
+    admin: CurrentAdmin,
 ) -> None:
+    """Take the person out of the project: the API keys they created in it are revoked
+    (reassign them first with POST /keys/reassign to keep them)."""
     await get_visible_project(session, admin, project_id)
     membership = await session.get(ProjectMember, (project_id, user_id))
     if membership is None:
@@ -160,4 +167,6 @@ async def remove_member(
             status.HTTP_404_NOT_FOUND, f"user {user_id} is not a member of project {project_id}"
         )
     await session.delete(membership)
+    revoked = await revoke_keys_created_by(session, user_id, [project_id])
     await session.commit()
+    await announce_revoked(redis, revoked)

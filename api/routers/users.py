@@ -1,4 +1,7 @@
-"""People (admin only): create, list, change role or password, disable, delete."""
+"""People (admin only): create, list, change role or password, disable, delete.
+
+A password reset or disabling ends every session the person had; disabling or deleting also
+revokes the API keys they created (reassign them first with POST /keys/reassign to keep them)."""
 
 from __future__ import annotations
 
@@ -10,8 +13,9 @@ from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel
 from sqlmodel import col, func, select
 
-from api.deps import CurrentAdmin, SessionDep
+from api.deps import CurrentAdmin, RedisDep, SessionDep
 from api.errors import ADMIN_ERRORS
+from api.revocation import announce_revoked, revoke_keys_created_by
 from api.security import hash_password
 from api.validation import Email, Name, PartialUpdate, Password
 from core.models import ProjectMember, Role, User
@@ -111,7 +115,7 @@ async def get_user(user_id: uuid.UUID, session: SessionDep, admin: CurrentAdmin)
 
 @router.patch("/{user_id}", response_model=UserPublic)
 async def update_user(
-    user_id: uuid.UUID, body: UserUpdate, session: SessionDep, admin: CurrentAdmin
+    user_id: uuid.UUID, body: UserUpdate, session: SessionDep, redis: RedisDep, admin: CurrentAdmin
 ) -> UserPublic:
     user = await _get(session, user_id)
     changes = body.model_dump(exclude_unset=True)
@@ -126,18 +130,28 @@ async def update_user(
     password = changes.pop("password", None)
     if password is not None:
         user.hashed_password = await asyncio.to_thread(hash_password, password)
+    disabled = user.is_active and changes.get("is_active") is False
+    if password is not None or disabled:
+        user.token_version += 1  # every session issued before ends
+    revoked = await revoke_keys_created_by(session, user.id) if disabled else []
     for field, value in changes.items():
         setattr(user, field, value)
     session.add(user)
     await session.commit()
+    await announce_revoked(redis, revoked)
     return await _public(session, user)
 
 
 @router.delete("/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_user(user_id: uuid.UUID, session: SessionDep, admin: CurrentAdmin) -> None:
-    """Delete a person and their memberships; the API keys they created stay with the project."""
+async def delete_user(
+    user_id: uuid.UUID, session: SessionDep, redis: RedisDep, admin: CurrentAdmin
+) -> None:
+    """Delete a person and their memberships; the API keys they created are revoked (reassign
+    them first to keep them)."""
     user = await _get(session, user_id)
     if user.id == admin.id:
         raise HTTPException(status.HTTP_409_CONFLICT, "you cannot delete yourself")
+    revoked = await revoke_keys_created_by(session, user.id)
     await session.delete(user)
     await session.commit()
+    await announce_revoked(redis, revoked)

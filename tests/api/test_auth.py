@@ -1,10 +1,14 @@
-"""Login, /me, logout (the token stops working), expiry, password change."""
+"""Login, /me, logout (the token stops working), expiry, password change, throttling."""
 
 from __future__ import annotations
 
-import httpx
+import asyncio
 
-from api.routers.auth import LOGIN_FAILURE_LIMIT
+import httpx
+import pytest
+from fastapi import FastAPI
+
+import api.routers.auth
 from api.security import create_access_token
 from core.settings import Settings
 from tests.api.conftest import Tenant, login
@@ -54,15 +58,65 @@ async def test_wrong_password_and_password_change(client: httpx.AsyncClient, ali
     await login(client, alice.user.email, "a-new-password")
 
 
-async def test_repeated_wrong_passwords_lock_the_email_for_a_while(
-    client: httpx.AsyncClient, alice: Tenant, bob: Tenant
+def from_address(app: FastAPI, address: str) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, client=(address, 40000))
+    return httpx.AsyncClient(transport=transport, base_url="http://api.test")
+
+
+async def test_concurrent_guesses_are_throttled_and_the_owner_still_logs_in(
+    app: FastAPI, alice: Tenant, bob: Tenant, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    checked: list[str] = []
+    verify = api.routers.auth.verify_password
+
+    def counting_verify(password: str, hashed: str) -> bool:
+        checked.append(password)
+        return verify(password, hashed)
+
+    monkeypatch.setattr(api.routers.auth, "verify_password", counting_verify)
     wrong = {"email": alice.user.email, "password": "guess"}
-    for _ in range(LOGIN_FAILURE_LIMIT):
+    async with from_address(app, "203.0.113.7") as attacker:
+        answers = await asyncio.gather(
+            *(attacker.post("/api/v1/auth/login", json=wrong) for _ in range(30))
+        )
+        statuses = sorted(r.status_code for r in answers)
+        assert len(checked) <= 10
+        assert statuses.count(401) == len(checked) and statuses.count(429) == 30 - len(checked)
+        throttled = next(r for r in answers if r.status_code == 429)
+        assert 1 <= int(throttled.headers["retry-after"]) <= 900
+        assert "too many password attempts" in throttled.json()["detail"]
+
+    async with from_address(app, "198.51.100.20") as owner:
+        await login(owner, alice.user.email, alice.password)  # from elsewhere: at once
+        await login(owner, bob.user.email, bob.password)
+
+
+async def test_delays_grow_then_pass(app: FastAPI, alice: Tenant, settings: Settings) -> None:
+    settings.login_free_attempts, settings.login_first_delay_s = 2, 3
+    wrong = {"email": alice.user.email, "password": "guess"}
+    async with from_address(app, "203.0.113.8") as client:
+        for _ in range(2):
+            assert (await client.post("/api/v1/auth/login", json=wrong)).status_code == 401
+        throttled = await client.post("/api/v1/auth/login", json=wrong)
+        assert throttled.status_code == 429 and 1 <= int(throttled.headers["retry-after"]) <= 3
+        await asyncio.sleep(3.1)  # a delay, not a lock: the next try is heard
         assert (await client.post("/api/v1/auth/login", json=wrong)).status_code == 401
-    locked = await client.post(
-        "/api/v1/auth/login", json={"email": alice.user.email, "password": alice.password}
-    )
-    assert locked.status_code == 429 and int(locked.headers["retry-after"]) > 60
-    assert "too many failed logins" in locked.json()["detail"]
-    await login(client, bob.user.email, bob.password)  # others are not affected
+        second = await client.post("/api/v1/auth/login", json=wrong)
+        assert second.status_code == 429 and 3 < int(second.headers["retry-after"]) <= 6
+
+
+async def test_password_change_attempts_are_throttled(
+    app: FastAPI, alice: Tenant, settings: Settings
+) -> None:
+    settings.login_first_delay_s = 60  # nothing gets through by waiting during the test
+    change = {"current_password": "guess", "new_password": "a-new-password"}
+    async with from_address(app, "203.0.113.9") as client:
+        answers = await asyncio.gather(
+            *(
+                client.post("/api/v1/auth/password", json=change, headers=alice.headers)
+                for _ in range(20)
+            )
+        )
+    statuses = [r.status_code for r in answers]
+    assert statuses.count(400) == settings.login_free_attempts
+    assert statuses.count(429) == 20 - settings.login_free_attempts
