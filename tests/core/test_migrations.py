@@ -33,3 +33,58 @@ async def test_upgrade_from_empty_to_head(stack: Stack) -> None:
         await upgrade_async(url)  # a second run is a no-op, not an error
     finally:
         await _admin_execute(stack, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+async def test_routing_strategy_keeps_each_deployments_session_affinity(stack: Stack) -> None:
+    """0004: none/header/user become least_load/sticky_header/sticky_user, row by row."""
+    name = f"m_{uuid.uuid4().hex[:10]}"
+    await _admin_execute(stack, f"CREATE DATABASE {name}")
+    try:
+        url = stack.db_url(name)
+        await upgrade_async(url, "0003")
+        conn = await asyncpg.connect(_asyncpg_dsn(url))
+        try:
+            project, provider, itype = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+            await conn.execute(
+                "INSERT INTO projects (id, name, created_at) VALUES ($1, 'p', now())", project
+            )
+            await conn.execute(
+                "INSERT INTO providers (id, name, kind, enabled, config, created_at)"
+                " VALUES ($1, 'local', 'local', true, '{}', now())",
+                provider,
+            )
+            await conn.execute(
+                "INSERT INTO instance_types (id, provider_id, name, gpu_count, gpu_memory_gb,"
+                " vcpus, ram_gb, price_per_hour, currency, zones)"
+                " VALUES ($1, $2, 't', 1, 80, 8, 64, 1, 'EUR', '[]')",
+                itype,
+                provider,
+            )
+            for affinity in ("none", "header", "user"):
+                await conn.execute(
+                    "INSERT INTO deployments (id, project_id, name, model, served_name, flavor,"
+                    " provider_id, instance_type_id, min_instances, max_instances,"
+                    " autoscaling_enabled, autoscaling, engine_args, session_affinity,"
+                    " created_at, updated_at) VALUES ($1, $2, $3, 'm', $3, 'cpu-sim', $4, $5,"
+                    " 0, 1, false, '{}', '{}', $3, now(), now())",
+                    uuid.uuid4(),
+                    project,
+                    affinity,
+                    provider,
+                    itype,
+                )
+        finally:
+            await conn.close()
+        await upgrade_async(url, "0004")
+        conn = await asyncpg.connect(_asyncpg_dsn(url))
+        try:
+            rows = await conn.fetch("SELECT name, routing::text AS routing FROM deployments")
+        finally:
+            await conn.close()
+        assert {r["name"]: r["routing"] for r in rows} == {
+            "none": "least_load",
+            "header": "sticky_header",
+            "user": "sticky_user",
+        }
+    finally:
+        await _admin_execute(stack, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
