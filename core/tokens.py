@@ -16,3 +16,10 @@ def agent_token(secret_key: str, instance_id: str) -> str:
     same token and nothing secret has to travel through workflow history; only its hash is stored.
     """
     return hmac.new(secret_key.encode(), f"agent:{instance_id}".encode(), "sha256").hexdigest()
+
+
+def engine_api_key(secret_key: str, instance_id: str) -> str:
+    """The per-instance engine API key (vLLM's `--api-key`). Derived like the agent token, so the
+    gateway, the agent and the activities compute it from the instance id alone and it never
+    travels through workflow history or the database."""
+    return hmac.new(secret_key.encode(), f"engine:{instance_id}".encode(), "sha256").hexdigest()
