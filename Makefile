@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 
 DASHBOARD_SRC := $(shell find dashboard/src dashboard/index.html dashboard/package.json dashboard/vite.config.ts dashboard/tsconfig.json -type f 2>/dev/null)
 
-.PHONY: bench-gateway vllm-cpu setup dashboard dashboard-generate dev test lint pytest system-deps agent-checksum agent-version-bump agent-version-check clean
+.PHONY: bench-gateway vllm-cpu setup dashboard dashboard-generate dev test lint pytest system-deps agent-checksum agent-version-bump agent-version-check check-ops clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,11 +31,18 @@ dashboard-generate: $(STAMP) dashboard/node_modules/.package-lock.json
 
 setup: $(STAMP) dashboard
 
-# Debian packages the tests need (a browser for the dashboard tests); installed once.
+# Debian packages the tests need (a browser for the dashboard tests; Prometheus with promtool,
+# kubectl for kustomize, docker-compose for the operations checks); installed once. Where
+# systemd runs, Debian's prometheus package starts a service on :9090: it is stopped and
+# disabled, since `make dev` and the tests run their own.
+SYSTEM_DEPS := chromium:chromium prometheus:prometheus promtool:prometheus kubectl:kubernetes-client docker-compose:docker-compose
 system-deps:
-	@command -v chromium >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
-	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi; }
+	@missing=$$(for dep in $(SYSTEM_DEPS); do command -v $${dep%%:*} >/dev/null || echo $${dep#*:}; done | sort -u); \
+	if [ -n "$$missing" ]; then \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  case "$$missing" in *prometheus*) [ ! -d /run/systemd/system ] || $$sudo systemctl disable --now prometheus;; esac; \
+	fi
 
 dev: setup
 	$(BIN)/inventiv dev
@@ -49,7 +56,7 @@ lint: setup
 pytest: setup
 	$(BIN)/pytest -q
 
-test: setup system-deps vllm-cpu lint agent-version-check pytest
+test: setup system-deps check-ops vllm-cpu lint agent-version-check pytest
 
 # Agent integrity: the recorded checksum must match agent/agent.py unless the version was bumped.
 agent-checksum: setup
@@ -60,6 +67,10 @@ agent-version-bump: setup
 
 agent-version-check: setup
 	$(BIN)/python -m agent.version_tool check
+
+# Prometheus rules, Kubernetes manifests, GitHub workflows and docker-compose.yml, offline.
+check-ops: setup system-deps
+	deploy/check.sh $(BIN)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache dashboard/node_modules dashboard/dist

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tarfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.identity import AGENT_DIR, BUILD_DATE_RE, VERSION_RE, read_identity
+from agent.identity import AGENT_DIR, BUILD_DATE_RE, VERSION_RE, bundle, read_identity
 
 
 @dataclass
@@ -66,21 +65,6 @@ def bump(agent_dir: Path, today: str | None = None) -> Record:
     text = BUILD_DATE_RE.sub(f'AGENT_BUILD_DATE = "{date}"', text, count=1)
     path.write_text(text)
     return write_record(agent_dir)
-
-
-def bundle(output: Path, agent_dir: Path = AGENT_DIR) -> Path:
-    """A tar.gz of the agent package plus the one core module it imports (core.wire)."""
-    core_dir = agent_dir.parent / "core"
-
-    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-        return None if "__pycache__" in info.name or info.name.endswith(".pyc") else info
-
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(output, "w:gz") as archive:
-        archive.add(agent_dir, arcname="agent", filter=keep)
-        archive.add(core_dir / "__init__.py", arcname="core/__init__.py")
-        archive.add(core_dir / "wire.py", arcname="core/wire.py")
-    return output
 
 
 def check(agent_dir: Path) -> tuple[bool, str]:

@@ -1,4 +1,4 @@
-"""The instance state machine (DESIGN.md section 4).
+"""The instance state machine (docs/architecture.md, "State machine").
 
 Every transition is an explicit function. Each one updates the instance only if it is still in an
 expected state (a conditional UPDATE, so activity retries are harmless) and writes one row to

@@ -1,4 +1,5 @@
-"""The `inventiv` command line: dev stack, migrations, and each service on its own."""
+"""The `inventiv` command line: dev stack, migrations, each service on its own, and the
+operator commands over the REST API (login, deployments, instances, keys, usage, costs)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 import warnings
 
 from core.settings import MissingSettingError, RequiredSetting, Settings
+from inventiv.ops import cli as operator_cli
 
 
 def _need(settings: Settings, *names: RequiredSetting) -> None:
@@ -85,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("api", help="run the API service")
     sub.add_parser("worker", help="run the orchestrator worker")
     sub.add_parser("gateway", help="run the gateway")
+    operator_cli.add_commands(sub)
     args = parser.parse_args(argv)
+    if hasattr(args, "run"):  # an operator command, over the REST API
+        return operator_cli.run(args)
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     # The dev supervisor prints its own summary; services log INFO to their log files.
     level = logging.WARNING if args.command == "dev" else logging.INFO

@@ -12,8 +12,8 @@ from temporalio.exceptions import ApplicationError
 
 from activities.contracts import BootStepInput, InstanceRef, StepResult
 from activities.instance.context import AtProvider, InstanceContext
-from activities.integrity import agent_integrity_ok, expected_agent
 from activities.providers.base import AGENT_PORT, ENGINE_PORT
+from agent.identity import expected_agent, integrity_ok
 from core import states
 from core.events import EventKind
 from core.progress import Step
@@ -155,9 +155,9 @@ class BootActivities:
 
         data = await self.ctx.poll(info, inp.timeout_s, inp.poll_interval_s, "the agent's /info")
         settings = self.ctx.settings
-        wanted_version, checksum = expected_agent(settings)
+        wanted_version, checksum = expected_agent(settings.expected_agent_version)
         got_version, got_checksum = str(data.get("version")), str(data.get("checksum"))
-        ok = agent_integrity_ok(got_version, got_checksum, settings)
+        ok = integrity_ok(got_version, got_checksum, settings.expected_agent_version)
         await self.ctx.update_instance(
             inp.instance_id,
             agent_version=got_version[:32],

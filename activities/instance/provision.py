@@ -9,8 +9,8 @@ from temporalio import activity
 
 from activities.contracts import CreateResult, FailInput, InstanceRef, LifecycleSpec
 from activities.instance.context import InstanceContext
-from activities.integrity import expected_agent
 from activities.providers.base import CreateRequest, VolumeSpec
+from agent.identity import expected_agent
 from core import states
 from core.events import EventKind
 from core.models import ActionStatus, InstanceAction, InstanceState
@@ -70,7 +70,7 @@ class ProvisionActivities:
             deployment = await self.ctx.deployment_of(at.instance)
             itype = await self.ctx.instance_type_of(at.instance)
             token = agent_token(settings.require("secret_key"), ref.instance_id)
-            version, checksum = expected_agent(settings)
+            version, checksum = expected_agent(settings.expected_agent_version)
             volumes = [
                 VolumeSpec(
                     size_gb=float(v.get("size_gb", 10)),

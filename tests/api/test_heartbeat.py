@@ -15,8 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 from sqlmodel import select
 
-from activities.integrity import agent_integrity_ok
-from agent.identity import bundled_agent
+from agent.identity import bundled_agent, integrity_ok
 from api.app import create_app
 from api.security import new_agent_token
 from core.models import (
@@ -252,9 +251,9 @@ async def test_heartbeats_of_a_terminated_instance_are_not_recorded(
     assert (await read_instance(sessionmaker, instance_id)).last_heartbeat_at is None
 
 
-def test_integrity_needs_the_expected_version_and_the_bundled_checksum(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path)
-    assert agent_integrity_ok(bundled_agent().version, bundled_agent().checksum, settings)
-    assert not agent_integrity_ok(bundled_agent().version, "f" * 64, settings)
-    pinned = settings.model_copy(update={"expected_agent_version": "9.9.9"})
-    assert not agent_integrity_ok(bundled_agent().version, bundled_agent().checksum, pinned)
+def test_integrity_needs_the_expected_version_and_the_bundled_checksum() -> None:
+    agent = bundled_agent()
+    assert integrity_ok(agent.version, agent.checksum, pinned_version=None)
+    assert not integrity_ok(agent.version, "f" * 64, pinned_version=None)
+    assert not integrity_ok(agent.version, agent.checksum, pinned_version="9.9.9")
+    assert integrity_ok("9.9.9", agent.checksum, pinned_version="9.9.9")
