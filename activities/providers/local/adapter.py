@@ -5,6 +5,9 @@ would not kill a cloud VM) and the reconciler can list them.
 
 Fault injection (settings, prefix INVENTIV_LOCAL_) drives every lifecycle path in tests and in
 `make dev`: create fails, no IP, engine never ready, delete fails N times, machine disappears.
+
+The async methods run in the worker's event loop: everything that blocks (scanning processes,
+waiting for them to exit, spawning) runs through `asyncio.to_thread`, as a cloud SDK would.
 """
 
 from __future__ import annotations
@@ -114,8 +117,8 @@ class LocalCompute(VolumesMixin, Compute):
                 found.append(ProviderVolume(**json.loads(meta.read_text())))
         return found
 
-    def _to_instance(self, record: dict[str, Any]) -> ProviderInstance:
-        running = bool(machine_pids(record["instance_id"]))
+    async def _to_instance(self, record: dict[str, Any]) -> ProviderInstance:
+        running = bool(await asyncio.to_thread(machine_pids, record["instance_id"]))
         ip = None if self.faults.no_ip or not running else "127.0.0.1"
         return ProviderInstance(
             resource_id=record["resource_id"],
@@ -129,14 +132,14 @@ class LocalCompute(VolumesMixin, Compute):
             volumes=[v for v in self._all_volumes() if v.instance_id == record["instance_id"]],
         )
 
-    def _vanish_expired(self, record: dict[str, Any]) -> bool:
+    async def _vanish_expired(self, record: dict[str, Any]) -> bool:
         """Fault injection: a machine older than vanish_after_s is gone, as if deleted by hand."""
         if self.faults.vanish_after_s is None:
             return False
         age = (datetime.now(UTC) - datetime.fromisoformat(record["created_at"])).total_seconds()
         if age < self.faults.vanish_after_s:
             return False
-        self._kill(record)
+        await asyncio.to_thread(self._kill, record)
         with contextlib.suppress(FileNotFoundError):
             self._machine_file(record["resource_id"]).unlink()
         return True
@@ -148,7 +151,7 @@ class LocalCompute(VolumesMixin, Compute):
             for record in self._all_machines():
                 if record["instance_id"] == request.instance_id:
                     self._ensure_volumes(record)
-                    return self._to_instance(record)
+                    return await self._to_instance(record)
             match self.faults.fail_create:
                 case "transient":
                     raise TransientProviderError(
@@ -190,7 +193,7 @@ class LocalCompute(VolumesMixin, Compute):
             # a crash at any point leaves something a retry finds by the instance tag.
             self._write_json(self._machine_file(record["resource_id"]), record)
             self._ensure_volumes(record)
-            return self._to_instance(record)
+            return await self._to_instance(record)
 
     @staticmethod
     def _volume_plan(
@@ -232,9 +235,9 @@ class LocalCompute(VolumesMixin, Compute):
             record = self._read_machine(resource_id)
             if record is None:
                 raise InvalidRequestError(f"local machine {resource_id} does not exist")
-            if machine_pids(record["instance_id"]):
+            if await asyncio.to_thread(machine_pids, record["instance_id"]):
                 return
-            self._spawn(record)
+            await asyncio.to_thread(self._spawn, record)
 
     def _spawn(self, record: dict[str, Any]) -> None:
         env = {**os.environ, **record["env"]}
@@ -256,7 +259,8 @@ class LocalCompute(VolumesMixin, Compute):
         self._write_json(self._machine_file(record["resource_id"]), record)
 
     def _kill(self, record: dict[str, Any]) -> None:
-        """Stop every process of the machine: SIGTERM, then SIGKILL what is left."""
+        """Stop every process of the machine: SIGTERM, then SIGKILL what is left. Blocks for up
+        to 10 s: async callers run it in a thread."""
         for sig in (signal.SIGTERM, signal.SIGKILL):
             pids = machine_pids(record["instance_id"])
             for pid in pids:
@@ -270,9 +274,9 @@ class LocalCompute(VolumesMixin, Compute):
     async def get(self, resource_id: str) -> ProviderInstance | None:
         async with self._lock:
             record = self._read_machine(resource_id)
-            if record is None or self._vanish_expired(record):
+            if record is None or await self._vanish_expired(record):
                 return None
-            return self._to_instance(record)
+            return await self._to_instance(record)
 
     async def delete(self, resource_id: str) -> None:
         async with self._lock:
@@ -291,7 +295,9 @@ class LocalCompute(VolumesMixin, Compute):
     async def list_tagged(self) -> list[ProviderInstance]:
         async with self._lock:
             return [
-                self._to_instance(r) for r in self._all_machines() if not self._vanish_expired(r)
+                await self._to_instance(r)
+                for r in self._all_machines()
+                if not await self._vanish_expired(r)
             ]
 
     async def list_volumes(self, resource_id: str) -> list[ProviderVolume]:
