@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -47,6 +48,8 @@ class SimConfig:
     legacy_kv_metric: bool = False
     enable_prefix_caching: bool = True
     enable_prompt_tokens_details: bool = False
+    # vLLM's --api-key (or VLLM_API_KEY): requests under /v1 must carry one as a Bearer token.
+    api_keys: list[str] = field(default_factory=list)
     # fault injection
     fault_error_rates: dict[int, float] = field(default_factory=dict)
     fault_hang_rate: float = 0.0
@@ -98,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="model; `vllm serve MODEL` puts it first instead")
     parser.add_argument("--served-model-name", nargs="+", default=[], dest="served_model_names")
     parser.add_argument("--host", default=d.host)
+    parser.add_argument("--api-key", nargs="+", default=[], dest="api_keys")
     parser.add_argument("--port", type=int, default=d.port)
     parser.add_argument("--seed", type=int, default=d.seed, help="seed for repeatable runs")
     parser.add_argument("--max-num-seqs", type=int, default=d.max_num_seqs)
@@ -250,6 +254,8 @@ def parse_args(argv: list[str]) -> SimConfig:
         legacy_kv_metric=args.legacy_kv_metric,
         enable_prefix_caching=args.enable_prefix_caching,
         enable_prompt_tokens_details=args.enable_prompt_tokens_details,
+        api_keys=args.api_keys
+        or ([os.environ["VLLM_API_KEY"]] if os.environ.get("VLLM_API_KEY") else []),
         fault_error_rates=args.fault_error_rates,
         fault_hang_rate=args.fault_hang_rate,
         fault_stream_abort_rate=args.fault_stream_abort_rate,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import os
 import random
@@ -108,6 +110,32 @@ def _sse(payload: dict[str, Any] | str) -> bytes:
     return b"data: " + data + b"\n\n"
 
 
+def _require_api_key(app: FastAPI, keys: list[str]) -> None:
+    """vLLM's AuthenticationMiddleware: every path under /v1 (not OPTIONS) needs
+    `Authorization: Bearer <one of the keys>`, else 401 `{"error": "Unauthorized"}`; /health,
+    /version and /metrics stay open."""
+    digests = [hashlib.sha256(key.encode()).digest() for key in keys]
+
+    def verified(header: str | None) -> bool:
+        scheme, _, token = (header or "").partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        digest = hashlib.sha256(token.encode()).digest()
+        return any(hmac.compare_digest(digest, known) for known in digests)
+
+    @app.middleware("http")
+    async def authenticate(request: Request, call_next: Callable[[Request], Any]) -> Response:
+        path = request.url.path.removeprefix(request.scope.get("root_path", ""))
+        if (
+            request.method != "OPTIONS"
+            and path.startswith("/v1")
+            and not verified(request.headers.get("authorization"))
+        ):
+            return JSONResponse({"error": "Unauthorized"}, status_code=401)
+        response: Response = await call_next(request)
+        return response
+
+
 def create_app(config: SimConfig) -> FastAPI:
     metrics = EngineMetrics(config)
     engine = Engine(config, metrics)
@@ -125,6 +153,8 @@ def create_app(config: SimConfig) -> FastAPI:
 
     app = FastAPI(title="vLLM simulator", lifespan=lifespan)
     app.state.engine = engine
+    if config.api_keys:
+        _require_api_key(app, config.api_keys)
 
     @app.exception_handler(SimError)
     async def _sim_error(request: Request, exc: SimError) -> JSONResponse:
