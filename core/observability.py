@@ -21,9 +21,9 @@ class ObservabilitySettings(BaseSettings):
             "(an admin's session token works too); without it only admins may scrape"
         ),
     )
-    worker_metrics_port: int | None = Field(
+    worker_metrics_port: int = Field(
         default=9464,
-        description="Port of the worker's Prometheus endpoint (Temporal SDK metrics); unset: off",
+        description="Port of the worker's Prometheus endpoint (Temporal SDK metrics); 0: off",
     )
     prometheus_port: int = Field(
         default=9090, description="Port of the Prometheus `inventiv dev` starts when installed"

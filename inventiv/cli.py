@@ -52,7 +52,7 @@ def serve_worker_metrics(host: str) -> None:
     from core.observability import ObservabilitySettings, worker_metrics_runtime
 
     port = ObservabilitySettings().worker_metrics_port
-    if port is not None:
+    if port:
         Runtime.set_default(worker_metrics_runtime(f"{host}:{port}"))
 
 

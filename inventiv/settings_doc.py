@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings
 
 from activities.providers.registry import PROVIDERS
 from agent.settings import AgentSettings
+from core.observability import ObservabilitySettings
 from core.settings import Settings
 from gateway.settings import GatewaySettings
 
@@ -20,6 +21,7 @@ SECTIONS: list[tuple[str, type[BaseSettings]]] = [
     ("Node agent (on each GPU machine)", AgentSettings),
     # One section per registered provider kind, in the registry's order.
     *((f"{spec.title} provider", spec.settings) for spec in PROVIDERS.values()),
+    ("Monitoring (Prometheus scraping, the worker's metrics, budgets)", ObservabilitySettings),
 ]
 BEGIN, END = "<!-- settings:begin -->", "<!-- settings:end -->"
 
