@@ -7,12 +7,15 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import redis.asyncio as aioredis
+import redis.exceptions
 from fastapi import APIRouter, FastAPI, HTTPException, Request, status
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.routing import APIRoute
 from sqlalchemy.exc import DBAPIError
-from temporalio.client import Client
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from api import temporal
+from api.errors import UNAVAILABLE_RESPONSE, Dependency, DependencyUnavailableError
 from api.routers import (
     agents,
     api_keys,
@@ -26,14 +29,18 @@ from api.routers import (
     projects,
     prometheus,
     providers,
+    quotas,
     usage,
     users,
 )
-from core.db import make_engine, make_sessionmaker
+from core.db import DatabaseUnavailableError, make_engine, make_sessionmaker
+from core.quotas import QuotaExceeded
 from core.settings import Settings
 
 API_PREFIX = "/api/v1"
 DASHBOARD_DIST = Path(__file__).resolve().parents[1] / "dashboard" / "dist"
+# SQLSTATEs of a server that is going away, starting, full or too slow: not the query's fault.
+DATABASE_OUTAGE_SQLSTATES = ("08", "53", "57P", "57014")
 
 
 def operation_id(route: APIRoute) -> str:
@@ -46,6 +53,7 @@ def _routers() -> list[APIRouter]:
         auth.router,
         users.router,
         projects.router,
+        quotas.router,
         api_keys.router,
         deployments.router,
         instances.router,
@@ -66,17 +74,20 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = make_engine(settings.require("database_url"))
+        # Every call to a dependency is bounded: one that is down answers 503, never a hang.
+        engine = make_engine(settings.require("database_url"), timeout_s=settings.db_timeout_s)
         app.state.settings = settings
-        app.state.sse_keepalive_s = sse_keepalive_s
+        # A blocking read of the event stream must return before the Redis socket timeout.
+        app.state.sse_keepalive_s = min(sse_keepalive_s, settings.redis_timeout_s / 2)
         app.state.engine = engine
         app.state.sessionmaker = make_sessionmaker(engine)
         app.state.redis = aioredis.Redis.from_url(
-            settings.require("redis_url"), decode_responses=True
+            settings.require("redis_url"),
+            decode_responses=True,
+            socket_connect_timeout=settings.redis_timeout_s,
+            socket_timeout=settings.redis_timeout_s,
         )
-        app.state.temporal = await Client.connect(
-            settings.require("temporal_address"), namespace=settings.temporal_namespace
-        )
+        app.state.temporal = await temporal.connect(settings)
         try:
             yield
         finally:
@@ -93,6 +104,7 @@ def create_app(
         ),
         lifespan=lifespan,
         generate_unique_id_function=operation_id,
+        responses=UNAVAILABLE_RESPONSE,
     )
     router = APIRouter(prefix=API_PREFIX)
     for module_router in _routers():
@@ -100,13 +112,51 @@ def create_app(
     app.include_router(router)
     app.include_router(prometheus.router)  # /metrics and service discovery, outside /api/v1's list
 
+    def unavailable(dependency: Dependency, reason: str) -> JSONResponse:
+        retry_after = settings.outage_retry_after_s
+        return JSONResponse(
+            {
+                "detail": f"{dependency} unavailable ({reason}): retry in {retry_after} s",
+                "dependency": dependency,
+            },
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": str(retry_after)},
+        )
+
+    @app.exception_handler(QuotaExceeded)
+    async def quota_exceeded(request: Request, exc: QuotaExceeded) -> JSONResponse:
+        """Nothing was created: the project's quota (or the deployment's max_instances) says no."""
+        return JSONResponse({"detail": exc.reason}, exc.status_code)
+
+    @app.exception_handler(DependencyUnavailableError)
+    async def dependency_unavailable(
+        request: Request, exc: DependencyUnavailableError
+    ) -> JSONResponse:
+        return unavailable(exc.dependency, exc.reason)
+
+    @app.exception_handler(DatabaseUnavailableError)
+    async def database_unavailable(request: Request, exc: DatabaseUnavailableError) -> JSONResponse:
+        return unavailable("database", str(exc))
+
+    @app.exception_handler(PoolTimeoutError)
+    async def database_pool_exhausted(request: Request, exc: PoolTimeoutError) -> JSONResponse:
+        return unavailable("database", "no free connection in time")
+
+    @app.exception_handler(redis.exceptions.ConnectionError)
+    @app.exception_handler(redis.exceptions.TimeoutError)
+    async def redis_unavailable(request: Request, exc: redis.exceptions.RedisError) -> JSONResponse:
+        return unavailable("redis", f"{type(exc).__name__}: {exc}")
+
     @app.exception_handler(DBAPIError)
     async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:
         """Errors PostgreSQL blames on the values sent (SQLSTATE class 22: out of range, NUL
         byte, bad Unicode escape) are the client's: 400; integrity violations (class 23: a
-        concurrent change took a unique name or removed a referenced row): 409. Others: 500."""
+        concurrent change took a unique name or removed a referenced row): 409; a lost
+        connection or a server going away, starting, full or too slow: 503. Others: 500."""
         sqlstate = str(getattr(getattr(exc.orig, "driver_exception", exc.orig), "sqlstate", ""))
         message = str(exc.orig).splitlines()[0] if exc.orig else ""
+        if exc.connection_invalidated or sqlstate.startswith(DATABASE_OUTAGE_SQLSTATES):
+            return unavailable("database", message or "connection lost")
         if sqlstate.startswith("22"):
             return JSONResponse(
                 {"detail": f"invalid value: {message}"}, status.HTTP_400_BAD_REQUEST

@@ -12,8 +12,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import psutil
 
 
 class PortInUseError(RuntimeError):
@@ -75,6 +78,35 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
         proc.wait(timeout=5)
 
 
+def process_tree(pid: int) -> list[int]:
+    """The process and its descendants (a server's workers), parent first."""
+    try:
+        root = psutil.Process(pid)
+        return [pid] + [child.pid for child in root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+@contextlib.contextmanager
+def paused(pids: list[int]) -> Iterator[None]:
+    """Freeze processes (SIGSTOP) for the duration, then resume them (SIGCONT), even on error.
+
+    A frozen server keeps its sockets open and accepts connections into the backlog but never
+    answers: what a hung dependency looks like to its clients (fault tests, `inventiv dev`).
+    """
+    stopped: list[int] = []
+    try:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+        yield
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
 @dataclass
 class EmbeddedPostgres:
     """A real PostgreSQL 16 from the pgserver wheel, listening on a unix socket in data_dir."""
@@ -90,6 +122,16 @@ class EmbeddedPostgres:
         self._server = server
         uri = str(server.get_uri())
         return uri
+
+    def pids(self) -> list[int]:
+        """The postmaster (its pid is postmaster.pid's first line) and every backend."""
+        pid_file = self.data_dir / "postmaster.pid"
+        if not pid_file.exists():
+            return []
+        return process_tree(int(pid_file.read_text().split("\n", 1)[0]))
+
+    def paused(self) -> contextlib.AbstractContextManager[None]:
+        return paused(self.pids())
 
     def stop(self) -> None:
         if self._server is not None:
@@ -140,6 +182,9 @@ class EmbeddedRedis:
                 raise TimeoutError("redis-server did not open its socket within 10s")
             time.sleep(0.02)
         return f"unix://{self.socket_path.resolve()}"
+
+    def paused(self) -> contextlib.AbstractContextManager[None]:
+        return paused(process_tree(self.proc.pid) if self.proc else [])
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -195,6 +240,9 @@ class EmbeddedTemporal:
         self.proc = subprocess.Popen(args, stdout=out, stderr=out, start_new_session=True)
         wait_for_port(self.host, self.port, timeout, self.proc)
         return f"{self.host}:{self.port}"
+
+    def paused(self) -> contextlib.AbstractContextManager[None]:
+        return paused(process_tree(self.proc.pid) if self.proc else [])
 
     def stop(self) -> None:
         if self.proc is not None:

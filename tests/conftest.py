@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
@@ -33,6 +33,11 @@ class Stack:
     admin_db_url: str  # a database to run CREATE DATABASE from
     redis_url: str
     temporal_address: str
+    # The embedded servers this session started (none for a part set by its URL), by part:
+    # fault tests freeze them.
+    servers: dict[str, EmbeddedPostgres | EmbeddedRedis | EmbeddedTemporal] = field(
+        default_factory=dict
+    )
 
     def db_url(self, name: str) -> str:
         return replace_db_name(self.admin_db_url, name)
@@ -77,7 +82,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             tp = EmbeddedTemporal(db_file=None, port=free_port(), ui_port=None)
             temporal_address = tp.start()
             started.append(tp)
-        stack = Stack(db_url, redis_url, temporal_address)
+        servers = {type(part).__name__.removeprefix("Embedded").lower(): part for part in started}
+        stack = Stack(db_url, redis_url, temporal_address, servers)
         import asyncio
 
         asyncio.run(_admin_execute(stack, f"DROP DATABASE IF EXISTS {TEMPLATE_DB}"))
