@@ -356,7 +356,7 @@ def create_app(config: SimConfig) -> FastAPI:
         try:
             async for index, text, last in merged(sequences):
                 payload = chunk(index, text, sequences[index].finish_reason if last else None)
-                if last:
+                if last and not include_usage:  # else the usage chunk carries it
                     payload["system_fingerprint"] = fingerprint
                 yield _sse(payload)
             if include_usage:
