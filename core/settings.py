@@ -140,6 +140,21 @@ class Settings(BaseSettings):
         default=600, description="Age before an untracked tagged resource is deleted"
     )
 
+    # Dependency outages: the API bounds every call to a dependency; past it, a 503.
+    db_timeout_s: float = Field(
+        default=10,
+        description="API: longest wait for PostgreSQL (a connection, each statement) before a 503",
+    )
+    redis_timeout_s: float = Field(
+        default=5, description="API: longest wait for Redis (connect, each command) before a 503"
+    )
+    temporal_rpc_timeout_s: float = Field(
+        default=10, description="API: longest wait for a Temporal call before a 503"
+    )
+    outage_retry_after_s: int = Field(
+        default=5, description="Retry-After (seconds) of the API's 503 when a dependency is down"
+    )
+
     # Dev seeding
     admin_email: str = Field(default="admin@inventiv.local", description="Seeded admin e-mail")
     demo_model: str = Field(default="demo-llm", description="Model served by the demo deployment")
