@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from sqlmodel import select
+from temporalio.client import Client
 
 from activities.providers.local.adapter import LocalCompute
 from core.models import Instance, InstanceState, InstanceVolume
@@ -21,7 +22,12 @@ from core.settings import Settings
 from core.states import is_legal_path
 from tests.factories import seed
 from tests.workflows.helpers import history, wait_state
-from workflows.client import create_instance, terminate_instance
+from workflows.client import (
+    CommandRefusedError,
+    OrchestratorUnavailableError,
+    create_instance,
+    terminate_instance,
+)
 
 S = InstanceState
 INSTANCES = 6
@@ -33,11 +39,11 @@ def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "INVENTIV_DATA_DIR": str(settings.data_dir),
-        "INVENTIV_DATABASE_URL": settings.database_url or "",
-        "INVENTIV_REDIS_URL": settings.redis_url or "",
-        "INVENTIV_TEMPORAL_ADDRESS": settings.temporal_address or "",
+        "INVENTIV_DATABASE_URL": settings.require("database_url"),
+        "INVENTIV_REDIS_URL": settings.require("redis_url"),
+        "INVENTIV_TEMPORAL_ADDRESS": settings.require("temporal_address"),
         "INVENTIV_TASK_QUEUE": settings.task_queue,
-        "INVENTIV_SECRET_KEY": settings.secret_key or "",
+        "INVENTIV_SECRET_KEY": settings.require("secret_key"),
         "INVENTIV_BOOT_POLL_INTERVAL_S": "0.2",
         "INVENTIV_HEALTH_INTERVAL_S": "1",
         "INVENTIV_DRAIN_TIMEOUT_S": "5",
@@ -52,6 +58,21 @@ def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+
+
+async def terminate_through_crashes(client: Client, workflow_id: str) -> None:
+    """Terminate as a client would while workers come and go: the workflow's validator needs a
+    worker, so a command that found none is sent again; one whose answer a crash lost is refused
+    as already terminating on the next try, which means it was taken."""
+    while True:
+        try:
+            await terminate_instance(client, workflow_id)
+            return
+        except OrchestratorUnavailableError:
+            continue
+        except CommandRefusedError as refused:
+            assert "already terminating" in str(refused), refused
+            return
 
 
 async def wait_polling(log: Path, starts: int, timeout: float = 60) -> None:
@@ -85,6 +106,7 @@ async def test_worker_killed_at_random_points(
     to_terminate = instances[: INSTANCES // 2]
     log = tmp_path / "worker.log"
     worker = start_worker(settings, log)
+    terminations: list[asyncio.Task[None]] = []
     try:
         for round_no in range(ROUNDS):
             # Kill it once it polls (not while Python is still importing), at a random point.
@@ -93,9 +115,13 @@ async def test_worker_killed_at_random_points(
             worker.send_signal(signal.SIGKILL)
             worker.wait()
             if round_no == ROUNDS // 3:
-                for inst in to_terminate:  # termination, too, runs through the crashes
-                    await terminate_instance(temporal_client, inst.workflow_id)
+                # Termination, too, runs through the crashes: asked while no worker runs.
+                terminations = [
+                    asyncio.create_task(terminate_through_crashes(temporal_client, i.workflow_id))
+                    for i in to_terminate
+                ]
             worker = start_worker(settings, log)
+        await asyncio.gather(*terminations)
         for inst in instances:
             wanted = S.terminated if inst in to_terminate else S.ready
             await wait_state(sessionmaker, inst.id, wanted, timeout=120)
@@ -130,6 +156,8 @@ async def test_worker_killed_at_random_points(
             assert is_legal_path(path), path
             assert path[-1] == S.terminated
     finally:
+        for pending in terminations:
+            pending.cancel()
         worker.send_signal(signal.SIGTERM)
         try:
             worker.wait(timeout=20)
