@@ -1,10 +1,324 @@
-"""Autoscaling policy: pure functions from a load snapshot to a decision (no I/O, no clock)."""
+"""Autoscaling policy: a pure function from windowed load signals to a decision (no I/O, no clock).
+
+The specification's triggers, configurable per deployment (`deployments.autoscaling`):
+- scale up when the average queue wait over the window exceeds `scale_up_queue_wait_s`, or when
+  Total_Active_Requests / Total_GPU_Count exceeds `scale_up_active_per_gpu` (instances still
+  booting count as coming capacity): order `scale_up_step` servers, more if the saturation level
+  asks for more;
+- scale down when the GPU utilisation of the ready instances stays below
+  `scale_down_gpu_utilization` for `scale_down_delay_s`: drain one instance (the least loaded;
+  ties: the newest), never below the minimum.
+Each delay is measured from when its condition began (`PolicyState`), not from the last action.
+A condition ends only when it has been false for a whole window, so one jittery sample does not
+restart its clock. No drain on the first round; never below min nor above max.
+
+Optional modes beyond the specification (each off by default, evaluated in bench/autoscale):
+`scale_down_active_per_gpu` (drain when the others could carry the load), `predictive`
+(scale up for the arrival rate projected one boot ahead), `slo_ttft_s` (scale up when the
+window's TTFT p95 exceeds the target) and `warm_spares` (instances kept beyond the need).
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class AutoscalingConfig(BaseModel):
+    """A deployment's autoscaling policy; min and max instances are the deployment's own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    window_s: float = Field(
+        default=60, ge=5, le=3600, description="window the signals are averaged over"
+    )
+    scale_up_queue_wait_s: float = Field(
+        default=5, gt=0, le=3600, description="average queue wait above which to scale up"
+    )
+    scale_up_active_per_gpu: float = Field(
+        default=48,
+        gt=0,
+        le=100_000,
+        description="active requests (running + queued) per GPU above which to scale up",
+    )
+    scale_up_delay_s: float = Field(
+        default=30, ge=0, le=3600, description="how long a scale-up condition lasts before acting"
+    )
+    scale_up_step: int = Field(default=1, ge=1, le=100, description="servers ordered at a time")
+    scale_down_gpu_utilization: float = Field(
+        default=0.2, ge=0, le=1, description="GPU utilisation (0..1) below which to scale down"
+    )
+    scale_down_delay_s: float = Field(
+        default=600,
+        ge=0,
+        le=86_400,
+        description="how long the scale-down condition lasts before draining one instance",
+    )
+    scale_down_active_per_gpu: float | None = Field(
+        default=None,
+        gt=0,
+        le=100_000,
+        description="optional: also scale down when the other instances would carry fewer "
+        "active requests per GPU than this",
+    )
+    predictive: bool = Field(
+        default=False,
+        description="optional: scale up for the arrival rate projected `boot_s` ahead",
+    )
+    boot_s: float = Field(
+        default=180, ge=0, le=86_400, description="expected boot time (predictive mode)"
+    )
+    slo_ttft_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=3600,
+        description="optional: scale up when the window's time-to-first-token p95 exceeds this",
+    )
+    warm_spares: int = Field(
+        default=0, ge=0, le=100, description="optional: instances kept beyond the need"
+    )
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> Self:
+        down = self.scale_down_active_per_gpu
+        if down is not None and down >= self.scale_up_active_per_gpu:
+            raise ValueError(
+                f"scale_down_active_per_gpu ({down}) must be below scale_up_active_per_gpu "
+                f"({self.scale_up_active_per_gpu}), or the policy would flap"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class InstanceLoad:
+    """One instance of the deployment, booting or ready."""
+
+    id: str
+    ready: bool  # False: provisioning or booting, i.e. capacity on its way
+    created_at: float
+    gpu_count: int
+    active_requests: float  # running on it now (streams included, finished or not)
+    gpu_utilization: float | None  # busy share over the window, 0..1; None: not reported yet
+
+
+@dataclass(frozen=True)
+class Signals:
+    """The deployment's load over the last window (`AutoscalingConfig.window_s`)."""
+
+    instances: tuple[InstanceLoad, ...]
+    queue_wait_avg_s: float  # mean wait of the requests that left the gateways' queues
+    active_requests: float  # running + queued, averaged over the window
+    queued_requests: float  # waiting in the gateways' queues now
+    arrival_rate_rps: float  # requests per second that came in over the window
+    completion_rate_rps: float = 0.0  # requests per second that finished over the window
+    ttft_p95_s: float | None = None  # time to first token, p95 over the window (SLO mode)
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    """What the policy remembers between rounds; small, serializable (continue-as-new)."""
+
+    rounds: int = 0
+    up_since: float | None = None  # when the scale-up condition began
+    up_seen: float | None = None  # when it last held
+    down_since: float | None = None
+    down_seen: float | None = None
+    # Arrival-rate trend (predictive mode): the rate at the start of the current trend window.
+    trend_rate: float | None = None
+    trend_at: float | None = None
+    trend_slope: float = 0.0  # requests/s per second
+
+
+@dataclass(frozen=True)
+class Decision:
+    delta: int  # > 0: order this many servers; < 0: drain `drain`; 0: nothing
+    reason: str
+    drain: tuple[str, ...] = ()
+
+
+def _track(since: float | None, seen: float | None, holds: bool, now: float, grace: float):  # type: ignore[no-untyped-def]
+    """(since, seen) of a condition: it ends only once it has been false for `grace`."""
+    if holds:
+        return (now if since is None else since), now
+    if seen is not None and now - seen < grace:
+        return since, seen
+    return None, None
+
+
+def drain_order(instances: list[InstanceLoad]) -> list[InstanceLoad]:
+    """Who to drain first: the least loaded; ties: the newest."""
+    return sorted(instances, key=lambda i: (i.active_requests, -i.created_at))
+
+
+def evaluate(
+    config: AutoscalingConfig,
+    min_instances: int,
+    max_instances: int,
+    signals: Signals,
+    state: PolicyState,
+    now: float,
+) -> tuple[Decision, PolicyState]:
+    """One round: the decision and the state to carry into the next round."""
+    first_round = state.rounds == 0
+    state = _trend(config, signals, replace(state, rounds=state.rounds + 1), now)
+    instances = list(signals.instances)
+    ready = [i for i in instances if i.ready]
+    total = len(instances)
+    booting = total - len(ready)
+    gpus_per_instance = max(1, max((i.gpu_count for i in instances), default=1))
+    gpus = sum(max(1, i.gpu_count) for i in instances)  # booting ones included: coming capacity
+    running = sum(i.active_requests for i in instances)
+    # The queue built up while capacity was on its way is that capacity's to absorb: while
+    # instances boot, only the running requests count against the saturation level.
+    active = signals.active_requests if not booting else running
+    growth = _growth(config, signals, state)
+    # Servers the saturation level asks for: running requests, not a backlog that drains once
+    # capacity comes (sizing on it would order servers that are idle by the time they boot).
+    needed = math.ceil(running * growth / (config.scale_up_active_per_gpu * gpus_per_instance))
+    if signals.completion_rate_rps > 0 and ready:
+        # Arrivals against what the ready instances complete: the shortfall under overload,
+        # where running requests are capped by the gateway and no longer show the demand.
+        supply = signals.completion_rate_rps / len(ready)
+        needed = max(needed, math.ceil(signals.arrival_rate_rps * growth / supply - 0.05))
+    floor = min_instances
+    if config.warm_spares:
+        floor = min(max(floor, needed + config.warm_spares), max_instances)
+
+    if total < min_instances:
+        return Decision(min_instances - total, f"below minimum ({total} < {min_instances})"), state
+    if total > max_instances:
+        if first_round:
+            return Decision(0, f"above maximum ({total} > {max_instances}), first round"), state
+        excess = drain_order(ready)[: total - max_instances]
+        return Decision(
+            -len(excess),
+            f"above maximum ({total} > {max_instances})",
+            tuple(i.id for i in excess),
+        ), state
+
+    if total == 0:
+        if signals.queued_requests > 0 or signals.active_requests > 0:
+            wanted = min(max_instances, max(config.scale_up_step, needed))
+            return Decision(wanted, "requests waiting and no instance"), state
+        return Decision(0, "no instance, no request"), state
+
+    up_reasons = _up_reasons(config, signals, active, gpus, booting, total, needed)
+    if total < floor:
+        up_reasons.append(f"{config.warm_spares} warm spare(s) wanted beyond {needed} needed")
+    up_since, up_seen = _track(
+        state.up_since, state.up_seen, bool(up_reasons), now, config.window_s
+    )
+    state = replace(state, up_since=up_since, up_seen=up_seen)
+    if up_reasons and total < max_instances:
+        held = now - (up_since if up_since is not None else now)
+        if held < config.scale_up_delay_s and total >= floor:
+            reason = (
+                f"{'; '.join(up_reasons)} for {held:.0f} s (delay {config.scale_up_delay_s:.0f} s)"
+            )
+            return Decision(0, reason), state
+        wanted = min(max_instances, max(total + config.scale_up_step, needed, floor))
+        return Decision(wanted - total, "; ".join(up_reasons)), state
+    if up_reasons:
+        return Decision(0, f"{'; '.join(up_reasons)}, at maximum ({max_instances})"), state
+
+    down_reason, count = _down_reason(config, signals, ready, total, floor)
+    down_since, down_seen = _track(
+        state.down_since, state.down_seen, down_reason is not None, now, config.window_s
+    )
+    state = replace(state, down_since=down_since, down_seen=down_seen)
+    if down_reason is None or down_since is None:
+        return Decision(0, "steady"), state
+    held = now - down_since
+    if first_round or held < config.scale_down_delay_s:
+        return Decision(
+            0, f"{down_reason} for {held:.0f} s (delay {config.scale_down_delay_s:.0f} s)"
+        ), state
+    victims = drain_order(ready)[:count]
+    # The condition was about the fleet before this drain: it must hold anew for the next one.
+    state = replace(state, down_since=None, down_seen=None)
+    return Decision(
+        -len(victims), f"{down_reason} for {held:.0f} s", tuple(i.id for i in victims)
+    ), state
+
+
+def _up_reasons(
+    config: AutoscalingConfig,
+    signals: Signals,
+    active: float,
+    gpus: int,
+    booting: int,
+    total: int,
+    needed: int,
+) -> list[str]:
+    reasons: list[str] = []
+    # Queue wait and TTFT lag behind capacity: instances on their way are the answer to them.
+    if signals.queue_wait_avg_s > config.scale_up_queue_wait_s and not booting:
+        reasons.append(f"average queue wait {signals.queue_wait_avg_s:.1f} s")
+    if config.slo_ttft_s is not None and signals.ttft_p95_s is not None and not booting:
+        if signals.ttft_p95_s > config.slo_ttft_s:
+            reasons.append(f"TTFT p95 {signals.ttft_p95_s:.2f} s above the SLO")
+    if active / gpus > config.scale_up_active_per_gpu and (not booting or needed > total):
+        reasons.append(f"{active / gpus:.1f} active requests per GPU")
+    elif config.predictive and needed > total:
+        reasons.append(f"arrivals rising: {needed} instances needed in {config.boot_s:.0f} s")
+    return reasons
+
+
+def _down_reason(
+    config: AutoscalingConfig,
+    signals: Signals,
+    ready: list[InstanceLoad],
+    total: int,
+    floor: int,
+) -> tuple[str | None, int]:
+    """Why to scale down, if so, and how many instances may go."""
+    if len(ready) < total or total <= floor or signals.queued_requests > 0:
+        return None, 0
+    utilizations = [i.gpu_utilization for i in ready]
+    if utilizations and None not in utilizations:
+        mean = sum(u for u in utilizations if u is not None) / len(utilizations)
+        if mean < config.scale_down_gpu_utilization:
+            return f"GPU utilisation {mean:.0%}", 1
+    level = config.scale_down_active_per_gpu
+    if level is not None:
+        # Requests still streaming count as much as new ones: long streams never look idle.
+        load = max(signals.active_requests, sum(i.active_requests for i in ready))
+        gpus_per_instance = max(1, max(i.gpu_count for i in ready))
+        keep = max(floor, math.floor(load / (level * gpus_per_instance)) + 1)
+        if keep < total:
+            per_gpu = load / (keep * gpus_per_instance)
+            return f"{per_gpu:.1f} active requests per GPU on {keep} instance(s)", total - keep
+    return None, 0
+
+
+def _trend(
+    config: AutoscalingConfig, signals: Signals, state: PolicyState, now: float
+) -> PolicyState:
+    """The arrival rate's slope, measured once per window (finer would mostly measure noise)."""
+    if not config.predictive:
+        return state
+    rate = signals.arrival_rate_rps
+    if state.trend_at is None or state.trend_rate is None:
+        return replace(state, trend_rate=rate, trend_at=now)
+    if now - state.trend_at < config.window_s:
+        return state
+    slope = (rate - state.trend_rate) / (now - state.trend_at)
+    return replace(state, trend_rate=rate, trend_at=now, trend_slope=slope)
+
+
+def _growth(config: AutoscalingConfig, signals: Signals, state: PolicyState) -> float:
+    """Factor by which the load is expected to grow within a boot (1 without predictive mode)."""
+    if not config.predictive or signals.arrival_rate_rps <= 0 or state.trend_slope <= 0:
+        return 1.0
+    projected = signals.arrival_rate_rps + state.trend_slope * config.boot_s
+    return min(projected / signals.arrival_rate_rps, 4.0)
+
+
+# --- The previous policy, still called by activities/autoscale.py and api/fleet_metrics.py. ---
+# It goes once the AutoscalerWorkflow calls `evaluate` (after the orchestration refactor).
 
 
 @dataclass(frozen=True)
@@ -39,12 +353,6 @@ class LoadSnapshot:
     in_flight: float  # requests running at the gateways
     queue_length: float  # requests waiting in the gateways' queues
     queue_wait_p95_ms: float
-
-
-@dataclass(frozen=True)
-class Decision:
-    delta: int  # > 0 start this many, < 0 drain this many, 0 nothing
-    reason: str
 
 
 def decide(

@@ -77,8 +77,8 @@ class DeploymentBase(_RoutingField):
     min_instances: int = Field(default=0, ge=0, le=MAX_INSTANCES)
     max_instances: int = Field(default=1, ge=0, le=MAX_INSTANCES)
     autoscaling_enabled: bool = False
-    autoscaling: JsonObject = Field(
-        default_factory=dict, description="autoscaling policy (thresholds, cooldowns)"
+    autoscaling: AutoscalingConfig = Field(
+        default_factory=AutoscalingConfig, description="autoscaling policy (core/autoscaling.py)"
     )
     engine_args: EngineArgs = Field(
         default_factory=dict,
@@ -110,7 +110,7 @@ class DeploymentUpdate(PartialUpdate, _RoutingField):
     instance_type_id: uuid.UUID | None = None
     min_instances: int | None = Field(default=None, ge=0, le=MAX_INSTANCES)
     max_instances: int | None = Field(default=None, ge=0, le=MAX_INSTANCES)
-    autoscaling: JsonObject | None = None
+    autoscaling: AutoscalingConfig | None = None
     engine_args: EngineArgs | None = None
     boot_timeout_s: float | None = Field(default=None, gt=0, le=86400)
     routing: RoutingStrategy | None = None

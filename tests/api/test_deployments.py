@@ -27,7 +27,7 @@ def body(t: Tenant, **overrides: Any) -> dict[str, Any]:
         "min_instances": 1,
         "max_instances": 3,
         "engine_args": {"max-model-len": 4096, "enable-prefix-caching": True},
-        "autoscaling": {"target_queue_wait_ms": 500},
+        "autoscaling": {"scale_up_queue_wait_s": 2, "scale_down_delay_s": 300},
     }
     return values | overrides
 
@@ -99,6 +99,11 @@ async def test_validation_messages(
         (body(alice, model="has spaces"), 422, "pattern"),
         (body(alice, routing="header"), 422, "'least_load', 'sticky_header' or 'sticky_user'"),
         (body(alice, session_affinity="none"), 422, "'none' is now 'least_load'"),
+        # An invalid autoscaling policy is refused, naming the field, instead of being stored
+        # and failing every autoscaler round.
+        (body(alice, autoscaling={"scale_up_active_per_gpu": 0}), 422, "scale_up_active_per_gpu"),
+        (body(alice, autoscaling={"window_s": "soon"}), 422, "window_s"),
+        (body(alice, autoscaling={"target_in_flight_per_instance": 8}), 422, "Extra inputs"),
     ]
     for payload, code, message in cases:
         response = await client.post("/api/v1/deployments", json=payload, headers=h)

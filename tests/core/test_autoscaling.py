@@ -1,8 +1,25 @@
-"""The autoscaling policy, a pure function: every branch an operator relies on."""
+"""The autoscaling policies, pure functions: every branch an operator relies on.
+
+The previous `decide` first, then the specification's `evaluate`."""
 
 from __future__ import annotations
 
-from core.autoscaling import AutoscalingPolicy, LoadSnapshot, decide
+import dataclasses
+import json
+
+import pydantic
+import pytest
+
+from core.autoscaling import (
+    AutoscalingConfig,
+    AutoscalingPolicy,
+    InstanceLoad,
+    LoadSnapshot,
+    PolicyState,
+    Signals,
+    decide,
+    evaluate,
+)
 
 POLICY = AutoscalingPolicy(
     min_instances=1,
@@ -82,3 +99,188 @@ def test_no_scale_down_while_requests_queue() -> None:
 def test_policy_reads_deployment_config_and_ignores_unknown_keys() -> None:
     p = AutoscalingPolicy.from_deployment(2, 5, {"target_in_flight_per_instance": 4, "junk": 1})
     assert (p.min_instances, p.max_instances, p.target_in_flight_per_instance) == (2, 5, 4.0)
+
+
+# --- The specification's policy: `evaluate` ----------------------------------------------------
+
+SPEC = AutoscalingConfig(
+    window_s=60,
+    scale_up_queue_wait_s=5,
+    scale_up_active_per_gpu=10,
+    scale_up_delay_s=30,
+    scale_down_gpu_utilization=0.2,
+    scale_down_delay_s=600,
+)
+
+
+def inst(  # type: ignore[no-untyped-def]
+    name: str, active: float = 0, util: float | None = 0.5, ready: bool = True, at: float = 0
+):
+    return InstanceLoad(name, ready, at, 1, active, util)
+
+
+def sig(*instances: InstanceLoad, wait: float = 0, active: float | None = None, **kw):  # type: ignore[no-untyped-def]
+    total = sum(i.active_requests for i in instances) if active is None else active
+    return Signals(instances, wait, total, kw.pop("queued", 0), kw.pop("rate", 1.0), **kw)
+
+
+def run(config, lo, hi, rounds):  # type: ignore[no-untyped-def]
+    """Feed (time, signals) rounds through the policy; the decisions in order."""
+    state = PolicyState()
+    out = []
+    for now, signals in rounds:
+        decision, state = evaluate(config, lo, hi, signals, state, now)
+        out.append(decision)
+    return out
+
+
+def test_average_queue_wait_over_threshold_scales_up_after_the_delay() -> None:
+    busy = sig(inst("a", 5), wait=6)
+    held, acted = run(SPEC, 1, 4, [(0, busy), (30, busy)])
+    assert held.delta == 0 and "queue wait" in held.reason
+    assert acted.delta == 1 and "average queue wait 6.0 s" in acted.reason
+
+
+def test_active_requests_per_gpu_over_saturation_scales_up_sized_to_the_load() -> None:
+    two_gpus = InstanceLoad("a", True, 0, 2, 50, 0.9)  # 50 running on 2 GPUs: 25 per GPU
+    d = run(SPEC, 1, 8, [(0, sig(two_gpus)), (30, sig(two_gpus))])[-1]
+    assert d.delta == 2 and "25.0 active requests per GPU" in d.reason  # ceil(50 / 20) = 3
+    below = InstanceLoad("a", True, 0, 2, 18, 0.9)  # 9 per GPU: under the level of 10
+    assert run(SPEC, 1, 8, [(0, sig(below)), (30, sig(below))])[-1].delta == 0
+
+
+def test_delay_counts_from_when_the_condition_began_not_from_the_last_action() -> None:
+    calm, busy = sig(inst("a", 5)), sig(inst("a", 15))
+    # Long calm (no action for an hour), then a rise: it still waits its 30 s delay ...
+    decisions = run(SPEC, 1, 4, [(0, calm), (3600, busy), (3615, busy), (3630, busy)])
+    assert [d.delta for d in decisions] == [0, 0, 0, 1]
+
+
+def test_one_jittery_sample_does_not_restart_the_delay() -> None:
+    busy, dip = sig(inst("a", 15)), sig(inst("a", 9))
+    decisions = run(SPEC, 1, 4, [(0, busy), (15, dip), (30, busy)])
+    assert decisions[-1].delta == 1  # the dip at 15 s did not reset the clock started at 0
+    # ... but a whole window without the condition does.
+    decisions = run(SPEC, 1, 4, [(0, busy), (15, dip), (80, dip), (90, busy), (105, busy)])
+    assert [d.delta for d in decisions] == [0, 0, 0, 0, 0]
+
+
+def test_booting_instances_count_as_coming_capacity() -> None:
+    # 15 running on one ready + one booting instance: 7.5 per GPU, nothing more to order.
+    s = sig(inst("a", 15), inst("b", 0, None, ready=False, at=10), wait=20, queued=30)
+    decisions = run(SPEC, 1, 4, [(0, s), (60, s), (120, s)])
+    assert [d.delta for d in decisions] == [0, 0, 0]
+
+
+def test_never_above_max_even_when_saturated() -> None:
+    s = sig(inst("a", 100), inst("b", 100), wait=30)
+    decisions = run(SPEC, 1, 2, [(0, s), (60, s)])
+    assert [d.delta for d in decisions] == [0, 0] and "at maximum" in decisions[-1].reason
+    sized = run(SPEC, 1, 3, [(0, s), (60, s)])[-1]
+    assert sized.delta == 1  # wanted ceil(200 / 10) = 20, capped at 3
+
+
+def test_above_max_drains_the_excess_but_not_on_the_first_round() -> None:
+    s = sig(inst("a", 3), inst("b", 1), inst("c", 2))
+    first, second = run(SPEC, 1, 2, [(0, s), (15, s)])
+    assert first.delta == 0 and "first round" in first.reason
+    assert second.delta == -1 and second.drain == ("b",)
+
+
+def test_below_min_orders_the_missing_servers_at_once() -> None:
+    d = run(SPEC, 3, 5, [(0, sig(inst("a")))])[0]
+    assert d.delta == 2 and "below minimum" in d.reason
+
+
+def test_low_gpu_utilisation_drains_after_n_minutes_never_below_min_nor_on_the_first_round() -> (
+    None
+):
+    idle = sig(inst("a", 1, 0.05, at=1), inst("b", 0, 0.05, at=2), inst("c", 0, 0.1, at=3))
+    no_delay = SPEC.model_copy(update={"scale_down_delay_s": 0})
+    assert run(no_delay, 1, 4, [(0, idle)])[0].delta == 0  # no drain on the first round
+    rounds = [(t, idle) for t in range(0, 601, 15)]
+    decisions = run(SPEC, 1, 4, rounds)
+    assert all(d.delta == 0 for d in decisions[:-1])
+    # The least loaded goes; "b" and "c" tie at 0 running: the newest, "c".
+    assert decisions[-1].delta == -1 and decisions[-1].drain == ("c",)
+    assert "GPU utilisation 7%" in decisions[-1].reason
+    one = sig(inst("a", 0, 0.0))
+    assert all(d.delta == 0 for d in run(SPEC, 1, 4, [(t, one) for t in range(0, 1201, 15)]))
+
+
+def test_long_streams_keep_instances_busy_so_they_are_not_drained() -> None:
+    # Few requests finish, but the streams running keep the GPUs busy (busy share ~100 %).
+    streaming = sig(inst("a", 4, 0.98), inst("b", 3, 0.97), rate=0.01)
+    capacity = SPEC.model_copy(update={"scale_down_active_per_gpu": 2.0})
+    decisions = run(capacity, 1, 4, [(t, streaming) for t in range(0, 1801, 15)])
+    assert all(d.delta == 0 for d in decisions)
+
+
+def test_capacity_mode_drains_what_the_rest_can_carry() -> None:
+    capacity = SPEC.model_copy(update={"scale_down_active_per_gpu": 5.0})
+    fleet = sig(*(inst(f"i{k}", 2, 0.9, at=k) for k in range(6)))  # 12 running on 6, busy
+    decisions = run(capacity, 1, 8, [(t, fleet) for t in range(0, 601, 15)])
+    assert decisions[-1].delta == -3  # 12 requests keep under 5 per GPU on 3 instances
+    assert "on 3 instance(s)" in decisions[-1].reason
+
+
+def test_no_drain_while_requests_queue_or_instances_boot() -> None:
+    queued = sig(inst("a", 0, 0.0), inst("b", 0, 0.0), queued=1)
+    booting = sig(inst("a", 0, 0.0), inst("b", 0, 0.0), inst("c", 0, None, ready=False))
+    for s in (queued, booting):
+        assert all(d.delta == 0 for d in run(SPEC, 1, 4, [(t, s) for t in range(0, 1201, 15)]))
+
+
+def test_scale_from_zero_on_the_first_waiting_request() -> None:
+    d = run(SPEC, 0, 3, [(0, sig(queued=1, active=1))])[0]
+    assert d.delta == 1 and "no instance" in d.reason
+    assert run(SPEC, 0, 3, [(0, sig())])[0].delta == 0
+
+
+def test_predictive_mode_orders_ahead_of_a_rising_arrival_rate() -> None:
+    predictive = SPEC.model_copy(update={"predictive": True, "boot_s": 180})
+    # 8 running on one GPU (under the level of 10), arrivals doubling every minute.
+    rounds = [(t, sig(inst("a", 8), rate=1.0 * 2 ** (t / 60))) for t in range(0, 121, 15)]
+    assert all(d.delta == 0 for d in run(SPEC, 1, 4, rounds))
+    ahead = run(predictive, 1, 4, rounds)
+    assert any(d.delta > 0 and "arrivals rising" in d.reason for d in ahead)
+
+
+def test_slo_mode_scales_up_on_ttft() -> None:
+    slo = SPEC.model_copy(update={"slo_ttft_s": 2.0})
+    s = sig(inst("a", 5), ttft_p95_s=3.5)
+    assert run(SPEC, 1, 4, [(0, s), (30, s)])[-1].delta == 0
+    assert run(slo, 1, 4, [(0, s), (30, s)])[-1].delta == 1
+
+
+def test_warm_spare_is_kept_beyond_the_need() -> None:
+    spare = SPEC.model_copy(update={"warm_spares": 1})
+    d = run(spare, 1, 4, [(0, sig(inst("a", 5)))])[0]
+    assert d.delta == 1 and "warm spare" in d.reason
+
+
+def test_state_is_a_small_serializable_dataclass() -> None:
+    _, state = evaluate(SPEC, 1, 4, sig(inst("a", 15)), PolicyState(), 100.0)
+    data = json.loads(json.dumps(dataclasses.asdict(state)))
+    assert PolicyState(**data) == state and state.up_since == 100.0
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("scale_up_active_per_gpu", 0, "greater than 0"),
+        ("scale_up_queue_wait_s", "soon", "valid number"),
+        ("scale_down_gpu_utilization", 1.5, "less than or equal to 1"),
+        ("scale_up_step", 0, "greater than or equal to 1"),
+        ("target_in_flight_per_instance", 8, "Extra inputs are not permitted"),
+    ],
+)
+def test_config_validation_names_the_field(field: str, value: object, message: str) -> None:
+    with pytest.raises(pydantic.ValidationError) as err:
+        AutoscalingConfig.model_validate({field: value})
+    assert field in str(err.value) and message in str(err.value)
+
+
+def test_config_refuses_a_down_level_at_or_above_the_up_level() -> None:
+    with pytest.raises(pydantic.ValidationError, match="must be below scale_up_active_per_gpu"):
+        AutoscalingConfig(scale_up_active_per_gpu=10, scale_down_active_per_gpu=10)
