@@ -18,6 +18,7 @@ from core.autoscaling import AutoscalingPolicy, LoadSnapshot, decide
 from core.events import EventKind, publish_event
 from core.instances import new_instance
 from core.models import Deployment, Instance, InstanceState, TerminationReason
+from core.quotas import QuotaExceeded, check_and_reserve
 from core.redis_keys import INSTANCE_LOAD, gateway_load_key
 from core.wire import GatewayLoad, InstanceLoad
 
@@ -108,17 +109,25 @@ class AutoscaleActivities:
     @activity.defn
     async def scale_up(self, inp: ScaleUpInput) -> None:
         """Create the instances (ids chosen by the workflow: a retry creates nothing twice)."""
+        created: list[uuid.UUID] = []
+        refused = ""
         async with self.sessionmaker() as session:
             deployment = await session.get(Deployment, uuid.UUID(inp.deployment_id))
             if deployment is None:
                 return
             for new_id in map(uuid.UUID, inp.new_instance_ids):
                 if await session.get(Instance, new_id) is None:
+                    try:  # the project's quota, checked with its row locked
+                        await check_and_reserve(session, deployment)
+                    except QuotaExceeded as exc:
+                        refused = f"; held back by quota: {exc.reason}"
+                        break
                     session.add(new_instance(deployment, new_id))
+                created.append(new_id)
             await session.commit()
-        for new_id in map(uuid.UUID, inp.new_instance_ids):
+        for new_id in created:
             await self.start_instance(new_id)
-        await self._decision_event(deployment, f"+{len(inp.new_instance_ids)}", inp.reason)
+        await self._decision_event(deployment, f"+{len(created)}", inp.reason + refused)
 
     @activity.defn
     async def scale_down(self, inp: ScaleDownInput) -> None:

@@ -29,10 +29,12 @@ from api.routers import (
     projects,
     prometheus,
     providers,
+    quotas,
     usage,
     users,
 )
 from core.db import DatabaseUnavailableError, make_engine, make_sessionmaker
+from core.quotas import QuotaExceeded
 from core.settings import Settings
 
 API_PREFIX = "/api/v1"
@@ -51,6 +53,7 @@ def _routers() -> list[APIRouter]:
         auth.router,
         users.router,
         projects.router,
+        quotas.router,
         api_keys.router,
         deployments.router,
         instances.router,
@@ -119,6 +122,11 @@ def create_app(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             headers={"Retry-After": str(retry_after)},
         )
+
+    @app.exception_handler(QuotaExceeded)
+    async def quota_exceeded(request: Request, exc: QuotaExceeded) -> JSONResponse:
+        """Nothing was created: the project's quota (or the deployment's max_instances) says no."""
+        return JSONResponse({"detail": exc.reason}, exc.status_code)
 
     @app.exception_handler(DependencyUnavailableError)
     async def dependency_unavailable(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
@@ -12,11 +13,12 @@ from typing import Any
 
 from fastapi import HTTPException, status
 from pydantic import BaseModel
-from sqlalchemy import Date, case, cast, func
+from sqlalchemy import Date, cast, func
 from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from core.billing import HOURS_PER_MONTH, instance_spans, volume_spans
 from core.models import ApiKey, Deployment, Instance, InstanceType, RequestLog, utcnow
 from core.states import LIVE_STATES
 
@@ -59,6 +61,22 @@ class CostRow(BaseModel):
     deployment_name: str | None = None
     instance_id: uuid.UUID | None = None
     instance_hours: float
+    cost: float
+    currency: str
+
+
+class StorageRow(BaseModel):
+    """Volume cost: size x the provider's price per GB-month, for the time the volume existed
+    (kept volumes go on costing after their instance is gone)."""
+
+    day: date | None = None
+    project_id: uuid.UUID | None = None
+    deployment_id: uuid.UUID | None = None
+    instance_id: uuid.UUID | None = None
+    provider_volume_id: str | None = None
+    size_gb: float | None = None
+    state: str | None = None
+    gb_months: float
     cost: float
     currency: str
 
@@ -177,61 +195,6 @@ async def usage_rows(
     return result
 
 
-@dataclass(frozen=True)
-class _Span:
-    instance_id: uuid.UUID
-    project_id: uuid.UUID
-    deployment_id: uuid.UUID
-    price_per_hour: float
-    currency: str
-    start: datetime
-    end: datetime
-
-
-async def _instance_spans(
-    session: AsyncSession,
-    span: Window,
-    projects: set[uuid.UUID] | None,
-    project_id: uuid.UUID | None,
-    deployment_id: uuid.UUID | None,
-) -> list[_Span]:
-    """Each instance's time at the provider within the window: from its creation until it was
-    terminated (or now, while it may still run)."""
-    now = utcnow()
-    ended = func.coalesce(
-        col(Instance.terminated_at),
-        case((col(Instance.state).in_(LIVE_STATES), now), else_=col(Instance.updated_at)),
-    )
-    query = (
-        select(Instance, InstanceType.price_per_hour, InstanceType.currency, ended.label("ended"))
-        .join(InstanceType, col(InstanceType.id) == Instance.instance_type_id)
-        .where(col(Instance.created_at) < span.end, ended > span.start)
-    )
-    if projects is not None:
-        query = query.where(col(Instance.project_id).in_(projects))
-    if project_id is not None:
-        query = query.where(col(Instance.project_id) == project_id)
-    if deployment_id is not None:
-        query = query.where(col(Instance.deployment_id) == deployment_id)
-    spans = []
-    for instance, price, currency, end in (await session.exec(query)).all():
-        start = max(instance.created_at, span.start)
-        stop = min(end, span.end)
-        if stop > start:
-            spans.append(
-                _Span(
-                    instance.id,
-                    instance.project_id,
-                    instance.deployment_id,
-                    price,
-                    currency,
-                    start,
-                    stop,
-                )
-            )
-    return spans
-
-
 def _by_day(start: datetime, end: datetime) -> list[tuple[date, float]]:
     """Hours of [start, end) falling on each UTC day."""
     parts = []
@@ -259,7 +222,15 @@ async def cost_rows(
     """Server cost: instance hours x the instance type's hourly price, grouped."""
     dims = list(dict.fromkeys(group_by))
     totals: dict[tuple[Any, ...], list[float]] = defaultdict(lambda: [0.0, 0.0])
-    for s in await _instance_spans(session, span, projects, project_id, deployment_id):
+    spans = await instance_spans(
+        session,
+        span.start,
+        span.end,
+        projects=projects,
+        project_id=project_id,
+        deployment_id=deployment_id,
+    )
+    for s in spans:
         for day, hours in _by_day(s.start, s.end):
             values = {
                 CostDimension.day: day,
@@ -298,7 +269,66 @@ async def cost_rows(
     return rows
 
 
-def totals(rows: list[CostRow]) -> list[CurrencyAmount]:
+async def storage_rows(
+    session: AsyncSession,
+    *,
+    projects: set[uuid.UUID] | None,
+    span: Window,
+    group_by: list[CostDimension],
+    per_volume: bool = False,
+    project_id: uuid.UUID | None = None,
+    deployment_id: uuid.UUID | None = None,
+) -> list[StorageRow]:
+    """Volume cost grouped like `cost_rows` (or one row per volume)."""
+    dims = list(dict.fromkeys(group_by))
+    totals: dict[tuple[Any, ...], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    found = await volume_spans(
+        session,
+        span.start,
+        span.end,
+        projects=projects,
+        project_id=project_id,
+        deployment_id=deployment_id,
+    )
+    volumes = {}
+    for v in found:
+        for day, hours in _by_day(v.start, v.end):
+            values = {
+                CostDimension.day: day,
+                CostDimension.project: v.project_id,
+                CostDimension.deployment: v.deployment_id,
+                CostDimension.instance: v.instance_id,
+            }
+            volume = (v.instance_id, v.provider_volume_id) if per_volume else None
+            volumes[volume] = v
+            key = (*(values[d] for d in dims), volume, v.currency)
+            totals[key][0] += hours * v.size_gb / HOURS_PER_MONTH
+            totals[key][1] += hours * v.size_gb * v.price_per_gb_month / HOURS_PER_MONTH
+    fields: dict[CostDimension, str] = {
+        CostDimension.day: "day",
+        CostDimension.project: "project_id",
+        CostDimension.deployment: "deployment_id",
+        CostDimension.instance: "instance_id",
+    }
+    rows = []
+    for key, (gb_months, cost) in sorted(totals.items(), key=lambda kv: [str(v) for v in kv[0]]):
+        row: dict[str, Any] = {fields[d]: key[i] for i, d in enumerate(dims)}
+        volume = volumes[key[-2]] if per_volume else None
+        if volume is not None:
+            row |= {
+                "instance_id": volume.instance_id,
+                "deployment_id": volume.deployment_id,
+                "provider_volume_id": volume.provider_volume_id,
+                "size_gb": volume.size_gb,
+                "state": volume.state,
+            }
+        rows.append(
+            StorageRow(**row, gb_months=round(gb_months, 6), cost=round(cost, 6), currency=key[-1])
+        )
+    return rows
+
+
+def totals(rows: Sequence[CostRow | StorageRow]) -> list[CurrencyAmount]:
     by_currency: dict[str, float] = defaultdict(float)
     for r in rows:
         by_currency[r.currency] += r.cost

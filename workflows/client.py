@@ -25,6 +25,7 @@ from temporalio.workflow import UpdateMethodMultiParam
 from activities.contracts import ReconcileInput
 from core.instances import new_instance, workflow_id_for
 from core.models import Deployment, Instance, TerminationReason
+from core.quotas import check_and_reserve
 from core.settings import Settings
 from workflows.autoscaler import AutoscaleInput, AutoscalerWorkflow, autoscaler_workflow_id
 from workflows.instance import InstanceWorkflow, InstanceWorkflowInput
@@ -72,6 +73,7 @@ async def create_instance(
 ) -> Instance:
     """A new instance of the deployment in `provisioning`, its workflow started."""
     instance_id = uuid.uuid4()
+    await check_and_reserve(session, deployment)  # raises QuotaExceeded: nothing is created
     instance = new_instance(deployment, instance_id)
     session.add(instance)
     await session.commit()

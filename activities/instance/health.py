@@ -20,6 +20,7 @@ from activities.instance.context import InstanceContext
 from core.instances import new_instance
 from core.models import ActionStatus, Instance, InstanceAction, InstanceState, utcnow
 from core.progress import Step
+from core.quotas import QuotaExceeded, check_and_reserve
 from core.redis_keys import INSTANCE_LOAD
 from core.wire import InstanceLoad
 
@@ -80,6 +81,20 @@ class HealthActivities:
         deployment = await self.ctx.deployment_of(old)
         async with self.ctx.sessionmaker() as session:
             if await session.get(Instance, new_id) is None:
+                try:  # the project's quota, the instance being replaced not counted
+                    await check_and_reserve(session, deployment, replacing=old.id)
+                except QuotaExceeded as exc:
+                    session.add(
+                        InstanceAction(
+                            instance_id=old.id,
+                            step=Step.replacement,
+                            status=ActionStatus.failed,
+                            error=f"not replaced: {exc.reason}",
+                            finished_at=utcnow(),
+                        )
+                    )
+                    await session.commit()
+                    return
                 # One transaction: a retry finds both rows or neither.
                 session.add(new_instance(deployment, new_id))
                 session.add(

@@ -1,5 +1,6 @@
 """Inference API keys of a project: the secret is shown once at creation and stored hashed;
-revoking or changing limits reaches every gateway within seconds (Redis pub/sub)."""
+revoking or changing limits reaches every gateway within seconds (Redis pub/sub). A project's
+quota may set a ceiling on key limits: a key without a limit gets the ceiling, none goes past."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from api.deps import CurrentAdmin, CurrentUser, RedisDep, SessionDep
 from api.errors import ERRORS
 from api.security import new_api_key
 from api.validation import Name, PartialUpdate, PositiveLimit
-from core.models import ApiKey, ProjectMember, Role, User, utcnow
+from core.models import ApiKey, ProjectMember, ProjectQuota, Role, User, utcnow
+from core.quotas import key_limits_within_ceiling
 from core.redis_keys import API_KEY_CHANNEL
 
 router = APIRouter(prefix="/keys", tags=["keys"], responses=ERRORS)
@@ -99,8 +101,17 @@ async def list_keys(
 @router.post("", response_model=ApiKeyCreated, status_code=status.HTTP_201_CREATED)
 async def create_key(body: ApiKeyCreate, session: SessionDep, user: CurrentUser) -> ApiKeyCreated:
     await require_project(session, user, body.project_id)
+    quota = await session.get(ProjectQuota, body.project_id)
+    rpm, tpm = key_limits_within_ceiling(quota, body.rpm_limit, body.tpm_limit)
     secret, prefix, key_hash = new_api_key()
-    key = ApiKey(**body.model_dump(), prefix=prefix, key_hash=key_hash, created_by=user.id)
+    key = ApiKey(
+        **body.model_dump(exclude={"rpm_limit", "tpm_limit"}),
+        rpm_limit=rpm,
+        tpm_limit=tpm,
+        prefix=prefix,
+        key_hash=key_hash,
+        created_by=user.id,
+    )
     session.add(key)
     await session.commit()
     return ApiKeyCreated(**to_public(key).model_dump(), secret=secret)
@@ -155,6 +166,11 @@ async def update_key(
     if key.revoked_at is not None:
         raise HTTPException(status.HTTP_409_CONFLICT, "the key is revoked")
     changes = body.model_dump(exclude_unset=True)
+    if {"rpm_limit", "tpm_limit"} & set(changes):  # lowered freely, never past the ceiling
+        quota = await session.get(ProjectQuota, key.project_id)
+        changes["rpm_limit"], changes["tpm_limit"] = key_limits_within_ceiling(
+            quota, changes.get("rpm_limit", key.rpm_limit), changes.get("tpm_limit", key.tpm_limit)
+        )
     for field, value in changes.items():
         setattr(key, field, value)
     session.add(key)

@@ -1,5 +1,6 @@
 """Server costs: each instance's uptime x its instance type's hourly price, summed by day,
-project, deployment or instance; the current spend rate; monthly statements per project."""
+project, deployment or instance; volume costs (size x the provider's price per GB-month); the
+current spend rate; monthly statements per project."""
 
 from __future__ import annotations
 
@@ -18,11 +19,13 @@ from api.reports import (
     CostDimension,
     CostRow,
     CurrencyAmount,
+    StorageRow,
     UsageDimension,
     UsageRow,
     cost_rows,
     month_window,
     spend_rate,
+    storage_rows,
     totals,
     usage_rows,
     window,
@@ -39,7 +42,8 @@ class CostReport(BaseModel):
     end: datetime
     group_by: list[CostDimension]
     rows: list[CostRow]
-    totals: list[CurrencyAmount]
+    storage: list[StorageRow] = Field(description="volume cost, grouped the same way")
+    totals: list[CurrencyAmount] = Field(description="compute and storage")
     spend_rate_per_hour: list[CurrencyAmount] = Field(
         description="what the instances that may be running now cost per hour"
     )
@@ -52,6 +56,7 @@ class Statement(BaseModel):
     start: datetime
     end: datetime
     compute: list[CostRow] = Field(description="instance hours and cost per deployment")
+    storage: list[StorageRow] = Field(description="one line per volume, kept ones included")
     usage: list[UsageRow] = Field(description="requests and tokens per key and model")
     totals: list[CurrencyAmount]
 
@@ -78,12 +83,21 @@ async def get_costs(
         project_id=project_id,
         deployment_id=deployment_id,
     )
+    storage = await storage_rows(
+        session,
+        projects=projects,
+        span=span,
+        group_by=group_by,
+        project_id=project_id,
+        deployment_id=deployment_id,
+    )
     return CostReport(
         start=span.start,
         end=span.end,
         group_by=list(dict.fromkeys(group_by)),
         rows=rows,
-        totals=totals(rows),
+        storage=storage,
+        totals=totals([*rows, *storage]),
         spend_rate_per_hour=await spend_rate(
             session, projects=projects, project_id=project_id, deployment_id=deployment_id
         ),
@@ -102,6 +116,14 @@ async def _statement(
         group_by=[CostDimension.deployment],
         project_id=project.id,
     )
+    storage = await storage_rows(
+        session,
+        projects=None,
+        span=span,
+        group_by=[],
+        per_volume=True,
+        project_id=project.id,
+    )
     usage = await usage_rows(
         session,
         projects=None,
@@ -116,8 +138,9 @@ async def _statement(
         start=span.start,
         end=span.end,
         compute=compute,
+        storage=storage,
         usage=usage,
-        totals=totals(compute),
+        totals=totals([*compute, *storage]),
     )
 
 
@@ -125,7 +148,8 @@ async def _statement(
 async def get_statement(
     project_id: uuid.UUID, session: SessionDep, user: CurrentUser, month: str = Month
 ) -> Statement:
-    """The project's monthly statement: compute cost per deployment, usage per key and model."""
+    """The project's monthly statement: compute cost per deployment, volume cost per volume,
+    usage per key and model."""
     return await _statement(session, user, project_id, month)
 
 
@@ -137,8 +161,8 @@ async def get_statement(
 async def export_statement(
     project_id: uuid.UUID, session: SessionDep, user: CurrentUser, month: str = Month
 ) -> Response:
-    """The monthly statement as CSV: one line per deployment (compute), per key and model
-    (usage), then the totals."""
+    """The monthly statement as CSV: one line per deployment (compute), per volume (storage),
+    per key and model (usage), then the totals."""
     s = await _statement(session, user, project_id, month)
     header = [
         "section", "deployment", "api_key", "model", "instance_hours", "requests",
@@ -149,6 +173,11 @@ async def export_statement(
         lines.append(
             ["compute", c.deployment_name or c.deployment_id, None, None, c.instance_hours,
              None, None, None, c.cost, c.currency]
+        )  # fmt: skip
+    for v in s.storage:
+        volume = f"{v.provider_volume_id} ({v.size_gb:g} GB, {v.state})"
+        lines.append(
+            ["storage", volume, None, None, None, None, None, None, v.cost, v.currency]
         )  # fmt: skip
     for u in s.usage:
         key = f"{u.api_key_name} ({u.api_key_prefix}…)" if u.api_key_name else u.api_key_id

@@ -90,17 +90,25 @@ async def list_provider_kinds(
 # ---------------------------------------------------------------- providers
 
 
+VolumePrice = Annotated[float, Field(ge=0, le=1e6, description="volume cost per GB-month")]
+Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+
+
 class ProviderCreate(BaseModel):
     name: ShortName
     kind: ProviderKind
     enabled: bool = True
     config: JsonObject = Field(default_factory=dict)
+    volume_price_per_gb_month: VolumePrice = 0
+    volume_currency: Currency = "EUR"
 
 
 class ProviderUpdate(PartialUpdate):
     name: ShortName | None = None
     enabled: bool | None = None
     config: JsonObject | None = None
+    volume_price_per_gb_month: VolumePrice | None = None
+    volume_currency: Currency | None = None
 
 
 class ProviderPublic(BaseModel):
@@ -109,6 +117,8 @@ class ProviderPublic(BaseModel):
     kind: str
     enabled: bool
     config: dict[str, Any]
+    volume_price_per_gb_month: float
+    volume_currency: str
     created_at: datetime
     instance_types: int
 
@@ -147,7 +157,7 @@ async def create_provider(
 ) -> ProviderPublic:
     _refuse_credentials(body.config, body.kind)
     await _name_free(session, body.name)
-    provider = Provider(name=body.name, kind=body.kind, enabled=body.enabled, config=body.config)
+    provider = Provider(**body.model_dump())
     session.add(provider)
     await session.commit()
     return await _public(session, provider)

@@ -582,6 +582,31 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/projects/{project_id}/quota": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Quota
+         * @description The project's limits and what it uses now (this month's cost and GPU-hours).
+         */
+        get: operations["quotas-get_quota"];
+        /**
+         * Set Quota
+         * @description Set the project's limits (all of them: a field left out is unlimited). Keys above a new
+         *     key-limit ceiling are brought down to it at once, on every gateway.
+         */
+        put: operations["quotas-set_quota"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/projects/{project_id}/statements/{month}": {
         parameters: {
             query?: never;
@@ -591,7 +616,8 @@ export interface paths {
         };
         /**
          * Get Statement
-         * @description The project's monthly statement: compute cost per deployment, usage per key and model.
+         * @description The project's monthly statement: compute cost per deployment, volume cost per volume,
+         *     usage per key and model.
          */
         get: operations["costs-get_statement"];
         put?: never;
@@ -611,8 +637,8 @@ export interface paths {
         };
         /**
          * Export Statement
-         * @description The monthly statement as CSV: one line per deployment (compute), per key and model
-         *     (usage), then the totals.
+         * @description The monthly statement as CSV: one line per deployment (compute), per volume (storage),
+         *     per key and model (usage), then the totals.
          */
         get: operations["costs-export_statement"];
         put?: never;
@@ -1086,7 +1112,15 @@ export interface components {
              * Format: date-time
              */
             start: string;
-            /** Totals */
+            /**
+             * Storage
+             * @description volume cost, grouped the same way
+             */
+            storage: components["schemas"]["StorageRow"][];
+            /**
+             * Totals
+             * @description compute and storage
+             */
             totals: components["schemas"]["CurrencyAmount"][];
         };
         /** CostRow */
@@ -2089,6 +2123,17 @@ export interface components {
             kind: string;
             /** Name */
             name: string;
+            /**
+             * Volume Currency
+             * @default EUR
+             */
+            volume_currency: string;
+            /**
+             * Volume Price Per Gb Month
+             * @description volume cost per GB-month
+             * @default 0
+             */
+            volume_price_per_gb_month: number;
         };
         /** ProviderKindPublic */
         ProviderKindPublic: {
@@ -2133,6 +2178,10 @@ export interface components {
             kind: string;
             /** Name */
             name: string;
+            /** Volume Currency */
+            volume_currency: string;
+            /** Volume Price Per Gb Month */
+            volume_price_per_gb_month: number;
         };
         /** ProviderUpdate */
         ProviderUpdate: {
@@ -2144,6 +2193,96 @@ export interface components {
             enabled?: boolean | null;
             /** Name */
             name?: string | null;
+            /** Volume Currency */
+            volume_currency?: string | null;
+            /** Volume Price Per Gb Month */
+            volume_price_per_gb_month?: number | null;
+        };
+        /**
+         * QuotaLimits
+         * @description Null means unlimited.
+         */
+        QuotaLimits: {
+            /**
+             * Allowed Instance Type Ids
+             * @description instance types the project may use; null: any
+             */
+            allowed_instance_type_ids?: string[] | null;
+            /**
+             * Allowed Provider Ids
+             * @description providers the project may use; null: any
+             */
+            allowed_provider_ids?: string[] | null;
+            /**
+             * Budget Currency
+             * @default EUR
+             */
+            budget_currency: string;
+            /**
+             * Budget Warning Percent
+             * @description use at which the budget shows a warning
+             * @default 80
+             */
+            budget_warning_percent: number;
+            /** Max Gpus */
+            max_gpus?: number | null;
+            /** Max Instances */
+            max_instances?: number | null;
+            /**
+             * Max Key Rpm
+             * @description ceiling of a key's requests per minute
+             */
+            max_key_rpm?: number | null;
+            /**
+             * Max Key Tpm
+             * @description ceiling of a key's tokens per minute
+             */
+            max_key_tpm?: number | null;
+            /**
+             * Monthly Budget
+             * @description compute and volume cost per calendar month
+             */
+            monthly_budget?: number | null;
+            /** Monthly Gpu Hours */
+            monthly_gpu_hours?: number | null;
+        };
+        /** QuotaPublic */
+        QuotaPublic: {
+            limits: components["schemas"]["QuotaLimits"];
+            /**
+             * Project Id
+             * Format: uuid
+             */
+            project_id: string;
+            /** Updated At */
+            updated_at: string | null;
+            use: components["schemas"]["QuotaUsePublic"];
+        };
+        /** QuotaUsePublic */
+        QuotaUsePublic: {
+            /**
+             * Budget Used Percent
+             * @description the larger of cost and GPU-hours against their monthly limits
+             */
+            budget_used_percent: number | null;
+            /** Gpus */
+            gpus: number;
+            /** Instances */
+            instances: number;
+            /** Month Cost */
+            month_cost: components["schemas"]["CurrencyAmount"][];
+            /** Month Gpu Hours */
+            month_gpu_hours: number;
+            /**
+             * Stopped
+             * @description budget spent: no new instances this month
+             */
+            stopped: boolean;
+            /**
+             * Warning
+             * @description at or past the warning threshold
+             */
+            warning: boolean;
         };
         /** RequestPoint */
         RequestPoint: {
@@ -2249,6 +2388,11 @@ export interface components {
              * Format: date-time
              */
             start: string;
+            /**
+             * Storage
+             * @description one line per volume, kept ones included
+             */
+            storage: components["schemas"]["StorageRow"][];
             /** Totals */
             totals: components["schemas"]["CurrencyAmount"][];
             /**
@@ -2256,6 +2400,33 @@ export interface components {
              * @description requests and tokens per key and model
              */
             usage: components["schemas"]["UsageRow"][];
+        };
+        /**
+         * StorageRow
+         * @description Volume cost: size x the provider's price per GB-month, for the time the volume existed
+         *     (kept volumes go on costing after their instance is gone).
+         */
+        StorageRow: {
+            /** Cost */
+            cost: number;
+            /** Currency */
+            currency: string;
+            /** Day */
+            day?: string | null;
+            /** Deployment Id */
+            deployment_id?: string | null;
+            /** Gb Months */
+            gb_months: number;
+            /** Instance Id */
+            instance_id?: string | null;
+            /** Project Id */
+            project_id?: string | null;
+            /** Provider Volume Id */
+            provider_volume_id?: string | null;
+            /** Size Gb */
+            size_gb?: number | null;
+            /** State */
+            state?: string | null;
         };
         /**
          * TargetGroup
@@ -5365,6 +5536,180 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description invalid request (the message says what to change) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description not logged in, session expired or logged out */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description admin role required */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description not found, or not in one of your projects */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description conflicts with the current state (the message says which) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
+        };
+    };
+    "quotas-get_quota": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                project_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["QuotaPublic"];
+                };
+            };
+            /** @description invalid request (the message says what to change) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description not logged in, session expired or logged out */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description admin role required */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description not found, or not in one of your projects */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description conflicts with the current state (the message says which) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
+        };
+    };
+    "quotas-set_quota": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                project_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["QuotaLimits"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["QuotaPublic"];
+                };
             };
             /** @description invalid request (the message says what to change) */
             400: {

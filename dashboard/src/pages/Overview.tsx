@@ -1,5 +1,6 @@
 import { client, typed } from "../api/client";
 import { LineChart } from "../components/LineChart";
+import { QuotaCard } from "../components/Quotas";
 import { pointsOf, type Point } from "../lib/metrics";
 import { ErrorBox, Guard, LiveIndicator, Loading, NotAvailable, PageHeader, StateBadge, Stat } from "../components/ui";
 import { useLiveEvents } from "../lib/events";
@@ -59,6 +60,7 @@ export function OverviewPage() {
           </>
         )}
       </Guard>
+      <QuotaCard />
       <section className="card" aria-labelledby="rate-title">
         <h2 id="rate-title">Traffic (last hour, live)</h2>
         {metrics.loading ? <Loading what="Loading request metrics" /> : metrics.notAvailable ? (

@@ -31,7 +31,7 @@ export function ProvidersPage({ isAdmin }: { isAdmin: boolean }) {
 
   const addProvider = async (e: FormEvent) => {
     e.preventDefault();
-    const r = await typed(client.POST("/api/v1/providers", { body: { name: newProvider.name.trim(), kind: newProvider.kind, enabled: true } }));
+    const r = await typed(client.POST("/api/v1/providers", { body: { name: newProvider.name.trim(), kind: newProvider.kind, enabled: true, volume_price_per_gb_month: 0, volume_currency: "EUR" } }));
     setNotice(r.ok ? { tone: "ok", text: `Provider ${newProvider.name} added.` } : { tone: "bad", text: r.message });
     if (r.ok) {
       setNewProvider({ name: "", kind: "local" });
