@@ -13,6 +13,7 @@ covered, it sends a last `{"kind": "end"}` event and closes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -25,6 +26,8 @@ import redis.asyncio as aioredis
 from fastapi import APIRouter, Header, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.access import require_project, visible_project_ids
 from api.deps import RedisDep, SessionToken, SettingsDep, authenticate
@@ -182,7 +185,15 @@ async def stream_events(
                     yield end_event("your project memberships changed: reconnect")
                     return
                 allowed = now_allowed
-            batch: Any = await redis.xread({EVENTS_STREAM: last}, count=BATCH, block=keepalive_ms)
+            try:
+                batch: Any = await redis.xread(
+                    {EVENTS_STREAM: last}, count=BATCH, block=keepalive_ms
+                )
+            except (RedisConnectionError, RedisTimeoutError):
+                # Redis is down: the stream stays open and goes on after `last` once it is back.
+                yield ": redis unavailable, retrying\n\n"
+                await asyncio.sleep(settings.outage_retry_after_s)
+                continue
             if not batch:
                 yield ": keep-alive\n\n"
                 continue

@@ -4,6 +4,7 @@ command retried after its 503 is carried out."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,11 +13,14 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
+from api.app import create_app
 from core.events import publish_event
 from core.models import InstanceState
 from core.redis_keys import EVENTS_STREAM
 from core.settings import Settings
+from tests.agent.helpers import serving
 from tests.api.conftest import Tenant, make_tenant
+from tests.api.test_events import listen
 from tests.faults.conftest import Freeze, answered, assert_unavailable, until_available
 from tests.workflows.helpers import running_worker, wait_state
 
@@ -139,3 +143,18 @@ async def test_events_are_best_effort_while_redis_is_frozen(
     assert kept is not None
     entries = await redis_client.xrange(EVENTS_STREAM)
     assert [fields["event"].count('"n": 2') for _id, fields in entries] == [1]
+
+
+async def test_an_open_event_stream_outlives_a_redis_freeze(
+    settings: Settings, tenant: Tenant, redis_client: aioredis.Redis, freeze: Freeze
+) -> None:
+    async with (
+        serving(create_app(settings, sse_keepalive_s=0.3)) as base,
+        listen(base, tenant) as listener,
+    ):
+        with freeze("redis"):
+            await asyncio.sleep(3)  # the stream's reads time out meanwhile
+        await publish_event(redis_client, "instance", str(tenant.project.id), {"n": 1})
+        event = await answered(listener.next_event())
+    assert event["data"]["data"] == {"n": 1}
+    assert ": redis unavailable, retrying" in listener.comments
