@@ -1,10 +1,11 @@
 """InstanceWorkflow: one per instance (id `instance-<uuid>`), its whole life.
 
 provisioning -> booting -> ready -> draining -> terminating -> terminated -> archived, with
-startup_failed and provider_deleted on the side (core/states.py holds the state machine; `Phase`
-below is only where this workflow's code is). Whatever fails after the provider created something
-ends in cleanup: termination activities retry until they succeed, so nothing is left running or
-billed at a provider.
+startup_failed and provider_deleted on the side: the state machine of core/states.py, which the
+workflow follows too (`state.phase`, each move checked against its legal transitions) while its
+activities move the database. Whatever fails after the provider created something ends in
+cleanup: termination activities retry until they succeed, so nothing is left running or billed at
+a provider.
 
 Drain and terminate are updates: their validators refuse what the phase forbids, so the caller
 (the API, the autoscaler) learns at once whether the command was taken.
@@ -16,7 +17,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Any, TypeVar
 
 from temporalio import workflow
@@ -46,6 +46,9 @@ with workflow.unsafe.imports_passed_through():
     )
     from core.models import InstanceState, TerminationReason
     from core.progress import Step
+    from core.states import LEGAL_TRANSITIONS
+
+S = InstanceState
 
 BOOT_STEPS = [
     Step.provider_start,
@@ -58,23 +61,13 @@ BOOT_STEPS = [
 ]
 
 
-class Phase(StrEnum):
-    """Where the workflow's code is; the instance's state is in the database (core/states.py)."""
-
-    start = "start"  # nothing created yet
-    booting = "booting"  # the machine exists, the boot steps run
-    ready = "ready"  # serving (draining included)
-    terminating = "terminating"  # teardown runs
-    provider_deleted = "provider_deleted"  # the machine vanished: only its volumes are left
-    done = "done"  # nothing left at the provider; archived after the retention
-
-
 @dataclass
 class InstanceWorkflowState:
     """The workflow's whole state; continue-as-new carries it to the next run."""
 
     instance_id: str
-    phase: Phase = Phase.start
+    # Where the workflow is in the state machine; the database follows through the activities.
+    phase: InstanceState = S.provisioning
     resource_id: str | None = None  # set once the provider created the machine
     drain_requested: bool = False
     terminate_requested: bool = False
@@ -82,6 +75,7 @@ class InstanceWorkflowState:
     provider_deleted: bool = False
     failed_checks: int = 0
     replacement_id: str | None = None
+    cleaned_up: bool = False  # nothing of the instance is left at the provider
 
 
 @dataclass
@@ -145,9 +139,9 @@ class InstanceWorkflow:
 
     @drain.validator
     def validate_drain(self, reason: TerminationReason = TerminationReason.user_request) -> None:
-        if self.state.phase != Phase.ready:
+        if self.state.phase not in (S.ready, S.draining):
             raise ApplicationError(
-                f"instance is {self._phase_words()}: only a ready instance can be drained "
+                f"instance is {self.state.phase}: only a ready instance can be drained "
                 "(use DELETE to terminate it)",
                 type="CommandRefused",
             )
@@ -162,18 +156,8 @@ class InstanceWorkflow:
     def validate_terminate(
         self, reason: TerminationReason = TerminationReason.user_request
     ) -> None:
-        if self.state.phase in (Phase.terminating, Phase.provider_deleted, Phase.done):
-            raise ApplicationError(f"instance is {self._phase_words()}", type="CommandRefused")
-
-    def _phase_words(self) -> str:
-        return {
-            Phase.start: "provisioning",
-            Phase.booting: "booting",
-            Phase.ready: "ready",
-            Phase.terminating: "already terminating",
-            Phase.provider_deleted: "gone at its provider",
-            Phase.done: "already terminated",
-        }[self.state.phase]
+        if self.state.phase in (S.terminating, S.terminated, S.provider_deleted, S.archived):
+            raise ApplicationError(f"instance is already {self.state.phase}", type="CommandRefused")
 
     @workflow.signal
     def provider_deleted(self) -> None:
@@ -188,23 +172,31 @@ class InstanceWorkflow:
         s = self.state
         return s.terminate_requested or s.drain_requested or s.provider_deleted
 
+    def _move(self, target: InstanceState) -> None:
+        """Follow the state machine of core/states.py (a repeat is a no-op). An illegal move is a
+        bug here: it fails the workflow task, which Temporal retries once the code is fixed."""
+        if target != self.state.phase and target not in LEGAL_TRANSITIONS[self.state.phase]:
+            raise RuntimeError(f"illegal move {self.state.phase} -> {target}")
+        self.state.phase = target
+
     # ------------------------------------------------------------ run
 
     @workflow.run
     async def run(self, inp: InstanceWorkflowInput) -> str:
         ref = InstanceRef(self.state.instance_id)
         spec = await quick(ProvisionActivities.load_spec, ref)
-        if self.state.phase == Phase.start:
+        if self.state.phase == S.provisioning:
             await self._provision_and_boot(ref, spec)
-        if self.state.phase == Phase.ready:
+        if self.state.phase in (S.ready, S.draining):
             await self._serve(ref, spec)
-        if self.state.phase == Phase.provider_deleted:
+        if self.state.phase == S.provider_deleted and not self.state.cleaned_up:
             await self._cleanup_after_provider_deleted(ref)
-        elif self.state.phase == Phase.terminating:
+        elif self.state.phase in (S.startup_failed, S.terminating):
             await self._terminate(ref, spec)
-        if self.state.phase == Phase.done:
+        if self.state.cleaned_up:
             await workflow.sleep(timedelta(seconds=spec.archive_after_s))
             await quick(TeardownActivities.archive, ref)
+            self._move(S.archived)
         return self.state.termination_reason or "archived"
 
     async def _provision_and_boot(self, ref: InstanceRef, spec: LifecycleSpec) -> None:
@@ -222,7 +214,7 @@ class InstanceWorkflow:
                 retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),
             )
             self.state.resource_id = created.resource_id
-            self.state.phase = Phase.booting
+            self._move(S.booting)
             if self._stop_wanted():
                 raise _StopRequested()
             boot = asyncio.ensure_future(self._boot(ref, spec, created.resource_id, deadline))
@@ -233,11 +225,9 @@ class InstanceWorkflow:
                     await boot
                 raise _StopRequested()
             boot.result()
-            self.state.phase = Phase.ready
+            self._move(S.ready)
         except _StopRequested:
-            self.state.phase = (
-                Phase.provider_deleted if self.state.provider_deleted else Phase.terminating
-            )
+            self._move(S.provider_deleted if self.state.provider_deleted else S.terminating)
         except _BootTimeout:
             await self._fail(
                 ref, TerminationReason.boot_timeout, f"not ready within {spec.boot_timeout_s:.0f}s"
@@ -279,7 +269,7 @@ class InstanceWorkflow:
     async def _fail(self, ref: InstanceRef, reason: TerminationReason, error: str) -> None:
         await quick(ProvisionActivities.fail_startup, FailInput(ref.instance_id, reason, error))
         self.state.termination_reason = self.state.termination_reason or reason
-        self.state.phase = Phase.terminating
+        self._move(S.startup_failed)
 
     # ------------------------------------------------------------ ready
 
@@ -309,11 +299,12 @@ class InstanceWorkflow:
                 await self._replace_unhealthy(ref, health.detail)
                 return
         if self.state.provider_deleted:
-            self.state.phase = Phase.provider_deleted
+            self._move(S.provider_deleted)
             return
         reason = self.state.termination_reason or TerminationReason.user_request
         drain = DrainInput(ref.instance_id, reason, spec.drain_timeout_s, spec.poll_interval_s)
         if await quick(DrainActivities.begin_drain, drain):
+            self._move(S.draining)
             await workflow.execute_activity_method(
                 DrainActivities.wait_drained,
                 drain,
@@ -321,7 +312,7 @@ class InstanceWorkflow:
                 heartbeat_timeout=timedelta(seconds=30),
                 retry_policy=RetryPolicy(maximum_attempts=3),
             )
-        self.state.phase = Phase.terminating
+        self._move(S.terminating)
 
     async def _replace_unhealthy(self, ref: InstanceRef, detail: str) -> None:
         error = f"{self.state.failed_checks} failed health checks: {detail}"
@@ -336,23 +327,27 @@ class InstanceWorkflow:
             ReplacementInput(ref.instance_id, self.state.replacement_id),
         )
         self.state.termination_reason = TerminationReason.unhealthy
-        self.state.phase = Phase.terminating
+        self._move(S.terminating)
 
     # ------------------------------------------------------------ terminate
 
     async def _terminate(self, ref: InstanceRef, spec: LifecycleSpec) -> None:
         reason = self.state.termination_reason or TerminationReason.error
+        if self.state.phase == S.startup_failed:
+            self._move(S.terminating)
         state = await quick(
             TeardownActivities.begin_terminate, TerminateInput(ref.instance_id, reason)
         )
-        if state == InstanceState.provider_deleted:
+        if state == S.provider_deleted:
+            self._move(S.provider_deleted)
             await self._cleanup_after_provider_deleted(ref)
             return
         plan = await cleanup(TeardownActivities.discover_volumes, ref)
         await self._delete_server(ref, spec)
         await self._delete_volumes(ref, plan.delete)
         await cleanup(TeardownActivities.finish_termination, ref)
-        self.state.phase = Phase.done
+        self._move(S.terminated)
+        self.state.cleaned_up = True
 
     async def _delete_server(self, ref: InstanceRef, spec: LifecycleSpec) -> None:
         """Ask for the deletion, then look until the machine is gone (Temporal retries the look
@@ -394,7 +389,7 @@ class InstanceWorkflow:
         self.state.termination_reason = (
             self.state.termination_reason or TerminationReason.provider_deleted
         )
-        self.state.phase = Phase.done
+        self.state.cleaned_up = True
 
 
 class _StopRequested(Exception):
