@@ -53,7 +53,11 @@ def serve_worker_metrics(host: str) -> None:
 
     port = ObservabilitySettings().worker_metrics_port
     if port:
-        Runtime.set_default(worker_metrics_runtime(f"{host}:{port}"))
+        try:
+            Runtime.set_default(worker_metrics_runtime(f"{host}:{port}"))
+        except ValueError as exc:  # the SDK: "Failed starting Prometheus exporter: Address in use"
+            # Orchestration matters more than its metrics: run without them, say why.
+            logging.getLogger(__name__).warning("worker metrics off on %s:%s: %s", host, port, exc)
 
 
 def cmd_worker(settings: Settings) -> int:

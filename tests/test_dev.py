@@ -80,6 +80,8 @@ async def test_dev_serves_stops_cleanly_and_keeps_its_data(tmp_path: Path) -> No
         "GATEWAY_PORT": free_port(),
         "TEMPORAL_PORT": free_port(),
         "TEMPORAL_UI_PORT": free_port(),
+        "WORKER_METRICS_PORT": free_port(),
+        "PROMETHEUS_PORT": free_port(),
     }
     dev = start_dev(data, ports, log)
     try:
