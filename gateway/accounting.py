@@ -1,6 +1,9 @@
 """Accounting: token usage read from the engine's answers, and what each finished request leaves
-behind: Prometheus metrics, a request-log row (written in batches by gateway.logs), tokens
-charged to the key's TPM window (flushed to Redis by a control loop)."""
+behind: Prometheus metrics, a request-log row (written in batches by gateway.logs) booked to the
+deployment it reached (which is in the key's own project), and the settlement of its TPM
+reservation (flushed to Redis by a control loop). A stream the client cut before the usage chunk
+is charged for the chunks relayed to it, one token each; an error event inside a stream is an
+error (its status, the metrics, passive health)."""
 
 from __future__ import annotations
 
@@ -11,7 +14,6 @@ from typing import TYPE_CHECKING
 import orjson
 
 from gateway import metrics
-from gateway.deployments import DeploymentMap
 from gateway.logs import RequestLogWriter
 from gateway.ratelimit import RateLimiter
 
@@ -22,6 +24,29 @@ USAGE = re.compile(rb'"usage"\s*:\s*\{')
 _PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
 _COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 _EVENT_END = re.compile(rb"(?<=\n\n)|(?<=\r\n\r\n)")
+_ERROR = re.compile(rb'"error"\s*:')
+# One per content chunk relayed ("data: {...}"; not "data: [DONE]").
+DATA_EVENT = b"data: {"
+
+
+def in_band_error(events: bytes) -> int | None:
+    """The status of an error event (`data: {"error": {...}}`, how vLLM reports a failure after
+    the 200), or None when these events carry none."""
+    if _ERROR.search(events) is None:
+        return None
+    for event in _EVENT_END.split(events):
+        payload = event.strip()
+        if not payload.startswith(b"data:"):
+            continue
+        try:
+            chunk = orjson.loads(payload[5:].strip())
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
+            error = chunk["error"]
+            code = error.get("code") if isinstance(error, dict) else None
+            return code if isinstance(code, int) and 400 <= code <= 599 else 500
+    return None
 
 
 def count_usage(data: bytes, request: ProxyRequest) -> None:
@@ -62,13 +87,12 @@ def take_usage(events: bytes, keep: bool, request: ProxyRequest) -> bytes:
 
 
 class Accounting:
-    def __init__(
-        self, logs: RequestLogWriter, limiter: RateLimiter, deployments: DeploymentMap
-    ) -> None:
+    def __init__(self, logs: RequestLogWriter, limiter: RateLimiter) -> None:
         self.logs = logs
         self.limiter = limiter
-        self.deployments = deployments
-        self._pending_tokens: dict[str, int] = {}  # key id -> tokens not yet charged in Redis
+        # (key id, second of the reservation) -> [tokens used - reserved, tokens used], not yet
+        # settled in Redis.
+        self._pending_tokens: dict[tuple[str, int], list[int]] = {}
 
     def finish(self, request: ProxyRequest) -> None:
         """Book a request that ended, however it ended (answered, refused, client gone)."""
@@ -89,24 +113,23 @@ class Accounting:
                     (request.output_tokens - 1) / (ended - first_chunk_at)
                 )
         key = request.key
+        if request.output_tokens == 0 and request.relayed_events:
+            request.output_tokens = request.relayed_events  # cut before the usage chunk
         tokens = request.input_tokens + request.output_tokens
         if tokens:
             model_metrics.input_tokens.inc(request.input_tokens)
             model_metrics.output_tokens.inc(request.output_tokens)
-            if key.tpm_limit is not None:
-                self._pending_tokens[key.id] = self._pending_tokens.get(key.id, 0) + tokens
+        if key.tpm_limit is not None and (tokens or request.reserved):
+            pending = self._pending_tokens.setdefault((key.id, request.reserved_second), [0, 0])
+            pending[0] += tokens - request.reserved
+            pending[1] += tokens
         backend = request.backend
-        if backend is not None:
-            deployment_id: str | None = backend.info.deployment_id
-        else:
-            entry = self.deployments.first(request.model)
-            deployment_id = entry.id if entry else None
         self.logs.add(
             (
                 time.time(),
                 key.id,
                 key.project_id,
-                deployment_id,
+                request.deployment_id,
                 backend.instance_id if backend else None,
                 request.model,
                 request.input_tokens,
@@ -119,9 +142,9 @@ class Accounting:
         )
 
     async def flush_tokens(self) -> None:
-        """Charge the tokens of finished requests to their keys' TPM windows."""
+        """Settle the TPM reservations of finished requests to the tokens they used."""
         if not self._pending_tokens:
             return
         pending, self._pending_tokens = self._pending_tokens, {}
-        for key_id, tokens in pending.items():
-            await self.limiter.add_tokens(key_id, tokens)
+        for (key_id, second), (delta, used) in pending.items():
+            await self.limiter.settle(key_id, second, delta, used)

@@ -1,8 +1,8 @@
 """The gateway: a lean ASGI application (no framework routing on the hot path).
 
 This module wires the parts and dispatches: `/v1/chat/completions`, `/v1/completions` and
-`/v1/embeddings` go to the proxy path (gateway.proxy); `/v1/models`, health and metrics are
-answered here; a `GatewayError` anywhere becomes its OpenAI-format error. The background work
+`/v1/embeddings` go to the proxy path (gateway.proxy); `/v1/models` (the key's own project's
+models), health and metrics (scrape token, or loopback only) are answered here; a `GatewayError` anywhere becomes its OpenAI-format error. The background work
 lives in gateway.control, the bookkeeping in gateway.accounting, routing in gateway.routing, the
 SQL in gateway.sql and the wire protocols in gateway.protocols. `python -m gateway` serves it
 with gateway.protocols.http_server; any ASGI server (uvicorn in tests) can too.
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hmac
 import logging
 import os
 import socket
@@ -23,6 +24,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from core.settings import Settings
+from core.tokens import engine_api_key
 from gateway import metrics
 from gateway.accounting import Accounting
 from gateway.asgi import JSON_HEADERS, ClientGone, Receive, Scope, Send, respond
@@ -39,6 +41,9 @@ from gateway.settings import GatewaySettings
 
 log = logging.getLogger("inventiv.gateway")
 
+CONTROL_REDIS_TIMEOUT_S = 5.0  # one reply to a control loop (full registry reads included)
+_LOOPBACK = ("127.0.0.1", "::1")
+
 
 class Gateway:
     def __init__(self, settings: Settings, gateway_settings: GatewaySettings | None = None) -> None:
@@ -47,10 +52,18 @@ class Gateway:
         self.dsn = settings.require("database_url").replace(
             "postgresql+asyncpg://", "postgresql://"
         )
+        # The engines' API keys are derived from it per instance (core.tokens.engine_api_key).
+        secret_key = settings.require("secret_key")
         self.settings = settings
         self.config = gateway_settings or GatewaySettings()
         self.replica_id = f"{socket.gethostname()}:{os.getpid()}"
-        self.router = Router(self.config, on_removed=self._backend_removed)
+        self.router = Router(
+            self.config,
+            on_removed=self._backend_removed,
+            engine_key=functools.partial(engine_api_key, secret_key),
+        )
+        token = self.config.metrics_token
+        self._metrics_auth = None if token is None else f"Bearer {token.get_secret_value()}"
         self.upstream = UpstreamClient(connect_timeout=self.config.connect_timeout_s)
         self.deployments = DeploymentMap()
         self.supervisor = Supervisor()
@@ -68,14 +81,22 @@ class Gateway:
 
     async def startup(self) -> None:
         config = self.config
-        redis = self._redis = aioredis.Redis.from_url(self.redis_url)
+        # Control loops' Redis calls are bounded too (a hung Redis must not hang them for ever);
+        # the rate limiter's fast client has its own, shorter, reply timeout.
+        redis = self._redis = aioredis.Redis.from_url(
+            self.redis_url,
+            socket_connect_timeout=config.redis_connect_timeout_s,
+            socket_timeout=CONTROL_REDIS_TIMEOUT_S,
+        )
         pool = self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4)
         keys = self._keys = KeyCache(
             pool, self.settings.api_key_cache_ttl_s, config.unknown_key_ttl_s
         )
-        limiter = self._limiter = RateLimiter(self.redis_url, redis)
+        limiter = self._limiter = RateLimiter(
+            self.redis_url, redis, config.redis_connect_timeout_s, config.redis_reply_timeout_s
+        )
         logs = self._logs = RequestLogWriter(pool, config.log_batch_size, config.log_buffer_max)
-        accounting = self._accounting = Accounting(logs, limiter, self.deployments)
+        accounting = self._accounting = Accounting(logs, limiter)
         self._proxy = Proxy(
             config, keys, limiter, self.router, self.deployments, self.upstream, accounting
         )
@@ -184,6 +205,7 @@ class Gateway:
                 body = b'{"status":"ready"}' if ok else b'{"status":"starting"}'
                 await respond(send, 200 if ok else 503, body)
             elif path == "/metrics":
+                self._check_scraper(scope)
                 text, content_type = metrics.render()
                 await respond(send, 200, text, [(b"content-type", content_type.encode())])
             else:
@@ -193,10 +215,27 @@ class Gateway:
         except ClientGone:
             return
 
+    def _check_scraper(self, scope: Scope) -> None:
+        """Every project's models and traffic are in /metrics: the scrape token, or (when none
+        is set) a client on this machine."""
+        if self._metrics_auth is None:
+            client = scope.get("client")
+            if client is None or client[0] not in _LOOPBACK:
+                raise GatewayError(
+                    403,
+                    "/metrics answers only local clients unless INVENTIV_METRICS_TOKEN is set.",
+                    code="forbidden",
+                )
+            return
+        sent = next((v for n, v in scope["headers"] if n == b"authorization"), b"")
+        if not hmac.compare_digest(sent, self._metrics_auth.encode()):
+            raise GatewayError(401, "/metrics needs the scrape token.", code="invalid_api_key")
+
     async def _models(self, scope: Scope, send: Send, one: str | None) -> None:
         assert self._keys is not None, "request before startup"
-        await self._keys.authenticate(scope["headers"])
-        names = sorted(self.deployments.names() | set(self.router.registry.models()))
+        key = await self._keys.authenticate(scope["headers"])
+        project = key.project_id
+        names = sorted(self.deployments.names(project) | self.router.registry.models(project))
         cards = [{"id": n, "object": "model", "created": 0, "owned_by": "inventiv"} for n in names]
         if one is not None:
             card = next((c for c in cards if c["id"] == one), None)

@@ -187,32 +187,30 @@ class LoadPublisher:
         inflight = registry.inflight_by_deployment()
         for backend in registry.backends.values():
             metrics.INFLIGHT.labels(backend.info.model, backend.instance_id).set(backend.inflight)
-        models: dict[str, set[str]] = {}
-        for model, entries in self.deployments.by_name.items():
-            models.setdefault(model, set()).update(entry.id for entry in entries)
+        # Deployment id -> served name: each deployment's own queue and in-flight figures.
+        names = {entry.id: entry.served_name for entry in self.deployments.entries()}
         for backend in registry.backends.values():
-            models.setdefault(backend.info.model, set()).add(backend.info.deployment_id)
+            names.setdefault(backend.info.deployment_id, backend.info.model)
         pipe = self.redis.pipeline(transaction=False)
-        for model, deployment_ids in models.items():
-            window = self.router.queue(model).take_window()
+        for deployment_id, model in names.items():
+            window = self.router.queue(deployment_id).take_window()
             for wait in window.waits_ms:
                 metrics.QUEUE_WAIT.labels(model).observe(wait / 1000)
             metrics.QUEUE_LENGTH.labels(model).set(window.length)
-            for deployment_id in deployment_ids:
-                signal = GatewayLoad(
-                    ts=now,
-                    replica_id=self.replica_id,
-                    model=model,
-                    queue_length=window.length,
-                    queue_wait_p50_ms=_percentile(window.waits_ms, 0.50),
-                    queue_wait_p95_ms=_percentile(window.waits_ms, 0.95),
-                    in_flight=inflight.get(deployment_id, 0),
-                    arrival_rate_per_s=window.arrivals / period,
-                    rejected_per_s=window.rejected / period,
-                )
-                key = gateway_load_key(deployment_id)
-                pipe.hset(key, self.replica_id, signal.model_dump_json())
-                pipe.expire(key, max(30, int(period * 10)))
+            signal = GatewayLoad(
+                ts=now,
+                replica_id=self.replica_id,
+                model=model,
+                queue_length=window.length,
+                queue_wait_p50_ms=_percentile(window.waits_ms, 0.50),
+                queue_wait_p95_ms=_percentile(window.waits_ms, 0.95),
+                in_flight=inflight.get(deployment_id, 0),
+                arrival_rate_per_s=window.arrivals / period,
+                rejected_per_s=window.rejected / period,
+            )
+            key = gateway_load_key(deployment_id)
+            pipe.hset(key, self.replica_id, signal.model_dump_json())
+            pipe.expire(key, max(30, int(period * 10)))
         await pipe.execute()
 
 

@@ -80,7 +80,13 @@ async def _serve_lean(app: Gateway, sock: socket.socket) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    server = LeanServer(app, app.startup, app.shutdown, keep_alive_s=KEEP_ALIVE_S)
+    server = LeanServer(
+        app,
+        app.startup,
+        app.shutdown,
+        keep_alive_s=KEEP_ALIVE_S,
+        limits=app.config.server_limits(),
+    )
     await server.serve(sock, stop, GRACEFUL_S)
 
 
@@ -88,7 +94,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = Settings()
     try:
-        settings.require_all("database_url", "redis_url")
+        settings.require_all("database_url", "redis_url", "secret_key")
     except MissingSettingError as exc:
         sys.exit(f"the gateway cannot start: {exc}")
     workers = GatewaySettings().workers

@@ -1,12 +1,15 @@
-"""The proxy path of one request: admit (key, body, model, rate limit), acquire an instance,
-forward, retry once elsewhere when the engine could not answer, relay the answer (as it arrives,
-for streams), then book it (gateway.accounting). Everything known about the request along the way
-lives on one `ProxyRequest`.
+"""The proxy path of one request: admit (key, concurrency cap, body, model within the key's
+project, rate limit with its token reservation), acquire an instance of that deployment, forward
+(with the instance's engine API key), retry once elsewhere when the engine could not answer,
+relay the answer (as it arrives, for streams), then book it (gateway.accounting). Everything
+known about the request along the way lives on one `ProxyRequest`. What the client sees of a
+failure never names an engine's address.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +20,7 @@ from redis.exceptions import RedisError
 
 from core.wire import RoutingStrategy
 from gateway import metrics
-from gateway.accounting import USAGE, Accounting, count_usage, take_usage
+from gateway.accounting import DATA_EVENT, USAGE, Accounting, count_usage, in_band_error, take_usage
 from gateway.asgi import JSON_HEADERS, Message, Receive, Scope, Send, read_body, respond
 from gateway.deployments import DeploymentMap
 from gateway.errors import (
@@ -42,6 +45,8 @@ _SSE_HEADERS = [
 ]
 _KEEPALIVE = b": keep-alive\n\n"
 
+log = logging.getLogger("inventiv.gateway")
+
 
 @dataclass(slots=True, frozen=True)
 class ProxyRoute:
@@ -63,6 +68,7 @@ class ProxyRequest:
 
     key: KeyInfo
     model: str
+    deployment_id: str  # the key's project's deployment serving `model`
     engine_path: bytes
     body: bytes  # as forwarded to the engine
     payload: dict[str, Any]  # the parsed JSON body
@@ -78,6 +84,9 @@ class ProxyRequest:
     output_tokens: int = 0
     first_chunk_at: float | None = None
     streamed: bool = False
+    relayed_events: int = 0  # content chunks sent to the client (charged when no usage came)
+    reserved: int = 0  # TPM tokens reserved at admission, settled by accounting
+    reserved_second: int = 0
     limit_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
@@ -99,24 +108,56 @@ class Proxy:
         self.deployments = deployments
         self.upstream = upstream
         self.accounting = accounting
+        self.active: dict[str, int] = {}  # key id -> requests in flight (this process)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, route: ProxyRoute) -> None:
         started = time.perf_counter()
         key = await self.keys.authenticate(scope["headers"])
+        active = self.active.get(key.id, 0)
+        cap = self.config.max_concurrent_per_key
+        if cap and active >= cap:
+            raise GatewayError(
+                429,
+                f"Too many requests in flight for this key (at most {cap}); retry when one ends.",
+                type_="requests",
+                code="concurrency_limit_exceeded",
+                headers=[(b"retry-after", b"1")],
+            )
+        self.active[key.id] = active + 1
+        try:
+            await self._admitted(scope, receive, send, route, key, started)
+        finally:
+            left = self.active[key.id] - 1
+            if left:
+                self.active[key.id] = left
+            else:
+                del self.active[key.id]
+
+    async def _admitted(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        route: ProxyRoute,
+        key: KeyInfo,
+        started: float,
+    ) -> None:
         body = await read_body(receive)
         payload = _parse_request(body, route.required)
         model: str = payload["model"]
         stream = payload.get("stream") is True
         if stream and route.engine_path == b"/v1/embeddings":
             raise bad_request("Embeddings cannot be streamed.", "stream")
+        deployment_id, routing = self._resolve(key.project_id, model)
         request = ProxyRequest(
             key,
             model,
+            deployment_id,
             route.engine_path,
             body,
             payload,
             scope["headers"],
-            self._routing_of(model),
+            routing,
             started,
             stream=stream,
             streamed=stream,
@@ -131,7 +172,7 @@ class Proxy:
                     "include_usage": True,
                 }
                 request.body = orjson.dumps(payload)
-        self.router.queue(model).arrived()
+        self.router.queue(deployment_id).arrived()
 
         # From here the client may leave at any time: cancel whatever we wait for.
         task = asyncio.current_task()
@@ -182,25 +223,41 @@ class Proxy:
                 watcher.cancel()
             self.accounting.finish(request)
 
-    def _routing_of(self, model: str) -> RoutingStrategy:
-        """The strategy of the deployment serving `model`, or 404 when none does. The registry
-        carries it; the deployment map covers a model with no ready instance yet."""
-        backends = self.router.by_model.get(model)
-        if backends:
-            return backends[0].info.routing
-        entry = self.deployments.first(model)
+    def _resolve(self, project_id: str, model: str) -> tuple[str, RoutingStrategy]:
+        """The deployment of the key's project serving `model` and its strategy, or 404 when
+        none does (another project's model answers exactly like an unknown one). The registry
+        knows deployments with a ready instance; the deployment map the others."""
+        deployment_id = self.router.registry.deployment_of(project_id, model)
+        if deployment_id is not None:
+            backends = self.router.by_deployment.get(deployment_id)
+            if backends:
+                return deployment_id, backends[0].info.routing
+        entry = self.deployments.get(project_id, model)
         if entry is None:
             raise model_not_found(model)
-        return entry.routing
+        return entry.id, entry.routing
+
+    def _reserve(self, payload: dict[str, Any]) -> int:
+        """Tokens to reserve against the TPM limit: the output the request allows."""
+        asked = [
+            value
+            for name in ("max_tokens", "max_completion_tokens")
+            if isinstance(value := payload.get(name), int) and not isinstance(value, bool)
+        ]
+        return max(asked) if asked else self.config.tpm_default_reserve
 
     async def _check_rate_limit(self, request: ProxyRequest) -> None:
         key = request.key
+        reserve = self._reserve(request.payload) if key.tpm_limit is not None else 0
         try:
-            decision = await self.limiter.admit(key.id, key.rpm_limit, key.tpm_limit)
+            decision = await self.limiter.admit(key.id, key.rpm_limit, key.tpm_limit, reserve)
         except (RedisError, OSError) as exc:
-            # Fail open: an outage of the limiter must not stop inference.
+            # Fail open: an outage of the limiter (down, or no reply within
+            # redis_reply_timeout_s) must not stop inference.
             warn_at_most_every(10, "ratelimit", "rate limiter unavailable (%s); admitting", exc)
             return
+        request.reserved = decision.reserved
+        request.reserved_second = decision.reserved_second
         request.limit_headers = decision.headers(key.rpm_limit, key.tpm_limit)
         if not decision.allowed:
             metrics.RATE_LIMITED.labels(decision.limited_by or "requests").inc()
@@ -217,14 +274,15 @@ class Proxy:
 
     async def _acquire(self, request: ProxyRequest) -> Backend:
         model = request.model
-        backend = self.router.acquire_now(model, request)
+        deployment_id = request.deployment_id
+        backend = self.router.acquire_now(deployment_id, request)
         if backend is not None:
             return backend
         backend = await self.router.wait(
-            model, request.key.id, request, self.config.queue_deadline_s
+            deployment_id, request.key.id, request, self.config.queue_deadline_s
         )
         if backend is None:
-            ready = bool(self.router.by_model.get(model))
+            ready = bool(self.router.by_deployment.get(deployment_id))
             raise unavailable(
                 f"No capacity for model '{model}' right now"
                 + ("" if ready else " (its instances are starting)")
@@ -241,9 +299,9 @@ class Proxy:
             while True:
                 request.backend = backend
                 try:
-                    response = await self.upstream.pool(backend.info.engine_url).request(
-                        b"POST", request.engine_path, request.body
-                    )
+                    response = await self.upstream.pool(
+                        backend.info.engine_url, backend.engine_auth
+                    ).request(b"POST", request.engine_path, request.body)
                 except UpstreamError as exc:
                     metrics.UPSTREAM_ERRORS.labels(model, "connect").inc()
                     failed_with: UpstreamResponse | None = None
@@ -259,14 +317,20 @@ class Proxy:
                     )
                 if self.router.record_failure(backend):
                     metrics.EJECTIONS.labels(backend.info.model).inc()
-                alternative = None if retried else self.router.pick(model, request, backend)
+                alternative = (
+                    None if retried else self.router.pick(request.deployment_id, request, backend)
+                )
                 if alternative is None:
                     if failed_with is not None:
                         response = failed_with  # nothing else to try: pass the engine's answer on
                         break
+                    # The address stays in the log: the client learns nothing of the network.
+                    warn_at_most_every(
+                        10, f"unreachable:{backend.instance_id}", "engine of %s: %s", model, error
+                    )
                     raise GatewayError(
                         502,
-                        f"The engine serving '{model}' could not be reached: {error}",
+                        f"The engine serving '{model}' could not be reached; retry shortly.",
                         type_="upstream_error",
                         code="engine_unreachable",
                     )
@@ -299,7 +363,7 @@ class Proxy:
             metrics.UPSTREAM_ERRORS.labels(request.model, "broken").inc()
             raise GatewayError(
                 502,
-                f"The engine serving '{request.model}' failed while answering: {exc}",
+                f"The engine serving '{request.model}' failed while answering.",
                 type_="upstream_error",
                 code="engine_failed",
             ) from exc
@@ -345,15 +409,27 @@ class Proxy:
                 events, pending = data[:end], data[end:]
                 if USAGE.search(events) is not None:
                     events = take_usage(events, request.wants_usage, request)
+                if request.status == 200 and (status := in_band_error(events)) is not None:
+                    self._failed_in_band(request, status)
                 if events:
                     await send({"type": "http.response.body", "body": events, "more_body": True})
-        except UpstreamError as exc:
+                    request.relayed_events += events.count(DATA_EVENT)
+        except UpstreamError:
             # Too late to retry: the client already has part of the answer. End the stream with
             # an error event it can see.
             metrics.UPSTREAM_ERRORS.labels(request.model, "stream").inc()
             request.status = 502
-            pending += b"data: " + error_body(str(exc), "upstream_error", "stream_broken") + b"\n\n"
+            message = "The engine's stream broke."
+            pending += b"data: " + error_body(message, "upstream_error", "stream_broken") + b"\n\n"
         await send({"type": "http.response.body", "body": pending, "more_body": False})
+
+    def _failed_in_band(self, request: ProxyRequest, status: int) -> None:
+        """An error event after the 200 (vLLM's way inside a stream): an error like a 5xx,
+        for the request log, the metrics and passive health."""
+        request.status = status
+        metrics.UPSTREAM_ERRORS.labels(request.model, "in_band").inc()
+        if request.backend is not None and self.router.record_failure(request.backend):
+            metrics.EJECTIONS.labels(request.model).inc()
 
 
 def _parse_request(body: bytes, required: str) -> dict[str, Any]:

@@ -2,10 +2,12 @@
 
 Requests per minute use a sliding-window log (a sorted set of admission times): in any 60 s,
 at most N requests pass, whichever replica admitted them, so the limit is exact, unlike
-per-replica counters. Tokens per minute use per-second buckets summed over the last 60 s; a
-request is admitted while the tokens already used stay under the limit, and its own tokens are
-added once the engine reported them. Times come from the Redis server's clock, so replicas with
-skewed clocks agree.
+per-replica counters. Tokens per minute use per-second buckets summed over the last 60 s. A
+request reserves its `max_tokens` (a default when absent, at most the limit) in the same atomic
+call that admits it, and only if the reservation fits; once it ends, the reservation is settled
+to the tokens really used (its bucket corrected by the difference). So concurrent requests
+cannot pass the limit together, whichever replica admits them. Times come from the Redis
+server's clock, so replicas with skewed clocks agree.
 
 Leases keep Redis off most requests of busy keys: a replica that sees a key's traffic reserves
 up to `MAX_LEASE` slots of its request window at once (as many admission entries, so every other
@@ -13,6 +15,8 @@ replica counts them) and hands them out locally for `LEASE_S`; slots still unuse
 back. Near the limit (less than four leases' worth left) the script grants one slot per call, so
 the count stays exact where it matters: a key limited to N per minute gets N, not fewer, and
 never more than N + 1 (a slot is timestamped when leased, at most LEASE_S before its use).
+A key with a token limit leases a token budget with its slots (each request takes its own
+reservation from it) on the same terms: far from the limit only, given back when unused.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ if rpm >= 0 then
     req_reset_ms = tonumber(oldest[2]) + window_ms - now_ms
   end
   if used_req >= rpm then
-    return {0, 1, used_req, 0, req_reset_ms, 0}
+    return {0, 1, used_req, 0, req_reset_ms, 0, 0, 0}
   end
 end
 local used_tok = 0
@@ -74,8 +78,8 @@ if tpm >= 0 then
   if oldest_s ~= nil then
     tok_reset_ms = (oldest_s + tonumber(ARGV[4])) * 1000 - now_ms
   end
-  if used_tok >= tpm then
-    return {0, 2, used_req, used_tok, tok_reset_ms, 0}
+  if used_tok + tonumber(ARGV[6]) > tpm then
+    return {0, 2, used_req, used_tok, tok_reset_ms, 0, 0, 0}
   end
 end
 local grant = 0
@@ -93,13 +97,32 @@ if rpm >= 0 then
   used_req = used_req + grant
   if req_reset_ms == 0 then req_reset_ms = window_ms end
 end
-return {1, 0, used_req, used_tok, math.max(req_reset_ms, tok_reset_ms), grant}
+local reserved = 0
+local now_s = math.floor(now_ms / 1000)
+if tpm >= 0 then
+  reserved = tonumber(ARGV[6])
+  local budget = tonumber(ARGV[7])
+  if budget > reserved and tpm - used_tok >= 4 * budget then reserved = budget end
+  redis.call('HINCRBY', KEYS[2], now_s, reserved)
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4]) * 2)
+  used_tok = used_tok + reserved
+end
+return {1, 0, used_req, used_tok, math.max(req_reset_ms, tok_reset_ms), grant, reserved, now_s}
 """
 
-_ADD_TOKENS = """
+# Settle a reservation: its bucket (the second it was made in) gets the difference between the
+# tokens used and those reserved; a bucket already out of the window gets nothing back, and the
+# tokens used are charged to the current second instead.
+_SETTLE = """
 local t = redis.call('TIME')
-redis.call('HINCRBY', KEYS[1], t[1], ARGV[1])
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+local now_s = tonumber(t[1])
+local second = tonumber(ARGV[1])
+if second > now_s - tonumber(ARGV[4]) then
+  redis.call('HINCRBY', KEYS[1], second, ARGV[2])
+elseif tonumber(ARGV[3]) > 0 then
+  redis.call('HINCRBY', KEYS[1], now_s, ARGV[3])
+end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]) * 2)
 return 1
 """
 
@@ -112,6 +135,8 @@ class Decision:
     tokens_used: int
     reset_ms: int
     granted: int = 1  # request slots reserved by this call (leases)
+    reserved: int = 0  # tokens this request reserved against the TPM limit
+    reserved_second: int = 0  # the Redis second whose bucket holds the reservation
 
     def headers(self, rpm: int | None, tpm: int | None) -> list[tuple[bytes, bytes]]:
         headers: list[tuple[bytes, bytes]] = []
@@ -144,6 +169,8 @@ class _KeyLease:
     requests_used: int  # the window's count when leased (reserved slots included)
     tokens_used: int
     reset_ms: int
+    tokens: int = 0  # leased token budget not handed out yet
+    tokens_second: int = 0  # its bucket
     arrivals: int = 0  # requests seen in the current rate window
     rate_since: float = 0.0
     rate_per_s: float = 0.0
@@ -155,39 +182,56 @@ class _KeyLease:
 class RateLimiter:
     """Admission through the pipelined client (redis:// and unix:// URLs), else redis-py."""
 
-    def __init__(self, redis_url: str, fallback: aioredis.Redis) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        fallback: aioredis.Redis,
+        connect_timeout_s: float = 1.0,
+        reply_timeout_s: float = 0.5,
+    ) -> None:
         self._fast: PipelinedRedis | None = None
         try:
-            self._fast = PipelinedRedis(redis_url)
+            self._fast = PipelinedRedis(redis_url, connect_timeout_s, reply_timeout_s)
         except ValueError:
             self._fast = None
         if self._fast is not None:
             self._admit_sha = self._fast.script(_ADMIT)
-            self._add_sha = self._fast.script(_ADD_TOKENS)
+            self._settle_sha = self._fast.script(_SETTLE)
         self._redis = fallback
         self._admit = fallback.register_script(_ADMIT)
-        self._add_tokens = fallback.register_script(_ADD_TOKENS)
+        self._settle = fallback.register_script(_SETTLE)
         # Unique per limiter (several may share a process), so admission entries never collide.
         self._member_prefix = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}:"
         self._counter = itertools.count()
         self._leases: dict[str, _KeyLease] = {}
 
-    async def admit(self, key_id: str, rpm: int | None, tpm: int | None) -> Decision:
+    async def admit(
+        self, key_id: str, rpm: int | None, tpm: int | None, reserve: int = 0
+    ) -> Decision:
+        """Admit one request, reserving `reserve` tokens when the key has a TPM limit (at most
+        the limit itself, so a large request waits for an empty window instead of never
+        passing). The caller settles the reservation with `settle` once the request ended."""
+        if tpm is not None:
+            reserve = max(0, min(reserve, tpm))
         if rpm is None:
-            return await self._call(key_id, rpm, tpm, want=1)[0]
+            return await self._call(key_id, rpm, tpm, want=1, reserve=reserve)[0]
         while True:
             lease = self._leases.get(key_id)
             now = time.monotonic()
             if lease is not None:
                 self._track_rate(lease, now)
-                if lease.slots and now < lease.expires and (tpm is None or lease.tokens_used < tpm):
+                if lease.slots and now < lease.expires and (tpm is None or lease.tokens >= reserve):
                     lease.slots.pop()
+                    if tpm is not None:
+                        lease.tokens -= reserve
                     return Decision(
                         True,
                         None,
                         lease.requests_used - len(lease.slots),
-                        lease.tokens_used,
+                        lease.tokens_used - lease.tokens,
                         lease.reset_ms,
+                        reserved=reserve if tpm is not None else 0,
+                        reserved_second=lease.tokens_second,
                     )
                 if lease.leasing:
                     # Another request of this key is leasing: share its result.
@@ -195,7 +239,7 @@ class RateLimiter:
                     lease.waiters.append(waiter)
                     await waiter
                     continue
-            return await self._lease(key_id, rpm, tpm, lease, now)
+            return await self._lease(key_id, rpm, tpm, reserve, lease, now)
 
     def _track_rate(self, lease: _KeyLease, now: float) -> None:
         lease.seen = now
@@ -207,7 +251,13 @@ class RateLimiter:
             lease.rate_since = now
 
     async def _lease(
-        self, key_id: str, rpm: int, tpm: int | None, lease: _KeyLease | None, now: float
+        self,
+        key_id: str,
+        rpm: int,
+        tpm: int | None,
+        reserve: int,
+        lease: _KeyLease | None,
+        now: float,
     ) -> Decision:
         """One Redis call for this key at a time: later requests wait for it (admit loops)."""
         want = 1
@@ -218,7 +268,7 @@ class RateLimiter:
         lease.leasing = True  # set before any await: no second call can start meanwhile
         try:
             await self._release(key_id, lease)  # expired slots, if any, go back first
-            call, prefix = self._call(key_id, rpm, tpm, want)
+            call, prefix = self._call(key_id, rpm, tpm, want, reserve)
             decision = await call
         finally:
             lease.leasing = False
@@ -234,10 +284,16 @@ class RateLimiter:
             lease.tokens_used = decision.tokens_used
             lease.reset_ms = decision.reset_ms
             decision.requests_used -= len(lease.slots)
+            if tpm is not None:
+                # Beyond this request's own reservation, the budget serves the next ones here.
+                lease.tokens = decision.reserved - reserve
+                lease.tokens_second = decision.reserved_second
+                decision.reserved = reserve
+                decision.tokens_used -= lease.tokens
         return decision
 
     def _call(
-        self, key_id: str, rpm: int | None, tpm: int | None, want: int
+        self, key_id: str, rpm: int | None, tpm: int | None, want: int, reserve: int
     ) -> tuple[Awaitable[Decision], str]:
         prefix = f"{self._member_prefix}{next(self._counter)}:"
         keys = [rate_limit_key(key_id, "rpm", WINDOW_S), rate_limit_key(key_id, "tpm", WINDOW_S)]
@@ -247,6 +303,8 @@ class RateLimiter:
             prefix,
             WINDOW_S,
             want,
+            reserve,
+            reserve * want,  # the token budget a lease of `want` requests would take
         ]
 
         async def call() -> Decision:
@@ -255,7 +313,7 @@ class RateLimiter:
             else:
                 result = await self._admit(keys=keys, args=args)
             assert isinstance(result, list)
-            allowed, reason, used_req, used_tok, reset_ms, granted = (
+            allowed, reason, used_req, used_tok, reset_ms, granted, reserved, second = (
                 int(cast(int, v)) for v in result
             )
             return Decision(
@@ -265,12 +323,18 @@ class RateLimiter:
                 tokens_used=used_tok,
                 reset_ms=reset_ms,
                 granted=granted,
+                reserved=reserved,
+                reserved_second=second,
             )
 
         return call(), prefix
 
     async def _release(self, key_id: str, lease: _KeyLease) -> None:
-        """Give back slots leased and not used, so other replicas can admit with them."""
+        """Give back slots and tokens leased and not used, so other replicas can admit with
+        them."""
+        if lease.tokens:
+            tokens, lease.tokens = lease.tokens, 0
+            await self.settle(key_id, lease.tokens_second, -tokens, 0)
         if not lease.slots:
             return
         members, lease.slots = lease.slots, []
@@ -284,7 +348,7 @@ class RateLimiter:
         """Periodic: return slots of leases past their time (traffic stopped or slowed)."""
         now = time.monotonic()
         for key_id, lease in list(self._leases.items()):
-            if lease.slots and now >= lease.expires and not lease.leasing:
+            if (lease.slots or lease.tokens) and now >= lease.expires and not lease.leasing:
                 await self._release(key_id, lease)
             elif not lease.slots and not lease.leasing and now - lease.seen > WINDOW_S:
                 del self._leases[key_id]  # key idle for a while: forget its rate
@@ -293,14 +357,18 @@ class RateLimiter:
         for key_id, lease in list(self._leases.items()):
             await self._release(key_id, lease)
 
-    async def add_tokens(self, key_id: str, tokens: int) -> None:
-        if tokens <= 0:
+    async def settle(self, key_id: str, second: int, delta: int, used: int) -> None:
+        """Correct the reservation made in `second` by `delta` (tokens used minus reserved);
+        `used` is charged now instead when that second left the window (second 0: nothing was
+        reserved, as when the limiter was down at admission)."""
+        if not delta and not used:
             return
         keys = [rate_limit_key(key_id, "tpm", WINDOW_S)]
+        args: list[str | int] = [second, delta, used, WINDOW_S]
         if self._fast is not None:
-            await self._fast.evalsha(self._add_sha, keys, [tokens, WINDOW_S])
+            await self._fast.evalsha(self._settle_sha, keys, args)
         else:
-            await self._add_tokens(keys=keys, args=[tokens, WINDOW_S])
+            await self._settle(keys=keys, args=args)
 
     def close(self) -> None:
         if self._fast is not None:

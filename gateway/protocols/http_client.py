@@ -233,7 +233,9 @@ class _Connection(asyncio.Protocol):
 class HostPool:
     """Keep-alive connections to one engine (host:port)."""
 
-    def __init__(self, base_url: str, connect_timeout: float, max_idle: int) -> None:
+    def __init__(
+        self, base_url: str, connect_timeout: float, max_idle: int, auth: bytes | None = None
+    ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", ""):
             raise ValueError(f"unsupported engine URL scheme: {base_url}")
@@ -241,6 +243,8 @@ class HostPool:
         self.port = parts.port or 80
         self.base_path = parts.path.rstrip("/").encode()
         self.host_header = f"{self.host}:{self.port}".encode()
+        self.auth = auth  # the Authorization header's value (the engine's API key), if any
+        self._auth_line = b"" if auth is None else b"\r\nAuthorization: " + auth
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
         self.idle: collections.deque[_Connection] = collections.deque()
@@ -276,6 +280,7 @@ class HostPool:
                 path,
                 b" HTTP/1.1\r\nHost: ",
                 self.host_header,
+                self._auth_line,
                 b"\r\nContent-Type: application/json\r\nContent-Length: ",
                 str(len(body)).encode(),
                 b"\r\n\r\n",
@@ -310,23 +315,24 @@ class HostPool:
 
 
 class UpstreamClient:
-    """One pool per engine base URL."""
+    """One pool per engine base URL and API key."""
 
     def __init__(self, connect_timeout: float = 5.0, max_idle: int = 256) -> None:
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
-        self.pools: dict[str, HostPool] = {}
+        self.pools: dict[tuple[str, bytes | None], HostPool] = {}
 
-    def pool(self, base_url: str) -> HostPool:
-        pool = self.pools.get(base_url)
+    def pool(self, base_url: str, auth: bytes | None = None) -> HostPool:
+        pool = self.pools.get((base_url, auth))
         if pool is None:
-            pool = self.pools[base_url] = HostPool(base_url, self.connect_timeout, self.max_idle)
+            pool = self.pools[(base_url, auth)] = HostPool(
+                base_url, self.connect_timeout, self.max_idle, auth
+            )
         return pool
 
     def drop(self, base_url: str) -> None:
-        pool = self.pools.pop(base_url, None)
-        if pool is not None:
-            pool.close()
+        for key in [key for key in self.pools if key[0] == base_url]:
+            self.pools.pop(key).close()
 
     def close(self) -> None:
         for pool in self.pools.values():

@@ -2,6 +2,13 @@
 response (status line, headers and body together), keep-alive, chunked streaming, flow control,
 client-disconnect notice and graceful shutdown.
 
+The edges hold against abusive clients (`ServerLimits`): request line, header block and header
+count are bounded while they arrive (414 / 431, then close; httptools' cost for one header grows
+with its size, so nothing unbounded reaches it); the header block and the body each have a
+deadline (408, then close); a response write that cannot drain within its deadline drops the
+connection (the app sees a disconnect and frees what it holds); connections per client address
+are capped.
+
 uvicorn serves the same app (tests, `INVENTIV_GATEWAY_SERVER=uvicorn`); this server exists
 because every microsecond here is paid on every request: it skips uvicorn's middleware, per-
 request bookkeeping and its separate write for the headers.
@@ -15,6 +22,7 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, cast
 from urllib.parse import unquote
@@ -38,6 +46,28 @@ MAX_BODY = 32 * 1024 * 1024
 # which spares the app a task waiting on receive() for every request.
 DISCONNECT_EXTENSION = "inventiv.disconnect"
 _HIGH_WATER = 256 * 1024
+_SWEEP_S = 0.5  # how often deadlines and idle connections are checked
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """What one client may hold of the server; 0 turns a cap off."""
+
+    max_request_line_bytes: int = 8192
+    max_header_bytes: int = 65536
+    max_headers: int = 100
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    write_timeout_s: float = 30.0
+    max_connections_per_client: int = 0
+
+
+class _Refused(Exception):
+    """Raised from a parser callback: the request broke a limit (answered, then closed)."""
+
+    def __init__(self, status: int, message: bytes) -> None:
+        self.status = status
+        self.message = message
 
 
 def _status_line(status: int) -> bytes:
@@ -57,6 +87,7 @@ class _Cycle:
 
     __slots__ = (
         "body",
+        "body_started",
         "chunked",
         "complete",
         "conn",
@@ -78,6 +109,7 @@ class _Cycle:
         self.scope = scope
         self.keep_alive = keep_alive
         self.body: list[bytes] = []
+        self.body_started = time.monotonic()  # the body-receive deadline counts from here
         self.complete = False
         self.final_delivered = False
         self.disconnected = False
@@ -174,6 +206,13 @@ class _Connection(asyncio.Protocol):
         self.client: tuple[str, int] | None = None
         self.server_addr: tuple[str, int] | None = None
         self.body_size = 0
+        self.limits = server.limits
+        # The header block being received: since when, bytes and headers so far.
+        self.in_head = False
+        self.head_started = 0.0
+        self.head_bytes = 0
+        self.header_count = 0
+        self.counted_client: str | None = None  # the address counted in server.per_client
 
     # -- asyncio
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -186,11 +225,27 @@ class _Connection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        cap = self.limits.max_connections_per_client
+        if cap and self.client is not None:
+            address = self.client[0]
+            per_client = self.server.per_client
+            if per_client.get(address, 0) >= cap:
+                self._reject(429, b"Too many connections from this address.")
+                return
+            per_client[address] = per_client.get(address, 0) + 1
+            self.counted_client = address
         self.server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
         self.transport = None
+        address, self.counted_client = self.counted_client, None
+        if address is not None:
+            left = self.server.per_client[address] - 1
+            if left:
+                self.server.per_client[address] = left
+            else:
+                del self.server.per_client[address]
         for cycle in (self.cycle, *self.pending):
             if cycle is not None:
                 cycle.disconnected = True
@@ -203,12 +258,22 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        if self.in_head:
+            # Counted before parsing: an endless header never reaches the parser in full.
+            self.head_bytes += len(data)
+            if self.head_bytes > self.limits.max_header_bytes:
+                self._reject(431, b"Request header block too large.")
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._reject(400, b"Upgrades are not supported.")
-        except httptools.HttpParserError:
-            self._reject(400, b"Malformed HTTP request.")
+        except httptools.HttpParserError as exc:
+            refused = exc.__context__ if isinstance(exc.__context__, _Refused) else None
+            if refused is not None:
+                self._reject(refused.status, refused.message)
+            else:
+                self._reject(400, b"Malformed HTTP request.")
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -220,23 +285,43 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     async def drain(self) -> None:
+        """Wait until the client read enough; past the write deadline, drop the connection (a
+        reader that stopped must not hold the response, and what it holds upstream, for ever)."""
         if self.write_paused and self.transport is not None:
-            self.drain_waiter = self.loop.create_future()
-            await self.drain_waiter
+            waiter = self.drain_waiter = self.loop.create_future()
+            timer = self.loop.call_later(self.limits.write_timeout_s, self._write_timed_out)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+
+    def _write_timed_out(self) -> None:
+        if self.write_paused and self.transport is not None:
+            self.transport.abort()  # close() would wait for the unread buffer to drain
 
     # -- httptools
     def on_message_begin(self) -> None:
         self.url = b""
         self.headers = []
         self.body_size = 0
+        self.in_head = True
+        self.head_started = time.monotonic()
+        self.head_bytes = 0
+        self.header_count = 0
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        if len(self.url) > self.limits.max_request_line_bytes:
+            raise _Refused(414, b"Request line too long.")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_count += 1
+        if self.header_count > self.limits.max_headers:
+            raise _Refused(431, b"Too many request headers.")
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        self.in_head = False
         parsed = httptools.parse_url(self.url)
         raw_path = parsed.path
         path = raw_path.decode("latin-1")
@@ -300,6 +385,7 @@ class _Connection(asyncio.Protocol):
     def _reject(self, status: int, message: bytes) -> None:
         if self.transport is None:
             return
+        self.in_head = False
         body = (
             b'{"error":{"message":"%s","type":"invalid_request_error","param":null,"code":null}}'
             % message
@@ -361,12 +447,15 @@ class LeanServer:
         startup: Callable[[], Awaitable[None]],
         shutdown: Callable[[], Awaitable[None]],
         keep_alive_s: float = 75.0,
+        limits: ServerLimits | None = None,
     ) -> None:
         self.app = app
         self.startup = startup
         self.shutdown = shutdown
         self.keep_alive_s = keep_alive_s
+        self.limits = limits or ServerLimits()
         self.connections: set[_Connection] = set()
+        self.per_client: dict[str, int] = {}  # open connections per client address
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
 
@@ -374,7 +463,7 @@ class LeanServer:
         await self.startup()
         loop = asyncio.get_running_loop()
         server = await loop.create_server(lambda: _Connection(self), sock=sock, backlog=4096)
-        sweeper = asyncio.create_task(self._close_idle())
+        sweeper = asyncio.create_task(self._sweep())
         try:
             await stop.wait()
         finally:
@@ -391,10 +480,24 @@ class LeanServer:
                     conn.transport.close()
             await self.shutdown()
 
-    async def _close_idle(self) -> None:
+    async def _sweep(self) -> None:
+        """Deadlines: idle keep-alive connections, header blocks and bodies too slow to come."""
+        limits = self.limits
         while True:
-            await asyncio.sleep(min(5.0, self.keep_alive_s))
-            limit = time.monotonic() - self.keep_alive_s
+            await asyncio.sleep(min(_SWEEP_S, self.keep_alive_s))
+            now = time.monotonic()
             for conn in list(self.connections):
-                if conn.cycle is None and conn.idle_since < limit and conn.transport is not None:
+                if conn.transport is None:
+                    continue
+                cycle = conn.pending[-1] if conn.pending else conn.cycle
+                if conn.in_head:
+                    if now - conn.head_started > limits.header_timeout_s:
+                        conn._reject(408, b"Request headers not received in time.")
+                elif cycle is not None:
+                    if not cycle.complete and now - cycle.body_started > limits.body_timeout_s:
+                        if cycle.response_started:
+                            conn.transport.close()
+                        else:
+                            conn._reject(408, b"Request body not received in time.")
+                elif now - conn.idle_since > self.keep_alive_s:
                     conn.transport.close()

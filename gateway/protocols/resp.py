@@ -5,6 +5,10 @@ retry wrapper, command packing and its own socket write; here every call made du
 loop turn goes out in a single write and the replies are parsed in one pass, so the per-request
 cost is a few microseconds. Only what the gateway needs: EVALSHA (loading the script on NOSCRIPT),
 AUTH and SELECT from the URL, redis:// and unix:// URLs.
+
+Every call is bounded: connecting by `connect_timeout_s`, each reply by `reply_timeout_s` (a
+hung server, e.g. stopped, raises redis' TimeoutError and drops the connection, so the next call
+starts afresh instead of queueing behind replies that may never come).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Reply = int | bytes | list["Reply"] | None
 
@@ -123,7 +128,9 @@ class _Protocol(asyncio.Protocol):
 
 
 class PipelinedRedis:
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self, url: str, connect_timeout_s: float = 1.0, reply_timeout_s: float = 0.5
+    ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "unix"):
             raise ValueError(f"unsupported Redis URL scheme for the fast client: {parts.scheme}")
@@ -135,6 +142,8 @@ class PipelinedRedis:
         self.password = unquote(parts.password) if parts.password else None
         db = query.get("db", [""])[0] or (parts.path.strip("/") if parts.scheme == "redis" else "")
         self.db = int(db) if db else 0
+        self.connect_timeout_s = connect_timeout_s
+        self.reply_timeout_s = reply_timeout_s
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Lock | None = None
         self._scripts: dict[str, bytes] = {}
@@ -149,17 +158,43 @@ class PipelinedRedis:
             if self._protocol is not None and not self._protocol.lost:
                 return self._protocol
             loop = asyncio.get_running_loop()
-            if self.path is not None:
-                _, protocol = await loop.create_unix_connection(_Protocol, self.path)
-            else:
-                _, protocol = await loop.create_connection(_Protocol, self.host, self.port)
+            try:
+                async with asyncio.timeout(self.connect_timeout_s):
+                    if self.path is not None:
+                        _, protocol = await loop.create_unix_connection(_Protocol, self.path)
+                    else:
+                        _, protocol = await loop.create_connection(_Protocol, self.host, self.port)
+            except TimeoutError:
+                raise RedisTimeoutError(
+                    f"no Redis connection within {self.connect_timeout_s} s"
+                ) from None
+            self._protocol = protocol
             if self.password is not None:
                 auth = (self.username, self.password) if self.username else (self.password,)
-                await protocol.send(_encode(b"AUTH", *auth))
+                await self._reply(protocol, _encode(b"AUTH", *auth))
             if self.db:
-                await protocol.send(_encode(b"SELECT", self.db))
-            self._protocol = protocol
+                await self._reply(protocol, _encode(b"SELECT", self.db))
             return protocol
+
+    async def _reply(self, protocol: _Protocol, command: bytes) -> Reply:
+        future = protocol.send(command)
+        # A timer handle, not wait_for: this runs once per rate-limited request.
+        timer = asyncio.get_running_loop().call_later(
+            self.reply_timeout_s, self._timed_out, protocol, future
+        )
+        try:
+            return cast(Reply, await future)
+        finally:
+            timer.cancel()
+
+    def _timed_out(self, protocol: _Protocol, future: asyncio.Future[object]) -> None:
+        if future.done():
+            return
+        future.set_exception(RedisTimeoutError(f"no Redis reply within {self.reply_timeout_s} s"))
+        # Replies come in order: after a lost one, this connection cannot be trusted.
+        protocol.lost = True
+        if protocol.transport is not None:
+            protocol.transport.abort()
 
     def script(self, source: str) -> str:
         """Register a Lua script; returns its SHA1 for evalsha."""
@@ -171,16 +206,16 @@ class PipelinedRedis:
         protocol = await self._connection()
         command = _encode(b"EVALSHA", sha, len(keys), *keys, *args)
         try:
-            return cast(Reply, await protocol.send(command))
+            return await self._reply(protocol, command)
         except RedisReplyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
-        await protocol.send(_encode(b"SCRIPT", b"LOAD", self._scripts[sha]))
-        return cast(Reply, await protocol.send(command))
+        await self._reply(protocol, _encode(b"SCRIPT", b"LOAD", self._scripts[sha]))
+        return await self._reply(protocol, command)
 
     async def command(self, *parts: bytes | str | int) -> Reply:
         protocol = await self._connection()
-        return cast(Reply, await protocol.send(_encode(*parts)))
+        return await self._reply(protocol, _encode(*parts))
 
     def close(self) -> None:
         if self._protocol is not None and self._protocol.transport is not None:

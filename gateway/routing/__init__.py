@@ -1,6 +1,6 @@
 """Routing in four parts: the registry of ready instances (registry), the choice among them
-(strategies, one per `core.wire.RoutingStrategy`), the per-model queue (queue) and passive health
-(health), put together by the router."""
+(strategies, one per `core.wire.RoutingStrategy`), the per-deployment queue (queue) and passive
+health (health), put together by the router. Keyed by deployment id."""
 
 from gateway.routing.registry import Backend
 from gateway.routing.router import Router

@@ -1,7 +1,7 @@
 """Passive health: an instance that fails several requests in a row is skipped for a while.
 
-Failures are what the proxy saw (connection refused or broken, a 5xx before the first byte); no
-probes. Ejection is per replica, like the in-flight counts.
+Failures are what the proxy saw (connection refused or broken, a 5xx before the first byte, an
+error event inside a stream); no probes. Ejection is per replica, like the in-flight counts.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ class PassiveHealth:
     ) -> None:
         self.eject_after_failures = eject_after_failures
         self.eject_s = eject_s
-        self.on_readmitted = on_readmitted  # called with the model when an ejection ends
+        self.on_readmitted = on_readmitted  # called with the deployment when an ejection ends
 
     @staticmethod
     def usable(backend: Backend, now_mono: float) -> bool:
@@ -35,5 +35,7 @@ class PassiveHealth:
             return False
         backend.consecutive_failures = 0
         backend.ejected_until = time.monotonic() + self.eject_s
-        asyncio.get_running_loop().call_later(self.eject_s, self.on_readmitted, backend.info.model)
+        asyncio.get_running_loop().call_later(
+            self.eject_s, self.on_readmitted, backend.info.deployment_id
+        )
         return True

@@ -1,4 +1,4 @@
-"""Per-model queues of requests waiting for capacity, and the counters the autoscaler reads.
+"""Per-deployment queues of requests waiting for capacity, and the counters the autoscaler reads.
 
 FIFO per API key, keys served round-robin, so one key's burst cannot starve the others. The
 router hands free capacity to the head of the queue (`Router.dispatch`); the load publisher takes
@@ -28,7 +28,7 @@ class Waiter:
 
 @dataclass(slots=True, frozen=True)
 class QueueWindow:
-    """What happened in one model's queue since the previous window."""
+    """What happened in one deployment's queue since the previous window."""
 
     length: int
     waits_ms: list[float]  # sorted
@@ -48,7 +48,7 @@ class ModelQueue:
     _rejected: int = 0
 
     def arrived(self) -> None:
-        """A request for this model came in (queued or not): the arrival rate's numerator."""
+        """A request for this deployment came in (queued or not): the arrival rate's numerator."""
         self._arrivals += 1
 
     def refused(self) -> None:

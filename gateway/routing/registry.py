@@ -1,4 +1,7 @@
-"""The registry: ready instances as this gateway replica sees them, indexed by served name.
+"""The registry: ready instances as this gateway replica sees them, indexed by deployment.
+
+A served name means something only within its project: `deployment_of(project, name)` is how a
+request finds its deployment, so a key never reaches another project's instances.
 
 Fed by the control loops (ROUTING_REGISTRY in Redis, its change channel, the engines' load
 reports); read by the router on every request. Synchronous and in memory.
@@ -18,6 +21,7 @@ class Backend:
 
     info: RoutableInstance
     capacity: int  # local in-flight requests at which the instance counts as saturated
+    engine_auth: bytes | None = None  # the instance's engine API key, as a header value
     inflight: int = 0
     consecutive_failures: int = 0
     ejected_until: float = 0.0  # monotonic time
@@ -55,12 +59,16 @@ class Registry:
         max_inflight_per_gpu: int,
         on_added: Callable[[str], None],
         on_removed: Callable[[Backend], None],
+        engine_key: Callable[[str], str] | None = None,
     ) -> None:
         self.max_inflight_per_gpu = max_inflight_per_gpu
+        self.engine_key = engine_key  # instance id -> its engine API key (derived, not stored)
         self.on_added = on_added  # a model gained capacity (waiting requests may go)
         self.on_removed = on_removed
         self.backends: dict[str, Backend] = {}
-        self.by_model: dict[str, list[Backend]] = {}
+        self.by_deployment: dict[str, list[Backend]] = {}
+        # (project id, served name) -> deployment id, for the deployments with a ready instance.
+        self.named: dict[tuple[str, str], str] = {}
 
     def put(self, info: RoutableInstance) -> None:
         current = self.backends.get(info.instance_id)
@@ -69,16 +77,27 @@ class Registry:
             if current.info == info:
                 return
             # Same instance, new description: update in place so in-flight counts stay exact.
-            if current.info.model != info.model:
+            reindex = (current.info.deployment_id, current.info.project_id, current.info.model) != (
+                info.deployment_id,
+                info.project_id,
+                info.model,
+            )
+            if reindex:
                 self._unindex(current)
-                self.by_model.setdefault(info.model, []).append(current)
             current.info = info
             current.capacity = capacity
+            if reindex:
+                self._index(current)
         else:
-            backend = Backend(info=info, capacity=capacity)
+            auth = (
+                None
+                if self.engine_key is None
+                else b"Bearer " + self.engine_key(info.instance_id).encode()
+            )
+            backend = Backend(info=info, capacity=capacity, engine_auth=auth)
             self.backends[info.instance_id] = backend
-            self.by_model.setdefault(info.model, []).append(backend)
-        self.on_added(info.model)
+            self._index(backend)
+        self.on_added(info.deployment_id)
 
     def remove(self, instance_id: str) -> None:
         backend = self.backends.pop(instance_id, None)
@@ -94,16 +113,31 @@ class Registry:
         for info in infos.values():
             self.put(info)
 
+    def _index(self, backend: Backend) -> None:
+        info = backend.info
+        self.by_deployment.setdefault(info.deployment_id, []).append(backend)
+        self.named[(info.project_id, info.model)] = info.deployment_id
+
     def _unindex(self, backend: Backend) -> None:
-        members = self.by_model.get(backend.info.model)
+        info = backend.info
+        members = self.by_deployment.get(info.deployment_id)
         if members is None:
             return
         try:
             members.remove(backend)
         except ValueError:
             return
-        if not members:
-            del self.by_model[backend.info.model]
+        if members:
+            return
+        del self.by_deployment[info.deployment_id]
+        name = (info.project_id, info.model)
+        if self.named.get(name) == info.deployment_id:
+            del self.named[name]
+            # Another live deployment of that name (a retired one's successor) takes it over.
+            for deployment_id, others in self.by_deployment.items():
+                if (others[0].info.project_id, others[0].info.model) == name:
+                    self.named[name] = deployment_id
+                    break
 
     def update_load(self, instance_id: str, report: dict[str, float]) -> None:
         backend = self.backends.get(instance_id)
@@ -117,8 +151,12 @@ class Registry:
         except (TypeError, ValueError):
             backend.reported_at = 0.0
 
-    def models(self) -> list[str]:
-        return list(self.by_model)
+    def deployment_of(self, project_id: str, model: str) -> str | None:
+        return self.named.get((project_id, model))
+
+    def models(self, project_id: str) -> set[str]:
+        """The served names of a project's deployments with a ready instance."""
+        return {name for project, name in self.named if project == project_id}
 
     def serves(self, engine_url: str) -> bool:
         return any(b.info.engine_url == engine_url for b in self.backends.values())

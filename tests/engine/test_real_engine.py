@@ -27,13 +27,13 @@ from core.models import RequestLog
 from tests.agent.helpers import get_json
 from tests.engine.conftest import SERVED, RealEngine, wait_ready
 from tests.factories import Seeded
-from tests.gateway.conftest import Registry, RunningGateway
+from tests.gateway.conftest import Registry, RunningGateway, serving
 
 
 async def routed(gateway: RunningGateway, registry: Registry, engine: RealEngine) -> None:
     await registry.put(registry.instance(engine.url))
     for _ in range(200):
-        if SERVED in gateway.app.router.by_model:
+        if serving(gateway.app, SERVED):
             return
         await asyncio.sleep(0.05)
     raise AssertionError("the gateway never routed the model")

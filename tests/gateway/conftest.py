@@ -20,6 +20,7 @@ from core.settings import Settings
 from core.wire import RegistryChange, RoutableInstance, RoutingStrategy
 from gateway.app import Gateway, create_app
 from gateway.protocols.http_server import LeanServer
+from gateway.routing import Backend
 from gateway.settings import GatewaySettings
 from tests.factories import Seeded, seed
 from tests.gateway.engine import RunningServer, TestEngine
@@ -130,6 +131,11 @@ class Registry:
         await self.redis.publish(ROUTING_CHANNEL, change.model_dump_json())
 
 
+def serving(app: Gateway, model: str) -> list[Backend]:
+    """The ready instances the gateway knows under the served name `model` (any project)."""
+    return [b for b in app.router.backends.values() if b.info.model == model]
+
+
 @pytest.fixture
 def registry(redis_client: aioredis.Redis, seeded: Seeded) -> Registry:
     return Registry(redis_client, seeded)
@@ -147,7 +153,9 @@ class LeanRunning:
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        server = LeanServer(self.app, self.app.startup, self.app.shutdown)
+        server = LeanServer(
+            self.app, self.app.startup, self.app.shutdown, limits=self.app.config.server_limits()
+        )
         self.task = asyncio.create_task(server.serve(self.sock, self.stop_event, graceful_s=5))
         while not self.app.ready:
             if self.task.done():

@@ -11,7 +11,7 @@ from sqlmodel import col, select
 
 from core.models import RequestLog
 from tests.factories import Seeded
-from tests.gateway.conftest import MODEL, Engines, Registry, RunningGateway
+from tests.gateway.conftest import MODEL, Engines, Registry, RunningGateway, serving
 
 
 async def wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
@@ -71,7 +71,7 @@ async def test_models_lists_served_names(
 ) -> None:
     engine = await engines.start("a")
     await registry.put(registry.instance(engines.servers["a"].url, model="other-model"))
-    await wait_for(lambda: "other-model" in gateway.app.router.by_model)
+    await wait_for(lambda: serving(gateway.app, "other-model"))
     client = openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=seeded.api_key)
     names = sorted([m.id async for m in client.models.list()])
     assert names == ["other-model", MODEL]
@@ -92,7 +92,7 @@ async def test_openai_client_every_endpoint_and_usage_logged(
     engine = await engines.start("a")
     instance = registry.instance(engines.servers["a"].url)
     await registry.put(instance)
-    await wait_for(lambda: MODEL in gateway.app.router.by_model)
+    await wait_for(lambda: serving(gateway.app, MODEL))
     client = openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=seeded.api_key)
 
     chat = await client.chat.completions.create(
@@ -151,7 +151,7 @@ async def test_health_and_metrics(
 ) -> None:
     await engines.start("a")
     await registry.put(registry.instance(engines.servers["a"].url))
-    await wait_for(lambda: MODEL in gateway.app.router.by_model)
+    await wait_for(lambda: serving(gateway.app, MODEL))
     requests_line = f'inventiv_gateway_requests_total{{code="200",model="{MODEL}"}} '
     tokens_line = f'inventiv_gateway_output_tokens_total{{model="{MODEL}"}} '
 

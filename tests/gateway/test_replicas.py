@@ -24,7 +24,7 @@ from core.models import ApiKey, RequestLog
 from core.redis_keys import API_KEY_CHANNEL, rate_limit_key
 from core.settings import Settings
 from tests.factories import Seeded
-from tests.gateway.conftest import MODEL, Engines, Registry, add_key
+from tests.gateway.conftest import MODEL, Engines, Registry, add_key, serving
 from tests.gateway.test_api import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,6 +58,7 @@ async def spawn_gateway(
             **os.environ,
             "INVENTIV_DATABASE_URL": settings.database_url or "",
             "INVENTIV_REDIS_URL": settings.redis_url or "",
+            "INVENTIV_SECRET_KEY": settings.require("secret_key"),
             "INVENTIV_HOST": "127.0.0.1",
             "INVENTIV_GATEWAY_PORT": str(port),
             "INVENTIV_DATA_DIR": str(tmp_path / "data"),
@@ -158,14 +159,17 @@ async def test_token_limits_count_usage_from_both_replicas(
 ) -> None:  # type: ignore[no-untyped-def]
     await engines.start("a")
     await registry.put(registry.instance(engines.servers["a"].url))
-    # Each request uses 7 input + 3 output tokens: three fit under 25 tokens per minute.
+    # Each request reserves its max_tokens (3) and uses 7 input + 3 output tokens: three fit
+    # under 25 tokens per minute (20 used + 3 reserved), the fourth does not (30 used).
     limited_key, _ = await add_key(sessionmaker, seeded.project.id, tpm=25)
     replicas = [await spawn_gateway(), await spawn_gateway()]
     headers = {"Authorization": f"Bearer {limited_key}"}
     statuses = []
     async with httpx.AsyncClient(headers=headers, timeout=30) as client:
         for i in range(5):
-            response = await client.post(replicas[i % 2].url + "/v1/chat/completions", json=CHAT)
+            response = await client.post(
+                replicas[i % 2].url + "/v1/chat/completions", json={**CHAT, "max_tokens": 3}
+            )
             statuses.append(response.status_code)
             await asyncio.sleep(0.6)  # the replica reports the tokens it saw within 0.25 s
     assert statuses == [200, 200, 200, 429, 429]
@@ -219,7 +223,7 @@ async def test_leased_limits_stay_exact_and_spare_redis(
     limited_key, row = await add_key(sessionmaker, seeded.project.id, rpm=limit)
     replicas = [await start_gateway(), await start_gateway()]
     for replica in replicas:
-        await wait_for(lambda r=replica: MODEL in r.app.router.by_model)
+        await wait_for(lambda r=replica: serving(r.app, MODEL))
     await redis_client.config_resetstat()
 
     statuses: list[int] = []

@@ -15,7 +15,7 @@ from core.redis_keys import INSTANCE_LOAD, gateway_load_key
 from core.wire import GatewayLoad, RoutingStrategy
 from gateway.settings import GatewaySettings
 from tests.factories import Seeded
-from tests.gateway.conftest import MODEL, Engines, Registry, RunningGateway, add_key
+from tests.gateway.conftest import MODEL, Engines, Registry, RunningGateway, add_key, serving
 from tests.gateway.engine import RunningServer, TestEngine
 from tests.gateway.test_api import wait_for
 
@@ -23,7 +23,7 @@ CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
 
 
 async def ready(gateway: RunningGateway, count: int) -> None:
-    await wait_for(lambda: len(gateway.app.router.by_model.get(MODEL, [])) == count)
+    await wait_for(lambda: len(serving(gateway.app, MODEL)) == count)
 
 
 async def test_least_outstanding_weighted_by_gpu_count(
@@ -167,7 +167,7 @@ async def test_queue_waits_for_capacity_then_times_out_with_503(
         first = asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
         await wait_for(lambda: engine.active == 1)
         waited = asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
-        await wait_for(lambda: gateway.app.router.queue(MODEL).length == 1)
+        await wait_for(lambda: gateway.app.router.queue(str(seeded.deployment.id)).length == 1)
         assert engine.active == 1  # the second request waits in the gateway, not in the engine
         hold.set()
         assert (await first).status_code == 200
@@ -204,7 +204,7 @@ async def test_queue_is_fair_between_keys(
     engine.behaviour.hold = hold
     await registry.put(registry.instance(engines.servers["a"].url))
     await ready(gateway, 1)
-    queue = gateway.app.router.queue(MODEL)
+    queue = gateway.app.router.queue(str(seeded.deployment.id))
     async with gateway.client(seeded.api_key) as greedy, gateway.client(other_key) as polite:
         calls = []
 
@@ -253,7 +253,7 @@ async def test_model_starting_up_waits_then_is_served(
         assert "retry-after" in refused.headers
         # An instance becoming ready while a request waits serves it.
         waiting = asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
-        await wait_for(lambda: gateway.app.router.queue(MODEL).length == 1)
+        await wait_for(lambda: gateway.app.router.queue(str(seeded.deployment.id)).length == 1)
         await asyncio.sleep(0.5)
         await engines.start("late")
         await registry.put(registry.instance(engines.servers["late"].url))
@@ -372,7 +372,7 @@ async def test_full_queue_refuses_at_once(
         running = asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
         await wait_for(lambda: engine.active == 1)
         queued = asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
-        await wait_for(lambda: gateway.app.router.queue(MODEL).length == 1)
+        await wait_for(lambda: gateway.app.router.queue(str(seeded.deployment.id)).length == 1)
         started = time.monotonic()
         refused = await client.post("/v1/chat/completions", json=CHAT)
         assert refused.status_code == 503

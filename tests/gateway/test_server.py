@@ -7,7 +7,7 @@ import asyncio
 import orjson
 
 from tests.factories import Seeded
-from tests.gateway.conftest import MODEL, Engines, Registry, RunningGateway
+from tests.gateway.conftest import MODEL, Engines, Registry, RunningGateway, serving
 from tests.gateway.test_api import wait_for
 
 
@@ -65,7 +65,7 @@ async def test_chunked_request_body_and_oversized_body(
 ) -> None:
     engine = await engines.start("a")
     await registry.put(registry.instance(engines.servers["a"].url))
-    await wait_for(lambda: MODEL in gateway.app.router.by_model)
+    await wait_for(lambda: serving(gateway.app, MODEL))
     body = orjson.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
     half = len(body) // 2
     raw = (

@@ -1,4 +1,5 @@
-"""The gateway refuses to start without its database and Redis, and says which setting is missing."""
+"""The gateway refuses to start without its database, Redis and secret key, and says which setting
+is missing."""
 
 from __future__ import annotations
 
@@ -32,3 +33,4 @@ def test_python_m_gateway_exits_naming_every_missing_setting() -> None:
     assert done.returncode == 1
     assert b"INVENTIV_DATABASE_URL (or DATABASE_URL)" in done.stderr
     assert b"INVENTIV_REDIS_URL (or REDIS_URL)" in done.stderr
+    assert b"INVENTIV_SECRET_KEY" in done.stderr  # the engines' API keys derive from it

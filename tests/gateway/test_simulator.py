@@ -17,7 +17,7 @@ from sqlmodel import col, select
 from core.embedded import free_port
 from core.models import RequestLog
 from tests.factories import Seeded
-from tests.gateway.conftest import MODEL, Registry, RunningGateway
+from tests.gateway.conftest import MODEL, Registry, RunningGateway, serving
 from tests.gateway.test_api import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,7 +61,7 @@ async def test_simulator_through_the_gateway(
     sessionmaker,  # type: ignore[no-untyped-def]
 ) -> None:
     await registry.put(registry.instance(simulator))
-    await wait_for(lambda: MODEL in gateway.app.router.by_model)
+    await wait_for(lambda: serving(gateway.app, MODEL))
     client = openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=seeded.api_key)
 
     chat = await client.chat.completions.create(

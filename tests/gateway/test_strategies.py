@@ -46,7 +46,7 @@ def test_the_deployments_strategy_makes_the_choice() -> None:
 
     router = router_with(3)
     router.strategies[RoutingStrategy.least_load] = LastListed()
-    chosen = router.pick("m", Request(RoutingStrategy.least_load))
+    chosen = router.pick("d", Request(RoutingStrategy.least_load))
     assert chosen is not None and chosen.instance_id == "i2"
     assert chosen.inflight == 1
 
@@ -58,11 +58,11 @@ def test_sticky_strategies_read_their_session_and_least_load_spreads() -> None:
     homes = set()
     for request in (header, user):
         for _ in range(3):
-            backend = router.pick("m", request)
+            backend = router.pick("d", request)
             assert backend is not None
             homes.add(backend.instance_id)
             router.release(backend)
     # Same session, same rendezvous order: one home for both ways of naming it.
     assert len(homes) == 1
-    held = [router.pick("m", Request(RoutingStrategy.least_load)) for _ in range(4)]
+    held = [router.pick("d", Request(RoutingStrategy.least_load)) for _ in range(4)]
     assert {b.instance_id for b in held if b is not None} == {"i0", "i1", "i2", "i3"}

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests.factories import Seeded
-from tests.gateway.conftest import MODEL, Engines, Registry, RunningGateway
+from tests.gateway.conftest import MODEL, Engines, Registry, RunningGateway, serving
 from tests.gateway.test_api import wait_for
 
 STREAM = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}
@@ -18,7 +18,7 @@ STREAM = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stre
 async def start_engine(engines: Engines, registry: Registry, gateway: RunningGateway):  # type: ignore[no-untyped-def]
     engine = await engines.start("a")
     await registry.put(registry.instance(engines.servers["a"].url))
-    await wait_for(lambda: MODEL in gateway.app.router.by_model)
+    await wait_for(lambda: serving(gateway.app, MODEL))
     return engine
 
 
@@ -93,7 +93,7 @@ async def test_client_disconnect_while_queued_frees_the_slot(
     engine = await start_engine(engines, registry, gateway)
     hold = asyncio.Event()
     engine.behaviour.hold = hold
-    queue = gateway.app.router.queue(MODEL)
+    queue = gateway.app.router.queue(str(seeded.deployment.id))
     async with gateway.client(seeded.api_key) as client:
         first = asyncio.create_task(client.post("/v1/chat/completions", json=STREAM))
         await wait_for(lambda: engine.active == 1)
