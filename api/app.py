@@ -13,8 +13,10 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.routing import APIRoute
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from api import temporal
+from api.body_limit import BodyLimit
 from api.errors import UNAVAILABLE_RESPONSE, Dependency, DependencyUnavailableError
 from api.routers import (
     agents,
@@ -106,6 +108,11 @@ def create_app(
         generate_unique_id_function=operation_id,
         responses=UNAVAILABLE_RESPONSE,
     )
+    # Outermost last: bodies are capped before anything reads them; forwarded headers are
+    # believed only from the configured proxies (client address for throttling, https scheme).
+    trusted = [a.strip() for a in settings.trusted_proxies.split(",") if a.strip()]
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=trusted)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_body_bytes)
     router = APIRouter(prefix=API_PREFIX)
     for module_router in _routers():
         router.include_router(module_router)

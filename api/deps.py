@@ -17,6 +17,8 @@ from core.models import Role, User
 from core.settings import Settings
 
 SESSION_COOKIE = "inventiv_session"
+CSRF_HEADER = "X-Requested-With"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _bearer = HTTPBearer(auto_error=False)
 
 
@@ -47,8 +49,19 @@ def session_token(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str | None:
-    """The session token: a bearer token, else the httpOnly session cookie."""
-    return credentials.credentials if credentials else request.cookies.get(SESSION_COOKIE)
+    """The session token: a bearer token, else the httpOnly session cookie. A cookie-borne
+    request that changes state must carry `X-Requested-With` (the dashboard sends it): another
+    site's form or image can send the cookie, never a custom header."""
+    if credentials:
+        return credentials.credentials
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie and request.method not in SAFE_METHODS and not request.headers.get(CSRF_HEADER):
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            f"a request authenticated by the session cookie that changes state needs the "
+            f"{CSRF_HEADER} header",
+        )
+    return cookie
 
 
 SessionToken = Annotated[str | None, Depends(session_token)]

@@ -86,6 +86,19 @@ class Settings(BaseSettings):
         description="Key that signs session tokens; generated once into the data folder when unset",
     )
     access_token_ttl_s: int = Field(default=8 * 3600, description="Login session lifetime")
+    cookie_secure: bool | None = Field(
+        default=None,
+        description="Session cookie only over HTTPS; when unset, when the request came over HTTPS "
+        "(set true in production)",
+    )
+    trusted_proxies: str = Field(
+        default="",
+        description="Comma-separated addresses of reverse proxies whose X-Forwarded-For and "
+        "X-Forwarded-Proto the API believes; none when empty",
+    )
+    max_request_body_bytes: int = Field(
+        default=1024 * 1024, description="Largest request body the API reads (413 past it)"
+    )
     sse_recheck_s: float = Field(
         default=60,
         description="Open event streams re-check their session and memberships this often",

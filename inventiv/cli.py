@@ -40,7 +40,11 @@ def cmd_api(settings: Settings) -> int:
 
     _need(settings, "database_url", "redis_url", "temporal_address", "secret_key")
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.api_port, log_level="warning"
+        create_app(settings),
+        host=settings.host,
+        port=settings.api_port,
+        log_level="warning",
+        proxy_headers=False,  # the app believes forwarded headers from INVENTIV_TRUSTED_PROXIES only
     )
     return 0
 

@@ -98,7 +98,10 @@ async def login(
         max_age=settings.access_token_ttl_s,
         httponly=True,
         samesite="lax",
-        secure=request.url.scheme == "https",
+        # The scheme is the proxy's only when it is a trusted one (INVENTIV_TRUSTED_PROXIES).
+        secure=request.url.scheme == "https"
+        if settings.cookie_secure is None
+        else settings.cookie_secure,
     )
     return Token(access_token=token, expires_in=settings.access_token_ttl_s)
 

@@ -11,7 +11,12 @@ export type InstanceState = InstanceSummary["state"];
 export type Deployment = Schemas["DeploymentPublic"];
 export type Me = Schemas["Me"];
 
-export const client = createClient<paths>({ baseUrl: "", credentials: "same-origin" });
+// X-Requested-With: the API refuses cookie-authenticated state changes without it (CSRF).
+export const client = createClient<paths>({
+  baseUrl: "",
+  credentials: "same-origin",
+  headers: { "X-Requested-With": "inventiv-dashboard" },
+});
 
 /** What every call resolves to: data, or an error already put in words. */
 export type Result<T> =
