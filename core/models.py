@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, DateTime, Index, UniqueConstraint
+from sqlalchemy import BigInteger, Column, DateTime, Index, UniqueConstraint, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -178,6 +178,17 @@ class InstanceType(SQLModel, table=True):
 
 class Deployment(SQLModel, table=True):
     __tablename__ = "deployments"
+    # A live deployment's served name is unique within its project (migration 0007): the
+    # gateway resolves names per project, and the database, not a prior read, refuses a clash.
+    __table_args__ = (
+        Index(
+            "uq_deployments_project_served_name_live",
+            "project_id",
+            "served_name",
+            unique=True,
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
+    )
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     project_id: uuid.UUID = Field(foreign_key="projects.id", index=True, ondelete="CASCADE")
     name: str = Field(max_length=120)

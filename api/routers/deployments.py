@@ -234,16 +234,19 @@ async def validate(session: SessionDep, d: Deployment) -> None:
     clash = (
         await session.exec(
             select(Deployment.id).where(
+                Deployment.project_id == d.project_id,
                 Deployment.served_name == d.served_name,
                 col(Deployment.deleted_at).is_(None),
                 Deployment.id != d.id,
             )
         )
     ).first()
+    # A clear message for the common case; a concurrent create that passes this read is refused
+    # by the unique index (409 through the integrity-error handler).
     if clash is not None:
         raise HTTPException(
             status.HTTP_409_CONFLICT,
-            f"served name {d.served_name!r} is already used by another deployment",
+            f"served name {d.served_name!r} is already used by another deployment of this project",
         )
 
 

@@ -3,6 +3,8 @@ provisioning bounded by max_instances."""
 
 from __future__ import annotations
 
+import asyncio
+
 import json
 from typing import Any
 
@@ -75,6 +77,28 @@ async def test_create_update_and_retire(
     assert gone.status_code == 409
 
 
+async def test_served_names_are_unique_per_project_even_when_created_at_once(
+    client: httpx.AsyncClient, alice: Tenant, bob: Tenant
+) -> None:
+    # Another project's name is free here: keys resolve names within their own project.
+    shared = await client.post(
+        "/api/v1/deployments", json=body(alice, served_name="bob-model"), headers=alice.headers
+    )
+    assert shared.status_code == 201, shared.text
+    # Two creations racing for one name: the database's unique index lets exactly one through.
+    racing = await asyncio.gather(
+        *(
+            client.post(
+                "/api/v1/deployments",
+                json=body(alice, name=f"racer-{i}", served_name="contested"),
+                headers=alice.headers,
+            )
+            for i in range(6)
+        )
+    )
+    assert sorted(r.status_code for r in racing) == [201] + [409] * 5, [r.text for r in racing]
+
+
 async def test_validation_messages(
     client: httpx.AsyncClient, sessionmaker: Any, alice: Tenant, bob: Tenant
 ) -> None:
@@ -91,7 +115,7 @@ async def test_validation_messages(
         (body(alice, instance_type_id=str(foreign_type.id)), 400, "does not belong to provider"),
         (body(alice, provider_id=str(foreign_type.id)), 400, "not found"),
         (body(alice, flavor="quantum"), 400, "unknown flavor 'quantum'"),
-        (body(alice, served_name="bob-model"), 409, "already used by another deployment"),
+        (body(alice, served_name="alice-model"), 409, "already used by another deployment"),
         (body(alice, engine_args=["--max-model-len", "4096"]), 422, "dict"),
         (body(alice, engine_args={"--max-model-len": 1}), 422, "is not a flag name"),
         (body(alice, engine_args={"x": {"nested": 1}}), 422, "a value is a string"),
