@@ -49,7 +49,8 @@ def scrape_config(
     sd_url = f"http://{api}/api/v1/prometheus/targets"
     jobs: list[dict[str, Any]] = [
         {"job_name": "api", "authorization": bearer, "static_configs": [{"targets": [api]}]},
-        {"job_name": "gateway", "static_configs": [{"targets": gateways}]},
+        # The gateway's /metrics names every project's models: the same scrape token.
+        {"job_name": "gateway", "authorization": bearer, "static_configs": [{"targets": gateways}]},
     ]
     if worker:
         jobs.append({"job_name": "worker", "static_configs": [{"targets": [worker]}]})

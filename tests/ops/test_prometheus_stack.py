@@ -166,7 +166,7 @@ async def test_prometheus_scrapes_the_stack_and_answers_ttft_p95_per_deployment(
                 exported = {"up"}
                 pages = [
                     (api_server.url, {"Authorization": f"Bearer {TOKEN}"}),
-                    (gateway_server.url, {}),
+                    (gateway_server.url, {"Authorization": f"Bearer {TOKEN}"}),
                     (f"http://{worker_metrics}", {}),
                 ]
                 agent_url = (await api.get(f"/api/v1/instances/{instance_id}")).json()
