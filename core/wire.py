@@ -15,6 +15,7 @@ class RoutingStrategy(StrEnum):
     least_load = "least_load"  # fewest requests per GPU, engines' own reports included
     sticky_header = "sticky_header"  # a session named by a header keeps its instance (bounded load)
     sticky_user = "sticky_user"  # the same, the session named by the request's "user" field
+    prefix_aware = "prefix_aware"  # where the prompt's prefix is probably cached (bounded load)
 
 
 class RoutableInstance(BaseModel):

@@ -109,6 +109,20 @@ RATE_LIMITED = Counter(
     ["limit"],
     registry=REGISTRY,
 )
+# The prefix-aware strategy's guesses: their ratio is the hit rate it expects, to compare with the
+# engines' rate(vllm:prefix_cache_hits) / rate(vllm:prefix_cache_queries).
+PREFIX_ROUTED_BLOCKS = Counter(
+    "inventiv_gateway_prefix_routed_blocks",
+    "Prompt blocks routed by the prefix-aware strategy",
+    ["model"],
+    registry=REGISTRY,
+)
+PREFIX_EXPECTED_HIT_BLOCKS = Counter(
+    "inventiv_gateway_prefix_expected_hit_blocks",
+    "Prompt blocks the prefix index expected cached on the instance it chose",
+    ["model"],
+    registry=REGISTRY,
+)
 LOGS_DROPPED = Counter(
     "inventiv_gateway_request_logs_dropped",
     "Request log rows dropped because the buffer was full while the database was down",

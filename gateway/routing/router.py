@@ -1,9 +1,8 @@
 """The router: registry + strategy + queue + health, as the proxy uses them.
 
-Everything is keyed by deployment id (a served name is resolved within the key's project first:
-`Registry.deployment_of`). `acquire_now` / `wait` give the proxy an instance with the request
-counted on it; `release` gives it back and hands freed capacity to the deployment's queue.
-Everything is synchronous and in memory: the hot path never waits on Redis or PostgreSQL.
+`acquire_now` / `wait` give the proxy an instance with the request counted on it; `release`
+gives it back and hands freed capacity to the queue. Everything is synchronous and in memory:
+the hot path never waits on Redis or PostgreSQL.
 """
 
 from __future__ import annotations
@@ -22,18 +21,15 @@ from gateway.settings import GatewaySettings
 
 class Router:
     def __init__(
-        self,
-        config: GatewaySettings,
-        on_removed: Callable[[Backend], None] | None = None,
-        engine_key: Callable[[str], str] | None = None,
+        self, config: GatewaySettings, on_removed: Callable[[Backend], None] | None = None
     ) -> None:
         self.queue_size = config.queue_size
         self.registry = Registry(
             config.max_inflight_per_gpu,
             on_added=self.dispatch,
-            on_removed=on_removed or (lambda backend: None),
-            engine_key=engine_key,
+            on_removed=self._removed,
         )
+        self._on_removed = on_removed or (lambda backend: None)
         self.health = PassiveHealth(
             config.eject_after_failures, config.eject_s, on_readmitted=self.dispatch
         )
@@ -41,13 +37,13 @@ class Router:
         self.queues: dict[str, ModelQueue] = {}
         # The registry's indexes, read on every request.
         self.backends = self.registry.backends
-        self.by_deployment = self.registry.by_deployment
+        self.by_model = self.registry.by_model
 
     def pick(
-        self, deployment_id: str, request: RoutedRequest, exclude: Backend | None = None
+        self, model: str, request: RoutedRequest, exclude: Backend | None = None
     ) -> Backend | None:
         """Choose an instance and count the request on it, or None when none can take it now."""
-        members = self.by_deployment.get(deployment_id)
+        members = self.by_model.get(model)
         if not members:
             return None
         now_mono = time.monotonic()
@@ -67,43 +63,55 @@ class Router:
     def release(self, backend: Backend) -> None:
         backend.inflight -= 1
         if backend.routable:
-            self.dispatch(backend.info.deployment_id)
+            self.dispatch(backend.info.model)
 
     def record_success(self, backend: Backend) -> None:
         self.health.record_success(backend)
 
     def record_failure(self, backend: Backend) -> bool:
         """True when this failure ejected the instance."""
-        return self.health.record_failure(backend)
+        ejected = self.health.record_failure(backend)
+        if ejected:  # an engine failing repeatedly has likely restarted, its cache empty
+            self._forget(backend.instance_id)
+        return ejected
+
+    def _removed(self, backend: Backend) -> None:
+        self._forget(backend.instance_id)
+        self._on_removed(backend)
+
+    def _forget(self, instance_id: str) -> None:
+        """Strategies drop what they kept about an instance that left or was ejected."""
+        for strategy in self.strategies.values():
+            strategy.forget(instance_id)
 
     # ------------------------------------------------------------ queue
 
-    def queue(self, deployment_id: str) -> ModelQueue:
-        queue = self.queues.get(deployment_id)
+    def queue(self, model: str) -> ModelQueue:
+        queue = self.queues.get(model)
         if queue is None:
-            queue = self.queues[deployment_id] = ModelQueue()
+            queue = self.queues[model] = ModelQueue()
         return queue
 
-    def acquire_now(self, deployment_id: str, request: RoutedRequest) -> Backend | None:
-        """The fast path: an instance right away, unless others already wait for this deployment."""
-        queue = self.queues.get(deployment_id)
+    def acquire_now(self, model: str, request: RoutedRequest) -> Backend | None:
+        """The fast path: an instance right away, unless others already wait for this model."""
+        queue = self.queues.get(model)
         if queue is not None and queue.length:
             return None
-        return self.pick(deployment_id, request)
+        return self.pick(model, request)
 
     async def wait(
-        self, deployment_id: str, key_id: str, request: RoutedRequest, deadline_s: float
+        self, model: str, key_id: str, request: RoutedRequest, deadline_s: float
     ) -> Backend | None:
-        """Wait in the deployment's queue; None when the queue is full or the deadline passed."""
-        queue = self.queue(deployment_id)
+        """Wait in the model's queue; None when the queue is full or the deadline passed."""
+        queue = self.queue(model)
         if queue.length >= self.queue_size:
             queue.refused()
             return None
         loop = asyncio.get_running_loop()
         waiter = Waiter(key_id, request, time.monotonic(), loop.create_future())
         queue.push(waiter)
-        waiter.timer = loop.call_later(deadline_s, self._expire, deployment_id, waiter)
-        self.dispatch(deployment_id)
+        waiter.timer = loop.call_later(deadline_s, self._expire, model, waiter)
+        self.dispatch(model)
         try:
             backend = await waiter.future
         except asyncio.CancelledError:
@@ -119,22 +127,22 @@ class Router:
             queue.refused()
         return backend
 
-    def _expire(self, deployment_id: str, waiter: Waiter) -> None:
+    def _expire(self, model: str, waiter: Waiter) -> None:
         if waiter.future.done():
             return
-        queue = self.queue(deployment_id)
+        queue = self.queue(model)
         queue.remove(waiter)
         queue.waited((time.monotonic() - waiter.enqueued) * 1000)
         waiter.future.set_result(None)
 
-    def dispatch(self, deployment_id: str) -> None:
+    def dispatch(self, model: str) -> None:
         """Hand free capacity to waiting requests: keys in turn, each key's oldest first."""
-        queue = self.queues.get(deployment_id)
+        queue = self.queues.get(model)
         if queue is None or not queue.length:
             return
         now = time.monotonic()
         while (waiter := queue.head()) is not None:
-            backend = self.pick(deployment_id, waiter.request)
+            backend = self.pick(model, waiter.request)
             if backend is None:
                 return
             queue.take_head(waiter)

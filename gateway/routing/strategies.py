@@ -2,7 +2,9 @@
 
 A strategy sees only instances that can take the request now (not saturated, not ejected; the
 router filters) and the request itself; it returns one of them. The router counts the request on
-it. Adding a strategy: a class with `pick`, a member of `core.wire.RoutingStrategy` (the
+it. A strategy that remembers something per instance drops it in `forget`, which the router calls
+when an instance leaves the registry or is ejected. Adding a strategy: a class with `pick` and
+`forget`, a member of `core.wire.RoutingStrategy` (the
 deployment's `routing` field, which the API and the dashboard offer), and one line in
 `build_strategies`; tests/gateway/test_strategies.py checks every member has its strategy.
 """
@@ -16,6 +18,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from core.wire import RoutingStrategy
+from gateway import metrics
+from gateway.routing.prefix import PrefixAware, PrefixIndex
 from gateway.routing.registry import Backend
 from gateway.settings import GatewaySettings
 
@@ -36,6 +40,11 @@ class RoutedRequest(Protocol):
 class Strategy(Protocol):
     def pick(self, candidates: Sequence[Backend], request: RoutedRequest) -> Backend:
         """One of `candidates` (never empty)."""
+        ...
+
+    def forget(self, instance_id: str) -> None:
+        """The instance left or was ejected (its engine may have restarted with an empty
+        cache): drop what was kept about it."""
         ...
 
 
@@ -59,6 +68,9 @@ class LeastLoad:
                 best_score = score
                 chosen = backend
         return chosen
+
+    def forget(self, instance_id: str) -> None:
+        """Nothing is kept per instance."""
 
 
 def _rank(session: str, instance_id: str) -> bytes:
@@ -118,6 +130,9 @@ class StickyBoundedLoad:
                     return backend
         return self.fallback.pick(candidates, request)
 
+    def forget(self, instance_id: str) -> None:
+        """Nothing is kept per instance: the rendezvous order needs only the ids."""
+
 
 def build_strategies(config: GatewaySettings) -> dict[RoutingStrategy, Strategy]:
     """Every strategy, built once per gateway process: the one registration point."""
@@ -128,8 +143,24 @@ def build_strategies(config: GatewaySettings) -> dict[RoutingStrategy, Strategy]
             session_of, config.sticky_load_factor, config.load_stale_s, least_load
         )
 
+    prefix_aware = PrefixAware(
+        PrefixIndex(config.prefix_index_blocks),
+        config.prefix_block_chars,
+        config.prefix_min_match,
+        config.prefix_load_factor,
+        config.load_stale_s,
+        least_load,
+        on_routed=_count_prefix_guess,
+    )
     return {
         RoutingStrategy.least_load: least_load,
         RoutingStrategy.sticky_header: sticky(session_from_header(config.session_header)),
         RoutingStrategy.sticky_user: sticky(session_from_user_field),
+        RoutingStrategy.prefix_aware: prefix_aware,
     }
+
+
+def _count_prefix_guess(backend: Backend, blocks: int, expected_cached: int) -> None:
+    """What the prefix index expected, to set against the engines' vllm:prefix_cache_hits."""
+    metrics.PREFIX_ROUTED_BLOCKS.labels(backend.info.model).inc(blocks)
+    metrics.PREFIX_EXPECTED_HIT_BLOCKS.labels(backend.info.model).inc(expected_cached)

@@ -2349,7 +2349,7 @@ export interface components {
          *     gateway/routing/strategies.py (`build_strategies`).
          * @enum {string}
          */
-        RoutingStrategy: "least_load" | "sticky_header" | "sticky_user";
+        RoutingStrategy: "least_load" | "sticky_header" | "sticky_user" | "prefix_aware";
         /** StateChange */
         StateChange: {
             /**

@@ -16,6 +16,7 @@ const ROUTING_LABELS: Record<Routing, string> = {
   sticky_header: "Sticky by session header (reuses the KV cache)",
   sticky_user: "Sticky by the request's user field",
   least_load: "Least loaded instance",
+  prefix_aware: "Where the prompt's prefix is cached (bounded load)",
 };
 type Msg = { tone: "ok" | "bad"; text: string } | null;
 
