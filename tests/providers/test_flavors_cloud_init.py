@@ -10,7 +10,10 @@ import pytest
 
 from activities.providers.base import CreateRequest, InstanceOffer, InvalidRequestError
 from activities.providers.cloud_init import BOOTSTRAP_PATH, env_file, render_user_data
-from activities.providers.flavors import agent_environment, get_flavor
+from activities.providers.flavors import FLAVORS, agent_environment, get_flavor
+from activities.providers.images import WorkerImageSettings
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _request(flavor: str, **kwargs: object) -> CreateRequest:
@@ -27,10 +30,19 @@ def _request(flavor: str, **kwargs: object) -> CreateRequest:
 
 def test_flavor_images_and_defaults() -> None:
     h100 = get_flavor("NVIDIA-H100")  # the specification's spelling
-    assert h100.engine_image and "hopper" in h100.engine_image and "cuda12" in h100.engine_image
+    assert h100.worker_image == "inventiv-worker-nvidia"
     assert h100.env["TORCH_CUDA_ARCH_LIST"] == "9.0"
     mi300 = get_flavor("AMD-MI300")
-    assert mi300.engine_image and "rocm" in mi300.engine_image
+    assert mi300.worker_image == "inventiv-worker-rocm"
+    for flavor in FLAVORS.values():  # every image is built by a Dockerfile of the repository
+        assert (flavor.worker_image is None) == (flavor.dockerfile is None)
+        if flavor.dockerfile:
+            assert (ROOT / flavor.dockerfile).is_file()
+    registry = WorkerImageSettings(registry="ghcr.io/acme/", tag="v1")
+    assert registry.image(h100) == "ghcr.io/acme/inventiv-worker-nvidia:v1"
+    assert registry.image(get_flavor("cpu-sim")) is None
+    with pytest.raises(InvalidRequestError, match="INVENTIV_WORKER_REGISTRY is unset"):
+        WorkerImageSettings(registry=None).image(mi300)
     assert get_flavor("cpu-sim").command("/opt/py/bin/python") == "/opt/py/bin/python -m agent.sim"
     with pytest.raises(InvalidRequestError, match="unknown flavor 'tpu'; known: amd-mi300"):
         get_flavor("tpu")
@@ -102,12 +114,15 @@ def test_user_data_documents(caplog: pytest.LogCaptureFixture) -> None:
     gpu = json.loads(
         render_user_data(
             env,
-            engine_image="inventiv/worker-nvidia-hopper:cuda12",
+            worker_image="registry.example.com/inventiv-worker-nvidia:test",
             accelerator="nvidia",
             model_volume=("/dev/disk/by-id/scsi-0SCW_sbs_volume-v1", "/mnt/models"),
         ).split("\n", 1)[1]
     )
     mount, run = (command[2] for command in gpu["runcmd"])
     assert "mount /dev/disk/by-id/scsi-0SCW_sbs_volume-v1 /mnt/models" in mount
-    assert "--gpus all" in run and "inventiv/worker-nvidia-hopper:cuda12" in run
+    assert "--gpus all" in run and "registry.example.com/inventiv-worker-nvidia:test" in run
+    assert "--ipc host" in run  # tensor parallelism's shared memory
     assert "WORKER_AGENT_MODE=foreground" in run
+    assert "packages" not in gpu  # the bootstrap runs inside the image
+    assert document["packages"] == ["python3-venv"]  # stock Ubuntu lacks `python3 -m venv`

@@ -6,6 +6,7 @@ import json
 import logging
 import uuid
 
+import httpx
 import pytest
 from pydantic import SecretStr
 
@@ -14,17 +15,29 @@ from activities.providers.base import (
     CreateRequest,
     InvalidRequestError,
     NoCapacityError,
+    ProviderInstance,
     ResourceNotYetGoneError,
     TransientProviderError,
     VolumeSpec,
 )
 from activities.providers.scaleway.adapter import ScalewayCompute, block_device, map_scaleway_error
 from activities.providers.scaleway.settings import ScalewaySettings
+from tests.providers.conftest import IMAGES
 from tests.providers.fake_scaleway import FakeScaleway
 from tests.providers.teardown import delete_until_gone
 
 ZONE = r"/(instance|block)/v1/zones/fr-par-2"
 ID = r"[0-9a-f-]+"
+
+
+async def until_state(compute: ScalewayCompute, resource_id: str, state: str) -> ProviderInstance:
+    """Read the server until it reaches `state` (power actions take a few reads)."""
+    for _ in range(20):
+        machine = await compute.get(resource_id)
+        assert machine is not None
+        if machine.state == state:
+            return machine
+    raise AssertionError(f"{resource_id} never reached {state}")
 
 
 def _request(**kwargs: object) -> CreateRequest:
@@ -63,7 +76,7 @@ async def test_create_tracks_and_cleans_everything(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     settings = scaleway_settings.model_copy(update={"private_network_id": str(uuid.uuid4())})
-    compute = ScalewayCompute(settings)
+    compute = ScalewayCompute(settings, IMAGES)
     request = _request(
         volumes=[VolumeSpec(size_gb=200), VolumeSpec(size_gb=50, delete_on_terminate=False)]
     )
@@ -103,8 +116,7 @@ async def test_create_tracks_and_cleans_everything(
     assert len(fake_scaleway.block_volumes) == 3
 
     await compute.start(created.resource_id)
-    running = await compute.get(created.resource_id)
-    assert running is not None and running.state == "running"
+    running = await until_state(compute, created.resource_id, "running")
     assert running.ip_address == next(iter(fake_scaleway.ips.values()))["address"]
 
     # A running server can't go: delete powers it off and says so, without waiting for it.
@@ -112,7 +124,7 @@ async def test_create_tracks_and_cleans_everything(
         await compute.delete(created.resource_id)
     assert fake_scaleway.count("POST", ZONE + f"/servers/{ID}/action") == 2
     assert await compute.get(created.resource_id) is not None
-    await compute.delete(created.resource_id)  # stopped now: deleted
+    await delete_until_gone(compute, created.resource_id)  # once stopped (a few reads)
     assert fake_scaleway.count("DELETE", ZONE + f"/servers/{ID}") == 1
     assert await compute.get(created.resource_id) is None
     await compute.delete(created.resource_id)  # idempotent
@@ -132,7 +144,7 @@ async def test_create_tracks_and_cleans_everything(
 async def test_diskless_types_refuse_local_volumes(
     scaleway_settings: ScalewaySettings, fake_scaleway: FakeScaleway, instance_type: str
 ) -> None:
-    compute = ScalewayCompute(scaleway_settings)
+    compute = ScalewayCompute(scaleway_settings, IMAGES)
     request = _request(instance_type=instance_type, volumes=[VolumeSpec(100, volume_type="local")])
     with pytest.raises(InvalidRequestError, match=f"{instance_type} has no local storage"):
         await compute.create(request)
@@ -142,7 +154,7 @@ async def test_diskless_types_refuse_local_volumes(
 async def test_local_volume_on_a_type_with_local_storage(
     scaleway_settings: ScalewaySettings, fake_scaleway: FakeScaleway
 ) -> None:
-    compute = ScalewayCompute(scaleway_settings.model_copy(update={"flexible_ip": False}))
+    compute = ScalewayCompute(scaleway_settings.model_copy(update={"flexible_ip": False}), IMAGES)
     request = _request(instance_type="GPU-3070-S", volumes=[VolumeSpec(100, volume_type="local")])
     created = await compute.create(request)
     volumes = await compute.list_volumes(created.resource_id)
@@ -169,7 +181,7 @@ async def test_out_of_stock_is_no_capacity_and_leaves_nothing(
     scaleway_settings: ScalewaySettings, fake_scaleway: FakeScaleway
 ) -> None:
     fake_scaleway.out_of_stock.add("H100-2-80G")
-    compute = ScalewayCompute(scaleway_settings)
+    compute = ScalewayCompute(scaleway_settings, IMAGES)
     request = _request(instance_type="H100-2-80G", flavor="nvidia-h100", volumes=[VolumeSpec(10)])
     with pytest.raises(NoCapacityError, match="out of stock") as info:
         await compute.create(request)
@@ -184,9 +196,9 @@ async def test_bad_credentials_and_unknown_types(
     scaleway_settings: ScalewaySettings, fake_scaleway: FakeScaleway
 ) -> None:
     with pytest.raises(InvalidRequestError, match="unknown Scaleway type 'X-1'"):
-        await ScalewayCompute(scaleway_settings).create(_request(instance_type="X-1"))
+        await ScalewayCompute(scaleway_settings, IMAGES).create(_request(instance_type="X-1"))
     with pytest.raises(InvalidRequestError, match="needs one of MI300X GPUs"):
-        await ScalewayCompute(scaleway_settings).create(
+        await ScalewayCompute(scaleway_settings, IMAGES).create(
             _request(instance_type="H100-1-80G", flavor="amd-mi300")
         )
     wrong = ScalewayCompute(
@@ -198,3 +210,94 @@ async def test_bad_credentials_and_unknown_types(
     with pytest.raises(InvalidRequestError, match="malformed Scaleway settings") as info:
         ScalewayCompute(malformed)
     assert "hunter2" not in str(info.value) and info.value.__cause__ is None
+
+
+async def test_a_type_in_shortage_is_refused_before_anything_is_made(
+    scaleway_settings: ScalewaySettings, fake_scaleway: FakeScaleway
+) -> None:
+    fake_scaleway.availability["H100-2-80G"] = "shortage"
+    compute = ScalewayCompute(scaleway_settings, IMAGES)
+    request = _request(instance_type="H100-2-80G", flavor="nvidia-h100", volumes=[VolumeSpec(10)])
+    with pytest.raises(NoCapacityError, match="shortage of H100-2-80G in fr-par-2") as info:
+        await compute.create(request)
+    assert info.value.retryable is False
+    assert fake_scaleway.count("GET", ZONE + "/products/servers/availability") == 1
+    assert [c for c in fake_scaleway.calls if c.method != "GET"] == []  # nothing was made
+    fake_scaleway.availability["H100-2-80G"] = "scarce"  # scarce is not refused
+    assert (await compute.create(request)).state == "stopped"
+
+
+async def test_stock_refused_at_poweron_is_no_capacity_at_once(
+    scaleway_settings: ScalewaySettings, fake_scaleway: FakeScaleway
+) -> None:
+    """Scaleway allocates the hypervisor at poweron: a create can succeed and the start fail."""
+    fake_scaleway.no_stock_at_poweron.add("L40S-1-48G")
+    compute = ScalewayCompute(scaleway_settings, IMAGES)
+    created = await compute.create(_request())
+    with pytest.raises(NoCapacityError, match="out of stock: no L40S-1-48G available") as info:
+        await compute.start(created.resource_id)
+    assert info.value.retryable is False  # the lifecycle reports no capacity, not a boot timeout
+    stopped = await compute.get(created.resource_id)
+    assert stopped is not None and stopped.state == "stopped"
+    await delete_until_gone(compute, created.resource_id)  # and it can be cleaned up
+
+
+async def test_power_actions_and_new_volumes_take_several_reads(
+    scaleway_settings: ScalewaySettings, fake_scaleway: FakeScaleway
+) -> None:
+    fake_scaleway.transition_reads = 3
+    compute = ScalewayCompute(scaleway_settings, IMAGES)
+    # The fake refuses a server on a `creating` volume: create waited for it to be available.
+    created = await compute.create(_request(volumes=[VolumeSpec(size_gb=20)]))
+    assert fake_scaleway.count("GET", ZONE + f"/volumes/{ID}") >= 3
+    await compute.start(created.resource_id)
+    states = [(await compute.get(created.resource_id)).state for _ in range(3)]  # type: ignore[union-attr]
+    assert states == ["pending", "pending", "running"]
+    await delete_until_gone(compute, created.resource_id)
+    [data] = [v for v in created.volumes if not v.is_boot]
+    await compute.delete_volume(data.volume_id)
+    await compute.delete_volume(data.volume_id)  # `deleting`: asked already, a no-op
+    assert data.volume_id not in [v.volume_id for v in await compute.list_tagged_volumes()]
+
+
+async def test_terminate_deletes_attached_volumes_which_is_why_the_adapter_never_uses_it(
+    scaleway_settings: ScalewaySettings, fake_scaleway: FakeScaleway
+) -> None:
+    """Scaleway's documented `terminate`: the server goes with every attached volume, local and
+    block, and a block volume to keep must be detached first; flexible IPs are only detached.
+    The adapter powers off and deletes instead, so a persistent volume survives."""
+    compute = ScalewayCompute(scaleway_settings, IMAGES)
+    request = _request(volumes=[VolumeSpec(size_gb=20, delete_on_terminate=False)])
+    created = await compute.create(request)
+    zone, server_id = created.resource_id.split("/")
+    async with httpx.AsyncClient(
+        base_url=fake_scaleway.url, headers={"x-auth-token": fake_scaleway.token}
+    ) as api:
+        action = f"/instance/v1/zones/{zone}/servers/{server_id}/action"
+        assert (await api.post(action, json={"action": "terminate"})).status_code == 202
+        for _ in range(fake_scaleway.transition_reads + 1):
+            await api.get(f"/instance/v1/zones/{zone}/servers")
+    left = fake_scaleway.leftovers()
+    assert left["servers"] == [] and left["block_volumes"] == []  # the kept volume went too
+    assert len(left["ips"]) == 1  # detached, still billed: release_ips deletes it
+    await compute.release_ips(created.resource_id, request.instance_id)
+
+
+async def test_catalogue_from_the_product_api_with_the_static_table_as_fallback(
+    scaleway_settings: ScalewaySettings, fake_scaleway: FakeScaleway
+) -> None:
+    fake_scaleway.prices["H100-1-80G"] = 2.52  # a price change the static table does not know
+    compute = ScalewayCompute(scaleway_settings, IMAGES)
+    live = {o.name: o for o in await compute.live_catalogue()}
+    assert {o.price_source for o in live.values()} == {"provider-api"}
+    h100 = live["H100-1-80G"]
+    assert (h100.price_per_hour, h100.gpu_count, h100.gpu_memory_gb, h100.vcpus) == (
+        2.52, 1, 80, 24
+    )  # fmt: skip
+    assert h100.ram_gb == 240 and "fr-par-2" in h100.zones
+    offline = ScalewayCompute(
+        scaleway_settings.model_copy(update={"secret_key": SecretStr(str(uuid.uuid4()))}), IMAGES
+    )  # every read refused (401): the static table, said so
+    fallback = await offline.live_catalogue()
+    assert {o.price_source for o in fallback} == {"static"}
+    assert {o.name: o.price_per_hour for o in fallback}["H100-1-80G"] == 2.73

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import shlex
 import sys
 import uuid
 from pathlib import Path
@@ -24,9 +25,11 @@ from activities.providers.base import (
     TransientProviderError,
     VolumeSpec,
 )
+from activities.providers.local.adapter import machine_pids
 from activities.providers.ssh.adapter import SSHCompute
 from activities.providers.ssh.keys import encrypt_private_key
 from activities.providers.ssh.settings import SSHSettings
+from agent.settings import AgentSettings
 from core.embedded import free_port
 from core.models import BareMetalHost, Instance
 from tests.factories import seed
@@ -222,5 +225,51 @@ async def test_project_hosts_serve_only_their_project(
         assert (
             await compute.claim_host(str(uuid.uuid4()), "bare-metal") is None
         )  # owned: not for it
+    finally:
+        await compute.close()
+
+
+# An engine like vLLM's: its worker runs in a process group of its own (and here ignores
+# SIGTERM, as a wedged GPU worker can); the engine itself stops cleanly, in its own time.
+ENGINE = """
+import signal, subprocess, sys, time
+subprocess.Popen([sys.executable, "-c",
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"],
+    start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def stop(*_):
+    time.sleep(2)
+    open({marker!r}, "w").write("stopped cleanly")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+time.sleep(600)
+"""
+
+
+def test_teardown_outlasts_the_agents_engine_stop() -> None:
+    assert SSHSettings().stop_timeout_s > AgentSettings().engine_stop_timeout_s
+
+
+async def test_teardown_lets_the_engine_stop_and_kills_its_workers(
+    db_url: str, sessionmaker: Sessions, ssh_host: SSHHost, tmp_path: Path
+) -> None:
+    await register(sessionmaker, ssh_host)
+    compute = SSHCompute(SSHSettings(enabled=True), db_url)
+    marker = tmp_path / "engine-stopped"
+    request = _request()
+    script = ENGINE.format(marker=str(marker))
+    request.agent_env["INVENTIV_AGENT_ENGINE_COMMAND"] = (
+        f"{sys.executable} -c {shlex.quote(script)}"
+    )
+    try:
+        created = await compute.create(request)
+        for _ in range(100):  # agent, engine, and the engine's worker
+            if len(machine_pids(request.instance_id)) >= 3:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"engine not started: {machine_pids(request.instance_id)}")
+        await compute.delete(created.resource_id)
+        assert marker.read_text() == "stopped cleanly"  # the agent's engine stop was awaited
+        assert machine_pids(request.instance_id) == []  # the worker in its own group too
     finally:
         await compute.close()

@@ -2,16 +2,28 @@
 
 Every instance, EBS volume and Elastic IP carries `inventiv-instance-id` and `inventiv-managed`
 tags; `RunInstances` also gets the instance id as `ClientToken`, so EC2 itself dedupes a retried
-create, and a lookup by tag finds what a crashed first try made. Volumes get `DeleteOnTermination`
-as each `VolumeSpec` asks. `delete` asks EC2 to terminate and returns: termination takes a minute
-or more, and whoever needs it finished polls `get`. boto3 is blocking: every call runs through
-`asyncio.to_thread`.
+create, and a lookup by tag finds what a crashed first try made. `delete` asks EC2 to terminate
+and returns: termination takes a minute or more, and whoever needs it finished polls `get`.
+boto3 is blocking: every call runs through `asyncio.to_thread`.
+
+What EC2 does that moto does not (tests/providers/test_aws.py injects each):
+- It is eventually consistent: an instance can be `InvalidInstanceID.NotFound` for a while after
+  `RunInstances`, and NotFound from `TerminateInstances` does not mean it is gone. A NotFound is
+  retried for `not_found_window_s` before the instance counts as gone.
+- Capacity can be lost after launch: `pending -> terminated` with the state reason
+  `Server.InsufficientInstanceCapacity`. That is `NoCapacityError` with EC2's reason, at once.
+- The root volume cannot be smaller than the AMI's snapshot.
+- On Nitro types EBS volumes are NVMe disks whatever device name was asked for: data volumes are
+  created first (so their ids are known), attached once the instance runs, and the user data mounts
+  the first one as the model cache by its stable name, /dev/disk/by-id/nvme-Amazon_Elastic_Block_
+  Store_vol<id>. Each gets `DeleteOnTermination` as its `VolumeSpec` asks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,16 +46,19 @@ from activities.providers.base import (
     ProviderError,
     ProviderInstance,
     ProviderVolume,
+    ProvisioningError,
     PublicIPMixin,
+    ResourceNotYetGoneError,
     TransientProviderError,
     VolumesMixin,
+    VolumeSpec,
 )
 from activities.providers.cloud_init import render_user_data
 from activities.providers.flavors import agent_environment, get_flavor
+from activities.providers.images import WorkerImageSettings
 
-# Types with Elastic Fabric Adapter: NCCL goes over libfabric's EFA provider.
-EFA_TYPES = frozenset({"p4d.24xlarge", "p5.48xlarge"})
-EFA_ENV = {"FI_PROVIDER": "efa", "FI_EFA_USE_DEVICE_RDMA": "1", "NCCL_NET": "ofi"}
+# No EFA: NCCL's EFA path needs an EFA network interface and the aws-ofi-nccl plugin in the image,
+# and it only matters across machines; tensor parallelism within one p4d/p5 goes over NVLink.
 
 # io1/io2 volumes need an explicit IOPS figure; this one is within both types' limits.
 PROVISIONED_IOPS_TYPES = frozenset({"io1", "io2"})
@@ -80,6 +95,13 @@ _TRANSIENT_CODES = frozenset(
         "InvalidInstanceID.NotFound",  # eventual consistency right after RunInstances
     }
 )
+# Why EC2 terminated an instance during its launch (StateReason.Code), and what that means.
+_LAUNCH_FAILURES: dict[str, type[ProviderError]] = {
+    "Server.InsufficientInstanceCapacity": NoCapacityError,
+    "Client.VolumeLimitExceeded": NoCapacityError,
+    "Server.InternalError": ProvisioningError,
+    "Client.InternalError": ProvisioningError,  # e.g. a KMS key the volumes cannot use
+}
 _NOT_FOUND_CODES = frozenset(
     {
         "InvalidInstanceID.NotFound",
@@ -99,6 +121,24 @@ def map_client_error(code: str, message: str, status: int) -> ProviderError:
     if code in _TRANSIENT_CODES or status >= 500:
         return TransientProviderError(text)
     return InvalidRequestError(text)
+
+
+def launch_failure(raw: Mapping[str, Any]) -> ProviderError | None:
+    """The typed error for an instance EC2 terminated while launching it, else None."""
+    if raw["State"]["Name"] not in ("shutting-down", "terminated"):
+        return None
+    reason = raw.get("StateReason") or {}
+    error = _LAUNCH_FAILURES.get(reason.get("Code", ""))
+    if error is None:
+        return None
+    return error(
+        f"EC2 terminated {raw['InstanceId']} during launch: {reason.get('Message') or reason['Code']}"
+    )
+
+
+def nitro_device(volume_id: str) -> str:
+    """How an EBS volume appears inside a Nitro instance (an NVMe disk named by its id)."""
+    return "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_" + volume_id.replace("-", "")
 
 
 def _tags(instance_id: str) -> list[dict[str, str]]:
@@ -125,8 +165,9 @@ _LIVE_STATES = ["pending", "running", "stopping", "stopped"]
 class AWSCompute(VolumesMixin, PublicIPMixin, Compute):
     kind = "aws"
 
-    def __init__(self, settings: AWSSettings) -> None:
+    def __init__(self, settings: AWSSettings, images: WorkerImageSettings | None = None) -> None:
         self.settings = settings
+        self.images = images or WorkerImageSettings()
         # botocore logs request parameters at DEBUG, and user data holds the agent's token.
         sdk_log = logging.getLogger("botocore")
         if sdk_log.getEffectiveLevel() < logging.INFO:
@@ -254,23 +295,90 @@ class AWSCompute(VolumesMixin, PublicIPMixin, Compute):
         )
         return found[0] if found else None
 
-    def _provider_env(self, request: CreateRequest) -> dict[str, str]:
+    def _provider_env(self, request: CreateRequest, data_volumes: list[str]) -> dict[str, str]:
         env: dict[str, str] = {}
         if self.settings.model_s3_prefix:
             env["INVENTIV_AGENT_MODEL_S3_PREFIX"] = self.settings.model_s3_prefix
-        if request.instance_type in EFA_TYPES:
-            env.update(EFA_ENV)
+        if data_volumes:
+            env["INVENTIV_AGENT_MODEL_CACHE_DIR"] = self.settings.model_cache_dir
         return env
+
+    async def _describe(self, resource_id: str) -> dict[str, Any] | None:
+        """The instance; None once EC2 has not found it for `not_found_window_s` (a new one can
+        be NotFound for a while: EC2 is eventually consistent)."""
+        deadline = time.monotonic() + self.settings.not_found_window_s
+        pause = 0.25
+        while True:
+            found = await self._instances(InstanceIds=[resource_id])
+            if found:
+                return found[0]
+            if time.monotonic() + pause > deadline:
+                return None
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 4.0)
 
     async def create(self, request: CreateRequest) -> ProviderInstance:
         raw = await self._find(request.instance_id)
         if raw is None:
             raw = await self._run(request)
+        raw = await self._until_running(raw["InstanceId"], request.instance_id)
+        await self._attach_data_volumes(raw, request)
         if self.settings.elastic_ip:
             await self._attach_elastic_ip(raw["InstanceId"], request.instance_id)
         instance = await self.get(raw["InstanceId"]) or self._to_instance(raw)
         instance.volumes = await self.list_volumes(instance.resource_id)
         return instance
+
+    async def _zone(self, request: CreateRequest) -> str:
+        """Where the instance and its data volumes go (they must share an availability zone)."""
+        if request.zone:
+            return request.zone
+        if self.settings.subnet_id:
+            subnets = await self._call("describe_subnets", SubnetIds=[self.settings.subnet_id])
+            return str(subnets["Subnets"][0]["AvailabilityZone"])
+        zones = await self._call(
+            "describe_availability_zones", Filters=[{"Name": "state", "Values": ["available"]}]
+        )
+        return str(zones["AvailabilityZones"][0]["ZoneName"])
+
+    async def _data_volumes(self, request: CreateRequest, zone: str) -> list[str]:
+        """The instance's data volumes, made before it so the user data can name them; a retry
+        finds those a first try made (by tag and name)."""
+        existing = {
+            _tag(v, "Name"): v["VolumeId"]
+            for v in (
+                await self._call(
+                    "describe_volumes",
+                    Filters=[{"Name": f"tag:{INSTANCE_TAG}", "Values": [request.instance_id]}],
+                )
+            )["Volumes"]
+            if v["State"] not in ("deleting", "deleted")
+        }
+        ids = []
+        for index, spec in enumerate(request.volumes):
+            name = spec.name or f"inventiv-{request.instance_id}-{index}"
+            volume_id = existing.get(name) or await self._create_volume(request, spec, zone, name)
+            ids.append(volume_id)
+        return ids
+
+    async def _create_volume(
+        self, request: CreateRequest, spec: VolumeSpec, zone: str, name: str
+    ) -> str:
+        volume_type = spec.volume_type if spec.volume_type != "data" else "gp3"
+        kwargs: dict[str, Any] = {
+            "AvailabilityZone": zone,
+            "Size": max(1, round(spec.size_gb)),
+            "VolumeType": volume_type,
+            "TagSpecifications": [
+                {
+                    "ResourceType": "volume",
+                    "Tags": [*_tags(request.instance_id), {"Key": "Name", "Value": name}],
+                }
+            ],
+        }
+        if volume_type in PROVISIONED_IOPS_TYPES:
+            kwargs["Iops"] = PROVISIONED_IOPS
+        return str((await self._call("create_volume", **kwargs))["VolumeId"])
 
     async def _run(self, request: CreateRequest) -> dict[str, Any]:
         flavor = get_flavor(request.flavor)
@@ -278,26 +386,19 @@ class AWSCompute(VolumesMixin, PublicIPMixin, Compute):
         if offer is not None:
             flavor.check_offer(offer)
         image = await self._image(flavor.name)
-        env = agent_environment(request, provider_env=self._provider_env(request))
-        mappings: list[dict[str, Any]] = [
-            {
-                "DeviceName": image.get("RootDeviceName", "/dev/sda1"),
-                "Ebs": {
-                    "VolumeSize": self.settings.root_volume_gb,
-                    "VolumeType": "gp3",
-                    "DeleteOnTermination": True,
-                },
-            }
-        ]
-        for index, volume in enumerate(request.volumes):
-            ebs: dict[str, Any] = {
-                "VolumeSize": max(1, round(volume.size_gb)),
-                "VolumeType": volume.volume_type if volume.volume_type != "data" else "gp3",
-                "DeleteOnTermination": volume.delete_on_terminate,
-            }
-            if ebs["VolumeType"] in PROVISIONED_IOPS_TYPES:
-                ebs["Iops"] = PROVISIONED_IOPS
-            mappings.append({"DeviceName": f"/dev/sd{chr(ord('f') + index)}", "Ebs": ebs})
+        zone = await self._zone(request)
+        data_volumes = await self._data_volumes(request, zone)
+        env = agent_environment(request, provider_env=self._provider_env(request, data_volumes))
+        root = image.get("RootDeviceName", "/dev/sda1")
+        # The AMI's snapshot sets the smallest root volume EC2 accepts.
+        snapshot_gb = next(
+            (
+                int(m["Ebs"].get("VolumeSize", 0))
+                for m in image.get("BlockDeviceMappings", [])
+                if m.get("DeviceName") == root and "Ebs" in m
+            ),
+            0,
+        )
         tags = _tags(request.instance_id)
         kwargs: dict[str, Any] = {
             "ImageId": image["ImageId"],
@@ -306,9 +407,26 @@ class AWSCompute(VolumesMixin, PublicIPMixin, Compute):
             "MaxCount": 1,
             "ClientToken": request.instance_id[:64],
             "UserData": render_user_data(
-                env, engine_image=flavor.engine_image, accelerator=flavor.accelerator
+                env,
+                worker_image=self.images.image(flavor),
+                accelerator=flavor.accelerator,
+                model_volume=(
+                    (nitro_device(data_volumes[0]), self.settings.model_cache_dir)
+                    if data_volumes
+                    else None
+                ),
             ),
-            "BlockDeviceMappings": mappings,
+            "BlockDeviceMappings": [
+                {
+                    "DeviceName": root,
+                    "Ebs": {
+                        "VolumeSize": max(self.settings.root_volume_gb, snapshot_gb),
+                        "VolumeType": "gp3",
+                        "DeleteOnTermination": True,
+                    },
+                }
+            ],
+            "Placement": {"AvailabilityZone": zone},
             "TagSpecifications": [
                 {
                     "ResourceType": "instance",
@@ -317,8 +435,6 @@ class AWSCompute(VolumesMixin, PublicIPMixin, Compute):
                 {"ResourceType": "volume", "Tags": tags},
             ],
         }
-        if request.zone:
-            kwargs["Placement"] = {"AvailabilityZone": request.zone}
         if self.settings.subnet_id:
             kwargs["SubnetId"] = self.settings.subnet_id
         if self.settings.security_group_ids:
@@ -327,8 +443,61 @@ class AWSCompute(VolumesMixin, PublicIPMixin, Compute):
             kwargs["KeyName"] = self.settings.key_name
         if self.settings.iam_instance_profile:
             kwargs["IamInstanceProfile"] = {"Name": self.settings.iam_instance_profile}
-        result = await self._call("run_instances", **kwargs)
+        try:
+            result = await self._call("run_instances", **kwargs)
+        except ProviderError as exc:
+            if not exc.retryable:  # no instance will use the volumes made for it
+                await self._discard_volumes(request.instance_id)
+            raise
         return result["Instances"][0]  # type: ignore[no-any-return]
+
+    async def _discard_volumes(self, instance_id: str) -> None:
+        for volume in await self.list_tagged_volumes():
+            if volume.instance_id == instance_id:
+                await self.delete_volume(volume.volume_id)
+
+    async def _until_running(self, resource_id: str, instance_id: str) -> dict[str, Any]:
+        """Wait for `running`; an instance EC2 terminated while launching it is its typed error
+        (no capacity, ...), with EC2's reason, at once."""
+        for _ in range(self.settings.waiter_max_attempts):
+            raw = await self._describe(resource_id)
+            if raw is None:
+                raise TransientProviderError(f"EC2 has not found {resource_id} since its launch")
+            if (failure := launch_failure(raw)) is not None:
+                await self._discard_volumes(instance_id)
+                raise failure
+            if raw["State"]["Name"] == "running":
+                return raw
+            if raw["State"]["Name"] in ("shutting-down", "terminated"):
+                reason = (raw.get("StateReason") or {}).get("Message", "no reason given")
+                raise ProvisioningError(f"EC2 terminated {resource_id} during launch: {reason}")
+            await asyncio.sleep(self.settings.waiter_delay_s)
+        raise TransientProviderError(f"EC2 instance {resource_id} is not running yet")
+
+    async def _attach_data_volumes(self, raw: Mapping[str, Any], request: CreateRequest) -> None:
+        """Attach the data volumes made for this instance (what a first try has not attached)."""
+        if not request.volumes:
+            return
+        attached = {m["Ebs"]["VolumeId"] for m in raw.get("BlockDeviceMappings", []) if "Ebs" in m}
+        zone = raw.get("Placement", {}).get("AvailabilityZone") or await self._zone(request)
+        for index, (volume_id, spec) in enumerate(
+            zip(await self._data_volumes(request, zone), request.volumes, strict=True)
+        ):
+            if volume_id in attached:
+                continue
+            await self._wait("volume_available", VolumeIds=[volume_id])
+            device = f"/dev/sd{chr(ord('f') + index)}"
+            await self._call(
+                "attach_volume", VolumeId=volume_id, InstanceId=raw["InstanceId"], Device=device
+            )
+            if spec.delete_on_terminate:
+                await self._call(
+                    "modify_instance_attribute",
+                    InstanceId=raw["InstanceId"],
+                    BlockDeviceMappings=[
+                        {"DeviceName": device, "Ebs": {"DeleteOnTermination": True}}
+                    ],
+                )
 
     async def _attach_elastic_ip(self, resource_id: str, instance_id: str) -> None:
         addresses = await self._addresses(instance_id)
@@ -344,7 +513,6 @@ class AWSCompute(VolumesMixin, PublicIPMixin, Compute):
                     TagSpecifications=[{"ResourceType": "elastic-ip", "Tags": _tags(instance_id)}],
                 )
             )["AllocationId"]
-        await self._wait("instance_running", InstanceIds=[resource_id])
         await self._call("associate_address", AllocationId=allocation, InstanceId=resource_id)
 
     async def start(self, resource_id: str) -> None:
@@ -355,13 +523,28 @@ class AWSCompute(VolumesMixin, PublicIPMixin, Compute):
             await self._call("start_instances", InstanceIds=[resource_id])
 
     async def get(self, resource_id: str) -> ProviderInstance | None:
-        found = await self._instances(InstanceIds=[resource_id])
-        if not found or found[0]["State"]["Name"] == "terminated":
+        raw = await self._describe(resource_id)
+        if raw is None:
             return None
-        return self._to_instance(found[0])
+        if (failure := launch_failure(raw)) is not None:
+            raise failure  # capacity lost after launch: not "gone", no capacity
+        if raw["State"]["Name"] == "terminated":
+            return None
+        return self._to_instance(raw)
 
     async def delete(self, resource_id: str) -> None:
-        await self._call_or_none("terminate_instances", InstanceIds=[resource_id])
+        if await self._call_or_none("terminate_instances", InstanceIds=[resource_id]) is None:
+            # NotFound: maybe not visible yet rather than gone; look again for a while.
+            raw = await self._describe(resource_id)
+            if raw is not None and raw["State"]["Name"] != "terminated":
+                await self._call("terminate_instances", InstanceIds=[resource_id])
+
+    async def confirm_gone(self, resource_id: str) -> None:
+        raw = await self._describe(resource_id)
+        if raw is not None and raw["State"]["Name"] != "terminated":
+            raise ResourceNotYetGoneError(
+                f"EC2 instance {resource_id} is still there ({raw['State']['Name']})"
+            )
 
     async def list_tagged(self) -> list[ProviderInstance]:
         found = await self._instances(

@@ -42,7 +42,17 @@ class AWSSettings(ProviderSettings):
         default=False,
         description="Reach agents at their private address (control plane inside the VPC)",
     )
-    root_volume_gb: int = Field(default=100, description="Root EBS volume size")
+    root_volume_gb: int = Field(
+        default=100, description="Root EBS volume size (at least the AMI's snapshot size)"
+    )
+    model_cache_dir: str = Field(
+        default="/mnt/models", description="Where the first data volume is mounted (model cache)"
+    )
+    not_found_window_s: float = Field(
+        default=20,
+        description="How long an instance EC2 says is NotFound may still appear (EC2 is "
+        "eventually consistent) before it counts as gone",
+    )
     model_s3_prefix: str = Field(
         default="", description="s3://bucket/prefix the agent tries before the hub"
     )

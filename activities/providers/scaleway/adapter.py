@@ -12,12 +12,20 @@ server: `delete` powers it off and raises `ResourceNotYetGoneError` until it is 
 caller retries), then deletes it; volumes and flexible IPs are left to `delete_volume` and
 `release_ips`, as the lifecycle workflow deletes them one by one.
 The SDK is blocking: every call runs through `asyncio.to_thread`.
+
+Stock: Scaleway allocates the hypervisor slot at poweron, not at create, so `create` first asks
+the server-type availability API and refuses a type in `shortage` before making anything, and a
+poweron refused for lack of stock is `NoCapacityError` with Scaleway's message (capacity lost
+after create). A new block volume is `creating` for a moment: `create` waits for it (bounded by
+`state_timeout_s`) before a server uses it. The catalogue comes from the product catalogue API
+(`list_servers_types`), the static table when the API cannot be read (`price_source` says which).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -50,6 +58,7 @@ from activities.providers.base import (
 )
 from activities.providers.cloud_init import render_user_data
 from activities.providers.flavors import agent_environment, get_flavor
+from activities.providers.images import WorkerImageSettings
 from activities.providers.scaleway.catalogue import MACHINE_IMAGES, SCALEWAY_OFFERS, offers
 from activities.providers.scaleway.settings import ScalewaySettings
 
@@ -103,8 +112,11 @@ def block_device(volume_id: str) -> str:
 class ScalewayCompute(VolumesMixin, PublicIPMixin, Compute):
     kind = "scaleway"
 
-    def __init__(self, settings: ScalewaySettings) -> None:
+    def __init__(
+        self, settings: ScalewaySettings, images: WorkerImageSettings | None = None
+    ) -> None:
         self.settings = settings
+        self.images = images or WorkerImageSettings()
         # The SDK logs request bodies at DEBUG, and user data holds the agent's token.
         sdk_log = logging.getLogger("scaleway")
         if sdk_log.getEffectiveLevel() < logging.INFO:
@@ -170,6 +182,38 @@ class ScalewayCompute(VolumesMixin, PublicIPMixin, Compute):
     def catalogue(self) -> list[InstanceOffer]:
         return offers(self.settings)
 
+    async def live_catalogue(self) -> list[InstanceOffer]:
+        """Our types as Scaleway's product catalogue describes them in each zone (hourly EUR
+        price, vCPUs, RAM, GPUs); the static entry where the API cannot be read."""
+        listed: dict[str, InstanceOffer] = {}
+        for zone in self._zones():
+            try:
+                products = await self._call(self._instance.list_servers_types, zone=zone)
+            except ProviderError as exc:
+                log.warning("Scaleway product catalogue unreadable in %s: %s", zone, exc)
+                continue
+            for offer in SCALEWAY_OFFERS:
+                product = products.servers.get(offer.name)
+                if product is None:
+                    continue
+                if offer.name in listed:
+                    listed[offer.name].zones.append(zone)
+                    continue
+                gpu = product.gpu_info
+                listed[offer.name] = InstanceOffer(
+                    name=offer.name,
+                    gpu_model=offer.gpu_model,  # our spelling, which flavors match on
+                    gpu_count=product.gpu or 0,
+                    gpu_memory_gb=round(gpu.gpu_memory / 2**30) if gpu else 0,
+                    vcpus=product.ncpus,
+                    ram_gb=round(product.ram / 2**30),
+                    price_per_hour=product.hourly_price,
+                    currency="EUR",
+                    zones=[zone],
+                    price_source="provider-api",
+                )
+        return [listed.get(o.name, o) for o in SCALEWAY_OFFERS]
+
     @staticmethod
     def _offer(instance_type: str) -> InstanceOffer:
         for offer in SCALEWAY_OFFERS:
@@ -230,6 +274,10 @@ class ScalewayCompute(VolumesMixin, PublicIPMixin, Compute):
         flavor = get_flavor(request.flavor)
         flavor.check_offer(offer)
         self._check_volumes(offer.name, request.volumes)
+        self.images.image(flavor)  # a GPU flavor without a registry: refused before anything
+        server = await self._find(zone, request.instance_id)
+        if server is None:
+            await self._check_stock(zone, offer.name)
         tags = [_instance_tag(request.instance_id), MANAGED_TAG]
         templates: dict[str, VolumeServerTemplate] = {
             "0": VolumeServerTemplate(
@@ -253,7 +301,6 @@ class ScalewayCompute(VolumesMixin, PublicIPMixin, Compute):
                     volume_type="sbs_volume",  # type: ignore[arg-type]
                     id=volume_id,
                 )
-        server = await self._find(zone, request.instance_id)
         if server is None:
             public_ips = [await self._flexible_ip(zone, tags)] if self.settings.flexible_ip else []
             try:
@@ -283,6 +330,29 @@ class ScalewayCompute(VolumesMixin, PublicIPMixin, Compute):
         instance.volumes = await self.list_volumes(instance.resource_id)
         return instance
 
+    async def _check_stock(self, zone: str, commercial_type: str) -> None:
+        availability = await self._call(self._instance.get_server_types_availability, zone=zone)
+        found = availability.servers.get(commercial_type)
+        if found is not None and str(found.availability) == "shortage":
+            raise NoCapacityError(
+                f"Scaleway reports a shortage of {commercial_type} in {zone} "
+                "(server-type availability): nothing created"
+            )
+
+    async def _until_available(self, zone: str, volume_id: str) -> None:
+        """Wait (bounded) for a new block volume to leave `creating`."""
+        deadline = time.monotonic() + self.settings.state_timeout_s
+        while True:
+            volume = await self._call(self._block.get_volume, zone=zone, volume_id=volume_id)
+            if str(volume.status) != "creating":
+                return
+            if time.monotonic() > deadline:
+                raise TransientProviderError(
+                    f"Scaleway volume {volume_id} still {volume.status} after "
+                    f"{self.settings.state_timeout_s:g}s"
+                )
+            await asyncio.sleep(self.settings.poll_interval_s)
+
     async def _prepare(self, server: Server, request: CreateRequest, block_ids: list[str]) -> None:
         provider_env: dict[str, str] = {}
         model_volume = None
@@ -310,7 +380,7 @@ class ScalewayCompute(VolumesMixin, PublicIPMixin, Compute):
             key=USER_DATA_KEY,
             content=render_user_data(
                 env,
-                engine_image=flavor.engine_image,
+                worker_image=self.images.image(flavor),
                 accelerator=flavor.accelerator,
                 model_volume=model_volume,
             ).encode(),
@@ -346,6 +416,7 @@ class ScalewayCompute(VolumesMixin, PublicIPMixin, Compute):
         )
         for volume in existing:
             if volume.name == name:
+                await self._until_available(zone, volume.id)
                 return volume.id
         volume = await self._call(
             self._block.create_volume,
@@ -356,6 +427,7 @@ class ScalewayCompute(VolumesMixin, PublicIPMixin, Compute):
             from_empty=CreateVolumeRequestFromEmpty(size=round(spec.size_gb * GB)),
             tags=[*tags, *([] if spec.delete_on_terminate else [KEEP_TAG])],
         )
+        await self._until_available(zone, volume.id)
         return volume.id
 
     async def _flexible_ip(self, zone: str, tags: list[str]) -> str:
@@ -377,6 +449,7 @@ class ScalewayCompute(VolumesMixin, PublicIPMixin, Compute):
         if server is None:
             raise InvalidRequestError(f"Scaleway server {resource_id} does not exist")
         if server.state == "stopped":
+            # Stock is allocated here: "out of stock" is NoCapacityError (map_scaleway_error).
             await self._call(
                 self._instance.server_action,
                 zone=server.zone,
@@ -460,12 +533,16 @@ class ScalewayCompute(VolumesMixin, PublicIPMixin, Compute):
             volumes = await self._call(
                 self._block.list_volumes_all, zone=zone, include_deleted=False, tags=[MANAGED_TAG]
             )
-            found.extend(self._from_block(v, is_boot=False) for v in volumes)
+            found.extend(
+                self._from_block(v, is_boot=False) for v in volumes if str(v.status) != "deleting"
+            )
         return found
 
     async def delete_volume(self, volume_id: str) -> None:
         zone, ident = _split(volume_id)
         block = await self._call_or_none(self._block.get_volume, zone=zone, volume_id=ident)
+        if block is not None and str(block.status) == "deleting":
+            return  # asked before
         if block is not None:
             await self._call_or_none(self._block.delete_volume, zone=zone, volume_id=ident)
         else:

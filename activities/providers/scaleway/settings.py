@@ -33,6 +33,12 @@ class ScalewaySettings(ProviderSettings):
     )
     security_group_id: str | None = Field(default=None, description="Security group for servers")
     boot_volume_gb: int = Field(default=100, description="Boot volume size")
+    poll_interval_s: float = Field(
+        default=2, description="Seconds between reads while a new volume is being created"
+    )
+    state_timeout_s: float = Field(
+        default=60, description="How long create waits for a new volume before retrying later"
+    )
     model_cache_dir: str = Field(
         default="/mnt/models", description="Where the first block volume is mounted (model cache)"
     )

@@ -48,6 +48,7 @@ from activities.providers.cloud_init import (
     read_bootstrap,
 )
 from activities.providers.flavors import agent_environment, get_flavor
+from activities.providers.images import WorkerImageSettings
 from activities.providers.ssh.catalogue import offers
 from activities.providers.ssh.settings import SSHSettings
 from core.db import make_engine, make_sessionmaker
@@ -86,8 +87,11 @@ def _known_hosts(host: BareMetalHost, settings: SSHSettings) -> asyncssh.SSHKnow
 class SSHCompute(HostPoolMixin, Compute):
     kind = "ssh"
 
-    def __init__(self, settings: SSHSettings, database_url: str) -> None:
+    def __init__(
+        self, settings: SSHSettings, database_url: str, images: WorkerImageSettings | None = None
+    ) -> None:
         self.settings = settings
+        self.images = images or WorkerImageSettings()
         self._engine = make_engine(database_url, pool_size=2)
         self._sessions = make_sessionmaker(self._engine)
         self._bundle: Path | None = None
@@ -256,19 +260,24 @@ class SSHCompute(HostPoolMixin, Compute):
                     f"{remote}/agent.env", "w", asyncssh.SFTPAttrs(permissions=0o600)
                 ) as out:
                     await out.write(env_file(env))
+            # Without a registry the host runs the engine as a plain process (vLLM installed there).
+            image = (
+                self.images.image(flavor) if self.images.registry or self.images.images else None
+            )
             container = (
-                bool(flavor.engine_image and host.gpu_inventory)
+                bool(image and host.gpu_inventory)
                 and (await conn.run("docker info", check=False)).exit_status == 0
             )
-            if container:
+            if container and image:
                 command = (
                     f"cd {shlex.quote(remote)} && "
                     + docker_env("./agent.env", "docker.env")
                     + docker_run(
-                        flavor.engine_image or "",
+                        image,
                         flavor.accelerator,
                         f"inventiv-{request.instance_id}",
                         "docker.env",
+                        env.get("INVENTIV_AGENT_MODEL_CACHE_DIR"),
                     )
                 )
             else:
@@ -300,14 +309,31 @@ class SSHCompute(HostPoolMixin, Compute):
         )
 
     def _cleanup_command(self, instance_id: str) -> str:
-        """Stop the container or the agent's process group (the engine with it), then forget."""
+        """Stop the container, or the agent and everything it started, then forget.
+
+        The agent stops its engine on SIGTERM, giving it `engine_stop_timeout_s` (15 s), so the
+        wait here is longer (`stop_timeout_s`). The engine runs in a process group of its own
+        (its workers with it), which killing the agent's group does not reach: every process
+        carrying this instance's id in its environment (the agent hands it to the engine) is
+        found through /proc, and its process group is killed with it."""
         remote = shlex.quote(self._remote_dir(instance_id))
+        marker = shlex.quote(f"INVENTIV_AGENT_INSTANCE_ID={instance_id}")
+        # pids of this machine's processes (readable by us: the same user)
+        ours = (
+            "ours() { for e in /proc/[0-9]*/environ; do "
+            f"tr '\\0' '\\n' < \"$e\" 2>/dev/null | grep -qxF {marker} && "
+            '{ p=${e#/proc/}; echo "${p%/environ}"; }; done; }; '
+        )
         return (
+            f"docker stop -t {self.settings.stop_timeout_s} inventiv-{instance_id} >/dev/null 2>&1; "
             f"docker rm -f inventiv-{instance_id} >/dev/null 2>&1; "
-            f"if [ -f {remote}/agent.pid ]; then pid=$(cat {remote}/agent.pid); "
-            'kill -TERM "-$pid" 2>/dev/null; '
-            'for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$pid" 2>/dev/null || break; sleep 1; done; '
-            'kill -KILL "-$pid" 2>/dev/null; fi; '
+            + ours
+            + f"if [ -f {remote}/agent.pid ]; then pid=$(cat {remote}/agent.pid); "
+            'kill -TERM "-$pid" 2>/dev/null; i=0; '
+            f'while kill -0 "$pid" 2>/dev/null && [ $i -lt {self.settings.stop_timeout_s} ]; do '
+            "sleep 1; i=$((i+1)); done; fi; "
+            'for p in $(ours); do g=$(ps -o pgid= -p "$p" | tr -d " "); '
+            '[ -n "$g" ] && kill -KILL "-$g" 2>/dev/null; kill -KILL "$p" 2>/dev/null; done; '
             f"rm -rf {remote}; true"
         )
 

@@ -35,6 +35,11 @@ class SSHSettings(ProviderSettings):
         default=".inventiv", description="Working folder on hosts, relative to the user's home"
     )
     price_per_hour: float = Field(default=0.0, description="Internal price of a bare-metal hour")
+    stop_timeout_s: int = Field(
+        default=25,
+        description="Teardown waits this long for the agent to stop its engine (the agent gives "
+        "the engine 15 s) before killing what is left, the engine's process group included",
+    )
 
     def unconfigured(self, settings: Settings) -> str | None:
         if not self.enabled:
