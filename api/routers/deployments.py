@@ -21,6 +21,7 @@ from api.governance import check_may_change, deployment_problems
 from api.routers.events import EventPublic, recent_events
 from api.routers.instances import InstanceSummary, summarize
 from api.validation import JsonObject, Name, PartialUpdate
+from core.autoscaling import AutoscalingConfig
 from core.events import EventKind, publish_event
 from core.models import Deployment, Instance, InstanceType, Provider, utcnow
 from core.states import LIVE_STATES
