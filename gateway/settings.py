@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway.protocols.http_server import ServerLimits
 
 
 class GatewaySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="INVENTIV_GATEWAY_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="INVENTIV_GATEWAY_", extra="ignore", populate_by_name=True
+    )
 
     workers: int = Field(
         default=1, ge=1, description="Worker processes sharing the port (SO_REUSEPORT)"
@@ -72,6 +76,59 @@ class GatewaySettings(BaseSettings):
     queue_deadline_s: float = Field(
         default=30.0, description="Longest wait in the queue before 503 with Retry-After"
     )
+    # HTTP edge (the lean server; uvicorn has its own settings)
+    max_request_line_bytes: int = Field(
+        default=8192, ge=256, description="Longest request line (method, path, query): else 414"
+    )
+    max_header_bytes: int = Field(
+        default=65536, ge=1024, description="Largest request header block: else 431, then close"
+    )
+    max_headers: int = Field(default=100, ge=1, description="Most request headers: else 431")
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="Deadline for a whole request header block: else 408"
+    )
+    body_timeout_s: float = Field(
+        default=60.0, gt=0, description="Deadline for receiving a request body: else 408"
+    )
+    write_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A response write not drained by the client within this drops the "
+        "connection (a stalled reader frees its instance slot)",
+    )
+    max_connections_per_client: int = Field(
+        default=1024,
+        ge=0,
+        description="Open connections per client address, per process (0: no cap; raise it "
+        "behind a load balancer that does not keep client addresses)",
+    )
+    max_concurrent_per_key: int = Field(
+        default=256,
+        ge=0,
+        description="Requests in flight per API key, per process: more answer 429 (0: no cap)",
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("INVENTIV_GATEWAY_METRICS_TOKEN", "INVENTIV_METRICS_TOKEN"),
+        description="Bearer token required by /metrics; without one, /metrics answers loopback "
+        "clients only",
+    )
+    # Token accounting
+    tpm_default_reserve: int = Field(
+        default=1024,
+        ge=1,
+        description="Tokens reserved against a key's TPM limit at admission when the request "
+        "sets no max_tokens (settled to the real usage afterwards)",
+    )
+    redis_connect_timeout_s: float = Field(
+        default=1.0, gt=0, description="Connecting to Redis: longest wait"
+    )
+    redis_reply_timeout_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="A Redis reply: longest wait (then the rate limit fails open, see the "
+        "security model)",
+    )
     # Upstream
     connect_timeout_s: float = Field(default=5.0, description="Engine connect timeout")
     keepalive_interval_s: float = Field(
@@ -97,3 +154,14 @@ class GatewaySettings(BaseSettings):
     log_buffer_max: int = Field(
         default=100_000, ge=1, description="Request logs kept while the database is down"
     )
+
+    def server_limits(self) -> ServerLimits:
+        return ServerLimits(
+            max_request_line_bytes=self.max_request_line_bytes,
+            max_header_bytes=self.max_header_bytes,
+            max_headers=self.max_headers,
+            header_timeout_s=self.header_timeout_s,
+            body_timeout_s=self.body_timeout_s,
+            write_timeout_s=self.write_timeout_s,
+            max_connections_per_client=self.max_connections_per_client,
+        )

@@ -1,8 +1,9 @@
 """The router: registry + strategy + queue + health, as the proxy uses them.
 
-`acquire_now` / `wait` give the proxy an instance with the request counted on it; `release`
-gives it back and hands freed capacity to the queue. Everything is synchronous and in memory:
-the hot path never waits on Redis or PostgreSQL.
+Everything is keyed by deployment id (a served name is resolved within the key's project first:
+`Registry.deployment_of`). `acquire_now` / `wait` give the proxy an instance with the request
+counted on it; `release` gives it back and hands freed capacity to the deployment's queue.
+Everything is synchronous and in memory: the hot path never waits on Redis or PostgreSQL.
 """
 
 from __future__ import annotations
@@ -21,13 +22,17 @@ from gateway.settings import GatewaySettings
 
 class Router:
     def __init__(
-        self, config: GatewaySettings, on_removed: Callable[[Backend], None] | None = None
+        self,
+        config: GatewaySettings,
+        on_removed: Callable[[Backend], None] | None = None,
+        engine_key: Callable[[str], str] | None = None,
     ) -> None:
         self.queue_size = config.queue_size
         self.registry = Registry(
             config.max_inflight_per_gpu,
             on_added=self.dispatch,
             on_removed=self._removed,
+            engine_key=engine_key,
         )
         self._on_removed = on_removed or (lambda backend: None)
         self.health = PassiveHealth(
@@ -37,13 +42,13 @@ class Router:
         self.queues: dict[str, ModelQueue] = {}
         # The registry's indexes, read on every request.
         self.backends = self.registry.backends
-        self.by_model = self.registry.by_model
+        self.by_deployment = self.registry.by_deployment
 
     def pick(
-        self, model: str, request: RoutedRequest, exclude: Backend | None = None
+        self, deployment_id: str, request: RoutedRequest, exclude: Backend | None = None
     ) -> Backend | None:
         """Choose an instance and count the request on it, or None when none can take it now."""
-        members = self.by_model.get(model)
+        members = self.by_deployment.get(deployment_id)
         if not members:
             return None
         now_mono = time.monotonic()
@@ -63,7 +68,7 @@ class Router:
     def release(self, backend: Backend) -> None:
         backend.inflight -= 1
         if backend.routable:
-            self.dispatch(backend.info.model)
+            self.dispatch(backend.info.deployment_id)
 
     def record_success(self, backend: Backend) -> None:
         self.health.record_success(backend)
@@ -86,32 +91,32 @@ class Router:
 
     # ------------------------------------------------------------ queue
 
-    def queue(self, model: str) -> ModelQueue:
-        queue = self.queues.get(model)
+    def queue(self, deployment_id: str) -> ModelQueue:
+        queue = self.queues.get(deployment_id)
         if queue is None:
-            queue = self.queues[model] = ModelQueue()
+            queue = self.queues[deployment_id] = ModelQueue()
         return queue
 
-    def acquire_now(self, model: str, request: RoutedRequest) -> Backend | None:
-        """The fast path: an instance right away, unless others already wait for this model."""
-        queue = self.queues.get(model)
+    def acquire_now(self, deployment_id: str, request: RoutedRequest) -> Backend | None:
+        """The fast path: an instance right away, unless others already wait for this deployment."""
+        queue = self.queues.get(deployment_id)
         if queue is not None and queue.length:
             return None
-        return self.pick(model, request)
+        return self.pick(deployment_id, request)
 
     async def wait(
-        self, model: str, key_id: str, request: RoutedRequest, deadline_s: float
+        self, deployment_id: str, key_id: str, request: RoutedRequest, deadline_s: float
     ) -> Backend | None:
-        """Wait in the model's queue; None when the queue is full or the deadline passed."""
-        queue = self.queue(model)
+        """Wait in the deployment's queue; None when the queue is full or the deadline passed."""
+        queue = self.queue(deployment_id)
         if queue.length >= self.queue_size:
             queue.refused()
             return None
         loop = asyncio.get_running_loop()
         waiter = Waiter(key_id, request, time.monotonic(), loop.create_future())
         queue.push(waiter)
-        waiter.timer = loop.call_later(deadline_s, self._expire, model, waiter)
-        self.dispatch(model)
+        waiter.timer = loop.call_later(deadline_s, self._expire, deployment_id, waiter)
+        self.dispatch(deployment_id)
         try:
             backend = await waiter.future
         except asyncio.CancelledError:
@@ -127,22 +132,22 @@ class Router:
             queue.refused()
         return backend
 
-    def _expire(self, model: str, waiter: Waiter) -> None:
+    def _expire(self, deployment_id: str, waiter: Waiter) -> None:
         if waiter.future.done():
             return
-        queue = self.queue(model)
+        queue = self.queue(deployment_id)
         queue.remove(waiter)
         queue.waited((time.monotonic() - waiter.enqueued) * 1000)
         waiter.future.set_result(None)
 
-    def dispatch(self, model: str) -> None:
+    def dispatch(self, deployment_id: str) -> None:
         """Hand free capacity to waiting requests: keys in turn, each key's oldest first."""
-        queue = self.queues.get(model)
+        queue = self.queues.get(deployment_id)
         if queue is None or not queue.length:
             return
         now = time.monotonic()
         while (waiter := queue.head()) is not None:
-            backend = self.pick(model, waiter.request)
+            backend = self.pick(deployment_id, waiter.request)
             if backend is None:
                 return
             queue.take_head(waiter)
