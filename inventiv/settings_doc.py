@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pydantic_settings import BaseSettings
 
+from activities.providers.images import WorkerImageSettings
 from activities.providers.registry import PROVIDERS
 from agent.settings import AgentSettings
 from core.observability import ObservabilitySettings
@@ -21,6 +22,7 @@ SECTIONS: list[tuple[str, type[BaseSettings]]] = [
     ("Node agent (on each GPU machine)", AgentSettings),
     # One section per registered provider kind, in the registry's order.
     *((f"{spec.title} provider", spec.settings) for spec in PROVIDERS.values()),
+    ("Worker images (GPU flavors, every cloud provider)", WorkerImageSettings),
     ("Monitoring (Prometheus scraping, the worker's metrics, budgets)", ObservabilitySettings),
 ]
 BEGIN, END = "<!-- settings:begin -->", "<!-- settings:end -->"
