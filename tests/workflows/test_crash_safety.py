@@ -97,6 +97,9 @@ async def test_worker_killed_at_random_points(
                 "volumes": [{"size_gb": 5, "delete_on_terminate": True}],
             },
         )
+        seeded.deployment.max_instances = INSTANCES  # the quota check allows them all
+        session.add(seeded.deployment)
+        await session.commit()
         instances = [
             await create_instance(
                 session, temporal_client, settings.task_queue, deployment=seeded.deployment
