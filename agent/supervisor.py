@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 from agent.settings import AgentSettings
+from agent.sim.config import vllm_flags
 
 log = logging.getLogger("agent.supervisor")
 engine_log = logging.getLogger("agent.engine")
@@ -37,13 +38,20 @@ class EngineState(StrEnum):
 
 
 def engine_flags(args: dict[str, Any]) -> list[str]:
-    """{"max-num-seqs": 64, "enforce_eager": true} -> ["--max-num-seqs", "64", "--enforce-eager"]."""
+    """{"max-num-seqs": 64, "enforce_eager": true} -> ["--max-num-seqs", "64", "--enforce-eager"].
+
+    `false` is `--no-X` where vLLM's parser has that form (its boolean options), else dropped
+    (a plain switch is off by default): `{"enable-prefix-caching": false}` turns off a default."""
     flags: list[str] = []
     for key, value in args.items():
         flag = "--" + key.lstrip("-").replace("_", "-")
         if value is True:
             flags.append(flag)
-        elif value is False or value is None:
+        elif value is False:
+            negated = "--no-" + flag[2:]
+            if negated in vllm_flags():
+                flags.append(negated)
+        elif value is None:
             continue
         elif isinstance(value, list):
             flags += [flag, *(str(item) for item in value)]

@@ -12,6 +12,7 @@ from activities.providers.base import CreateRequest, InstanceOffer, InvalidReque
 from activities.providers.cloud_init import BOOTSTRAP_PATH, env_file, render_user_data
 from activities.providers.flavors import FLAVORS, agent_environment, get_flavor
 from activities.providers.images import WorkerImageSettings
+from agent.supervisor import engine_flags
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -126,3 +127,12 @@ def test_user_data_documents(caplog: pytest.LogCaptureFixture) -> None:
     assert "WORKER_AGENT_MODE=foreground" in run
     assert "packages" not in gpu  # the bootstrap runs inside the image
     assert document["packages"] == ["python3-venv"]  # stock Ubuntu lacks `python3 -m venv`
+
+
+def test_false_engine_flags_turn_vllm_booleans_off() -> None:
+    """A deployment that sets `enable-prefix-caching: false` against the H100 flavor's default
+    gets `--no-enable-prefix-caching` (vLLM's form), not a silently dropped flag."""
+    env = agent_environment(_request("nvidia-h100", engine_args={"enable-prefix-caching": False}))
+    flags = engine_flags(json.loads(env["INVENTIV_AGENT_ENGINE_ARGS"]))
+    assert "--no-enable-prefix-caching" in flags and "--enable-prefix-caching" not in flags
+    assert engine_flags({"legacy-kv-metric": False}) == []  # a plain switch: off by default
