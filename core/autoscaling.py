@@ -178,7 +178,9 @@ def evaluate(
     # Servers the saturation level asks for: running requests, not a backlog that drains once
     # capacity comes (sizing on it would order servers that are idle by the time they boot).
     needed = math.ceil(running * growth / (config.scale_up_active_per_gpu * gpus_per_instance))
-    if signals.completion_rate_rps > 0 and ready:
+    ready_gpus = sum(max(1, i.gpu_count) for i in ready)
+    saturated = ready_gpus > 0 and running / ready_gpus > config.scale_up_active_per_gpu
+    if saturated and signals.completion_rate_rps > 0:
         # Arrivals against what the ready instances complete: the shortfall under overload,
         # where running requests are capped by the gateway and no longer show the demand.
         supply = signals.completion_rate_rps / len(ready)

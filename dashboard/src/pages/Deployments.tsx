@@ -21,12 +21,15 @@ const ROUTING_LABELS: Record<Routing, string> = {
 type Msg = { tone: "ok" | "bad"; text: string } | null;
 
 // Autoscaling thresholds edited as fields; any other policy keys are kept as they are.
+// The fields of core/autoscaling.py's AutoscalingConfig (the API refuses unknown keys).
 const POLICY_FIELDS = [
-  { key: "target_in_flight_per_instance", label: "Requests in flight one instance should carry", step: "0.5" },
-  { key: "max_queue_wait_ms", label: "Add an instance when queue wait p95 exceeds (ms)", step: "100" },
-  { key: "scale_down_utilization", label: "Drain one when the rest stay under this share of their target (0–1)", step: "0.05" },
-  { key: "scale_up_cooldown_s", label: "Cooldown after scaling up (s)", step: "1" },
-  { key: "scale_down_cooldown_s", label: "Cooldown after scaling down (s)", step: "1" },
+  { key: "scale_up_queue_wait_s", label: "Scale up when the average queue wait exceeds (s)", step: "0.5" },
+  { key: "scale_up_active_per_gpu", label: "Scale up when active requests per GPU exceed", step: "1" },
+  { key: "scale_up_step", label: "Servers ordered at a time", step: "1" },
+  { key: "scale_up_delay_s", label: "…for at least (s)", step: "5" },
+  { key: "scale_down_gpu_utilization", label: "Scale down when GPU utilisation stays below (0–1)", step: "0.05" },
+  { key: "scale_down_delay_s", label: "…for (s)", step: "30" },
+  { key: "window_s", label: "Window the signals are averaged over (s)", step: "5" },
 ];
 
 export function DeploymentsPage() {
@@ -377,7 +380,7 @@ function DeploymentForm({ initial, onDone }: { initial: Full | null; onDone: (ms
           ))}
           <label className="stack">
             Other policy settings (JSON object)
-            <textarea className="mono" rows={2} value={policyExtra} onChange={(e) => setPolicyExtra(e.target.value)} placeholder='{"cooldown_s": 60}' />
+            <textarea className="mono" rows={2} value={policyExtra} onChange={(e) => setPolicyExtra(e.target.value)} placeholder='{"predictive": true, "scale_down_active_per_gpu": 16}' />
           </label>
         </div>
       </fieldset>
