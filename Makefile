@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 
 DASHBOARD_SRC := $(shell find dashboard/src dashboard/index.html dashboard/package.json dashboard/vite.config.ts dashboard/tsconfig.json -type f 2>/dev/null)
 
-.PHONY: bench-gateway vllm-cpu setup dashboard dashboard-generate dev test lint pytest system-deps agent-checksum agent-version-bump agent-version-check check-ops clean
+.PHONY: bench-gateway bench-routing vllm-cpu setup dashboard dashboard-generate dev test lint pytest system-deps agent-checksum agent-version-bump agent-version-check check-ops clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -82,6 +82,12 @@ bench-gateway: setup
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk nginx >/dev/null; }
 	@test -x $(BENCH_VENV)/bin/vllm-router || { $(PYTHON) -m venv $(BENCH_VENV) && $(BENCH_VENV)/bin/pip install --quiet vllm-router 'litellm[proxy]' py-spy; }
 	$(BIN)/python -m bench.gateway.run --tools-venv $(BENCH_VENV)
+
+# Fleet routing benchmark: simulated engines behind our strategies, vllm-router's policies, nginx.
+bench-routing: setup
+	@command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx >/dev/null; }
+	@test -x $(BENCH_VENV)/bin/vllm-router || { $(PYTHON) -m venv $(BENCH_VENV) && $(BENCH_VENV)/bin/pip install --quiet vllm-router; }
+	$(BIN)/python -m bench.routing.run --tools-venv $(BENCH_VENV)
 
 # The real engine for tests/engine: vLLM's CPU build in its own venv (never the project's: it pins
 # torch and much else), cached outside the clone, plus a tiny model it serves with random weights.
