@@ -18,7 +18,7 @@ from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core.billing import HOURS_PER_MONTH, instance_spans, volume_spans
+from core.billing import HOURS_PER_MONTH, VolumeSpan, instance_spans, volume_spans
 from core.models import ApiKey, Deployment, Instance, InstanceType, RequestLog, utcnow
 from core.states import LIVE_STATES
 
@@ -290,7 +290,7 @@ async def storage_rows(
         project_id=project_id,
         deployment_id=deployment_id,
     )
-    volumes = {}
+    volumes: dict[tuple[Any, ...], VolumeSpan] = {}
     for v in found:
         for day, hours in _by_day(v.start, v.end):
             values = {
@@ -300,8 +300,8 @@ async def storage_rows(
                 CostDimension.instance: v.instance_id,
             }
             volume = (v.instance_id, v.provider_volume_id) if per_volume else None
-            volumes[volume] = v
             key = (*(values[d] for d in dims), volume, v.currency)
+            volumes[key] = v
             totals[key][0] += hours * v.size_gb / HOURS_PER_MONTH
             totals[key][1] += hours * v.size_gb * v.price_per_gb_month / HOURS_PER_MONTH
     fields: dict[CostDimension, str] = {
@@ -313,14 +313,14 @@ async def storage_rows(
     rows = []
     for key, (gb_months, cost) in sorted(totals.items(), key=lambda kv: [str(v) for v in kv[0]]):
         row: dict[str, Any] = {fields[d]: key[i] for i, d in enumerate(dims)}
-        volume = volumes[key[-2]] if per_volume else None
-        if volume is not None:
+        one = volumes[key] if per_volume else None
+        if one is not None:
             row |= {
-                "instance_id": volume.instance_id,
-                "deployment_id": volume.deployment_id,
-                "provider_volume_id": volume.provider_volume_id,
-                "size_gb": volume.size_gb,
-                "state": volume.state,
+                "instance_id": one.instance_id,
+                "deployment_id": one.deployment_id,
+                "provider_volume_id": one.provider_volume_id,
+                "size_gb": one.size_gb,
+                "state": one.state,
             }
         rows.append(
             StorageRow(**row, gb_months=round(gb_months, 6), cost=round(cost, 6), currency=key[-1])

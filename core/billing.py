@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import case, func
-from sqlmodel import col, select
+from sqlalchemy import select as sa_select
+from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core.models import Instance, InstanceType, InstanceVolume, Provider, utcnow
@@ -73,11 +74,11 @@ async def instance_spans(
         case((col(Instance.state).in_(LIVE_STATES), now), else_=col(Instance.updated_at)),
     )
     query = (
-        select(
+        sa_select(
             Instance,
-            InstanceType.price_per_hour,
-            InstanceType.currency,
-            InstanceType.gpu_count,
+            col(InstanceType.price_per_hour),
+            col(InstanceType.currency),
+            col(InstanceType.gpu_count),
             ended.label("ended"),
         )
         .join(InstanceType, col(InstanceType.id) == Instance.instance_type_id)
@@ -90,7 +91,7 @@ async def instance_spans(
     if deployment_id is not None:
         query = query.where(col(Instance.deployment_id) == deployment_id)
     spans = []
-    for instance, price, currency, gpus, stopped in (await session.exec(query)).all():
+    for instance, price, currency, gpus, stopped in (await session.execute(query)).all():
         lo, hi = max(instance.created_at, start), min(stopped, end)
         if hi > lo:
             spans.append(
@@ -120,11 +121,11 @@ async def volume_spans(
     """Each volume's life within [start, end), with its provider's price."""
     stopped = func.coalesce(col(InstanceVolume.deleted_at), utcnow())
     query = (
-        select(
+        sa_select(
             InstanceVolume,
             Instance,
-            Provider.volume_price_per_gb_month,
-            Provider.volume_currency,
+            col(Provider.volume_price_per_gb_month),
+            col(Provider.volume_currency),
             stopped.label("stopped"),
         )
         .join(Instance, col(Instance.id) == InstanceVolume.instance_id)
@@ -138,7 +139,7 @@ async def volume_spans(
     if deployment_id is not None:
         query = query.where(col(Instance.deployment_id) == deployment_id)
     spans = []
-    for volume, instance, price, currency, until in (await session.exec(query)).all():
+    for volume, instance, price, currency, until in (await session.execute(query)).all():
         lo, hi = max(volume.created_at, start), min(until, end)
         if hi > lo:
             spans.append(

@@ -16,7 +16,7 @@ import argparse
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 FLAG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Platform-managed: the agent sets them itself.
@@ -39,9 +39,10 @@ class FlagSpec:
             number_types: tuple[type, ...] = (int,) if self.kind == "int" else (int, float)
             if isinstance(value, bool) or not isinstance(value, number_types):
                 return f"must be {'an integer' if self.kind == 'int' else 'a number'}"
-            if self.minimum is not None and value < self.minimum:
+            number = float(cast(float, value))
+            if self.minimum is not None and number < self.minimum:
                 return f"must be at least {self.minimum:g}"
-            if self.maximum is not None and value > self.maximum:
+            if self.maximum is not None and number > self.maximum:
                 return f"must be at most {self.maximum:g}"
             return None
         if not isinstance(value, str):

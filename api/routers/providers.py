@@ -91,7 +91,6 @@ async def list_provider_kinds(
 
 
 VolumePrice = Annotated[float, Field(ge=0, le=1e6, description="volume cost per GB-month")]
-Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
 
 
 class ProviderCreate(BaseModel):

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from api.app import create_app
-from core.events import publish_event
+from core.events import EventKind, publish_event
 from core.settings import Settings
 from tests.agent.helpers import serving
 from tests.api.conftest import Tenant, login
@@ -178,7 +178,7 @@ async def test_a_removed_members_event_stream_ends(
         api.stream("GET", "/api/v1/events", headers=alice.headers) as response,
     ):
         assert response.status_code == 200
-        await publish_event(redis_client, "state", str(alice.project.id), {"n": 1})
+        await publish_event(redis_client, EventKind.instance, str(alice.project.id), {"n": 1})
         removed_at = time.monotonic()
         removed = await client.delete(
             f"/api/v1/projects/{alice.project.id}/members/{alice.user.id}", headers=admin.headers
