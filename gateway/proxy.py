@@ -37,6 +37,7 @@ from gateway.protocols.http_server import DISCONNECT_EXTENSION
 from gateway.ratelimit import RateLimiter
 from gateway.routing import Backend, Router
 from gateway.settings import GatewaySettings
+from gateway.tracing import RequestTraces
 
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -100,6 +101,7 @@ class Proxy:
         deployments: DeploymentMap,
         upstream: UpstreamClient,
         accounting: Accounting,
+        traces: RequestTraces | None = None,
     ) -> None:
         self.config = config
         self.keys = keys
@@ -108,6 +110,7 @@ class Proxy:
         self.deployments = deployments
         self.upstream = upstream
         self.accounting = accounting
+        self.traces = traces  # None when tracing is off: not a single span object then
         self.active: dict[str, int] = {}  # key id -> requests in flight (this process)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, route: ProxyRoute) -> None:
@@ -222,6 +225,8 @@ class Proxy:
             elif watcher is not None:
                 watcher.cancel()
             self.accounting.finish(request)
+            if self.traces is not None:
+                self.traces.record(request)
 
     def _resolve(self, project_id: str, model: str) -> tuple[str, RoutingStrategy]:
         """The deployment of the key's project serving `model` and its strategy, or 404 when
@@ -341,16 +346,20 @@ class Proxy:
                 backend, retried = alternative, True
 
             request.status = response.status
-            if (
-                request.stream
-                and response.status == 200
-                and response.content_type.startswith(b"text/event-stream")
-            ):
-                request.streamed = True
-                await self._relay_stream(request, response, send)
-            else:
-                request.streamed = False
-                await self._relay_whole(request, response, send)
+            try:
+                if (
+                    request.stream
+                    and response.status == 200
+                    and response.content_type.startswith(b"text/event-stream")
+                ):
+                    request.streamed = True
+                    await self._relay_stream(request, response, send)
+                else:
+                    request.streamed = False
+                    await self._relay_whole(request, response, send)
+            finally:
+                # Not read to the end (the client left, or stopped reading): the engine stops.
+                response.abort()
         finally:
             self.router.release(backend)
 

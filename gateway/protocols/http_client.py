@@ -58,6 +58,11 @@ class UpstreamResponse:
     async def read_all(self) -> bytes:
         conn = self._conn
         while not conn.complete:
+            # The whole body is wanted: flow control must not stop it half-way.
+            conn.buffered = 0
+            if conn.reading_paused and conn.transport is not None:
+                conn.reading_paused = False
+                conn.transport.resume_reading()
             await self._wait_body()
         body = b"".join(conn.chunks)
         conn.chunks.clear()

@@ -47,6 +47,9 @@ MAX_BODY = 32 * 1024 * 1024
 DISCONNECT_EXTENSION = "inventiv.disconnect"
 _HIGH_WATER = 256 * 1024
 _SWEEP_S = 0.5  # how often deadlines and idle connections are checked
+# After a refusal the server stops reading, but keeps the connection this long before closing it:
+# closing at once with unread input would reset it, and the client might never see the answer.
+_LINGER_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +216,7 @@ class _Connection(asyncio.Protocol):
         self.head_bytes = 0
         self.header_count = 0
         self.counted_client: str | None = None  # the address counted in server.per_client
+        self.refused = False  # answered with an error: what still arrives is discarded
 
     # -- asyncio
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -258,6 +262,8 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        if self.refused:
+            return
         if self.in_head:
             # Counted before parsing: an endless header never reaches the parser in full.
             self.head_bytes += len(data)
@@ -383,9 +389,10 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def _reject(self, status: int, message: bytes) -> None:
-        if self.transport is None:
+        if self.transport is None or self.refused:
             return
         self.in_head = False
+        self.refused = True
         body = (
             b'{"error":{"message":"%s","type":"invalid_request_error","param":null,"code":null}}'
             % message
@@ -396,7 +403,12 @@ class _Connection(asyncio.Protocol):
             % len(body)
             + body
         )
-        self.transport.close()
+        transport = self.transport
+        if transport.can_write_eof():
+            transport.write_eof()
+            self.loop.call_later(_LINGER_S, transport.close)
+        else:
+            transport.close()
 
     def _start(self, cycle: _Cycle) -> None:
         self.cycle = cycle

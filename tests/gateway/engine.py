@@ -29,6 +29,9 @@ class EngineBehaviour:
     fail_status: int | None = None  # answer every request with this status
     hold: asyncio.Event | None = None  # do not answer until this event is set
     break_after: int | None = None  # drop the connection after streaming this many tokens
+    # After streaming this many tokens, report a failure in-band as vLLM does (HTTP 200 already
+    # sent: `data: {"error": {...}}`, then `data: [DONE]`).
+    error_after: int | None = None
 
 
 @dataclass
@@ -179,6 +182,23 @@ class TestEngine:
         for i in range(behaviour.tokens):
             if i == behaviour.break_after:
                 raise ConnectionAbortedError("engine crashed mid-stream")
+            if i == behaviour.error_after:
+                error = {
+                    "error": {
+                        "message": "engine failed mid-stream",
+                        "type": "InternalServerError",
+                        "param": None,
+                        "code": 500,
+                    }
+                }
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": b"data: " + orjson.dumps(error) + b"\n\ndata: [DONE]\n\n",
+                        "more_body": False,
+                    }
+                )
+                return
             if i and behaviour.token_delay_s:
                 await asyncio.sleep(behaviour.token_delay_s)
             delta: dict[str, Any] = (
