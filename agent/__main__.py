@@ -1,6 +1,8 @@
 """`python -m agent`: the node agent, configured by INVENTIV_AGENT_* environment variables.
 
 SIGTERM or SIGINT stops the HTTP server, then the engine's whole process group.
+`python -m agent join ...` / `connect`: a machine behind NAT, over the outbound tunnel
+(agent/tunnel.py), with no HTTP server at all.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ def load_settings() -> AgentSettings:
 
 
 def main() -> None:
+    if sys.argv[1:2] in (["join"], ["connect"]):
+        from agent.tunnel import main as tunnel_main
+
+        sys.exit(tunnel_main(sys.argv[1:]))
     settings = load_settings()
     configure_logging(settings)
     config = uvicorn.Config(

@@ -26,6 +26,7 @@ from api.routers import (
     deployments,
     events,
     instances,
+    machines,
     metrics,
     overview,
     projects,
@@ -66,6 +67,7 @@ def _routers() -> list[APIRouter]:
         events.router,
         providers.router,
         agents.router,
+        machines.router,
     ]
 
 

@@ -383,3 +383,81 @@ class BareMetalHost(SQLModel, table=True):
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
+
+
+def _at(nullable: bool = True) -> Any:
+    if nullable:
+        return Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=True))
+    return Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class MachineEnrolment(SQLModel, table=True):
+    """A one-time token that lets one machine join (`python -m agent join`). Only its SHA-256 is
+    stored; `used_at` is set by the conditional UPDATE that spends it, so it works once."""
+
+    __tablename__ = "machine_enrolments"
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    token_hash: str = Field(index=True, unique=True, max_length=64)
+    name: str = Field(max_length=120)
+    project_id: uuid.UUID | None = Field(
+        default=None, foreign_key="projects.id", index=True, ondelete="CASCADE"
+    )
+    created_by: uuid.UUID = Field(foreign_key="users.id", ondelete="CASCADE")
+    expires_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    used_at: datetime | None = _at()
+    machine_id: uuid.UUID | None = None  # the machine it enrolled
+    created_at: datetime = _at(nullable=False)
+
+
+class Machine(SQLModel, table=True):
+    """A machine that joined through the outbound tunnel; the `tunnel` provider lends it to one
+    instance at a time (`claimed_by`, unique, claimed by a conditional UPDATE like bare-metal hosts).
+
+    The machine proves itself with its credential (only the SHA-256 is stored; rotated over the
+    tunnel before `credential_expires_at`) and a signature by the Ed25519 key it generated
+    (`public_key`, raw bytes in hex). `revoked_at` cuts the tunnel. `relay_url` is where the
+    tunnel replica holding its connection relays HTTP to it (`<relay_url>/engine`, `/agent`).
+    `owner_id` decides its sharing: time slots in `timezone` and quotas (core/machine_sharing.py).
+    """
+
+    __tablename__ = "machines"
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    name: str = Field(max_length=120)
+    project_id: uuid.UUID | None = Field(
+        default=None, foreign_key="projects.id", index=True, ondelete="CASCADE"
+    )
+    owner_id: uuid.UUID = Field(foreign_key="users.id", index=True, ondelete="CASCADE")
+    public_key: str = Field(max_length=64)
+    credential_hash: str = Field(index=True, unique=True, max_length=64)
+    credential_expires_at: datetime = Field(
+        sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+    revoked_at: datetime | None = _at()
+    instance_type: str = Field(default="tunnel", index=True, max_length=64)
+    gpu_count: int = 0
+    gpu_inventory: list[dict[str, Any]] = _json([])
+    timezone: str = Field(default="UTC", max_length=64)
+    # [{"days": [0..6] (Monday 0), "start": "20:00", "end": "08:00"}]; empty: always shared
+    slots: list[dict[str, Any]] = _json([])
+    quota_gpus: int | None = None  # GPUs the cluster may use at once; None: all
+    quota_gpu_hours_per_day: float | None = None  # per local day; None: unlimited
+    claimed_by: uuid.UUID | None = Field(default=None, unique=True, index=True)
+    claimed_at: datetime | None = _at()
+    # what the claiming instance's agent runs: its environment without secrets
+    desired_env: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB))
+    relay_url: str | None = Field(default=None, max_length=255)
+    remote_address: str | None = Field(default=None, max_length=255)
+    connected_at: datetime | None = _at()
+    disconnected_at: datetime | None = _at()
+    last_seen_at: datetime | None = _at()
+    running_instance: str | None = Field(default=None, max_length=64)  # as the agent reports
+    created_at: datetime = _at(nullable=False)
+
+
+class MachineUsage(SQLModel, table=True):
+    """GPU-seconds a machine served the cluster, per day in the machine's own time zone."""
+
+    __tablename__ = "machine_usage"
+    machine_id: uuid.UUID = Field(foreign_key="machines.id", primary_key=True, ondelete="CASCADE")
+    day: str = Field(primary_key=True, max_length=10)  # YYYY-MM-DD, local to the machine
+    gpu_seconds: float = 0.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 
 
 def token_hash(secret: str) -> str:
@@ -23,3 +24,8 @@ def engine_api_key(secret_key: str, instance_id: str) -> str:
     gateway, the agent and the activities compute it from the instance id alone and it never
     travels through workflow history or the database."""
     return hmac.new(secret_key.encode(), f"engine:{instance_id}".encode(), "sha256").hexdigest()
+
+
+def new_machine_credential() -> str:
+    """A tunnelled machine's credential (random; only its hash is stored)."""
+    return "imc_" + secrets.token_urlsafe(32)

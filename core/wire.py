@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from enum import StrEnum
 
 from pydantic import BaseModel
@@ -139,3 +140,26 @@ class GatewayLoad(BaseModel):
     in_flight: int  # requests this replica has in flight on the deployment's instances
     arrival_rate_per_s: float  # requests for the model per second over the last period
     rejected_per_s: float = 0.0  # requests turned away with 503 (queue full or deadline) per second
+
+
+# ---------------------------------------------------------------- the machine tunnel
+# One WebSocket per machine (agent/tunnel.py dials, tunnel/hub.py answers). Text frames are JSON
+# control messages ({"type": ...}); binary frames carry HTTP bodies: a 4-byte stream id, one flag
+# byte (1: the body ends here) and the bytes.
+
+TUNNEL_PATH = "/tunnel/connect"
+TUNNEL_CLOSE_REFUSED = 4401  # unknown machine, wrong credential or signature: do not retry
+TUNNEL_CLOSE_REVOKED = 4403  # the machine was revoked: stop the engine, do not reconnect
+_DATA_HEAD = struct.Struct(">IB")
+
+
+def tunnel_data(stream: int, chunk: bytes, *, end: bool = False) -> bytes:
+    return _DATA_HEAD.pack(stream, 1 if end else 0) + chunk
+
+
+def parse_tunnel_data(frame: bytes) -> tuple[int, bool, bytes]:
+    """(stream id, last frame of the body, bytes); ValueError for a frame too short."""
+    if len(frame) < _DATA_HEAD.size:
+        raise ValueError("tunnel data frame shorter than its header")
+    stream, end = _DATA_HEAD.unpack_from(frame)
+    return stream, bool(end), frame[_DATA_HEAD.size :]

@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("core", "agent", "activities", "workflows", "workers", "gateway", "api", "inventiv")
+PACKAGES = (
+    "core", "agent", "activities", "workflows", "workers", "gateway", "api", "tunnel", "inventiv"
+)  # fmt: skip
 
 # What each package may import of ours, by module prefix ("core" allows core and core.*).
 # A package may always import itself. inventiv/ composes everything, so it has no rule.
@@ -49,8 +51,12 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "activities.providers.ssh.catalogue",
         "activities.providers.ssh.keys",
         "activities.providers.ssh.settings",
+        # Machine enrolment answers with the tunnel's public URL.
+        "activities.providers.tunnel.settings",
         "agent.identity",
     ),
+    # The tunnel endpoint: core, its settings, and the drain command it is handed.
+    "tunnel": ("core", "activities.providers.tunnel.settings"),
 }
 
 # Third-party modules a service must not load when it is imported: cloud SDKs (the provider

@@ -11,7 +11,8 @@ and a provider whose SDK is not installed is off, with the reason logged, instea
 every process. An adapter is on only when its SDK and settings are there: `local` always is;
 Scaleway needs INVENTIV_SCALEWAY_ACCESS_KEY, _SECRET_KEY and _PROJECT_ID; AWS needs
 INVENTIV_AWS_ACCESS_KEY_ID and _SECRET_ACCESS_KEY; bare metal needs INVENTIV_SSH_ENABLED=true
-and the database (its hosts live there). No reason ever quotes a credential.
+and the database (its hosts live there); tunnelled machines need INVENTIV_TUNNEL_ENABLED=true
+and the database. No reason ever quotes a credential.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from activities.providers.scaleway import catalogue as scaleway_catalogue
 from activities.providers.scaleway.settings import ScalewaySettings
 from activities.providers.ssh import catalogue as ssh_catalogue
 from activities.providers.ssh.settings import SSHSettings
+from activities.providers.tunnel import catalogue as tunnel_catalogue
+from activities.providers.tunnel.settings import TunnelSettings
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -120,6 +123,13 @@ PROVIDERS: dict[str, ProviderSpec[Any]] = {
             catalogue=ssh_catalogue.offers,
             capabilities=(Capability.host_pool,),
             sdk="asyncssh",
+        ),
+        ProviderSpec(
+            kind="tunnel",
+            title="Tunnelled machines",
+            settings=TunnelSettings,
+            factory="activities.providers.tunnel.adapter:TunnelCompute",
+            catalogue=tunnel_catalogue.offers,
         ),
     )
 }
