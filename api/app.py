@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -36,9 +37,12 @@ from api.routers import (
     usage,
     users,
 )
+from api.tracing import RequestSpans
 from core.db import DatabaseUnavailableError, make_engine, make_sessionmaker
+from core.observability import ObservabilitySettings
 from core.quotas import QuotaExceeded
 from core.settings import Settings
+from core.tracing import start_tracing
 
 API_PREFIX = "/api/v1"
 DASHBOARD_DIST = Path(__file__).resolve().parents[1] / "dashboard" / "dist"
@@ -75,6 +79,7 @@ def create_app(
     settings: Settings, *, dashboard_dist: Path = DASHBOARD_DIST, sse_keepalive_s: float = 15
 ) -> FastAPI:
     settings.require_all("database_url", "redis_url", "temporal_address", "secret_key")
+    tracing = start_tracing(ObservabilitySettings(), "inventiv-api")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -91,12 +96,14 @@ def create_app(
             socket_connect_timeout=settings.redis_timeout_s,
             socket_timeout=settings.redis_timeout_s,
         )
-        app.state.temporal = await temporal.connect(settings)
+        app.state.temporal = await temporal.connect(settings, tracing)
         try:
             yield
         finally:
             await app.state.redis.aclose()
             await engine.dispose()
+            if tracing is not None:
+                await asyncio.to_thread(tracing.shutdown)
 
     app = FastAPI(
         title="Inventiv API",
@@ -115,6 +122,8 @@ def create_app(
     trusted = [a.strip() for a in settings.trusted_proxies.split(",") if a.strip()]
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=trusted)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_body_bytes)
+    if tracing is not None:
+        app.add_middleware(RequestSpans, tracer=tracing.tracer)
     router = APIRouter(prefix=API_PREFIX)
     for module_router in _routers():
         router.include_router(module_router)

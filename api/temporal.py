@@ -25,6 +25,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.errors import DependencyUnavailableError
 from core.settings import Settings
+from core.tracing import Tracing
 
 # What a server that is down, frozen or overloaded answers; other statuses are about the call.
 OUTAGE_STATUSES = frozenset(
@@ -86,9 +87,16 @@ for _name, _call in list(vars(OutboundInterceptor).items()):
         setattr(_BoundedOutbound, _name, _bounded_method(_name))
 
 
-async def connect(settings: Settings) -> Client:
+async def connect(settings: Settings, tracing: Tracing | None = None) -> Client:
+    interceptors: list[Interceptor] = [BoundedCalls(settings.temporal_rpc_timeout_s)]
+    if tracing is not None:
+        # Starting a workflow carries the request's trace in its headers (core.tracing). Loads
+        # the OpenTelemetry SDK: only when tracing is on.
+        from temporalio.contrib.opentelemetry import TracingInterceptor
+
+        interceptors.append(TracingInterceptor(tracing.tracer))
     return await Client.connect(
         settings.require("temporal_address"),
         namespace=settings.temporal_namespace,
-        interceptors=[BoundedCalls(settings.temporal_rpc_timeout_s)],
+        interceptors=interceptors,
     )

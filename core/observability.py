@@ -6,9 +6,13 @@ documented) on its own; every process reads the same INVENTIV_ variables.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+
+if TYPE_CHECKING:  # the gateway reads these settings and must not load Temporal
+    from temporalio.runtime import Runtime
 
 
 class ObservabilitySettings(BaseSettings):
@@ -35,11 +39,36 @@ class ObservabilitySettings(BaseSettings):
             "its instance types; exported for the over-budget alert"
         ),
     )
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description=(
+            "OTLP/HTTP collector the API, worker and gateway send traces to, like "
+            "http://localhost:4318 (spans go to its /v1/traces); unset: no tracing at all"
+        ),
+    )
+    otlp_headers: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Headers sent with each trace export, `name=value,name=value` (a hosted "
+            "collector's credentials)"
+        ),
+    )
+    trace_sample_ratio: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Share of new traces recorded (0 to 1); a request that arrives with a sampled "
+            "`traceparent` is always recorded"
+        ),
+    )
 
 
 def worker_metrics_runtime(bind_address: str) -> Runtime:
     """A Temporal runtime serving the SDK's metrics at http://bind_address/metrics, durations
     in seconds, with the unit and `_total` suffixes Prometheus names carry."""
+    from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+
     config = PrometheusConfig(
         bind_address=bind_address,
         durations_as_seconds=True,

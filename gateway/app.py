@@ -23,8 +23,10 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from core.observability import ObservabilitySettings
 from core.settings import Settings
 from core.tokens import engine_api_key
+from core.tracing import Tracing, start_tracing
 from gateway import metrics
 from gateway.accounting import Accounting
 from gateway.asgi import JSON_HEADERS, ClientGone, Receive, Scope, Send, respond
@@ -38,6 +40,7 @@ from gateway.proxy import PROXY_ROUTES, Proxy
 from gateway.ratelimit import RateLimiter
 from gateway.routing import Backend, Router
 from gateway.settings import GatewaySettings
+from gateway.tracing import RequestTraces
 
 log = logging.getLogger("inventiv.gateway")
 
@@ -76,6 +79,7 @@ class Gateway:
         self._logs: RequestLogWriter | None = None
         self._accounting: Accounting | None = None
         self._proxy: Proxy | None = None
+        self._tracing: Tracing | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -97,8 +101,10 @@ class Gateway:
         )
         logs = self._logs = RequestLogWriter(pool, config.log_batch_size, config.log_buffer_max)
         accounting = self._accounting = Accounting(logs, limiter)
+        tracing = self._tracing = start_tracing(ObservabilitySettings(), "inventiv-gateway")
+        traces = None if tracing is None else RequestTraces(tracing.tracer)
         self._proxy = Proxy(
-            config, keys, limiter, self.router, self.deployments, self.upstream, accounting
+            config, keys, limiter, self.router, self.deployments, self.upstream, accounting, traces
         )
 
         sync = RegistrySync(redis, self.router)
@@ -152,6 +158,8 @@ class Gateway:
             await self._pool.close()
         if self._redis is not None:
             await self._redis.aclose()
+        if self._tracing is not None:
+            await asyncio.to_thread(self._tracing.shutdown)
 
     def _backend_removed(self, backend: Backend) -> None:
         url = backend.info.engine_url

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
-from temporalio.client import Client
+from temporalio.client import Client, Interceptor
 from temporalio.worker import Worker
 
 from activities.autoscale import AutoscaleActivities
@@ -30,16 +30,27 @@ from activities.providers.registry import build_providers
 from activities.reconcile import ReconcileActivities
 from core.db import make_engine, make_sessionmaker
 from core.models import TerminationReason
+from core.observability import ObservabilitySettings
 from core.settings import Settings
+from core.tracing import Tracing, start_tracing
 from workers.registration import WORKFLOWS, activity_methods
 from workflows import client as workflows_client
 
 log = logging.getLogger(__name__)
 
 
-async def connect(settings: Settings) -> Client:
+async def connect(settings: Settings, tracing: Tracing | None = None) -> Client:
+    interceptors: list[Interceptor] = []
+    if tracing is not None:
+        # On the client, so the worker built on it gets it too: workflow and activity spans
+        # join the trace their starter sent, and workflows started by activities carry it on.
+        from temporalio.contrib.opentelemetry import TracingInterceptor
+
+        interceptors.append(TracingInterceptor(tracing.tracer))
     return await Client.connect(
-        settings.require("temporal_address"), namespace=settings.temporal_namespace
+        settings.require("temporal_address"),
+        namespace=settings.temporal_namespace,
+        interceptors=interceptors,
     )
 
 
@@ -92,9 +103,14 @@ async def build_worker(
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
-    client = await connect(settings)
-    await workflows_client.ensure_reconciler(client, settings)
-    async with build_worker(settings, client) as worker:
-        log.info("orchestrator worker polling %s", settings.task_queue)
-        async with worker:
-            await stop.wait()
+    tracing = start_tracing(ObservabilitySettings(), "inventiv-worker")
+    try:
+        client = await connect(settings, tracing)
+        await workflows_client.ensure_reconciler(client, settings)
+        async with build_worker(settings, client) as worker:
+            log.info("orchestrator worker polling %s", settings.task_queue)
+            async with worker:
+                await stop.wait()
+    finally:
+        if tracing is not None:
+            await asyncio.to_thread(tracing.shutdown)
