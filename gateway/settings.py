@@ -62,7 +62,7 @@ class GatewaySettings(BaseSettings):
         "be chosen for its cache; else the least loaded",
     )
     prefix_load_factor: float = Field(
-        default=1.5,
+        default=2.0,
         gt=1.0,
         description="Routing 'prefix_aware': an instance holding the prefix is skipped when its "
         "load would exceed this factor times its fair share",

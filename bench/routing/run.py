@@ -419,7 +419,7 @@ def main() -> None:
     parser.add_argument(
         "--kv-cache-tokens", type=int, default=131072, help="each engine's KV budget"
     )
-    parser.add_argument("--shared-prefix-rate", type=float, default=12.0, help="requests/s")
+    parser.add_argument("--shared-prefix-rate", type=float, default=16.0, help="requests/s")
     parser.add_argument("--quick", action="store_true", help="half-length workloads")
     parser.add_argument("--workloads", default="shared_prefix,conversations,azure_conv_trace")
     parser.add_argument("--only", default="", help="comma-separated target names to run")
