@@ -151,7 +151,7 @@ async def join(body: JoinRequest, session: SessionDep) -> JoinAnswer:
             raise ValueError
     except ValueError:
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY, "public_key: an Ed25519 key, 32 bytes in hex"
+            status.HTTP_422_UNPROCESSABLE_CONTENT, "public_key: an Ed25519 key, 32 bytes in hex"
         ) from None
     now = utcnow()
     hashed = token_hash(body.token)
@@ -295,7 +295,7 @@ async def set_sharing(
     try:
         parse_sharing(body.timezone, body.slots, body.quota_gpus, body.quota_gpu_hours_per_day)
     except ValueError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from None
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     machine.timezone = body.timezone
     machine.slots = body.slots
     machine.quota_gpus = body.quota_gpus

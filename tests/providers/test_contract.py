@@ -37,12 +37,14 @@ from activities.providers.scaleway.adapter import ScalewayCompute
 from activities.providers.scaleway.settings import ScalewaySettings
 from activities.providers.ssh.adapter import SSHCompute
 from activities.providers.ssh.settings import SSHSettings
+from activities.providers.tunnel.adapter import TunnelCompute
 from core.embedded import free_port
-from core.models import BareMetalHost
+from core.models import BareMetalHost, Machine
 from core.settings import Settings
 from tests.providers.conftest import SSHHost
 from tests.providers.fake_scaleway import FakeScaleway
 from tests.providers.teardown import delete_until_gone
+from tests.tunnel.helpers import connected_machine, eventually, tunnel_settings
 
 AGENT_SHA256 = hashlib.sha256(
     (Path(__file__).resolve().parents[2] / "agent" / "agent.py").read_bytes()
@@ -132,6 +134,32 @@ async def ssh_stand(
 
     compute = SSHCompute(SSHSettings(enabled=True), db_url)
     yield Stand(compute, request, nothing_left)
+    await compute.close()
+
+
+@pytest.fixture
+async def tunnel_stand(
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[Stand]:
+    tunnel = tunnel_settings(monkeypatch)
+    assert settings.database_url
+    compute = TunnelCompute(tunnel, settings.database_url)
+    request = _request("tunnel", [])
+    async with connected_machine(settings, tunnel, sessionmaker, tmp_path / "m") as machine:
+
+        async def nothing_left() -> None:
+            async def released() -> bool:
+                async with sessionmaker() as session:
+                    row = await session.get(Machine, machine.machine_id)
+                return row is not None and row.claimed_by is None and row.running_instance is None
+
+            await eventually(released, 30, "the machine released and its engine stopped")
+            assert machine.process.poll() is None  # released, never powered off
+
+        yield Stand(compute, request, nothing_left)
     await compute.close()
 
 

@@ -7,14 +7,27 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from activities.providers.tunnel.settings import TunnelSettings
+from agent.tunnel import MachineState
 from core.embedded import free_port
+from core.models import Machine, utcnow
+from core.settings import Settings
+from core.tokens import new_machine_credential, token_hash
+from tests.factories import make_user
+from tunnel.server import TunnelServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,3 +79,54 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what:
             return time.monotonic() - start
         await asyncio.sleep(0.1)
     raise AssertionError(f"not within {timeout}s: {what}")
+
+
+@dataclass
+class ConnectedMachine:
+    machine_id: uuid.UUID
+    process: subprocess.Popen[bytes]
+    state_dir: Path
+
+
+@asynccontextmanager
+async def connected_machine(
+    settings: Settings, tunnel: TunnelSettings, sessionmaker: Any, state_dir: Path
+) -> AsyncIterator[ConnectedMachine]:
+    """A shared machine enrolled straight into the database (its key made here), the tunnel
+    endpoint running in this loop, and the machine's agent connected to it as a process."""
+    key = Ed25519PrivateKey.generate()
+    credential = new_machine_credential()
+    async with sessionmaker() as session:
+        owner = await make_user(session)
+        machine = Machine(
+            name=f"stand-{uuid.uuid4().hex[:6]}",
+            owner_id=owner.id,
+            public_key=key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex(),
+            credential_hash=token_hash(credential),
+            credential_expires_at=utcnow() + timedelta(days=1),
+        )
+        session.add(machine)
+        await session.commit()
+    MachineState(
+        machine_id=str(machine.id),
+        credential=credential,
+        credential_expires_at=machine.credential_expires_at.isoformat(),
+        tunnel_url=tunnel.public_url,
+        private_key=key.private_bytes_raw().hex(),
+    ).save(state_dir)
+    endpoint = TunnelServer(settings, tunnel)
+    await endpoint.start()
+    process = start_machine(state_dir, "connect", "--state-dir", str(state_dir))
+    try:
+
+        async def online() -> bool:
+            async with sessionmaker() as session:
+                row = await session.get(Machine, machine.id)
+            return row is not None and row.connected_at is not None
+
+        await eventually(online, 30, "the machine connected")
+        yield ConnectedMachine(machine.id, process, state_dir)
+    finally:
+        process.terminate()
+        await asyncio.to_thread(process.wait, 30)
+        await endpoint.stop()

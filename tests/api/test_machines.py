@@ -1,0 +1,105 @@
+"""Machine enrolment as its users meet it: a token shown once that works once and expires, the
+owner's sharing rules checked, only owners and admins changing a machine."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import update
+
+from core.models import Machine, MachineEnrolment, utcnow
+from tests.api.conftest import Tenant
+
+KEY = "ab" * 32  # an Ed25519 public key's length; the join does not check the curve point
+
+
+async def _enrol(client: httpx.AsyncClient, tenant: Tenant, **body: Any) -> dict[str, Any]:
+    body = {"name": "lab-box", "project_id": str(tenant.project.id), **body}
+    response = await client.post("/api/v1/machines/enrolments", json=body, headers=tenant.headers)
+    assert response.status_code == 201, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+async def test_a_token_works_once(client: httpx.AsyncClient, alice: Tenant) -> None:
+    enrolment = await _enrol(client, alice)
+    assert enrolment["command"].startswith("python -m agent join --control-plane ")
+    joined = await client.post(
+        "/api/v1/machines/join", json={"token": enrolment["token"], "public_key": KEY}
+    )
+    assert joined.status_code == 201, joined.text
+    assert joined.json()["credential"].startswith("imc_")
+    again = await client.post(
+        "/api/v1/machines/join", json={"token": enrolment["token"], "public_key": KEY}
+    )
+    assert again.status_code == 409 and "already used" in again.json()["detail"]
+    listed = (await client.get("/api/v1/machines", headers=alice.headers)).json()
+    assert [m["name"] for m in listed] == ["lab-box"]
+    assert listed[0]["owner_email"] == alice.user.email and listed[0]["connected"] is False
+
+
+async def test_expired_and_unknown_tokens_are_refused(
+    client: httpx.AsyncClient, alice: Tenant, sessionmaker: Any
+) -> None:
+    enrolment = await _enrol(client, alice, expires_in_s=60)
+    async with sessionmaker() as session:
+        await session.execute(
+            update(MachineEnrolment).values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+        await session.commit()
+    expired = await client.post(
+        "/api/v1/machines/join", json={"token": enrolment["token"], "public_key": KEY}
+    )
+    assert expired.status_code == 410 and "expired" in expired.json()["detail"]
+    unknown = await client.post(
+        "/api/v1/machines/join", json={"token": "ime_nonsense", "public_key": KEY}
+    )
+    assert unknown.status_code == 401
+    bad_key = await client.post("/api/v1/machines/join", json={"token": "x", "public_key": "zz"})
+    assert bad_key.status_code == 422
+
+
+async def test_who_may_enrol_and_change_a_machine(
+    client: httpx.AsyncClient, alice: Tenant, bob: Tenant, sessionmaker: Any
+) -> None:
+    shared = await client.post(
+        "/api/v1/machines/enrolments", json={"name": "x"}, headers=alice.headers
+    )
+    assert shared.status_code == 403  # only admins enrol machines shared by every project
+    foreign = await client.post(
+        "/api/v1/machines/enrolments",
+        json={"name": "x", "project_id": str(bob.project.id)},
+        headers=alice.headers,
+    )
+    assert foreign.status_code == 404
+    enrolment = await _enrol(client, alice)
+    machine_id = (
+        await client.post(
+            "/api/v1/machines/join", json={"token": enrolment["token"], "public_key": KEY}
+        )
+    ).json()["machine_id"]
+    rules = {
+        "timezone": "Europe/Paris",
+        "slots": [{"days": ["mon", "tue"], "start": "20:00", "end": "08:00"}],
+        "quota_gpus": 1,
+        "quota_gpu_hours_per_day": 6,
+    }
+    assert (
+        await client.put(f"/api/v1/machines/{machine_id}/sharing", json=rules, headers=bob.headers)
+    ).status_code == 404
+    saved = await client.put(
+        f"/api/v1/machines/{machine_id}/sharing", json=rules, headers=alice.headers
+    )
+    assert saved.status_code == 200 and saved.json()["sharing"]["quota_gpus"] == 1
+    wrong = await client.put(
+        f"/api/v1/machines/{machine_id}/sharing",
+        json={**rules, "timezone": "Mars/Olympus"},
+        headers=alice.headers,
+    )
+    assert wrong.status_code == 422 and "time zone" in wrong.json()["detail"]
+    revoked = await client.post(f"/api/v1/machines/{machine_id}/revoke", headers=alice.headers)
+    assert revoked.status_code == 200
+    async with sessionmaker() as session:
+        row = await session.get(Machine, revoked.json()["id"])
+        assert row is not None and row.revoked_at is not None
