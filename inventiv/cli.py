@@ -81,6 +81,31 @@ def cmd_worker(settings: Settings) -> int:
     return 0
 
 
+def cmd_tunnel(settings: Settings) -> int:
+    """The tunnel endpoint machines dial, with its relay; drains through the orchestrator."""
+    from temporalio.client import Client
+
+    from activities.providers.tunnel.settings import TunnelSettings
+    from core.models import TerminationReason
+    from tunnel.server import TunnelServer
+    from workflows.client import drain_if_accepted
+
+    _need(settings, "database_url", "temporal_address", "secret_key")
+
+    async def main() -> None:
+        temporal = await Client.connect(
+            settings.require("temporal_address"), namespace=settings.temporal_namespace
+        )
+
+        async def drain(workflow_id: str) -> bool:  # the owner's slot or quota is ending
+            return await drain_if_accepted(temporal, workflow_id, TerminationReason.scale_down)
+
+        await TunnelServer(settings, TunnelSettings(), drain=drain).serve_forever()
+
+    asyncio.run(main())
+    return 0
+
+
 def cmd_dev(settings: Settings) -> int:
     from inventiv.dev import run_dev
 
@@ -95,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("api", help="run the API service")
     sub.add_parser("worker", help="run the orchestrator worker")
     sub.add_parser("gateway", help="run the gateway")
+    sub.add_parser("tunnel", help="run the endpoint tunnelled machines dial, and its relay")
     operator_cli.add_commands(sub)
     args = parser.parse_args(argv)
     if hasattr(args, "run"):  # an operator command, over the REST API
@@ -109,5 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         runpy.run_module("gateway", run_name="__main__")
         return 0
     settings = Settings()
-    commands = {"dev": cmd_dev, "migrate": cmd_migrate, "api": cmd_api, "worker": cmd_worker}
+    commands = {
+        "dev": cmd_dev,
+        "migrate": cmd_migrate,
+        "api": cmd_api,
+        "worker": cmd_worker,
+        "tunnel": cmd_tunnel,
+    }
     return commands[args.command](settings)
