@@ -313,7 +313,6 @@ class Proxy:
                     error: Exception = exc
                 else:
                     if response.status < 500:
-                        self.router.record_success(backend)
                         break
                     metrics.UPSTREAM_ERRORS.labels(model, "5xx").inc()
                     failed_with = response
@@ -357,6 +356,8 @@ class Proxy:
                 else:
                     request.streamed = False
                     await self._relay_whole(request, response, send)
+                if request.status < 500:  # a stream counts once it ended without an error event
+                    self.router.record_success(backend)
             finally:
                 # Not read to the end (the client left, or stopped reading): the engine stops.
                 response.abort()
