@@ -41,6 +41,8 @@ class LifecycleSpec:
     health_rounds_per_run: int = 500
     # How long a deleted machine may take to disappear before the delete is issued again.
     delete_confirm_timeout_s: float = 240.0
+    # Longest wait between two attempts of a failing cleanup step (they never give up).
+    cleanup_max_interval_s: float = 60.0
 
 
 @dataclass
@@ -118,6 +120,16 @@ class VolumeRef:
 
 
 @dataclass
+class AttentionInput:
+    """A cleanup step failed in a way its retries cannot fix alone (or it keeps failing)."""
+
+    instance_id: str
+    step: str
+    error: str
+    attempts: int
+
+
+@dataclass
 class VolumePlan:
     delete: list[str] = field(default_factory=list)
     keep: list[str] = field(default_factory=list)
@@ -131,6 +143,11 @@ class ReconcileInput:
     interval_s: float
     orphan_grace_s: float
     rounds_before_continue: int = 100
+    # A machine missing from its provider's listing for less than this may just not be listed
+    # yet (eventual consistency): its instance is marked provider_deleted only after.
+    missing_grace_s: float = 120.0
+    # Resource id -> when (epoch seconds) it was first seen missing; carried between rounds.
+    missing_since: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -138,6 +155,7 @@ class ReconcileResult:
     provider_deleted: list[str] = field(default_factory=list)
     orphans_deleted: list[str] = field(default_factory=list)
     orphan_volumes_deleted: list[str] = field(default_factory=list)
+    missing_since: dict[str, float] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- autoscaler

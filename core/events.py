@@ -31,6 +31,7 @@ class EventKind(StrEnum):
     deployment = "deployment"  # a deployment was created, changed or deleted
     scaling = "scaling"  # an autoscaler decision
     reconciler = "reconciler"  # something the reconciler found and fixed
+    attention = "attention"  # an instance's cleanup keeps failing (or no longer does)
 
 
 async def publish_event(

@@ -253,6 +253,21 @@ class Instance(SQLModel, table=True):
     last_heartbeat_at: datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
+    # Set while a cleanup step keeps failing (an `InstanceAttention` as JSON); cleared when the
+    # step succeeds.
+    attention: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB, nullable=True))
+
+
+class InstanceAttention(SQLModel):
+    """Why an instance needs an operator: a cleanup step that keeps failing. The step goes on
+    retrying; once the cause is fixed it succeeds and this is cleared."""
+
+    step: str
+    error: str
+    attempts: int
+    since: datetime
+    leaked: list[str]  # provider ids of the machine and volumes still there
+    hint: str
 
 
 class InstanceStateHistory(SQLModel, table=True):

@@ -137,6 +137,14 @@ class Settings(BaseSettings):
         default=240,
         description="How long a deleted machine may take to disappear before the delete is re-sent",
     )
+    cleanup_attention_after_attempts: int = Field(
+        default=10,
+        description="Failed attempts of a cleanup step (delete, confirm, volumes) before the "
+        "instance is flagged as needing attention; the step keeps retrying",
+    )
+    cleanup_max_interval_s: float = Field(
+        default=60, description="Longest wait between two attempts of a failing cleanup step"
+    )
     archive_after_s: float = Field(default=7 * 86400, description="Retention before archiving")
     boot_poll_interval_s: float = Field(default=1.0, description="Boot step polling period")
     block_on_agent_mismatch: bool = Field(
@@ -152,14 +160,21 @@ class Settings(BaseSettings):
     orphan_grace_s: float = Field(
         default=600, description="Age before an untracked tagged resource is deleted"
     )
+    missing_grace_s: float = Field(
+        default=120,
+        description="How long a machine may be missing from its provider's listing (eventual "
+        "consistency, a booting machine) before its instance is marked provider_deleted",
+    )
 
     # Dependency outages: the API bounds every call to a dependency; past it, a 503.
     db_timeout_s: float = Field(
         default=10,
-        description="API: longest wait for PostgreSQL (a connection, each statement) before a 503",
+        description="API and worker: longest wait for PostgreSQL (a connection, each statement); "
+        "past it the API answers 503 and the worker's activity is retried",
     )
     redis_timeout_s: float = Field(
-        default=5, description="API: longest wait for Redis (connect, each command) before a 503"
+        default=5,
+        description="API and worker: longest wait for Redis (connect, each command)",
     )
     temporal_rpc_timeout_s: float = Field(
         default=10, description="API: longest wait for a Temporal call before a 503"

@@ -71,14 +71,20 @@ async def start_instance_workflow(client: Client, task_queue: str, instance_id: 
 async def create_instance(
     session: AsyncSession, client: Client, task_queue: str, *, deployment: Deployment
 ) -> Instance:
-    """A new instance of the deployment in `provisioning`, its workflow started."""
+    """A new instance of the deployment in `provisioning`, its workflow started.
+
+    The workflow is started first (its id is derived from the instance's), the row committed
+    after: when Temporal is unreachable nothing is committed, so no row waits for a workflow
+    that never comes (nor counts against quotas). The workflow waits for its row a while, and
+    ends without creating anything when the commit never came."""
     instance_id = uuid.uuid4()
     await check_and_reserve(session, deployment)  # raises QuotaExceeded: nothing is created
     instance = new_instance(deployment, instance_id)
     session.add(instance)
+    await session.flush()  # a constraint that fails must fail before the workflow starts
+    await start_instance_workflow(client, task_queue, instance_id)
     await session.commit()
     await session.refresh(instance)
-    await start_instance_workflow(client, task_queue, instance_id)
     return instance
 
 

@@ -5,7 +5,9 @@ startup_failed and provider_deleted on the side: the state machine of core/state
 workflow follows too (`state.phase`, each move checked against its legal transitions) while its
 activities move the database. Whatever fails after the provider created something ends in
 cleanup: termination activities retry until they succeed, so nothing is left running or billed at
-a provider.
+a provider. The rule (docs/architecture.md, "Orchestration"): every path ends in `ready`, in
+`terminated` with every deletable volume deleted, or in a visible "needs attention" flag on the
+instance while a cleanup step keeps retrying; never in a failed workflow.
 
 Drain and terminate are updates: their validators refuse what the phase forbids, so the caller
 (the API, the autoscaler) learns at once whether the command was taken.
@@ -26,6 +28,7 @@ from temporalio.exceptions import TimeoutError as TimeoutError_
 
 with workflow.unsafe.imports_passed_through():
     from activities.contracts import (
+        AttentionInput,
         BootStepInput,
         DrainInput,
         FailInput,
@@ -89,30 +92,13 @@ ResultT = TypeVar("ResultT")
 
 
 def quick(method: Callable[[Any, ArgT], Awaitable[ResultT]], arg: ArgT) -> Awaitable[ResultT]:
-    """A quick database/Redis activity. Attempts are not counted: a worker that crashes
-    mid-activity is not the activity's fault; the overall budget bounds them instead."""
+    """A quick database/Redis activity. It has no overall deadline: an outage of PostgreSQL or
+    Redis (or a worker crashing mid-activity) only delays it; typed errors still stop it."""
     return workflow.execute_activity_method(
         method,
         arg,
         start_to_close_timeout=timedelta(seconds=15),
-        schedule_to_close_timeout=timedelta(minutes=30),
         retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
-    )
-
-
-def cleanup(method: Callable[[Any, ArgT], Awaitable[ResultT]], arg: ArgT) -> Awaitable[ResultT]:
-    """A cleanup activity: it never gives up, since a machine left at a provider costs money."""
-    return workflow.execute_activity_method(
-        method,
-        arg,
-        start_to_close_timeout=timedelta(minutes=5),
-        heartbeat_timeout=timedelta(seconds=10),
-        retry_policy=RetryPolicy(
-            initial_interval=timedelta(seconds=1),
-            backoff_coefficient=2.0,
-            maximum_interval=timedelta(seconds=30),
-            maximum_attempts=0,
-        ),
     )
 
 
@@ -184,7 +170,13 @@ class InstanceWorkflow:
     @workflow.run
     async def run(self, inp: InstanceWorkflowInput) -> str:
         ref = InstanceRef(self.state.instance_id)
-        spec = await quick(ProvisionActivities.load_spec, ref)
+        try:
+            spec = await quick(ProvisionActivities.load_spec, ref)
+        except ActivityError as err:
+            if isinstance(err.cause, ApplicationError) and err.cause.type == "InstanceRowMissing":
+                return "no instance row"  # its creation was rolled back: nothing was created
+            raise
+        self.spec = spec
         if self.state.phase == S.provisioning:
             await self._provision_and_boot(ref, spec)
         if self.state.phase in (S.ready, S.draining):
@@ -305,13 +297,20 @@ class InstanceWorkflow:
         drain = DrainInput(ref.instance_id, reason, spec.drain_timeout_s, spec.poll_interval_s)
         if await quick(DrainActivities.begin_drain, drain):
             self._move(S.draining)
-            await workflow.execute_activity_method(
-                DrainActivities.wait_drained,
-                drain,
-                start_to_close_timeout=timedelta(seconds=spec.drain_timeout_s + 60),
-                heartbeat_timeout=timedelta(seconds=30),
-                retry_policy=RetryPolicy(maximum_attempts=3),
-            )
+            try:
+                # Worker crashes are retried, within the drain deadline plus a margin.
+                await workflow.execute_activity_method(
+                    DrainActivities.wait_drained,
+                    drain,
+                    start_to_close_timeout=timedelta(seconds=spec.drain_timeout_s + 60),
+                    schedule_to_close_timeout=timedelta(seconds=spec.drain_timeout_s + 120),
+                    heartbeat_timeout=timedelta(seconds=30),
+                    retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
+                )
+            except ActivityError as err:  # a drain that cannot finish still ends in termination
+                workflow.logger.warning(
+                    "drain of %s did not finish (%s): terminating", ref.instance_id, err.cause
+                )
         self._move(S.terminating)
 
     async def _replace_unhealthy(self, ref: InstanceRef, detail: str) -> None:
@@ -342,18 +341,52 @@ class InstanceWorkflow:
             self._move(S.provider_deleted)
             await self._cleanup_after_provider_deleted(ref)
             return
-        plan = await cleanup(TeardownActivities.discover_volumes, ref)
+        plan = await self._cleanup(TeardownActivities.discover_volumes, ref)
         await self._delete_server(ref, spec)
         await self._delete_volumes(ref, plan.delete)
-        await cleanup(TeardownActivities.finish_termination, ref)
+        await self._cleanup(TeardownActivities.finish_termination, ref)
         self._move(S.terminated)
         self.state.cleaned_up = True
 
+    async def _cleanup(
+        self, method: Callable[[Any, ArgT], Awaitable[ResultT]], arg: ArgT
+    ) -> ResultT:
+        """A cleanup activity: it never gives up, since a machine left at a provider costs money.
+        Temporal retries it with backoff (the activity logs each failure and flags the instance
+        when it keeps failing); a failure Temporal does not retry is retried here, flagged."""
+        max_interval = timedelta(seconds=self.spec.cleanup_max_interval_s)
+        failures = 0
+        while True:
+            try:
+                return await workflow.execute_activity_method(
+                    method,
+                    arg,
+                    start_to_close_timeout=timedelta(minutes=5),
+                    heartbeat_timeout=timedelta(seconds=10),
+                    retry_policy=RetryPolicy(
+                        initial_interval=timedelta(seconds=1),
+                        backoff_coefficient=2.0,
+                        maximum_interval=max_interval,
+                        maximum_attempts=0,
+                    ),
+                )
+            except ActivityError as err:
+                failures += 1
+                await self._flag_attention(method.__name__, failure_message(err), failures)
+                await workflow.sleep(max_interval)
+
+    async def _flag_attention(self, step: str, error: str, attempts: int) -> None:
+        attention = AttentionInput(self.state.instance_id, step, error, attempts)
+        await quick(TeardownActivities.flag_attention, attention)
+
     async def _delete_server(self, ref: InstanceRef, spec: LifecycleSpec) -> None:
         """Ask for the deletion, then look until the machine is gone (Temporal retries the look
-        with backoff). One that outlives the bound gets the delete again: never give up."""
+        with backoff). One that outlives the bound gets the delete again (and, from the second
+        time, the instance is flagged as needing attention): never give up."""
+        rounds = 0
         while True:
-            await cleanup(TeardownActivities.delete_server, ref)
+            rounds += 1
+            await self._cleanup(TeardownActivities.delete_server, ref)
             try:
                 await workflow.execute_activity_method(
                     TeardownActivities.confirm_gone,
@@ -369,23 +402,33 @@ class InstanceWorkflow:
                 )
                 return
             except ActivityError as err:
-                if not isinstance(err.cause, TimeoutError_):
-                    raise
-                workflow.logger.warning(
-                    "machine of %s still there after %.0fs: deleting it again",
-                    ref.instance_id,
-                    spec.delete_confirm_timeout_s,
+                timed_out = isinstance(err.cause, TimeoutError_)
+                error = (
+                    f"machine still there {spec.delete_confirm_timeout_s:.0f}s after its delete"
+                    if timed_out
+                    else failure_message(err)
                 )
+                workflow.logger.warning("%s: %s; deleting it again", ref.instance_id, error)
+                if rounds >= 2 or not timed_out:
+                    await self._flag_attention(
+                        TeardownActivities.confirm_gone.__name__, error, rounds
+                    )
+                if not timed_out:
+                    await workflow.sleep(timedelta(seconds=spec.cleanup_max_interval_s))
 
     async def _delete_volumes(self, ref: InstanceRef, volume_ids: list[str]) -> None:
         for volume_id in volume_ids:
-            await cleanup(TeardownActivities.delete_volume, VolumeRef(ref.instance_id, volume_id))
+            volume = VolumeRef(ref.instance_id, volume_id)
+            await self._cleanup(TeardownActivities.delete_volume, volume)
 
     async def _cleanup_after_provider_deleted(self, ref: InstanceRef) -> None:
-        """The machine is gone; its volumes may not be. Delete those meant to go with it."""
+        """The machine is gone; its volumes may not be. Delete those meant to go with it; the
+        persistent ones are no longer attached to anything: kept."""
         await quick(HealthActivities.set_routable, RoutingInput(ref.instance_id, False))
-        plan = await cleanup(TeardownActivities.discover_volumes, ref)
+        plan = await self._cleanup(TeardownActivities.discover_volumes, ref)
         await self._delete_volumes(ref, plan.delete)
+        if workflow.patched("provider-deleted-keeps-volumes"):
+            await self._cleanup(TeardownActivities.finish_termination, ref)
         self.state.termination_reason = (
             self.state.termination_reason or TerminationReason.provider_deleted
         )

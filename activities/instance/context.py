@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from sqlalchemy import update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -28,6 +29,7 @@ from core.models import (
     Deployment,
     Instance,
     InstanceAction,
+    InstanceAttention,
     InstanceType,
     InstanceVolume,
     Provider,
@@ -53,6 +55,11 @@ class AtProvider:
 
     instance: Instance
     adapter: Compute
+
+
+def attempt_number() -> int:
+    """The attempt of the running activity (1 outside one)."""
+    return activity.info().attempt if activity.in_activity() else 1
 
 
 async def _heartbeat_forever(detail: str, interval_s: float = 2.0) -> None:
@@ -94,9 +101,12 @@ class InstanceContext:
         return instance
 
     @contextlib.asynccontextmanager
-    async def at_provider(self, instance_id: str) -> AsyncIterator[AtProvider]:
+    async def at_provider(
+        self, instance_id: str, *, always_retry: bool = False
+    ) -> AsyncIterator[AtProvider]:
         """The instance and its adapter, loaded once. A `ProviderError` raised inside becomes a
-        Temporal failure, retryable or not as the error says."""
+        Temporal failure, retryable or not as the error says; with `always_retry` (cleanup, which
+        must never give up: revoked credentials get fixed) every one is retryable."""
         async with self.sessionmaker() as session:
             instance = await self.instance_in(session, instance_id)
             provider = await session.get(Provider, instance.provider_id)
@@ -110,7 +120,10 @@ class InstanceContext:
         try:
             yield AtProvider(instance, adapter)
         except ProviderError as exc:
-            raise provider_failure(exc) from exc
+            failure = provider_failure(exc)
+            if always_retry:
+                failure = ApplicationError(str(exc), type=type(exc).__name__)
+            raise failure from exc
 
     async def provider_of(self, instance: Instance) -> Provider:
         async with self.sessionmaker() as session:
@@ -167,9 +180,10 @@ class InstanceContext:
 
     @contextlib.asynccontextmanager
     async def action(
-        self, instance_id: str, step: Step, detail: str | None = None
+        self, instance_id: str, step: Step, detail: str | None = None, *, retried: bool = False
     ) -> AsyncIterator[InstanceAction]:
-        """Record one action: running now, then succeeded or failed with the error text.
+        """Record one action: running now, then succeeded or failed with the error text (with
+        `retried`, "retrying (attempt n): <error>", for a step Temporal tries again).
 
         While it runs the activity heartbeats, so a worker that dies mid-step is noticed within
         the heartbeat timeout and the step is retried elsewhere.
@@ -202,6 +216,8 @@ class InstanceContext:
             error = str(exc) or type(exc).__name__
             if isinstance(exc, asyncio.CancelledError):
                 error = "cancelled"
+            elif retried:
+                error = f"retrying (attempt {attempt_number()}): {error}"
             await self._finish_action(action, ActionStatus.failed, error=error)
             raise
         else:
@@ -209,6 +225,83 @@ class InstanceContext:
         finally:
             if beat is not None:
                 beat.cancel()
+
+    @contextlib.asynccontextmanager
+    async def cleanup_step(
+        self, instance_id: str, step: Step, detail: str | None = None
+    ) -> AsyncIterator[InstanceAction]:
+        """A cleanup step's action. It never gives up: each failure is logged as "retrying
+        (attempt n): <error>"; from `cleanup_attention_after_attempts` on, the instance is flagged
+        as needing attention (what is left at the provider, what to do), and the flag clears
+        when the step succeeds."""
+        try:
+            async with self.action(instance_id, step, detail, retried=True) as action:
+                yield action
+        except Exception as exc:
+            attempts = attempt_number()
+            if attempts >= self.settings.cleanup_attention_after_attempts:
+                await self.flag_attention(
+                    instance_id, step, str(exc) or type(exc).__name__, attempts
+                )
+            raise
+        await self.clear_attention(instance_id, step)
+
+    async def flag_attention(self, instance_id: str, step: str, error: str, attempts: int) -> None:
+        """Mark the instance as needing an operator; an event the first time. Best effort: the
+        database may be what fails."""
+        try:
+            async with self.sessionmaker() as session:
+                instance = await self.instance_in(session, instance_id)
+                first = instance.attention is None
+                volumes = (
+                    await session.execute(
+                        select(col(InstanceVolume.provider_volume_id)).where(
+                            InstanceVolume.instance_id == instance.id,  # type: ignore[arg-type]
+                            col(InstanceVolume.state) != "deleted",
+                        )
+                    )
+                ).scalars()
+                leaked = [r for r in [instance.provider_resource_id, *volumes] if r]
+                since = utcnow() if first else instance.attention["since"]  # type: ignore[index]
+                attention = InstanceAttention(
+                    step=step,
+                    error=error,
+                    attempts=attempts,
+                    since=since,
+                    leaked=leaked,
+                    hint=(
+                        f"{step} keeps failing at the provider. Check the provider's credentials, "
+                        "quotas and status page; the step retries every "
+                        f"{self.settings.cleanup_max_interval_s:.0f}s at most and finishes by "
+                        "itself once the cause is fixed. Until then these resources may still "
+                        "cost money: " + (", ".join(leaked) or "none recorded")
+                    ),
+                )
+                instance.attention = attention.model_dump(mode="json")
+                session.add(instance)
+                await session.commit()
+        except Exception:
+            log.exception("could not flag %s as needing attention", instance_id)
+            return
+        log.warning("instance %s needs attention: %s failing (%s)", instance_id, step, error)
+        if first:
+            await self.event(
+                EventKind.attention, instance_id, {"attention": attention.model_dump(mode="json")}
+            )
+
+    async def clear_attention(self, instance_id: str, step: str | None = None) -> None:
+        """The flag set by `step` (any step when None) is lifted: the cause was fixed."""
+        async with self.sessionmaker() as session:
+            instance = await self.instance_in(session, instance_id)
+            if instance.attention is None:
+                return
+            if step is not None and instance.attention.get("step") != step:
+                return
+            instance.attention = None
+            session.add(instance)
+            await session.commit()
+        log.info("instance %s no longer needs attention: %s succeeded", instance_id, step)
+        await self.event(EventKind.attention, instance_id, {"attention": None})
 
     async def _finish_action(
         self, action: InstanceAction, status: ActionStatus, error: str | None = None

@@ -34,20 +34,25 @@ class DrainActivities:
 
     @activity.defn
     async def wait_drained(self, inp: DrainInput) -> StepResult:
-        """Wait until the agent reports no request in flight, or the drain deadline."""
+        """Wait until the agent reports no request in flight, or the drain deadline.
+
+        A load the agent cannot tell (no answer, or an engine whose /metrics lacks the request
+        gauges: `in_flight` null) is unknown, not idle: the drain waits for its deadline then."""
         instance = await self.ctx.instance(inp.instance_id)
         async with self.ctx.action(inp.instance_id, Step.drain) as action:
+            unknown = False
 
             async def idle() -> int | None:
+                nonlocal unknown
                 r = await self.ctx.http.get(f"{instance.agent_url}/load")
-                in_flight = int(r.json().get("in_flight", 0)) if r.status_code == 200 else 1
-                return 0 if in_flight == 0 else None
+                in_flight = r.json().get("in_flight") if r.status_code == 200 else None
+                unknown = not isinstance(in_flight, int | float)
+                return 0 if not unknown and in_flight == 0 else None
 
             try:
                 await self.ctx.poll(idle, inp.timeout_s, inp.poll_interval_s, "requests to finish")
                 action.detail = "no request in flight"
             except ApplicationError:
-                action.detail = (
-                    f"drain deadline ({inp.timeout_s:.0f}s) passed with requests in flight"
-                )
+                why = "the load unknown" if unknown else "requests in flight"
+                action.detail = f"drain deadline ({inp.timeout_s:.0f}s) passed with {why}"
             return StepResult(ok=True, detail=action.detail)

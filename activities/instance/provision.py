@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
 from sqlmodel import col, select
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.contracts import CreateResult, FailInput, InstanceRef, LifecycleSpec
 from activities.instance.context import InstanceContext
@@ -13,9 +15,12 @@ from activities.providers.base import CreateRequest, VolumeSpec
 from agent.identity import expected_agent
 from core import states
 from core.events import EventKind
-from core.models import ActionStatus, InstanceAction, InstanceState
+from core.models import ActionStatus, Instance, InstanceAction, InstanceState
 from core.progress import Step
 from core.tokens import agent_token, token_hash
+
+# How long a workflow waits for the row its starter commits just after starting it.
+ROW_WAIT_S = 60.0
 
 
 class ProvisionActivities:
@@ -24,8 +29,20 @@ class ProvisionActivities:
 
     @activity.defn
     async def load_spec(self, ref: InstanceRef) -> LifecycleSpec:
+        """What the workflow needs. The API starts the workflow before it commits the row (so a
+        row never exists without its workflow): a row not there yet is waited for (retryable
+        `InstanceRowMissing`); the workflow gives up on it after a bound."""
         s = self.ctx.settings
-        instance = await self.ctx.instance(ref.instance_id)
+        async with self.ctx.sessionmaker() as session:
+            found = await session.get(Instance, uuid.UUID(ref.instance_id))
+        if found is None:
+            waited = (datetime.now(UTC) - activity.info().scheduled_time).total_seconds()
+            raise ApplicationError(
+                f"instance {ref.instance_id} has no row after {waited:.0f}s",
+                type="InstanceRowMissing",
+                non_retryable=waited > ROW_WAIT_S,
+            )
+        instance = found
         deployment = await self.ctx.deployment_of(instance)
         provider = await self.ctx.provider_of(instance)
         return LifecycleSpec(
@@ -44,6 +61,7 @@ class ProvisionActivities:
             block_on_agent_mismatch=s.block_on_agent_mismatch,
             health_rounds_per_run=s.health_rounds_per_run,
             delete_confirm_timeout_s=s.delete_confirm_timeout_s,
+            cleanup_max_interval_s=s.cleanup_max_interval_s,
         )
 
     @activity.defn
