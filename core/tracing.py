@@ -1,11 +1,10 @@
 """OpenTelemetry traces: one tracer provider per process, exporting spans over OTLP/HTTP to
 `INVENTIV_OTLP_ENDPOINT`; with no endpoint there is no provider, no exporter and no span.
 
-Who makes which spans (the README's "Traces"): the API one per request (api.tracing),
+Who makes which spans (docs/architecture.md, Flows): the API one per request (api.tracing),
 Temporal's `TracingInterceptor` on the API's and the worker's clients the workflow and activity
 spans (the trace context travels in the workflow's headers), the gateway one per proxied request
-(gateway.tracing). The SDK is imported only when tracing is on, so a process with it off never
-loads it.
+(gateway.tracing). The SDK's tracing and the exporter are imported only when tracing is on.
 """
 
 from __future__ import annotations
