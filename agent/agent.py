@@ -29,7 +29,7 @@ from agent.settings import AgentSettings
 from agent.supervisor import EngineState, EngineSupervisor
 from core.wire import AgentHeartbeat, AgentInfo, EngineLoad, GpuSample
 
-AGENT_VERSION = "0.1.1"
+AGENT_VERSION = "0.1.2"
 AGENT_BUILD_DATE = "2026-12-01"
 
 log = logging.getLogger("agent")

@@ -7,8 +7,12 @@
 #   WORKER_AGENT_DIR      an unpacked agent already in place (worker images); default below
 # A bundle is `python -m agent.version_tool bundle FILE`: agent/ plus core/wire.py.
 #
-# WORKER_AGENT_SHA256, when set, must equal the SHA-256 of agent/agent.py; otherwise the agent is
-# not started and this script exits with status 3.
+# WORKER_AGENT_SHA256, when set, must equal the bundle checksum (agent/identity.py): the SHA-256 of
+# the manifest of every file in the unpacked tree (`<sha256>  <path>` per file, sorted by path; a
+# bundle's own MANIFEST.sha256 and agent/agent.sha256 left out). Any changed, added or removed file,
+# compiled bytecode included, changes it: the agent is not started and this script exits with
+# status 3, naming the files that differ from the bundle's MANIFEST.sha256 when that is the
+# expected one. Bytecode goes to $INSTALL_DIR/pycache, never into the verified tree.
 #
 # WORKER_AGENT_MODE: background (default: start detached, wait for /healthz, exit), foreground
 # (exec the agent: containers), systemd (install and start a unit that restarts it).
@@ -53,14 +57,30 @@ elif [ -n "${WORKER_AGENT_URL:-}" ]; then
 fi
 [ -f "$AGENT_DIR/agent/agent.py" ] || die 2 "no agent found at $AGENT_DIR/agent/agent.py"
 
-actual=$(sha256sum "$AGENT_DIR/agent/agent.py" | cut -d' ' -f1)
+# The manifest of the tree as it is: every file but the bundle's own manifest and the record.
+manifest="$INSTALL_DIR/agent-manifest.sha256"
+(
+    cd "$AGENT_DIR"
+    find . ! -type d ! -path ./MANIFEST.sha256 ! -path ./agent/agent.sha256 | sed 's|^\./||' \
+        | LC_ALL=C sort | while IFS= read -r file; do
+            sha256sum "$file" 2>/dev/null || echo "unreadable  $file"
+        done
+) > "$manifest"
+actual=$(sha256sum < "$manifest" | cut -d' ' -f1)
 if [ -n "${WORKER_AGENT_SHA256:-}" ]; then
     if [ "$actual" != "$WORKER_AGENT_SHA256" ]; then
-        die 3 "refusing to start: agent/agent.py has SHA-256 $actual but WORKER_AGENT_SHA256 is $WORKER_AGENT_SHA256 (tampered or wrong agent version)"
+        listed="$AGENT_DIR/MANIFEST.sha256"
+        differ=""
+        if [ -f "$listed" ] && [ "$(sha256sum < "$listed" | cut -d' ' -f1)" = "$WORKER_AGENT_SHA256" ]; then
+            differ=$({ grep -vxF -f "$listed" "$manifest"; grep -vxF -f "$manifest" "$listed"; } \
+                | cut -c67- | LC_ALL=C sort -u | tr '\n' ' ')
+            differ=" (files that differ from the bundle's manifest: ${differ% })"
+        fi
+        die 3 "refusing to start: the agent bundle has SHA-256 $actual but WORKER_AGENT_SHA256 is $WORKER_AGENT_SHA256$differ (tampered or wrong agent version)"
     fi
-    say "agent checksum verified: $actual"
+    say "agent bundle checksum verified: $actual"
 else
-    say "WORKER_AGENT_SHA256 not set: starting the agent unverified (SHA-256 $actual)"
+    say "WORKER_AGENT_SHA256 not set: starting the agent unverified (bundle SHA-256 $actual)"
 fi
 
 IMPORTS="import fastapi, uvicorn, httpx, pydantic_settings, prometheus_client, psutil, boto3, orjson"
@@ -74,6 +94,8 @@ if ! "$PYTHON" -c "$IMPORTS" >/dev/null 2>&1; then
 fi
 
 export PYTHONPATH="$AGENT_DIR${PYTHONPATH:+:$PYTHONPATH}"
+# Bytecode outside the verified tree, so a second bootstrap of the same tree still verifies.
+export PYTHONPYCACHEPREFIX="$INSTALL_DIR/pycache"
 # On a worker machine the gateway calls the engine directly: it must listen beyond loopback.
 export INVENTIV_AGENT_ENGINE_HOST="${INVENTIV_AGENT_ENGINE_HOST:-0.0.0.0}"
 LOG="${INVENTIV_AGENT_LOG_FILE:-$INSTALL_DIR/agent.log}"
@@ -88,7 +110,7 @@ systemd)
     envfile="$INSTALL_DIR/agent.env"
     umask 077
     # systemd's EnvironmentFile syntax: KEY="value" with backslash escapes
-    env | grep -E '^(INVENTIV_AGENT_|AWS_|HF_|NVIDIA_|CUDA_|HIP_|ROCR_|TORCH_|NCCL_|VLLM_|FI_|PYTHONPATH=)' \
+    env | grep -E '^(INVENTIV_AGENT_|AWS_|HF_|NVIDIA_|CUDA_|HIP_|ROCR_|TORCH_|NCCL_|VLLM_|FI_|PYTHONPATH=|PYTHONPYCACHEPREFIX=)' \
         | sed 's/\\/\\\\/g; s/"/\\"/g; s/=/="/; s/$/"/' > "$envfile"
     unit_dir=${WORKER_SYSTEMD_DIR:-/etc/systemd/system}
     mkdir -p "$unit_dir"

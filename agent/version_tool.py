@@ -1,7 +1,8 @@
 """Agent version tooling: `python -m agent.version_tool checksum|bump|record|check|bundle FILE`.
 
-`agent/agent.sha256` records the SHA-256 of `agent/agent.py` and the version it was recorded
-for. `check` fails when the file no longer matches the record, so a change to the agent cannot
+`agent/agent.sha256` records the bundle checksum (agent/identity.py: the SHA-256 of the manifest
+of every bundled file), the version it was recorded for and the manifest itself. `check` fails
+when any bundled file no longer matches the record, naming it, so a change to the agent cannot
 ship under the old version: `bump` raises the patch version and build date, then records.
 `bundle` packs what a worker machine needs (agent/ and core/wire.py) for bootstrap.sh.
 """
@@ -14,13 +15,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.identity import AGENT_DIR, BUILD_DATE_RE, VERSION_RE, bundle, read_identity
+from agent.identity import (
+    AGENT_DIR,
+    BUILD_DATE_RE,
+    RECORD,
+    VERSION_RE,
+    bundle,
+    manifest,
+    read_identity,
+)
 
 
 @dataclass
 class Record:
     checksum: str
     version: str
+    manifest: str  # `<sha256>  <path>` lines, as identity.manifest writes them
 
 
 def checksum(agent_dir: Path) -> str:
@@ -35,22 +45,33 @@ def current_version(agent_dir: Path) -> str:
 
 
 def read_record(agent_dir: Path) -> Record | None:
-    path = agent_dir / "agent.sha256"
+    path = agent_dir / RECORD
     if not path.exists():
         return None
     lines = path.read_text().splitlines()
     digest = lines[0].split()[0] if lines else ""
     version = next((line.split("=", 1)[1] for line in lines if line.startswith("version=")), "")
-    return Record(checksum=digest, version=version)
+    listed = "".join(f"{line}\n" for line in lines[1:] if not line.startswith("version="))
+    return Record(checksum=digest, version=version, manifest=listed)
 
 
 def write_record(agent_dir: Path) -> Record:
-    """First line in `sha256sum` format, so `sha256sum -c` style tools and bootstrap.sh read it."""
-    record = Record(checksum=checksum(agent_dir), version=current_version(agent_dir))
-    (agent_dir / "agent.sha256").write_text(
-        f"{record.checksum}  agent.py\nversion={record.version}\n"
+    """First line `<checksum>  bundle` (`sha256sum` format), then the version and the manifest."""
+    record = Record(
+        checksum=checksum(agent_dir),
+        version=current_version(agent_dir),
+        manifest=manifest(agent_dir),
+    )
+    (agent_dir / RECORD).write_text(
+        f"{record.checksum}  bundle\nversion={record.version}\n{record.manifest}"
     )
     return record
+
+
+def changed_files(recorded: str, current: str) -> list[str]:
+    """Paths whose line differs between two manifests: changed, added or removed files."""
+    before, after = set(recorded.splitlines()), set(current.splitlines())
+    return sorted({line.split("  ", 1)[-1] for line in before ^ after})
 
 
 def bump(agent_dir: Path, today: str | None = None) -> Record:
@@ -71,16 +92,17 @@ def check(agent_dir: Path) -> tuple[bool, str]:
     record = read_record(agent_dir)
     digest, version = checksum(agent_dir), current_version(agent_dir)
     if record is None:
-        return False, "agent/agent.sha256 is missing: run `make agent-version-bump`"
+        return False, f"agent/{RECORD} is missing: run `make agent-version-bump`"
     if record.checksum == digest and record.version == version:
-        return True, f"agent {version} matches agent/agent.sha256 ({digest})"
+        return True, f"agent {version} matches agent/{RECORD} ({digest})"
     if version == record.version:
+        changed = ", ".join(changed_files(record.manifest, manifest(agent_dir))) or "the bundle"
         return False, (
-            f"agent/agent.py changed but AGENT_VERSION is still {version}: "
-            "run `make agent-version-bump` and commit agent/agent.py with agent/agent.sha256"
+            f"{changed} changed but AGENT_VERSION is still {version}: "
+            f"run `make agent-version-bump` and commit the changes with agent/{RECORD}"
         )
     return False, (
-        f"AGENT_VERSION is {version} but agent/agent.sha256 records {record.version}: "
+        f"AGENT_VERSION is {version} but agent/{RECORD} records {record.version}: "
         "run `python -m agent.version_tool record`"
     )
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 import agent.agent as agent_module
-from agent.identity import bundled_agent
+from agent.identity import bundled_agent, manifest
 from tests.agent.helpers import (
     agent_env,
     get_json,
@@ -26,10 +26,10 @@ from tests.agent.helpers import (
 )
 
 
-async def test_info_checksum_is_the_agent_files_sha256(tmp_path: Path) -> None:
-    source = await asyncio.to_thread(Path(agent_module.__file__).read_bytes)
-    expected = hashlib.sha256(source).hexdigest()
+async def test_info_checksum_is_the_bundle_manifests_sha256(tmp_path: Path) -> None:
+    expected = hashlib.sha256(manifest().encode()).hexdigest()
     assert bundled_agent().checksum == expected
+    assert "  agent/agent.py\n" in manifest() and "  agent/supervisor.py\n" in manifest()
     async with running_agent(tmp_path) as agent:
         status, info = await wait_for(lambda: get_json(f"{agent.url}/info"), 20, "/info")
     assert status == 200

@@ -1,9 +1,11 @@
-"""bootstrap.sh installs the agent from a bundle, verifies WORKER_AGENT_SHA256, and starts it."""
+"""bootstrap.sh installs the agent from a bundle, verifies WORKER_AGENT_SHA256 (the checksum of
+every bundled file) before running anything, and starts it."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import os
 import signal
@@ -14,14 +16,14 @@ from pathlib import Path
 
 from fastapi import FastAPI, Response
 
-from agent.identity import bundle
+from agent.identity import bundle, bundled_agent
 from tests.agent.helpers import REPO_ROOT, agent_env, get_json, pid_alive, serving, wait_for
 
 BOOTSTRAP = REPO_ROOT / "agent" / "bootstrap.sh"
 
 
 def agent_sha256() -> str:
-    return hashlib.sha256((REPO_ROOT / "agent" / "agent.py").read_bytes()).hexdigest()
+    return bundled_agent().checksum
 
 
 def run_bootstrap(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -54,6 +56,71 @@ async def test_a_wrong_checksum_refuses_to_start(tmp_path: Path) -> None:
     assert await get_json(f"{agent_url}/healthz") is None
 
 
+def tampered(tarball: Path, output: Path, name: str, data: bytes | None) -> Path:
+    """The bundle with one member replaced (or, data None, removed), or a file added."""
+    with tarfile.open(tarball) as original, tarfile.open(output, "w:gz") as copy:
+        members = {m.name: m for m in original.getmembers()}
+        for member in members.values():
+            if member.name == name:
+                continue
+            copy.addfile(member, original.extractfile(member))
+        if data is not None:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            copy.addfile(info, io.BytesIO(data))
+    return output
+
+
+async def test_a_bundle_with_a_modified_supervisor_is_refused(tmp_path: Path) -> None:
+    """Not only agent/agent.py: a change to any bundled file, the manifest matching the expected
+    checksum or not, and an added file the interpreter would load first, are all refused."""
+    tarball = await asyncio.to_thread(bundle, tmp_path / "agent.tar.gz")
+    with tarfile.open(tarball) as archive:
+        member = archive.extractfile("agent/supervisor.py")
+        assert member is not None
+        source = member.read()
+    evil = source + b"\nprint('tampered')\n"
+    cases = {
+        "modified supervisor": ("agent/supervisor.py", evil),
+        "added sitecustomize": ("sitecustomize.py", b"print('first')\n"),
+        "planted bytecode": ("agent/__pycache__/supervisor.cpython-311.pyc", b"\0" * 16),
+    }
+    for case, (name, data) in cases.items():
+        bad = tampered(tarball, tmp_path / f"{case}.tar.gz", name, data)
+        env = bootstrap_env(
+            tmp_path, WORKER_AGENT_TARBALL=str(bad), WORKER_AGENT_SHA256=agent_sha256()
+        )
+        result = await asyncio.to_thread(run_bootstrap, env)
+        assert result.returncode == 3, (case, result.stderr)
+        assert "refusing to start" in result.stderr, case
+        # the bundle's manifest is still the expected one: bootstrap names the file that differs
+        assert f"differ from the bundle's manifest: {name})" in result.stderr, result.stderr
+        assert not (tmp_path / "opt" / "agent.pid").exists(), case
+        agent_url = f"http://127.0.0.1:{env['INVENTIV_AGENT_PORT']}"
+        assert await get_json(f"{agent_url}/healthz") is None, case
+
+
+async def test_the_bundle_is_reproducible_and_its_checksum_is_its_manifests(tmp_path: Path) -> None:
+    first = await asyncio.to_thread(bundle, tmp_path / "one.tar.gz")
+    second = await asyncio.to_thread(bundle, tmp_path / "two.tar.gz")
+    assert first.read_bytes() == second.read_bytes()
+    with tarfile.open(first) as archive:
+        names = archive.getnames()
+        assert names == [*sorted(names[:-1]), "MANIFEST.sha256"]
+        assert {(m.mtime, m.uid, m.gid, m.uname) for m in archive.getmembers()} == {
+            (946684800, 0, 0, "")
+        }
+        listed = archive.extractfile("MANIFEST.sha256")
+        assert listed is not None
+        manifest = listed.read()
+        for line in manifest.decode().splitlines():
+            digest, name = line.split("  ", 1)
+            member = archive.extractfile(name)
+            assert member is not None and hashlib.sha256(member.read()).hexdigest() == digest
+    assert [line.split("  ", 1)[1] for line in manifest.decode().splitlines()] == names[:-1]
+    assert hashlib.sha256(manifest).hexdigest() == agent_sha256()
+
+
 async def test_a_downloaded_verified_agent_starts(tmp_path: Path) -> None:
     tarball = await asyncio.to_thread(bundle, tmp_path / "agent.tar.gz")
     payload = await asyncio.to_thread(tarball.read_bytes)
@@ -69,7 +136,7 @@ async def test_a_downloaded_verified_agent_starts(tmp_path: Path) -> None:
         )
         result = await asyncio.to_thread(run_bootstrap, env)
     assert result.returncode == 0, result.stderr
-    assert "agent checksum verified" in result.stderr
+    assert "agent bundle checksum verified" in result.stderr
     pid = int((tmp_path / "opt" / "agent.pid").read_text())
     try:
         agent_url = f"http://127.0.0.1:{env['INVENTIV_AGENT_PORT']}"

@@ -7,7 +7,6 @@ here (docs/providers.md), or this test fails for it."""
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -38,6 +37,7 @@ from activities.providers.scaleway.settings import ScalewaySettings
 from activities.providers.ssh.adapter import SSHCompute
 from activities.providers.ssh.settings import SSHSettings
 from activities.providers.tunnel.adapter import TunnelCompute
+from agent.identity import bundled_agent
 from core.embedded import free_port
 from core.models import BareMetalHost, Machine
 from core.settings import Settings
@@ -46,9 +46,7 @@ from tests.providers.fake_scaleway import FakeScaleway
 from tests.providers.teardown import delete_until_gone
 from tests.tunnel.helpers import connected_machine, eventually, tunnel_settings
 
-AGENT_SHA256 = hashlib.sha256(
-    (Path(__file__).resolve().parents[2] / "agent" / "agent.py").read_bytes()
-).hexdigest()
+AGENT_SHA256 = bundled_agent().checksum
 
 
 @dataclass

@@ -4,7 +4,6 @@ started with the cpu-sim flavor and answering; host keys verified; claims atomic
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import shlex
 import sys
 import uuid
@@ -29,15 +28,14 @@ from activities.providers.local.adapter import machine_pids
 from activities.providers.ssh.adapter import SSHCompute
 from activities.providers.ssh.keys import encrypt_private_key
 from activities.providers.ssh.settings import SSHSettings
+from agent.identity import bundled_agent
 from agent.settings import AgentSettings
 from core.embedded import free_port
 from core.models import BareMetalHost, Instance
 from tests.factories import seed
 from tests.providers.conftest import SSHHost
 
-AGENT_SHA256 = hashlib.sha256(
-    (Path(__file__).resolve().parents[2] / "agent" / "agent.py").read_bytes()
-).hexdigest()
+AGENT_SHA256 = bundled_agent().checksum
 
 Sessions = async_sessionmaker[AsyncSession]
 
