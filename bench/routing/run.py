@@ -18,7 +18,7 @@ Figures per target and workload: TTFT p50/p90/p99 (streamed, first content chunk
 output tokens/s over the run, the engines' prefix-cache hit rate (vllm:prefix_cache_hits /
 vllm:prefix_cache_queries, read from each engine before and after) and requests per engine.
 Results: bench/results/routing.json and .md, and bench/results/routing.png when matplotlib is
-installed.
+installed, written after every target (--merge keeps earlier rows that this run does not redo).
 """
 
 from __future__ import annotations
@@ -315,7 +315,7 @@ def render_markdown(rows: list[Row], meta: dict[str, Any]) -> str:
     lines = [
         "# Fleet routing benchmark",
         "",
-        f"One run, {meta['when']}, {meta['machine']}. {meta['fleet']}. Timing is the "
+        f"Run {meta['when']}, {meta['machine']}. {meta['fleet']}. Timing is the "
         "simulator's model (Llama-3.1-8B on an H100: 50 us per prefilled token, 8 ms per "
         "decode step), so these compare routers, not hardware.",
         "",
@@ -423,6 +423,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="half-length workloads")
     parser.add_argument("--workloads", default="shared_prefix,conversations,azure_conv_trace")
     parser.add_argument("--only", default="", help="comma-separated target names to run")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep bench/results/routing.json's rows for the target/workload pairs not rerun",
+    )
     parser.add_argument("--tools-venv", type=Path, default=Path("/tmp/bench-venv"))
     parser.add_argument(
         "--azure-trace",
@@ -446,6 +451,20 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="inventiv-bench-routing-"))
     stack = RoutingStack(workdir)
     rows: list[Row] = []
+    earlier: list[Row] = []
+    results_json = RESULTS / "routing.json"
+    if args.merge and results_json.is_file():
+        previous = json.loads(results_json.read_text())
+        earlier = [Row(**r) for r in previous["rows"]]
+    meta = {
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "fleet": f"{fleet.engines} simulated engines, {fleet.kv_cache_tokens}-token KV cache "
+        f"each ({fleet.block_size}-token blocks), prefix caching on",
+        "workloads": {w.name: w.description + f" ({w.count()} requests)" for w in workloads},
+    }
+    if earlier:  # descriptions of the workloads whose rows are kept
+        meta["workloads"] = {**previous["meta"]["workloads"], **meta["workloads"]}
+        meta["when"] = f"{previous['meta']['when']} and {meta['when']}"
     try:
         stack.start(free_port())  # the seeded instance is replaced per target
         for workload in workloads:
@@ -459,26 +478,31 @@ def main() -> None:
                     f"per-engine {row.requests_per_engine} errors {row.errors} {row.note}",
                     flush=True,
                 )
+                write_results(merged(earlier, rows), meta)
     finally:
         stack.stop()
+    summarize_goals(merged(earlier, rows))
+
+
+def merged(earlier: list[Row], rows: list[Row]) -> list[Row]:
+    """This run's rows, and the earlier run's for target/workload pairs this run did not do."""
+    done = {(r.target, r.workload) for r in rows}
+    return [r for r in earlier if (r.target, r.workload) not in done] + rows
+
+
+def write_results(rows: list[Row], meta: dict[str, Any]) -> None:
+    """After every target, so an interrupted run keeps what it measured."""
     meta = {
-        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        **meta,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load average "
-        f"{os.getloadavg()[0]:.1f} at the end",
-        "fleet": f"{fleet.engines} simulated engines, {fleet.kv_cache_tokens}-token KV cache "
-        f"each ({fleet.block_size}-token blocks), prefix caching on",
-        "workloads": {w.name: w.description + f" ({w.count()} requests)" for w in workloads},
+        f"{os.getloadavg()[0]:.1f}",
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    suffix = "" if not args.quick and not only else "-partial"
-    (RESULTS / f"routing{suffix}.json").write_text(
+    (RESULTS / "routing.json").write_text(
         json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2) + "\n"
     )
-    (RESULTS / f"routing{suffix}.md").write_text(render_markdown(rows, meta))
-    if plot(rows, RESULTS / f"routing{suffix}.png"):
-        print(f"plot: bench/results/routing{suffix}.png")
-    print(f"results: bench/results/routing{suffix}.md")
-    summarize_goals(rows)
+    (RESULTS / "routing.md").write_text(render_markdown(rows, meta))
+    plot(rows, RESULTS / "routing.png")
 
 
 def run_target(
