@@ -14,7 +14,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 
 from activities.contracts import ReconcileInput, ReconcileResult
-from activities.providers.base import Compute, ProviderError, ResourceNotYetGoneError
+from activities.providers.base import Compute, ProviderError, ProviderInstance, ProviderVolume
 from core import states
 from core.events import EventKind, publish_event
 from core.models import (
@@ -78,29 +78,43 @@ class ReconcileActivities:
     @activity.defn
     async def reconcile_once(self, inp: ReconcileInput) -> ReconcileResult:
         result = ReconcileResult()
+        # The providers first, the database after: states never go back from terminating, so a
+        # machine absent from a listing taken before the rows were read was not deleted by a
+        # termination these rows do not show yet. An instance being deleted is never relabelled.
+        listings: dict[str, tuple[list[ProviderInstance], list[ProviderVolume]]] = {}
+        for kind, adapter in self.providers.items():
+            try:
+                listings[kind] = (await adapter.list_tagged(), await adapter.list_tagged_volumes())
+            except ProviderError as exc:
+                log.warning("reconciler: cannot list %s resources: %s", kind, exc)
+            activity.heartbeat(kind)
         async with self.sessionmaker() as session:
             rows = (
                 await session.execute(select(Instance, col(Provider.kind)).join(Provider))
             ).all()
         instances = {str(i.id): (i, kind) for i, kind in rows}
         now = datetime.now(UTC)
-        for kind, adapter in self.providers.items():
-            try:
-                machines = await adapter.list_tagged()
-                volumes = await adapter.list_tagged_volumes()
-            except ProviderError as exc:
-                log.warning("reconciler: cannot list %s resources: %s", kind, exc)
-                continue
-            activity.heartbeat(kind)
+        for kind, (machines, volumes) in listings.items():
+            adapter = self.providers[kind]
             present = {m.resource_id for m in machines}
             for instance, pkind in instances.values():
+                resource_id = instance.provider_resource_id
                 if (
-                    pkind == kind
-                    and instance.state in EXPECT_MACHINE
-                    and instance.provider_resource_id
-                    and instance.provider_resource_id not in present
+                    pkind != kind
+                    or instance.state not in EXPECT_MACHINE
+                    or not resource_id
+                    or resource_id in present
                 ):
-                    await self._provider_deleted(instance)
+                    continue
+                # Listings are eventually consistent (a booting machine may not be in one yet):
+                # missing for `missing_grace_s` and not found when asked for directly, it is gone.
+                first_missing = inp.missing_since.get(resource_id, now.timestamp())
+                result.missing_since[resource_id] = first_missing
+                if now.timestamp() - first_missing < inp.missing_grace_s:
+                    continue
+                if await self._still_there(adapter, resource_id):
+                    continue
+                if await self._provider_deleted(instance):
                     result.provider_deleted.append(str(instance.id))
             for machine in machines:
                 owner = instances.get(machine.instance_id)
@@ -111,7 +125,7 @@ class ReconcileActivities:
                     continue  # just created: its instance row may not say so yet
                 try:
                     await adapter.delete(machine.resource_id)
-                except ResourceNotYetGoneError as exc:  # powering off first: next round deletes it
+                except ProviderError as exc:  # powering off first, or failing: next round
                     log.info("reconciler: orphan %s not deleted yet: %s", machine.resource_id, exc)
                     continue
                 await self._log_action(
@@ -126,13 +140,25 @@ class ReconcileActivities:
                     continue  # live instances own their volumes; unknown ones wait for a person
                 if not volume.delete_on_terminate:
                     continue  # persistent volumes outlive their instance on purpose
-                await adapter.delete_volume(volume.volume_id)
+                try:
+                    await adapter.delete_volume(volume.volume_id)
+                except ProviderError as exc:
+                    log.info("reconciler: orphan volume %s not deleted: %s", volume.volume_id, exc)
+                    continue
                 await self._log_action(
                     owner[0], Step.orphan_volume_deleted, f"{kind} volume {volume.volume_id}"
                 )
                 result.orphan_volumes_deleted.append(volume.volume_id)
         await self._ensure_autoscalers()
         return result
+
+    async def _still_there(self, adapter: Compute, resource_id: str) -> bool:
+        """Asked for directly, the machine exists, or the provider cannot tell yet."""
+        try:
+            return await adapter.get(resource_id) is not None
+        except ProviderError as exc:
+            log.info("reconciler: %s not confirmed gone: %s", resource_id, exc)
+            return True
 
     async def _ensure_autoscalers(self) -> None:
         """Every deployment with autoscaling on has its autoscaler running (the API starts it at
@@ -146,13 +172,21 @@ class ReconcileActivities:
         for deployment_id in ids:
             await self.ensure_autoscaler(deployment_id)
 
-    async def _provider_deleted(self, instance: Instance) -> None:
+    async def _provider_deleted(self, instance: Instance) -> bool:
+        """Mark it provider_deleted (only from a state in which its machine must exist; the row
+        is locked and checked again) and tell its workflow."""
         async with self.sessionmaker() as session:
-            changed = await states.mark_provider_deleted(session, uuid.UUID(str(instance.id)))
+            try:
+                changed = await states.mark_provider_deleted(
+                    session, uuid.UUID(str(instance.id)), EXPECT_MACHINE
+                )
+            except states.IllegalTransitionError:
+                return False  # it moved on meanwhile (terminating: being deleted on purpose)
         if not changed:
-            return
+            return False
         await self._log_action(instance, Step.provider_deleted, "machine not found at the provider")
         try:
             await self.report_provider_deleted(instance.workflow_id)
         except Exception:
             log.exception("could not signal %s", instance.workflow_id)
+        return True

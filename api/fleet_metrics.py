@@ -104,7 +104,8 @@ async def _needs_attention(
     gauge = Gauge(
         "inventiv_instance_needs_attention",
         "1 for each reason a live instance needs an operator: startup_failed, "
-        "agent_integrity (wrong agent version or checksum), heartbeat_stale (ready, silent)",
+        "agent_integrity (wrong agent version or checksum), heartbeat_stale (ready, silent), "
+        "cleanup_failing (a cleanup step keeps failing: something may be left at the provider)",
         ["project", "deployment", "model", "instance_id", "reason"],
         registry=registry,
     )
@@ -116,6 +117,8 @@ async def _needs_attention(
             reasons.append("startup_failed")
         if instance.agent_integrity_ok is False:
             reasons.append("agent_integrity")
+        if instance.attention is not None:
+            reasons.append("cleanup_failing")
         if instance.state == InstanceState.ready and (
             instance.last_heartbeat_at is None or instance.last_heartbeat_at < stale_before
         ):

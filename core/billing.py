@@ -1,8 +1,9 @@
 """What an instance and a volume cost over a time window: one definition for cost reports,
 monthly statements and budget quotas.
 
-An instance is billed from its creation until it was terminated (or now, while it may still
-run), at its instance type's hourly price. A volume is billed from its creation until it was
+An instance is billed from the moment its machine was asked of the provider (the start of its
+`provider_create` step) until it was terminated (or now, while it may still run), at its
+instance type's hourly price; a row that never reached a provider costs nothing. A volume is billed from its creation until it was
 deleted (or now: kept volumes outlive their instance and go on costing), at its provider's price
 per GB-month (`HOURS_PER_MONTH` hours).
 """
@@ -18,7 +19,15 @@ from sqlalchemy import select as sa_select
 from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core.models import Instance, InstanceType, InstanceVolume, Provider, utcnow
+from core.models import (
+    Instance,
+    InstanceAction,
+    InstanceType,
+    InstanceVolume,
+    Provider,
+    utcnow,
+)
+from core.progress import Step
 from core.states import LIVE_STATES
 
 HOURS_PER_MONTH = 730.0
@@ -69,6 +78,15 @@ async def instance_spans(
 ) -> list[InstanceSpan]:
     """Each instance's time at the provider within [start, end)."""
     now = utcnow()
+    billed_from = (
+        sa_select(func.min(col(InstanceAction.started_at)))
+        .where(
+            col(InstanceAction.instance_id) == Instance.id,
+            col(InstanceAction.step) == Step.provider_create,
+        )
+        .correlate(Instance)
+        .scalar_subquery()
+    )
     ended = func.coalesce(
         col(Instance.terminated_at),
         case((col(Instance.state).in_(LIVE_STATES), now), else_=col(Instance.updated_at)),
@@ -80,9 +98,10 @@ async def instance_spans(
             col(InstanceType.currency),
             col(InstanceType.gpu_count),
             ended.label("ended"),
+            billed_from.label("billed_from"),
         )
         .join(InstanceType, col(InstanceType.id) == Instance.instance_type_id)
-        .where(col(Instance.created_at) < end, ended > start)
+        .where(billed_from < end, ended > start)
     )
     if projects is not None:
         query = query.where(col(Instance.project_id).in_(projects))
@@ -91,8 +110,8 @@ async def instance_spans(
     if deployment_id is not None:
         query = query.where(col(Instance.deployment_id) == deployment_id)
     spans = []
-    for instance, price, currency, gpus, stopped in (await session.execute(query)).all():
-        lo, hi = max(instance.created_at, start), min(stopped, end)
+    for instance, price, currency, gpus, stopped, began in (await session.execute(query)).all():
+        lo, hi = max(began, start), min(stopped, end)
         if hi > lo:
             spans.append(
                 InstanceSpan(

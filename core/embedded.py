@@ -133,6 +133,12 @@ class EmbeddedPostgres:
     def paused(self) -> contextlib.AbstractContextManager[None]:
         return paused(self.pids())
 
+    def restart(self) -> None:
+        """Stop it (fast: clients are disconnected) and start it again, same data and socket."""
+        from pgserver._commands import pg_ctl
+
+        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=self.data_dir, timeout=30)
+
     def stop(self) -> None:
         if self._server is not None:
             with contextlib.suppress(Exception):
@@ -185,6 +191,11 @@ class EmbeddedRedis:
 
     def paused(self) -> contextlib.AbstractContextManager[None]:
         return paused(process_tree(self.proc.pid) if self.proc else [])
+
+    def restart(self) -> None:
+        """Stop it and start it again on the same socket (its append-only file keeps the data)."""
+        self.stop()
+        self.start()
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -243,6 +254,11 @@ class EmbeddedTemporal:
 
     def paused(self) -> contextlib.AbstractContextManager[None]:
         return paused(process_tree(self.proc.pid) if self.proc else [])
+
+    def restart(self) -> None:
+        """Stop it and start it again on the same port; with a `db_file`, workflows survive."""
+        self.stop()
+        self.start()
 
     def stop(self) -> None:
         if self.proc is not None:

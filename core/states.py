@@ -205,12 +205,17 @@ async def terminating_to_terminated(session: AsyncSession, instance_id: uuid.UUI
     )
 
 
-async def mark_provider_deleted(session: AsyncSession, instance_id: uuid.UUID) -> bool:
-    """Any live state -> provider_deleted: the machine was found gone at the provider."""
+async def mark_provider_deleted(
+    session: AsyncSession,
+    instance_id: uuid.UUID,
+    sources: frozenset[InstanceState] = LIVE_STATES,
+) -> bool:
+    """Any live state (or only `sources`) -> provider_deleted: the machine was found gone at the
+    provider."""
     return await _transition(
         session,
         instance_id,
-        LIVE_STATES,
+        sources,
         S.provider_deleted,
         reason="machine not found at provider",
         values={

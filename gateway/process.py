@@ -1,7 +1,8 @@
 """The gateway's processes (`python -m gateway`): serve on Settings().host:Settings().gateway_port.
 
 With INVENTIV_GATEWAY_WORKERS=N > 1, N processes each bind the port with SO_REUSEPORT (the
-kernel spreads connections over them) and share Prometheus values through a folder.
+kernel spreads connections over them) and share Prometheus values through a folder; the parent
+restarts one that dies, with backoff.
 """
 
 from __future__ import annotations
@@ -9,12 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import shutil
 import signal
 import socket
 import sys
 import tempfile
+import time
+from collections.abc import Callable
+from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -31,6 +36,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("inventiv.gateway")
 
 GRACEFUL_S = 30  # in-flight requests get this long to finish on SIGTERM
+RESTART_MAX_DELAY_S = 30.0  # longest wait before a worker that keeps dying is started again
+RESTART_RESET_S = 60.0  # a worker that lived this long starts again after 1 s
 KEEP_ALIVE_S = 75  # idle client connections: longer than the usual 60 s of load balancers
 
 
@@ -106,22 +113,72 @@ def main() -> None:
     if own_metrics_dir:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="inventiv-gateway-")
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=serve, daemon=False) for _ in range(workers)]
-    for process in processes:
-        process.start()
+    supervisor = _Supervisor(lambda: context.Process(target=serve, daemon=False), workers)
     log.info(
         "gateway on http://%s:%d with %d workers", settings.host, settings.gateway_port, workers
     )
+    signal.signal(signal.SIGTERM, supervisor.stop)
+    signal.signal(signal.SIGINT, supervisor.stop)
+    exitcode = supervisor.run()
+    if own_metrics_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+    sys.exit(exitcode)
 
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        for process in processes:
+
+class _Supervisor:
+    """Keeps `count` worker processes up: one that dies (crash, OOM kill) while the gateway is not
+    stopping is started again, after a delay that doubles while it keeps dying young (up to
+    RESTART_MAX_DELAY_S) and resets once one has lived RESTART_RESET_S. A stop signal is
+    forwarded to every worker, which then drain."""
+
+    def __init__(self, spawn: Callable[[], BaseProcess], count: int) -> None:
+        self.spawn = spawn
+        self.processes = [spawn() for _ in range(count)]
+        now = time.monotonic()
+        self.started = [now] * count
+        self.delay = [0.0] * count
+        self.restart_at: list[float | None] = [None] * count
+        self.stopping = False
+
+    def stop(self, signum: int, _frame: FrameType | None) -> None:
+        self.stopping = True
+        for process in self.processes:
             if process.pid is not None and process.is_alive():
                 os.kill(process.pid, signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for process in processes:
-        process.join()
-    if own_metrics_dir:
-        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
-    sys.exit(max((p.exitcode or 0) for p in processes))
+    def run(self) -> int:
+        for process in self.processes:
+            process.start()
+        while not self.stopping:
+            multiprocessing.connection.wait([p.sentinel for p in self.processes], timeout=0.5)
+            if not self.stopping:
+                self._restart_dead(time.monotonic())
+        for process in self.processes:
+            process.join()
+        return max((p.exitcode or 0) for p in self.processes)
+
+    def _restart_dead(self, now: float) -> None:
+        for i, process in enumerate(self.processes):
+            if process.is_alive():
+                continue
+            restart_at = self.restart_at[i]
+            if restart_at is None:
+                lived = now - self.started[i]
+                young = lived < RESTART_RESET_S
+                self.delay[i] = (
+                    min(max(self.delay[i] * 2, 1.0), RESTART_MAX_DELAY_S) if young else 1.0
+                )
+                self.restart_at[i] = now + self.delay[i]
+                log.error(
+                    "gateway worker %d (pid %s) exited with %s after %.0fs: restarting in %.0fs",
+                    i,
+                    process.pid,
+                    process.exitcode,
+                    lived,
+                    self.delay[i],
+                )
+            elif now >= restart_at:
+                self.processes[i] = self.spawn()
+                self.processes[i].start()
+                self.started[i], self.restart_at[i] = now, None
+                log.warning("gateway worker %d restarted (pid %s)", i, self.processes[i].pid)

@@ -163,6 +163,7 @@ def settings(
         boot_poll_interval_s=0.2,
         reconcile_interval_s=2,
         orphan_grace_s=5,
+        missing_grace_s=1,
     )
     yield settings
     from activities.providers.local.adapter import LocalCompute

@@ -59,8 +59,15 @@ async def build_worker(
     settings: Settings, client: Client, providers: dict[str, Compute] | None = None
 ) -> AsyncIterator[Worker]:
     """A worker with every workflow and activity, and the clients its activities use."""
-    engine = make_engine(settings.require("database_url"))
-    redis = aioredis.Redis.from_url(settings.require("redis_url"), decode_responses=True)
+    # Bounded waits: an activity stuck on a hung PostgreSQL or Redis fails and is retried
+    # instead of holding its slot until its own timeout.
+    engine = make_engine(settings.require("database_url"), timeout_s=settings.db_timeout_s)
+    redis = aioredis.Redis.from_url(
+        settings.require("redis_url"),
+        decode_responses=True,
+        socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+    )
     providers = providers if providers is not None else build_providers(settings)
     task_queue = settings.task_queue
 

@@ -101,11 +101,28 @@ async def ensure_autoscaler(
     )
 
 
+async def wake_autoscaler(client: Client, deployment_id: str) -> bool:
+    """Ask the deployment's autoscaler for a round now; False when none runs (autoscaling off)."""
+    try:
+        await client.get_workflow_handle(autoscaler_workflow_id(deployment_id)).signal(
+            AutoscalerWorkflow.wake
+        )
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return True
+
+
 async def ensure_reconciler(client: Client, settings: Settings) -> None:
     """Start the reconciler once per cluster (an already running one is kept)."""
     await client.start_workflow(
         ReconcilerWorkflow.run,
-        ReconcileInput(settings.reconcile_interval_s, settings.orphan_grace_s),
+        ReconcileInput(
+            settings.reconcile_interval_s,
+            settings.orphan_grace_s,
+            missing_grace_s=settings.missing_grace_s,
+        ),
         id=reconciler_workflow_id(settings.task_queue),
         task_queue=settings.task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,

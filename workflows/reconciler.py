@@ -40,5 +40,6 @@ class ReconcilerWorkflow:
                 )
             except ActivityError as err:  # a provider outage must not end reconciliation
                 workflow.logger.warning("reconcile round failed: %s", err.cause or err)
+            inp.missing_since = self.last.missing_since
             await workflow.sleep(timedelta(seconds=inp.interval_s))
         workflow.continue_as_new(inp)

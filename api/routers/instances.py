@@ -20,6 +20,7 @@ from api.errors import ERRORS
 from core.models import (
     Instance,
     InstanceAction,
+    InstanceAttention,
     InstanceMetric,
     InstanceState,
     InstanceStateHistory,
@@ -52,6 +53,11 @@ class InstanceSummary(BaseModel):
     error: str | None
     agent_version: str | None
     agent_integrity_ok: bool | None
+    attention: InstanceAttention | None = Field(
+        default=None,
+        description="Set while a cleanup step keeps failing: what is left at the provider and "
+        "what to do; the step keeps retrying and this clears once it succeeds",
+    )
     workflow_id: str
     created_at: datetime
     ready_at: datetime | None

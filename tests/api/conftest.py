@@ -12,7 +12,16 @@ import pytest
 from fastapi import FastAPI
 
 from api.app import create_app
-from core.models import Instance, InstanceState, RequestLog, Role, utcnow
+from core.models import (
+    ActionStatus,
+    Instance,
+    InstanceAction,
+    InstanceState,
+    RequestLog,
+    Role,
+    utcnow,
+)
+from core.progress import Step
 from core.settings import Settings
 from tests.factories import Seeded, seed
 
@@ -80,8 +89,11 @@ async def add_instance(
     state: InstanceState = InstanceState.ready,
     created_at: datetime | None = None,
     terminated_at: datetime | None = None,
+    reached_provider: bool = True,
 ) -> Instance:
-    """An instance row of the tenant's deployment (no workflow behind it)."""
+    """An instance row of the tenant's deployment (no workflow behind it); unless told
+    otherwise, its machine was asked of the provider when the row was created (billing starts
+    there)."""
     instance_id = uuid.uuid4()
     instance = Instance(
         id=instance_id,
@@ -96,6 +108,17 @@ async def add_instance(
     )
     async with sessionmaker() as session:
         session.add(instance)
+        if reached_provider:
+            await session.flush()
+            session.add(
+                InstanceAction(
+                    instance_id=instance_id,
+                    step=Step.provider_create,
+                    status=ActionStatus.succeeded,
+                    started_at=instance.created_at,
+                    finished_at=instance.created_at,
+                )
+            )
         await session.commit()
     return instance
 

@@ -316,6 +316,13 @@ class LocalCompute(VolumesMixin, Compute):
             folder = self.volumes / volume_id
             if not folder.exists():
                 return
+            attempts = folder / ".delete_attempts"  # counted with the volume, like a machine's
+            failed = int(attempts.read_text()) if attempts.exists() else 0
+            if failed < self.faults.delete_failures:
+                attempts.write_text(str(failed + 1))
+                raise TransientProviderError(
+                    f"local provider: injected volume delete failure {failed + 1}"
+                )
             await asyncio.to_thread(shutil.rmtree, folder, True)
 
     def catalogue(self) -> list[InstanceOffer]:
