@@ -99,6 +99,30 @@ class Settings(BaseSettings):
     max_request_body_bytes: int = Field(
         default=1024 * 1024, description="Largest request body the API reads (413 past it)"
     )
+    # The API's HTTP edge (api/http_edge.py, with `inventiv api`).
+    api_max_request_line_bytes: int = Field(
+        default=8192, ge=256, description="API: longest request target (path and query): 414"
+    )
+    api_max_header_bytes: int = Field(
+        default=65536,
+        ge=1024,
+        description="API: largest request header block, bounded while it arrives (400, then close)",
+    )
+    api_max_headers: int = Field(default=100, ge=1, description="API: most request headers: 431")
+    api_header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="API: a connection's request header block must arrive within this (408)",
+    )
+    api_body_timeout_s: float = Field(
+        default=60.0, gt=0, description="API: a request body must arrive within this (408)"
+    )
+    api_max_concurrency: int = Field(
+        default=1000,
+        ge=1,
+        description="API: open connections and requests at once; beyond, 503 (uvicorn's "
+        "limit_concurrency)",
+    )
     sse_recheck_s: float = Field(
         default=60,
         description="Open event streams re-check their session and memberships this often",

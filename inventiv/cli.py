@@ -37,15 +37,10 @@ def cmd_api(settings: Settings) -> int:
     import uvicorn
 
     from api.app import create_app
+    from api.http_edge import server_config
 
     _need(settings, "database_url", "redis_url", "temporal_address", "secret_key")
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.api_port,
-        log_level="warning",
-        proxy_headers=False,  # the app believes forwarded headers from INVENTIV_TRUSTED_PROXIES only
-    )
+    uvicorn.Server(server_config(create_app(settings), settings)).run()
     return 0
 
 
