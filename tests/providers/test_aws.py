@@ -146,3 +146,20 @@ def test_credentials_never_in_repr(aws_settings: AWSSettings) -> None:
     assert "testing-secret" not in repr(aws_settings) and "testing-secret" not in str(
         aws_settings.model_dump()
     )
+
+
+async def test_instances_require_imdsv2_with_one_hop(
+    aws_settings: AWSSettings, ec2: EC2Client
+) -> None:
+    """The user data holds the agent token: IMDSv1 would hand it (and the instance profile's
+    credentials) to any plain GET on the machine, SSRF included."""
+    compute = AWSCompute(aws_settings)
+    created = await compute.create(_request())
+    try:
+        raw = ec2.describe_instances(InstanceIds=[created.resource_id])["Reservations"][0]
+        options = raw["Instances"][0]["MetadataOptions"]
+        assert options["HttpTokens"] == "required"
+        assert options["HttpPutResponseHopLimit"] == 1
+        assert options["HttpEndpoint"] == "enabled"
+    finally:
+        await delete_until_gone(compute, created.resource_id)

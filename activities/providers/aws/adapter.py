@@ -427,6 +427,14 @@ class AWSCompute(VolumesMixin, PublicIPMixin, Compute):
                 }
             ],
             "Placement": {"AvailabilityZone": zone},
+            # IMDSv2 only, one hop: the user data (the agent token) and the instance profile's
+            # credentials need a session token a forwarded request (SSRF) or a container behind
+            # a bridge cannot get.
+            "MetadataOptions": {
+                "HttpEndpoint": "enabled",
+                "HttpTokens": "required",
+                "HttpPutResponseHopLimit": 1,
+            },
             "TagSpecifications": [
                 {
                     "ResourceType": "instance",
