@@ -1,7 +1,11 @@
 """Crash safety: the orchestrator worker runs as its own process and is killed with SIGKILL at
 random points while many instances are provisioned and terminated. Afterwards every instance is
-ready or terminated, the provider holds nothing the database does not know as live, and every
-history is a legal path."""
+ready or terminated, the provider holds nothing the database does not know as live, every
+history is a legal path, and some kills landed inside an activity (the action log shows the
+attempt the crash cut short).
+
+The seed comes from INVENTIV_CRASH_SEED (a fresh one otherwise) and is printed, so a failure can
+be replayed: INVENTIV_CRASH_SEED=<seed> pytest tests/workflows/test_crash_safety.py."""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from sqlmodel import select
 from temporalio.client import Client
 
 from activities.providers.local.adapter import LocalCompute
-from core.models import Instance, InstanceState, InstanceVolume
+from core.models import Instance, InstanceAction, InstanceState, InstanceVolume
 from core.settings import Settings
 from core.states import is_legal_path
 from tests.factories import seed
@@ -87,7 +91,9 @@ async def wait_polling(log: Path, starts: int, timeout: float = 60) -> None:
 async def test_worker_killed_at_random_points(
     settings: Settings, sessionmaker, temporal_client, tmp_path: Path
 ) -> None:
-    rng = random.Random(int(os.environ.get("CRASH_SEED", "7")))
+    crash_seed = int(os.environ.get("INVENTIV_CRASH_SEED") or random.randrange(1_000_000))
+    print(f"INVENTIV_CRASH_SEED={crash_seed}")  # pytest shows it when the test fails
+    rng = random.Random(crash_seed)
     async with sessionmaker() as session:
         seeded = await seed(
             session,
@@ -154,6 +160,14 @@ async def test_worker_killed_at_random_points(
         async with sessionmaker() as session:
             rows = (await session.exec(select(Instance))).all()
         assert len(rows) == INSTANCES, "a crash never duplicates an instance"
+        async with sessionmaker() as session:
+            cut_short = [
+                a.step
+                for a in (await session.exec(select(InstanceAction))).all()
+                if a.error == "attempt lost (worker stopped); retried"
+            ]
+        assert cut_short, f"no kill landed inside an activity (seed {crash_seed})"
+        print(f"kills inside activities: {len(cut_short)} ({sorted(set(cut_short))})")
         for inst in instances:
             path = await history(sessionmaker, inst.id)
             assert is_legal_path(path), path
