@@ -9,14 +9,15 @@ agent's to flag a tampered or stale one. Any change to this file needs a version
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Header, HTTPException
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
@@ -29,7 +30,7 @@ from agent.settings import AgentSettings
 from agent.supervisor import EngineState, EngineSupervisor
 from core.wire import AgentHeartbeat, AgentInfo, EngineLoad, GpuSample
 
-AGENT_VERSION = "0.1.2"
+AGENT_VERSION = "0.1.3"
 AGENT_BUILD_DATE = "2026-12-01"
 
 log = logging.getLogger("agent")
@@ -263,6 +264,16 @@ def _load(stats: EngineStats | None) -> EngineLoad:
 
 def create_app(settings: AgentSettings) -> FastAPI:
     agent = Agent(settings)
+    expected = f"Bearer {settings.token.get_secret_value()}".encode()
+
+    def instance_token(authorization: Annotated[str | None, Header()] = None) -> None:
+        """/info and /load tell what runs here and how busy it is: the instance's token (the
+        control plane derives it) is required. An agent started without one (a manual run)
+        has nothing to check against."""
+        if settings.token.get_secret_value() and not hmac.compare_digest(
+            (authorization or "").encode(), expected
+        ):
+            raise HTTPException(401, "this agent's token is required")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -287,11 +298,11 @@ def create_app(settings: AgentSettings) -> FastAPI:
             status_code=200 if ready else 503,
         )
 
-    @app.get("/info")
+    @app.get("/info", dependencies=[Depends(instance_token)])
     async def info() -> dict[str, Any]:
         return await asyncio.to_thread(agent.info)  # NVML calls block
 
-    @app.get("/load")
+    @app.get("/load", dependencies=[Depends(instance_token)])
     async def load() -> dict[str, Any]:
         """Engine queue figures. When the engine's /metrics cannot be read (no engine running),
         in_flight is 0: a drain has nothing left to wait for."""

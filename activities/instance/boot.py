@@ -150,7 +150,9 @@ class BootActivities:
             ready = await self.ctx.http.get(f"{agent_url}/readyz")
             if ready.status_code != 200:
                 return None
-            r = await self.ctx.http.get(f"{agent_url}/info")
+            r = await self.ctx.http.get(
+                f"{agent_url}/info", headers=self.ctx.agent_headers(inp.instance_id)
+            )
             return r.json() if r.status_code == 200 else None  # type: ignore[no-any-return]
 
         data = await self.ctx.poll(info, inp.timeout_s, inp.poll_interval_s, "the agent's /info")

@@ -38,6 +38,7 @@ from core.models import (
 from core.progress import Step
 from core.redis_keys import ROUTING_CHANNEL, ROUTING_REGISTRY
 from core.settings import Settings
+from core.tokens import agent_token
 from core.wire import RegistryChange, RoutableInstance
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,12 @@ class InstanceContext:
 
     async def close(self) -> None:
         await self.http.aclose()
+
+    def agent_headers(self, instance_id: str) -> dict[str, str]:
+        """The instance's own token, which the agent's /info and /load require (derived, never
+        stored or carried in workflow history)."""
+        token = agent_token(self.settings.require("secret_key"), instance_id)
+        return {"Authorization": f"Bearer {token}"}
 
     # ------------------------------------------------------------ loading
 

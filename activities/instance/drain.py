@@ -44,7 +44,9 @@ class DrainActivities:
 
             async def idle() -> int | None:
                 nonlocal unknown
-                r = await self.ctx.http.get(f"{instance.agent_url}/load")
+                r = await self.ctx.http.get(
+                    f"{instance.agent_url}/load", headers=self.ctx.agent_headers(inp.instance_id)
+                )
                 in_flight = r.json().get("in_flight") if r.status_code == 200 else None
                 unknown = not isinstance(in_flight, int | float)
                 return 0 if not unknown and in_flight == 0 else None

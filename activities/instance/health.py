@@ -57,7 +57,9 @@ class HealthActivities:
                 )
         try:
             ready = await self.ctx.http.get(f"{instance.agent_url}/readyz")
-            info = await self.ctx.http.get(f"{instance.agent_url}/info")
+            info = await self.ctx.http.get(
+                f"{instance.agent_url}/info", headers=self.ctx.agent_headers(str(instance.id))
+            )
         except httpx.HTTPError as exc:
             return HealthResult(healthy=False, detail=f"agent unreachable: {type(exc).__name__}")
         if ready.status_code != 200 or info.status_code != 200:

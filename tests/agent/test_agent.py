@@ -258,3 +258,18 @@ async def test_bad_settings_name_the_variable_and_never_echo_values(tmp_path: Pa
     )
     assert result.returncode != 0 and "INVENTIV_AGENT_MAX_NUM_SEQS" in result.stderr
     assert "s3cr3t" not in result.stderr + result.stdout
+
+
+async def test_info_and_load_need_the_instance_token(tmp_path: Path) -> None:
+    async with running_agent(tmp_path, token="instance-token-123") as agent:
+        await wait_for(lambda: get_json(f"{agent.url}/healthz"), 20, "liveness")
+        async with httpx.AsyncClient(base_url=agent.url, timeout=5) as client:
+            for path in ("/info", "/load"):
+                for headers in ({}, {"Authorization": "Bearer someone-else"}):
+                    refused = await client.get(path, headers=headers)
+                    assert refused.status_code == 401, (path, refused.text)
+                allowed = await client.get(
+                    path, headers={"Authorization": "Bearer instance-token-123"}
+                )
+                assert allowed.status_code == 200, (path, allowed.text)
+            assert (await client.get("/healthz")).status_code == 200  # liveness stays open

@@ -106,7 +106,8 @@ async def test_agent_started_over_ssh_and_removed(
         assert created.agent_url == f"http://127.0.0.1:{host.agent_port}"
         assert await healthz(created.agent_url) == 200  # bootstrap waited for it
         async with httpx.AsyncClient() as client:
-            info = (await client.get(f"{created.agent_url}/info")).json()
+            headers = {"Authorization": "Bearer tok-secret"}  # the instance's agent token
+            info = (await client.get(f"{created.agent_url}/info", headers=headers)).json()
         assert info["checksum"] == AGENT_SHA256
         remote = ssh_host.home / ".inventiv" / request.instance_id
         assert (remote / "agent.env").stat().st_mode & 0o777 == 0o600
