@@ -13,6 +13,10 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
+import httpx
+import psutil
+import pytest
+
 from activities.providers.base import CreateRequest
 from activities.providers.local.adapter import LocalCompute, machine_pids
 from activities.providers.local.catalogue import LOCAL_INSTANCE_TYPE
@@ -89,3 +93,49 @@ async def test_a_vanishing_machine_is_stopped_without_stalling_the_loop(tmp_path
     stall, machine = await longest_stall(compute.get(resource_id))
     assert machine is None and proc.wait(timeout=5) == -9
     assert stall < 0.5, f"the event loop stalled for {stall:.2f}s"
+
+
+async def test_a_local_machine_gets_none_of_the_workers_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secrets = {
+        "INVENTIV_SECRET_KEY": "worker-secret-key",
+        "INVENTIV_DATABASE_URL": "postgresql://inventiv:pw@db/inventiv",
+        "DATABASE_URL": "postgresql://inventiv:pw@db/inventiv",
+        "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": "aws-secret",
+        "INVENTIV_SCALEWAY_SECRET_KEY": "scw-secret",
+    }
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the engines' own variables do pass
+    compute = LocalCompute(Settings(data_dir=tmp_path))
+    instance_id, resource_id = await _created(compute)
+    try:
+        await compute.start(resource_id)
+        machine = await compute.get(resource_id)
+        assert machine is not None and machine.agent_url
+        async with httpx.AsyncClient(timeout=2) as http:  # and the agent runs on that much
+            for _ in range(100):
+                try:
+                    if (await http.get(f"{machine.agent_url}/healthz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("the local machine's agent never answered")
+        for _ in range(50):
+            pids = machine_pids(instance_id)
+            if len(pids) == 2:  # the agent and its engine
+                break
+            await asyncio.sleep(0.1)
+        assert len(pids) == 2, pids
+        for pid in pids:
+            env = psutil.Process(pid).environ()
+            assert not set(secrets) & set(env), sorted(set(secrets) & set(env))
+            assert not [value for value in env.values() if value in secrets.values()]
+            assert env["HF_HUB_OFFLINE"] == "1"
+    finally:
+        await compute.delete(resource_id)
+    assert machine_pids(instance_id) == []

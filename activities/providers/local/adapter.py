@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from activities.providers.base import (
 )
 from activities.providers.local.catalogue import LOCAL_INSTANCE_TYPE, offers
 from activities.providers.local.settings import LocalFaults
+from agent.identity import AGENT_DIR
 from core.embedded import free_port
 from core.settings import Settings
 
@@ -59,6 +61,29 @@ def machine_pids(instance_id: str) -> list[int]:
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return pids
+
+
+# What a local machine inherits from the worker, as a VM would have it: the system basics and
+# the agent's and engines' own variables. Never the worker's secrets (INVENTIV_SECRET_KEY,
+# INVENTIV_DATABASE_URL, cloud credentials): an engine may run code its model brought along.
+MACHINE_ENV_NAMES = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM"}
+)
+MACHINE_ENV_PREFIXES = (
+    "LC_", "INVENTIV_AGENT_", "HF_", "VLLM_", "CUDA_", "NVIDIA_", "HIP_", "ROCR_", "TORCH_",
+    "NCCL_", "OMP_",
+)  # fmt: skip
+
+
+def machine_environment(worker_env: Mapping[str, str]) -> dict[str, str]:
+    """The allowlisted part of the worker's environment, and the agent importable from here."""
+    env = {
+        name: value
+        for name, value in worker_env.items()
+        if name in MACHINE_ENV_NAMES or name.startswith(MACHINE_ENV_PREFIXES)
+    }
+    env["PYTHONPATH"] = str(AGENT_DIR.parent)
+    return env
 
 
 class LocalCompute(VolumesMixin, Compute):
@@ -240,7 +265,7 @@ class LocalCompute(VolumesMixin, Compute):
             await asyncio.to_thread(self._spawn, record)
 
     def _spawn(self, record: dict[str, Any]) -> None:
-        env = {**os.environ, **record["env"]}
+        env = {**machine_environment(os.environ), **record["env"]}
         env["INVENTIV_AGENT_PORT"] = str(record["agent_port"])
         env["INVENTIV_AGENT_ENGINE_PORT"] = str(record["engine_port"])
         log_path = self.root / "logs" / f"{record['resource_id']}.log"
