@@ -61,6 +61,11 @@ def aws_settings(moto_endpoint: str, ec2: EC2Client) -> AWSSettings:
         region=REGION,
         endpoint_url=moto_endpoint,
         ami_ids={"cpu-sim": ami, "nvidia-h100": ami},
+        security_group_ids=[
+            ec2.create_security_group(
+                GroupName=f"inventiv-{uuid.uuid4().hex[:8]}", Description="control plane only"
+            )["GroupId"]
+        ],
         waiter_delay_s=1,
         waiter_max_attempts=10,
         not_found_window_s=1,
@@ -85,6 +90,7 @@ def scaleway_settings(fake_scaleway: FakeScaleway) -> ScalewaySettings:
         secret_key=fake_scaleway.token,
         project_id=str(uuid.uuid4()),
         api_url=fake_scaleway.url,
+        security_group_id=str(uuid.uuid4()),
         poll_interval_s=0.05,
         state_timeout_s=5,
     )

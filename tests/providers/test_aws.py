@@ -163,3 +163,16 @@ async def test_instances_require_imdsv2_with_one_hop(
         assert options["HttpEndpoint"] == "enabled"
     finally:
         await delete_until_gone(compute, created.resource_id)
+
+
+async def test_no_instance_without_a_security_group(
+    aws_settings: AWSSettings, ec2: EC2Client
+) -> None:
+    """The engine and agent ports must not face the internet: no group, no instance."""
+    compute = AWSCompute(aws_settings.model_copy(update={"security_group_ids": []}))
+    with pytest.raises(InvalidRequestError, match="SECURITY_GROUP_IDS"):
+        await compute.create(_request())
+    reservations = ec2.describe_instances()["Reservations"]
+    assert not [
+        i for r in reservations for i in r["Instances"] if i["State"]["Name"] != "terminated"
+    ]

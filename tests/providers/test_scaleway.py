@@ -301,3 +301,14 @@ async def test_catalogue_from_the_product_api_with_the_static_table_as_fallback(
     fallback = await offline.live_catalogue()
     assert {o.price_source for o in fallback} == {"static"}
     assert {o.name: o.price_per_hour for o in fallback}["H100-1-80G"] == 2.73
+
+
+async def test_no_server_without_a_security_group(
+    scaleway_settings: ScalewaySettings, fake_scaleway: FakeScaleway
+) -> None:
+    """The engine and agent ports must not face the internet: no group, no server."""
+    compute = ScalewayCompute(
+        scaleway_settings.model_copy(update={"security_group_id": None}), IMAGES
+    )
+    with pytest.raises(InvalidRequestError, match="SECURITY_GROUP_ID"):
+        await compute.create(_request())

@@ -318,6 +318,13 @@ class AWSCompute(VolumesMixin, PublicIPMixin, Compute):
             pause = min(pause * 2, 4.0)
 
     async def create(self, request: CreateRequest) -> ProviderInstance:
+        if not self.settings.security_group_ids:
+            # The engine (vLLM) and the agent listen on the instance's address: without a
+            # group admitting their ports from the control plane only, anyone could reach them.
+            raise InvalidRequestError(
+                "INVENTIV_AWS_SECURITY_GROUP_IDS is empty: set a security group that admits "
+                f"ports {ENGINE_PORT} (engine) and {AGENT_PORT} (agent) from the control plane only"
+            )
         raw = await self._find(request.instance_id)
         if raw is None:
             raw = await self._run(request)

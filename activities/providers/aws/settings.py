@@ -32,7 +32,11 @@ class AWSSettings(ProviderSettings):
         description='AMI per flavor as JSON, e.g. {"nvidia-h100": "ami-..."}; else looked up by name',
     )
     subnet_id: str | None = Field(default=None, description="Subnet for instances")
-    security_group_ids: list[str] = Field(default_factory=list, description="Security groups")
+    security_group_ids: list[str] = Field(
+        default_factory=list,
+        description="Security groups of instances (required): they must admit the engine and "
+        "agent ports from the control plane only",
+    )
     key_name: str | None = Field(default=None, description="EC2 key pair for operator SSH access")
     iam_instance_profile: str | None = Field(
         default=None, description="Instance profile name (e.g. S3 read for the model cache)"

@@ -269,6 +269,13 @@ class ScalewayCompute(VolumesMixin, PublicIPMixin, Compute):
         return found.server if found is not None else None
 
     async def create(self, request: CreateRequest) -> ProviderInstance:
+        if not self.settings.security_group_id:
+            # The engine (vLLM) and the agent listen on the server's address: without a group
+            # admitting their ports from the control plane only, anyone could reach them.
+            raise InvalidRequestError(
+                "INVENTIV_SCALEWAY_SECURITY_GROUP_ID is unset: set a security group that admits "
+                f"ports {ENGINE_PORT} (engine) and {AGENT_PORT} (agent) from the control plane only"
+            )
         zone = request.zone or self.settings.default_zone
         offer = self._offer(request.instance_type)
         flavor = get_flavor(request.flavor)

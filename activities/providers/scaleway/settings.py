@@ -31,7 +31,11 @@ class ScalewaySettings(ProviderSettings):
     private_network_id: str | None = Field(
         default=None, description="Attach servers to this Private Network (VPC) when set"
     )
-    security_group_id: str | None = Field(default=None, description="Security group for servers")
+    security_group_id: str | None = Field(
+        default=None,
+        description="Security group of servers (required): it must admit the engine and agent "
+        "ports from the control plane only",
+    )
     boot_volume_gb: int = Field(default=100, description="Boot volume size")
     poll_interval_s: float = Field(
         default=2, description="Seconds between reads while a new volume is being created"
