@@ -8,6 +8,7 @@ import { InstancesPage } from "./pages/Instances";
 import { InstanceDetailPage } from "./pages/InstanceDetail";
 import { DeploymentsPage } from "./pages/Deployments";
 import { KeysPage } from "./pages/Keys";
+import { MachinesPage } from "./pages/Machines";
 import { UsagePage } from "./pages/Usage";
 import { ProvidersPage } from "./pages/Providers";
 import { UsersPage } from "./pages/Users";
@@ -17,6 +18,7 @@ const NAV = [
   { path: "/instances", label: "Instances" },
   { path: "/deployments", label: "Deployments" },
   { path: "/keys", label: "API keys" },
+  { path: "/machines", label: "Machines" },
   { path: "/usage", label: "Usage & costs" },
   { path: "/providers", label: "Providers & prices", admin: true },
   { path: "/users", label: "Users & projects", admin: true },
@@ -58,6 +60,7 @@ export function App() {
   else if (path === "/instances") page = <InstancesPage />;
   else if (path === "/deployments") page = <DeploymentsPage />;
   else if (path === "/keys") page = <KeysPage />;
+  else if (path === "/machines") page = <MachinesPage isAdmin={me.role === "admin"} />;
   else if (path === "/usage") page = <UsagePage />;
   else if (path === "/providers") page = <ProvidersPage isAdmin={me.role === "admin"} />;
   else if (path === "/users" && me.role === "admin") page = <UsersPage meId={me.id} />;

@@ -9,17 +9,21 @@ import re
 import uuid
 from datetime import timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from playwright.async_api import Page, expect
 from sqlmodel import select
 
+from core.machine_sharing import local_day
 from core.models import (
     ActionStatus,
     ApiKey,
     Instance,
     InstanceAction,
     InstanceState,
+    Machine,
+    MachineUsage,
     RequestLog,
     Role,
     utcnow,
@@ -550,6 +554,7 @@ async def test_pages_have_no_serious_accessibility_violations(
         "Instances",
         "Deployments",
         "API keys",
+        "Machines",
         "Usage & costs",
         "Providers & prices",
         "Users & projects",
@@ -626,3 +631,56 @@ async def test_admin_adds_a_member_who_signs_in_until_deactivated(
     await bob_page.get_by_role("button", name="Sign in").click()
     await expect(bob_page.get_by_role("alert")).to_have_text("Wrong e-mail or password.")
     await other.close()
+
+
+async def test_machines_page_shows_a_tunnelled_machine_enrols_another_and_revokes(
+    page: Page, api_server: ApiServer, sessionmaker
+) -> None:
+    """The owner's view of a machine behind NAT: who owns it, its slots, today's GPU-hours
+    against its quota, whether it is available and connected; a join command shown once."""
+    async with sessionmaker() as session:
+        seeded = await seed(session)
+        now = utcnow()
+        machine = Machine(
+            name="desk-gpu",
+            owner_id=seeded.user.id,
+            public_key="ab" * 32,
+            credential_hash=uuid.uuid4().hex,
+            credential_expires_at=now + timedelta(days=1),
+            gpu_count=2,
+            timezone="Europe/Paris",
+            quota_gpu_hours_per_day=8.0,
+            connected_at=now,
+            last_seen_at=now,
+        )
+        session.add(machine)
+        await session.commit()
+        session.add(MachineUsage(machine_id=machine.id, day=local_day(now, ZoneInfo("Europe/Paris")),
+                                 gpu_seconds=1.5 * 3600))  # fmt: skip
+        await session.commit()
+    accept_dialogs(page)
+    await login(page, seeded)
+    await nav(page, "Machines")
+    row = page.get_by_role("table", name="Machines").locator(f"tr[data-machine-id='{machine.id}']")
+    await expect(row).to_contain_text("desk-gpu")
+    await expect(row).to_contain_text(seeded.user.email)
+    await expect(row).to_contain_text("Europe/Paris")
+    await expect(row).to_contain_text("1.5 GPU-h of 8")
+    await expect(row).to_contain_text("Connected")
+    await expect(row).to_contain_text("Available")
+    await shot(page, "machines")
+
+    await page.get_by_label("Name").fill("lab-box")
+    await page.get_by_role("button", name="Create enrolment token").click()
+    command = page.get_by_label("Join command")
+    await expect(command).to_have_value(
+        re.compile(r"^python -m agent join --control-plane \S+ --token ime_")
+    )
+    await page.get_by_role("button", name="I have saved it").click()
+    await expect(command).to_have_count(0)
+
+    await row.get_by_role("button", name="Revoke machine desk-gpu").click()
+    await expect(row).to_contain_text("Revoked")
+    async with sessionmaker() as session:
+        revoked = await session.get(Machine, machine.id)
+        assert revoked is not None and revoked.revoked_at is not None

@@ -442,6 +442,124 @@ export interface paths {
         patch: operations["keys-update_key"];
         trace?: never;
     };
+    "/api/v1/machines": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Machines
+         * @description Machines of the user's projects (all for admins): owner, sharing, use and connection.
+         */
+        get: operations["machines-list_machines"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/machines/enrolments": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Create Enrolment
+         * @description A one-time token for one machine, and the command that joins it.
+         */
+        post: operations["machines-create_enrolment"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/machines/join": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Join
+         * @description Spend an enrolment token (once) for the machine's own credential.
+         */
+        post: operations["machines-join"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/machines/{machine_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Get Machine */
+        get: operations["machines-get_machine"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/machines/{machine_id}/revoke": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Revoke Machine
+         * @description Cut the machine off: its tunnel closes within INVENTIV_TUNNEL_SYNC_INTERVAL_S and its
+         *     credential is refused from then on.
+         */
+        post: operations["machines-revoke_machine"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/machines/{machine_id}/sharing": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Set Sharing
+         * @description The owner's rules: time slots in a named time zone, GPUs at once, GPU-hours per day.
+         */
+        put: operations["machines-set_sharing"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/metrics/gpu": {
         parameters: {
             query?: never;
@@ -1080,6 +1198,82 @@ export interface components {
             tpm_limit?: number | null;
         };
         /**
+         * AutoscalingConfig
+         * @description A deployment's autoscaling policy; min and max instances are the deployment's own.
+         */
+        AutoscalingConfig: {
+            /**
+             * Boot S
+             * @description expected boot time (predictive mode)
+             * @default 180
+             */
+            boot_s: number;
+            /**
+             * Predictive
+             * @description optional: scale up for the arrival rate projected `boot_s` ahead
+             * @default false
+             */
+            predictive: boolean;
+            /**
+             * Scale Down Active Per Gpu
+             * @description optional: also scale down when the other instances would carry fewer active requests per GPU than this
+             */
+            scale_down_active_per_gpu?: number | null;
+            /**
+             * Scale Down Delay S
+             * @description how long the scale-down condition lasts before draining one instance
+             * @default 600
+             */
+            scale_down_delay_s: number;
+            /**
+             * Scale Down Gpu Utilization
+             * @description GPU utilisation (0..1) below which to scale down
+             * @default 0.2
+             */
+            scale_down_gpu_utilization: number;
+            /**
+             * Scale Up Active Per Gpu
+             * @description active requests (running + queued) per GPU above which to scale up
+             * @default 48
+             */
+            scale_up_active_per_gpu: number;
+            /**
+             * Scale Up Delay S
+             * @description how long a scale-up condition lasts before acting
+             * @default 30
+             */
+            scale_up_delay_s: number;
+            /**
+             * Scale Up Queue Wait S
+             * @description average queue wait above which to scale up
+             * @default 5
+             */
+            scale_up_queue_wait_s: number;
+            /**
+             * Scale Up Step
+             * @description servers ordered at a time
+             * @default 1
+             */
+            scale_up_step: number;
+            /**
+             * Slo Ttft S
+             * @description optional: scale up when the window's time-to-first-token p95 exceeds this
+             */
+            slo_ttft_s?: number | null;
+            /**
+             * Warm Spares
+             * @description optional: instances kept beyond the need
+             * @default 0
+             */
+            warm_spares: number;
+            /**
+             * Window S
+             * @description window the signals are averaged over
+             * @default 60
+             */
+            window_s: number;
+        };
+        /**
          * Capability
          * @description What a provider kind offers beyond creating and deleting machines (each is a mixin of
          *     its adapter, declared in its registry entry).
@@ -1161,13 +1355,8 @@ export interface components {
         };
         /** DeploymentCreate */
         DeploymentCreate: {
-            /**
-             * Autoscaling
-             * @description autoscaling policy (thresholds, cooldowns)
-             */
-            autoscaling?: {
-                [key: string]: unknown;
-            };
+            /** @description autoscaling policy (core/autoscaling.py) */
+            autoscaling?: components["schemas"]["AutoscalingConfig"];
             /**
              * Autoscaling Enabled
              * @default false
@@ -1311,10 +1500,7 @@ export interface components {
          * @description Fields left out are unchanged. Changes apply to instances started afterwards.
          */
         DeploymentUpdate: {
-            /** Autoscaling */
-            autoscaling?: {
-                [key: string]: unknown;
-            } | null;
+            autoscaling?: components["schemas"]["AutoscalingConfig"] | null;
             /** Boot Timeout S */
             boot_timeout_s?: number | null;
             /** Engine Args */
@@ -1362,6 +1548,44 @@ export interface components {
             ttft_seconds_count?: number | null;
             /** Ttft Seconds Sum */
             ttft_seconds_sum?: number | null;
+        };
+        /** EnrolmentCreate */
+        EnrolmentCreate: {
+            /**
+             * Expires In S
+             * @description Default: INVENTIV_TUNNEL_ENROLMENT_TTL_S
+             */
+            expires_in_s?: number | null;
+            /** Name */
+            name: string;
+            /**
+             * Project Id
+             * @description The project the machine serves; none (admins only): shared
+             */
+            project_id?: string | null;
+        };
+        /** EnrolmentCreated */
+        EnrolmentCreated: {
+            /**
+             * Command
+             * @description What to run on the machine
+             */
+            command: string;
+            /**
+             * Expires At
+             * Format: date-time
+             */
+            expires_at: string;
+            /**
+             * Id
+             * Format: uuid
+             */
+            id: string;
+            /**
+             * Token
+             * @description Shown once: only its hash is kept
+             */
+            token: string;
         };
         /** ErrorMessage */
         ErrorMessage: {
@@ -1646,6 +1870,28 @@ export interface components {
             /** User */
             user?: string | null;
         };
+        /**
+         * InstanceAttention
+         * @description Why an instance needs an operator: a cleanup step that keeps failing. The step goes on
+         *     retrying; once the cause is fixed it succeeds and this is cleared.
+         */
+        InstanceAttention: {
+            /** Attempts */
+            attempts: number;
+            /** Error */
+            error: string;
+            /** Hint */
+            hint: string;
+            /** Leaked */
+            leaked: string[];
+            /**
+             * Since
+             * Format: date-time
+             */
+            since: string;
+            /** Step */
+            step: string;
+        };
         /** InstanceDetail */
         InstanceDetail: {
             /** Actions */
@@ -1664,6 +1910,8 @@ export interface components {
             agent_url: string | null;
             /** Agent Version */
             agent_version: string | null;
+            /** @description Set while a cleanup step keeps failing: what is left at the provider and what to do; the step keeps retrying and this clears once it succeeds */
+            attention?: components["schemas"]["InstanceAttention"] | null;
             /**
              * Created At
              * Format: date-time
@@ -1754,6 +2002,8 @@ export interface components {
             agent_integrity_ok: boolean | null;
             /** Agent Version */
             agent_version: string | null;
+            /** @description Set while a cleanup step keeps failing: what is left at the provider and what to do; the step keeps retrying and this clears once it succeeds */
+            attention?: components["schemas"]["InstanceAttention"] | null;
             /**
              * Created At
              * Format: date-time
@@ -1936,6 +2186,36 @@ export interface components {
             /** Zones */
             zones?: string[] | null;
         };
+        /** JoinAnswer */
+        JoinAnswer: {
+            /**
+             * Credential
+             * @description The machine's own credential (rotated over the tunnel)
+             */
+            credential: string;
+            /**
+             * Credential Expires At
+             * Format: date-time
+             */
+            credential_expires_at: string;
+            /**
+             * Machine Id
+             * Format: uuid
+             */
+            machine_id: string;
+            /** Tunnel Url */
+            tunnel_url: string;
+        };
+        /** JoinRequest */
+        JoinRequest: {
+            /**
+             * Public Key
+             * @description The machine's Ed25519 public key, raw, hex (64 chars)
+             */
+            public_key: string;
+            /** Token */
+            token: string;
+        };
         /** KeysReassign */
         KeysReassign: {
             /**
@@ -1966,6 +2246,57 @@ export interface components {
             email: string;
             /** Password */
             password: string;
+        };
+        /** MachinePublic */
+        MachinePublic: {
+            /** Availability */
+            availability: string;
+            /** Available Now */
+            available_now: boolean;
+            /** Claimed By */
+            claimed_by: string | null;
+            /** Connected */
+            connected: boolean;
+            /** Connected At */
+            connected_at: string | null;
+            /**
+             * Credential Expires At
+             * Format: date-time
+             */
+            credential_expires_at: string;
+            /** Drain By */
+            drain_by: string | null;
+            /** Gpu Count */
+            gpu_count: number;
+            /** Gpu Hours Today */
+            gpu_hours_today: number;
+            /** Gpu Inventory */
+            gpu_inventory: {
+                [key: string]: unknown;
+            }[];
+            /**
+             * Id
+             * Format: uuid
+             */
+            id: string;
+            /** Last Seen At */
+            last_seen_at: string | null;
+            /** Name */
+            name: string;
+            /** Owner Email */
+            owner_email: string | null;
+            /**
+             * Owner Id
+             * Format: uuid
+             */
+            owner_id: string;
+            /** Project Id */
+            project_id: string | null;
+            /** Remote Address */
+            remote_address: string | null;
+            /** Revoked At */
+            revoked_at: string | null;
+            sharing: components["schemas"]["Sharing"];
         };
         /** Me */
         Me: {
@@ -2350,6 +2681,25 @@ export interface components {
          * @enum {string}
          */
         RoutingStrategy: "least_load" | "sticky_header" | "sticky_user" | "prefix_aware";
+        /** Sharing */
+        Sharing: {
+            /** Quota Gpu Hours Per Day */
+            quota_gpu_hours_per_day?: number | null;
+            /** Quota Gpus */
+            quota_gpus?: number | null;
+            /**
+             * Slots
+             * @description [{"days": ["mon", "tue"], "start": "20:00", "end": "08:00"}]; none: always
+             */
+            slots?: {
+                [key: string]: unknown;
+            }[];
+            /**
+             * Timezone
+             * @default UTC
+             */
+            timezone: string;
+        };
         /** StateChange */
         StateChange: {
             /**
@@ -4663,6 +5013,264 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
+        };
+    };
+    "machines-list_machines": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MachinePublic"][];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
+        };
+    };
+    "machines-create_enrolment": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["EnrolmentCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EnrolmentCreated"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
+        };
+    };
+    "machines-join": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["JoinRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["JoinAnswer"];
+                };
+            };
+            /** @description unknown token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description token already used */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description token expired */
+            410: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
+        };
+    };
+    "machines-get_machine": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                machine_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MachinePublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
+        };
+    };
+    "machines-revoke_machine": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                machine_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MachinePublic"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
+        };
+    };
+    "machines-set_sharing": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                machine_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["Sharing"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MachinePublic"];
                 };
             };
             /** @description Validation Error */

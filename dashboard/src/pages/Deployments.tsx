@@ -1,5 +1,5 @@
 import { useEffect, useMemo, useState, type FormEvent } from "react";
-import { client, typed, type Deployment, type InstanceSummary } from "../api/client";
+import { client, typed, type Deployment, type InstanceSummary, type Schemas } from "../api/client";
 import { Empty, ErrorBox, Guard, LiveIndicator, Notice, PageHeader, ProgressBar, StateBadge } from "../components/ui";
 import { useFlavors, useTypeChoices } from "../lib/catalog";
 import { useLiveEvents, type LiveEvent } from "../lib/events";
@@ -280,7 +280,9 @@ function DeploymentForm({ initial, onDone }: { initial: Full | null; onDone: (ms
     const common = {
       name: f.name.trim(), model: f.model.trim(), served_name: f.served_name.trim() || undefined,
       flavor: f.flavor, provider_id: providerId, instance_type_id: typeId,
-      min_instances: min, max_instances: max, autoscaling: { ...extra, ...policy },
+      min_instances: min, max_instances: max,
+      // only the fields set here: the API fills the rest of its policy with defaults
+      autoscaling: { ...extra, ...policy } as Schemas["AutoscalingConfig"],
       engine_args: engineArgs as Record<string, unknown>, routing: f.routing,
     };
     setBusy(true);
