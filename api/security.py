@@ -10,7 +10,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from core.redis_keys import PREFIX
-from core.tokens import token_hash
+from core.tokens import session_signing_key, token_hash
 
 _hasher = PasswordHasher()
 ALGORITHM = "HS256"
@@ -37,7 +37,7 @@ def create_access_token(subject: str, secret: str, ttl_s: int, version: int = 0)
         "jti": secrets.token_hex(8),  # each login its own token, so logout ends only that one
         "ver": version,  # the user's token_version: a password change ends older sessions
     }
-    return jwt.encode(payload, secret, algorithm=ALGORITHM)
+    return jwt.encode(payload, session_signing_key(secret), algorithm=ALGORITHM)
 
 
 def decode_access_token(token: str, secret: str) -> tuple[str, int] | None:
@@ -61,7 +61,7 @@ def token_seconds_left(token: str, secret: str) -> int:
 
 def _claims(token: str, secret: str) -> dict[str, object] | None:
     try:
-        payload = jwt.decode(token, secret, algorithms=[ALGORITHM])
+        payload = jwt.decode(token, session_signing_key(secret), algorithms=[ALGORITHM])
     except jwt.PyJWTError:
         return None
     return payload if isinstance(payload, dict) else None
