@@ -77,6 +77,11 @@ class Settings(BaseSettings):
         default=None,
         description="URL agents use to reach the API (heartbeats); http://HOST:API_PORT when unset",
     )
+    allow_insecure_agent_url: bool = Field(
+        default=False,
+        description="Let the worker hand machines of providers other than local a plain-http, "
+        "non-loopback API URL for the agent bundle and heartbeats (their token in clear)",
+    )
     temporal_ui_url: str | None = Field(
         default=None, description="Temporal Web UI base URL for links; embedded UI when unset"
     )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 from sqlmodel import col, select
 from temporalio import activity
@@ -11,13 +13,38 @@ from temporalio.exceptions import ApplicationError
 
 from activities.contracts import CreateResult, FailInput, InstanceRef, LifecycleSpec
 from activities.instance.context import InstanceContext
-from activities.providers.base import CreateRequest, VolumeSpec
+from activities.providers.base import CreateRequest, InvalidRequestError, VolumeSpec
 from agent.identity import expected_agent
 from core import states
 from core.events import EventKind
 from core.models import ActionStatus, Instance, InstanceAction, InstanceState
 from core.progress import Step
+from core.settings import Settings
 from core.tokens import agent_token, token_hash
+
+
+def insecure_agent_url(url: str, kind: str, settings: Settings) -> str | None:
+    """Why a machine of `kind` must not get `url` for its bundle and heartbeats, or None.
+
+    Over plain http the agent token, in every heartbeat, and the bundle cross the network
+    readable and changeable on the way. The local provider (dev) and a loopback address never
+    leave the host; anything else needs https unless INVENTIV_ALLOW_INSECURE_AGENT_URL says so."""
+    parts = urlsplit(url)
+    if kind == "local" or parts.scheme != "http" or settings.allow_insecure_agent_url:
+        return None
+    host = parts.hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        return None
+    return (
+        f"refusing to give this {kind} machine the plain-http API URL {url}: its agent token and "
+        "bundle would cross the network in clear; set INVENTIV_PUBLIC_API_URL to an https:// "
+        "URL (or INVENTIV_ALLOW_INSECURE_AGENT_URL=true on a network you trust)"
+    )
+
 
 # How long a workflow waits for the row its starter commits just after starting it.
 ROW_WAIT_S = 60.0
@@ -116,6 +143,9 @@ class ProvisionActivities:
                 gpu_count=max(itype.gpu_count, 1),
             )
             async with self.ctx.action(ref.instance_id, Step.provider_create) as action:
+                refused = insecure_agent_url(settings.api_url, at.adapter.kind, settings)
+                if refused is not None:
+                    raise InvalidRequestError(refused)
                 machine = await at.adapter.create(request)
                 action.detail = f"{machine.resource_id} (agent {version})"
                 await self.ctx.update_instance(
