@@ -6,7 +6,9 @@ of its own instead of /), then runs its commands, so the real `agent/bootstrap.s
 agent from the API, verifies its checksum and starts it. Each instance's private address is a
 loopback address (its subnet is 127.64.x.0/24), so the agent and engine listen on the ports a
 real machine uses, one machine per address. When moto says an instance is terminated, its
-processes are stopped, as the hypervisor would.
+processes are stopped, as the hypervisor would. The model-cache mount is not run (it needs root
+and a disk); the emulator checks instead that the device it names is the Nitro name of an EBS
+volume attached to that instance, and records it in `mounts`.
 """
 
 from __future__ import annotations
@@ -20,16 +22,18 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import psutil
 from mypy_boto3_ec2 import EC2Client
 
+from activities.providers.aws.adapter import nitro_device
 from activities.providers.base import INSTANCE_TAG
 from activities.providers.local.adapter import machine_pids
 
-MACHINE_PATHS = ("/etc/inventiv", "/opt/inventiv")
+MACHINE_PATHS = ("/etc/inventiv", "/opt/inventiv", "/mnt/models")
 
 
 class CloudInitEmulator:
@@ -38,6 +42,7 @@ class CloudInitEmulator:
         self.root = root
         self.booted: dict[str, str] = {}  # EC2 instance id -> our instance id
         self.boot_logs: dict[str, Path] = {}
+        self.mounts: dict[str, str] = {}  # EC2 instance id -> the volume its user data mounts
         self._task: asyncio.Task[None] | None = None
         # A tick runs in a thread that cancelling the task does not stop: exit waits for it.
         self._ticking = threading.Lock()
@@ -63,20 +68,37 @@ class CloudInitEmulator:
             path.chmod(int(item["permissions"], 8))
         env_file = Path(self._localise(ec2_id, "/etc/inventiv/agent.env"))
         # What differs from a real VM: no systemd here, this loopback address as the machine's
-        # network, and the test's Python (it has the agent's packages) as the machine's python3.
+        # network, the test's Python (it has the agent's packages) as the machine's python3, and
+        # no model cache (there is no hub to fill it from here: the simulator needs no weights).
         with env_file.open("a") as f:
             f.write(
                 "WORKER_AGENT_MODE=background\n"
                 f"INVENTIV_AGENT_HOST={ip}\nINVENTIV_AGENT_ENGINE_HOST={ip}\n"
-                f"WORKER_PYTHON={sys.executable}\n"
+                f"WORKER_PYTHON={sys.executable}\nunset INVENTIV_AGENT_MODEL_CACHE_DIR\n"
             )
         log = self._machine_root(ec2_id) / "cloud-init.log"
         self.boot_logs[ec2_id] = log
         for command in document["runcmd"]:
+            if "mount " in command[-1] and "/dev/disk/by-id/" in command[-1]:
+                self._check_mount(ec2_id, command[-1])
+                continue
             localised = [self._localise(ec2_id, part) for part in command]
             with log.open("ab") as out:
                 subprocess.run(localised, stdout=out, stderr=out, check=False, timeout=120)
         self.booted[ec2_id] = next(t["Value"] for t in raw["Tags"] if t["Key"] == INSTANCE_TAG)
+
+    def _check_mount(self, ec2_id: str, command: str) -> None:
+        """The volume to mount must be attached by the time cloud-init waits for it."""
+        for _ in range(50):
+            volumes = self.ec2.describe_volumes(
+                Filters=[{"Name": "attachment.instance-id", "Values": [ec2_id]}]
+            )["Volumes"]
+            for volume in volumes:
+                if f"mount {nitro_device(volume['VolumeId'])} " in command:
+                    self.mounts[ec2_id] = volume["VolumeId"]
+                    return
+            time.sleep(0.1)
+        raise AssertionError(f"{ec2_id}'s user data mounts a device no attached volume has")
 
     def _halt(self, ec2_id: str) -> None:
         instance_id = self.booted.pop(ec2_id)

@@ -65,7 +65,8 @@ async def test_aws_instance_boots_serves_and_terminates(
             assert ready.agent_url == f"http://{ready.ip_address}:8090"
             assert ready.agent_integrity_ok is True
             [log] = machines.boot_logs.values()
-            assert "agent checksum verified" in log.read_text()
+            assert "agent bundle checksum verified" in log.read_text()
+            assert list(machines.mounts) == [ready.provider_resource_id]  # the 8 GB data volume
 
             client = openai.AsyncOpenAI(
                 api_key=seeded.api_key, base_url=f"{gateway.url}/v1", max_retries=0
