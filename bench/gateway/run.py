@@ -535,6 +535,8 @@ def start_gateway(stack: Stack, port: int, workers: int, server: str) -> subproc
         "INVENTIV_GATEWAY_PORT": str(port),
         "INVENTIV_GATEWAY_WORKERS": str(workers),
         "INVENTIV_GATEWAY_SERVER": server,
+        # The gateway derives each engine's API key from it (the benchmark's engine needs none).
+        "INVENTIV_SECRET_KEY": secrets.token_urlsafe(32),
     }
     command = [sys.executable, "-m", "gateway"]
     return subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
