@@ -137,7 +137,9 @@ class EmbeddedPostgres:
         """Stop it (fast: clients are disconnected) and start it again, same data and socket."""
         from pgserver._commands import pg_ctl
 
-        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=self.data_dir, timeout=30)
+        # As the user pgserver runs it as (PostgreSQL refuses to run as root).
+        user = getattr(self._server, "system_user", None)
+        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=self.data_dir, user=user, timeout=30)
 
     def stop(self) -> None:
         if self._server is not None:
