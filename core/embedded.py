@@ -135,7 +135,7 @@ class EmbeddedPostgres:
 
     def restart(self) -> None:
         """Stop it (fast: clients are disconnected) and start it again, same data and socket."""
-        from pgserver._commands import pg_ctl
+        from pgserver._commands import pg_ctl  # type: ignore[attr-defined]  # made at import
 
         # As the user pgserver runs it as (PostgreSQL refuses to run as root).
         user = getattr(self._server, "system_user", None)
