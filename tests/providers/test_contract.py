@@ -130,7 +130,7 @@ async def ssh_stand(
             with pytest.raises(httpx.TransportError):
                 await client.get(f"http://127.0.0.1:{host.agent_port}/healthz")
 
-    compute = SSHCompute(SSHSettings(enabled=True), db_url)
+    compute = SSHCompute(SSHSettings(enabled=True, tenant_users=False), db_url)
     yield Stand(compute, request, nothing_left)
     await compute.close()
 

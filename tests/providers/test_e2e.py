@@ -45,7 +45,7 @@ async def test_ssh_instance_ready_then_terminated(
         session.add(host)
         await session.commit()
     assert settings.database_url
-    compute = SSHCompute(SSHSettings(enabled=True), settings.database_url)
+    compute = SSHCompute(SSHSettings(enabled=True, tenant_users=False), settings.database_url)
     try:
         async with running_worker(settings, temporal_client, {"ssh": compute}):
             async with sessionmaker() as session:

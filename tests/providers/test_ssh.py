@@ -93,7 +93,9 @@ async def test_agent_started_over_ssh_and_removed(
     db_url: str, sessionmaker: Sessions, ssh_host: SSHHost
 ) -> None:
     settings = SSHSettings(
-        enabled=True, key_encryption_key=SecretStr(Fernet.generate_key().decode())
+        enabled=True,
+        key_encryption_key=SecretStr(Fernet.generate_key().decode()),
+        tenant_users=False,  # as the SSH user; a user each: test_ssh_tenancy.py
     )
     # The key registered through the API path: stored encrypted, never in clear.
     ref = encrypt_private_key(ssh_host.client_key_path.read_text(), settings)
@@ -137,7 +139,7 @@ async def test_wrong_checksum_is_refused(
     db_url: str, sessionmaker: Sessions, ssh_host: SSHHost
 ) -> None:
     host = await register(sessionmaker, ssh_host)
-    compute = SSHCompute(SSHSettings(enabled=True), db_url)
+    compute = SSHCompute(SSHSettings(enabled=True, tenant_users=False), db_url)
     request = _request(sha256="0" * 64)
     try:
         with pytest.raises(ProvisioningError, match=r"integrity check failed.*refusing to start"):
@@ -252,7 +254,7 @@ async def test_teardown_lets_the_engine_stop_and_kills_its_workers(
     db_url: str, sessionmaker: Sessions, ssh_host: SSHHost, tmp_path: Path
 ) -> None:
     await register(sessionmaker, ssh_host)
-    compute = SSHCompute(SSHSettings(enabled=True), db_url)
+    compute = SSHCompute(SSHSettings(enabled=True, tenant_users=False), db_url)
     marker = tmp_path / "engine-stopped"
     request = _request()
     script = ENGINE.format(marker=str(marker))

@@ -3,10 +3,18 @@
 Provisioning claims a free host with one conditional UPDATE (two instances never share a host),
 connects with the host key verified (the key pinned with the host, else the known_hosts file;
 never unverified), uploads the agent bundle and `agent/bootstrap.sh`, and runs the bootstrap,
-which verifies `WORKER_AGENT_SHA256` before starting anything. The agent runs in the flavor's
-worker container when the flavor has one and Docker answers on a GPU host, as a plain process
-otherwise. A host that cannot be reached or refuses us is released at once, with a clear error.
-Terminating stops the agent and its engine, removes the working folder and releases the host.
+which verifies `WORKER_AGENT_SHA256` before starting anything. The agent runs in a fresh
+container of the flavor's worker image when the flavor has one and Docker answers on a GPU host;
+otherwise as a Unix user made for this instance alone (`INVENTIV_SSH_TENANT_USERS`, the default:
+root or passwordless sudo on the host), or as the SSH user. A host that cannot be reached or
+refuses us is released at once, with a clear error.
+
+Hosts are shared by projects one instance at a time, and an engine may run code its model
+brought along, so terminating removes everything the tenant could write before the host is
+released: the container; or the user's processes (any process group), crontab, at jobs, IPC
+objects, files in the world-writable folders, home and the user itself; and it checks the GPUs
+run nothing any more (`nvidia-smi`, where there is one). Until all that holds, `delete` raises
+`ResourceNotYetGoneError` and keeps the host claimed.
 
 Resource ids are `<host id>/<instance id>`: a stale id never touches the host's next tenant.
 """
@@ -38,6 +46,7 @@ from activities.providers.base import (
     ProviderError,
     ProviderInstance,
     ProvisioningError,
+    ResourceNotYetGoneError,
     TransientProviderError,
 )
 from activities.providers.cloud_init import (
@@ -58,6 +67,26 @@ from core.settings import Settings
 REPO_ROOT = BOOTSTRAP_PATH.parents[1]
 # bootstrap.sh exit statuses
 _CHECKSUM_MISMATCH = 3
+# the teardown's: something of the tenant is still there (the host stays claimed, retried)
+_NOT_CLEAN = 75
+# Exits _NOT_CLEAN, listing them, while a GPU runs a compute process; passes without nvidia-smi.
+GPUS_BUSY = (
+    "command -v nvidia-smi >/dev/null 2>&1 || exit 0; "
+    "apps=$(nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv,noheader "
+    '2>&1) || { echo "nvidia-smi failed: $apps"; exit 75; }; '
+    '[ -z "$apps" ] || { echo "$apps" | tr "\\n" ";"; exit 75; }'
+)
+
+
+def tenant_user(instance_id: str) -> str:
+    """The Unix user an instance runs as on a shared host (at most 32 characters)."""
+    return "inv-" + _uuid(instance_id).hex[:24]
+
+
+def privileged(script: str) -> str:
+    """`script` run as root: directly when the SSH user is root, else through passwordless sudo."""
+    quoted = shlex.quote(script)
+    return f'if [ "$(id -u)" = 0 ]; then sh -c {quoted}; else sudo -n sh -c {quoted}; fi'
 
 
 def load_private_key(ref: str, settings: SSHSettings) -> asyncssh.SSHKey:
@@ -249,6 +278,21 @@ class SSHCompute(HostPoolMixin, Compute):
                 await conn.run(self._running_command(request.instance_id), check=False)
             ).exit_status == 0:
                 return  # a retried create: the first try's agent is running
+            # Without a registry the host runs the engine as a plain process (vLLM installed there).
+            image = (
+                self.images.image(flavor) if self.images.registry or self.images.images else None
+            )
+            container = (
+                bool(image and host.gpu_inventory)
+                and (await conn.run("docker info", check=False)).exit_status == 0
+            )
+            tenant = not container and self.settings.tenant_users
+            if tenant and (await conn.run(privileged("true"), check=False)).exit_status != 0:
+                raise InvalidRequestError(
+                    f"bare-metal host {host.name}: a user per instance needs root or passwordless "
+                    f"sudo for {host.user} (INVENTIV_SSH_TENANT_USERS=false runs every instance "
+                    f"as {host.user})"
+                )
             await self._run(
                 conn, f"mkdir -p {shlex.quote(remote)} && chmod 700 {shlex.quote(remote)}"
             )
@@ -260,14 +304,7 @@ class SSHCompute(HostPoolMixin, Compute):
                     f"{remote}/agent.env", "w", asyncssh.SFTPAttrs(permissions=0o600)
                 ) as out:
                     await out.write(env_file(env))
-            # Without a registry the host runs the engine as a plain process (vLLM installed there).
-            image = (
-                self.images.image(flavor) if self.images.registry or self.images.images else None
-            )
-            container = (
-                bool(image and host.gpu_inventory)
-                and (await conn.run("docker info", check=False)).exit_status == 0
-            )
+            log = f"{shlex.quote(remote)}/agent.log"
             if container and image:
                 command = (
                     f"cd {shlex.quote(remote)} && "
@@ -280,6 +317,13 @@ class SSHCompute(HostPoolMixin, Compute):
                         env.get("INVENTIV_AGENT_MODEL_CACHE_DIR"),
                     )
                 )
+            elif tenant:
+                command = f"cd {shlex.quote(remote)} && " + privileged(
+                    self._tenant_start_script(request.instance_id, host.python)
+                )
+                log = privileged(
+                    f"cat {shlex.quote(self._tenant_home(request.instance_id))}/agent.log"
+                )
             else:
                 command = (
                     f"cd {shlex.quote(remote)} && set -a && . ./agent.env && set +a && "
@@ -289,27 +333,65 @@ class SSHCompute(HostPoolMixin, Compute):
                 )
             result = await conn.run(command, check=False)
             if result.exit_status != 0:
-                log = await conn.run(f"tail -n 5 {shlex.quote(remote)}/agent.log", check=False)
+                log_tail = await conn.run(
+                    f"{log} 2>/dev/null | tail -n 5" if tenant else f"tail -n 5 {log}", check=False
+                )
                 await conn.run(self._cleanup_command(request.instance_id), check=False)
                 message = str(result.stderr or result.stdout or "").strip().splitlines()
                 detail = message[-1] if message else f"exit status {result.exit_status}"
-                if log.exit_status == 0 and log.stdout:
-                    detail += "; agent log ends with: " + str(log.stdout).strip()
+                if log_tail.exit_status == 0 and log_tail.stdout:
+                    detail += "; agent log ends with: " + str(log_tail.stdout).strip()
                 if result.exit_status == _CHECKSUM_MISMATCH:
                     raise ProvisioningError(
                         f"agent integrity check failed on {host.name}: {detail}"
                     )
                 raise ProvisioningError(f"agent did not start on {host.name}: {detail}")
 
+    def _tenant_home(self, instance_id: str) -> str:
+        return f"{self.settings.tenant_home_dir.rstrip('/')}/{tenant_user(instance_id)}"
+
+    def _tenant_start_script(self, instance_id: str, python: str) -> str:
+        """Run as root in the upload folder: make the instance's user (no login shell, a home
+        only it can read, the GPU groups the host has), hand it the uploads, and run the
+        bootstrap as that user with nothing of our environment but PATH."""
+        user, home = (
+            shlex.quote(tenant_user(instance_id)),
+            shlex.quote(self._tenant_home(instance_id)),
+        )
+        groups = " ".join(shlex.quote(g) for g in self.settings.tenant_groups.split(",") if g)
+        as_tenant = (
+            'cd "$HOME" && set -a && . ./agent.env && set +a && '
+            'WORKER_AGENT_TARBALL="$HOME/agent.tar.gz" WORKER_INSTALL_DIR="$HOME" '
+            f"WORKER_PYTHON={shlex.quote(python)} WORKER_AGENT_MODE=background sh ./bootstrap.sh"
+        )
+        return (
+            f"u={user}; h={home}; "
+            'if ! id -u "$u" >/dev/null 2>&1; then '
+            f'groups=""; for g in {groups}; do getent group "$g" >/dev/null && '
+            'groups="$groups${groups:+,}$g"; done; '
+            "shell=$(command -v nologin || echo /bin/false); "
+            'useradd --create-home --home-dir "$h" --shell "$shell" --user-group '
+            '${groups:+--groups "$groups"} "$u" || exit 1; fi; '
+            'chmod 700 "$h" && '
+            'install -m 600 -o "$u" -g "$u" ./agent.tar.gz ./bootstrap.sh ./agent.env "$h/" && '
+            'cd "$h" && runuser -u "$u" -- env -i HOME="$h" USER="$u" LOGNAME="$u" '
+            f'PATH="$PATH" LANG=C.UTF-8 sh -c {shlex.quote(as_tenant)}'
+        )
+
     def _running_command(self, instance_id: str) -> str:
         remote = shlex.quote(self._remote_dir(instance_id))
+        home = shlex.quote(self._tenant_home(instance_id))
+        tenant = f'kill -0 "$(cat {home}/agent.pid 2>/dev/null)" 2>/dev/null'
         return (
             f'kill -0 "$(cat {remote}/agent.pid 2>/dev/null)" 2>/dev/null || '
-            f"[ \"$(docker inspect -f '{{{{.State.Running}}}}' inventiv-{instance_id} 2>/dev/null)\" = true ]"
+            f"[ \"$(docker inspect -f '{{{{.State.Running}}}}' inventiv-{instance_id} 2>/dev/null)\" = true ] || "
+            f"{{ id -u {shlex.quote(tenant_user(instance_id))} >/dev/null 2>&1 && "
+            f"{privileged(tenant)} 2>/dev/null; }}"
         )
 
     def _cleanup_command(self, instance_id: str) -> str:
-        """Stop the container, or the agent and everything it started, then forget.
+        """Stop the container, or the instance's user and all it left (exit status _NOT_CLEAN
+        while something is), or the agent and everything it started, then forget.
 
         The agent stops its engine on SIGTERM, giving it `engine_stop_timeout_s` (15 s), so the
         wait here is longer (`stop_timeout_s`). The engine runs in a process group of its own
@@ -321,12 +403,15 @@ class SSHCompute(HostPoolMixin, Compute):
         # pids of this machine's processes (readable by us: the same user)
         ours = (
             "ours() { for e in /proc/[0-9]*/environ; do "
-            f"tr '\\0' '\\n' < \"$e\" 2>/dev/null | grep -qxF {marker} && "
+            f"{{ tr '\\0' '\\n' < \"$e\"; }} 2>/dev/null | grep -qxF {marker} && "
             '{ p=${e#/proc/}; echo "${p%/environ}"; }; done; }; '
         )
         return (
             f"docker stop -t {self.settings.stop_timeout_s} inventiv-{instance_id} >/dev/null 2>&1; "
             f"docker rm -f inventiv-{instance_id} >/dev/null 2>&1; "
+            # the instance's own user first: its agent stops its engine before anything is killed
+            f"left=0; if id -u {shlex.quote(tenant_user(instance_id))} >/dev/null 2>&1; then "
+            f"{privileged(self._tenant_cleanup_script(instance_id))} || left=$?; fi; "
             + ours
             + f"if [ -f {remote}/agent.pid ]; then pid=$(cat {remote}/agent.pid); "
             'kill -TERM "-$pid" 2>/dev/null; i=0; '
@@ -334,7 +419,43 @@ class SSHCompute(HostPoolMixin, Compute):
             "sleep 1; i=$((i+1)); done; fi; "
             'for p in $(ours); do g=$(ps -o pgid= -p "$p" | tr -d " "); '
             '[ -n "$g" ] && kill -KILL "-$g" 2>/dev/null; kill -KILL "$p" 2>/dev/null; done; '
-            f"rm -rf {remote}; true"
+            f'rm -rf {remote}; exit "$left"'
+        )
+
+    def _tenant_cleanup_script(self, instance_id: str) -> str:
+        """Run as root: stop the agent as the shared mode does, then kill every process of the
+        instance's user whatever its group or session, and remove its crontab, at jobs, linger,
+        IPC objects, files in the world-writable folders, home and the user. Exits _NOT_CLEAN
+        while any of it is left."""
+        user = shlex.quote(tenant_user(instance_id))
+        home = shlex.quote(self._tenant_home(instance_id))
+        wait = self.settings.stop_timeout_s
+        return (
+            f'u={user}; h={home}; uid=$(id -u "$u") || exit 0; '
+            'if [ -f "$h/agent.pid" ]; then pid=$(cat "$h/agent.pid"); '
+            'kill -TERM "-$pid" 2>/dev/null; i=0; '
+            f'while kill -0 "$pid" 2>/dev/null && [ $i -lt {wait} ]; do sleep 1; i=$((i+1)); done; '
+            "fi; "
+            'i=0; while pkill -KILL -U "$uid" 2>/dev/null && [ $i -lt 50 ]; do '
+            "sleep 0.2; i=$((i+1)); done; "
+            'crontab -r -u "$u" >/dev/null 2>&1; '
+            'rm -f "/var/spool/cron/crontabs/$u" "/var/spool/cron/$u"; '
+            "if command -v atq >/dev/null 2>&1; then "
+            "for j in $(atq 2>/dev/null | awk -v u=\"$u\" '$NF == u {print $1}'); do "
+            'atrm "$j"; done; fi; '
+            "if command -v loginctl >/dev/null 2>&1; then "
+            'loginctl disable-linger "$u" >/dev/null 2>&1; '
+            'loginctl terminate-user "$u" >/dev/null 2>&1; fi; '
+            # SysV IPC by owner uid (ipcs truncates long user names): shm, sem, msg tables
+            "for t in shm:m:8 sem:s:5 msg:q:8; do f=${t##*:}; k=${t#*:}; k=${k%:*}; "
+            'for id in $(awk -v u="$uid" -v f="$f" \'NR > 1 && $f == u {print $2}\' '
+            '"/proc/sysvipc/${t%%:*}" 2>/dev/null); do ipcrm -$k "$id"; done; done; '
+            "for d in /tmp /var/tmp /dev/shm /run/lock; do "
+            '[ -d "$d" ] && find "$d" -xdev -uid "$uid" -delete 2>/dev/null; done; '
+            'userdel -r "$u" >/dev/null 2>&1 || userdel -f "$u" >/dev/null 2>&1; '
+            'rm -rf "$h"; '
+            'if id -u "$u" >/dev/null 2>&1 || [ -e "$h" ] || pgrep -U "$uid" >/dev/null 2>&1; '
+            f'then echo "user $u still has processes or files" >&2; exit {_NOT_CLEAN}; fi'
         )
 
     async def _run(self, conn: asyncssh.SSHClientConnection, command: str) -> None:
@@ -369,7 +490,19 @@ class SSHCompute(HostPoolMixin, Compute):
             return
         host, instance_id = held
         async with await self._connect(host) as conn:
-            await conn.run(self._cleanup_command(instance_id), check=False)
+            cleaned = await conn.run(self._cleanup_command(instance_id), check=False)
+            if cleaned.exit_status != 0:
+                said = str(cleaned.stderr or "").strip().splitlines()
+                raise ResourceNotYetGoneError(
+                    f"bare-metal host {host.name}: instance {instance_id} is not gone yet: "
+                    + (said[-1] if said else f"exit status {cleaned.exit_status}")
+                )
+            gpus = await conn.run(GPUS_BUSY, check=False)
+            if gpus.exit_status != 0:
+                raise ResourceNotYetGoneError(
+                    f"bare-metal host {host.name} kept: its GPUs still run "
+                    f"{str(gpus.stdout or gpus.stderr or '').strip()} after instance {instance_id}"
+                )
         await self.release_host(host.id, instance_id)
 
     async def list_tagged(self) -> list[ProviderInstance]:

@@ -41,6 +41,20 @@ class SSHSettings(ProviderSettings):
         "the engine 15 s) before killing what is left, the engine's process group included",
     )
 
+    tenant_users: bool = Field(
+        default=True,
+        description="Without a worker container, run each instance as a Unix user of its own, "
+        "removed with everything it wrote at termination (needs root or passwordless sudo on "
+        "the host); false runs every instance as the SSH user",
+    )
+    tenant_home_dir: str = Field(
+        default="/home", description="Where the per-instance users' home folders are made"
+    )
+    tenant_groups: str = Field(
+        default="video,render",
+        description="Groups per-instance users join (those the host has), for the GPU devices",
+    )
+
     def unconfigured(self, settings: Settings) -> str | None:
         if not self.enabled:
             return "INVENTIV_SSH_ENABLED is not true"
