@@ -65,7 +65,10 @@ class TunnelServer:
         self._tasks.append(asyncio.create_task(self.hub.sync_forever()))
 
     async def stop(self) -> None:
-        """Connections close (machines reconnect to another replica, or to this one restarted)."""
+        """Connections close (machines reconnect to another replica, or to this one restarted).
+        A second call does nothing."""
+        if not self._tasks:
+            return
         await self.hub.close()
         for server in (self.endpoint, self.relay):
             server.should_exit = True

@@ -27,6 +27,7 @@ from core.models import Machine, utcnow
 from core.settings import Settings
 from core.tokens import new_machine_credential, token_hash
 from tests.factories import make_user
+from tunnel.hub import Clock, Drain
 from tunnel.server import TunnelServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,14 +87,23 @@ class ConnectedMachine:
     machine_id: uuid.UUID
     process: subprocess.Popen[bytes]
     state_dir: Path
+    endpoint: TunnelServer
 
 
 @asynccontextmanager
 async def connected_machine(
-    settings: Settings, tunnel: TunnelSettings, sessionmaker: Any, state_dir: Path
+    settings: Settings,
+    tunnel: TunnelSettings,
+    sessionmaker: Any,
+    state_dir: Path,
+    *,
+    drain: Drain | None = None,
+    clock: Clock = utcnow,
+    **machine_fields: Any,
 ) -> AsyncIterator[ConnectedMachine]:
-    """A shared machine enrolled straight into the database (its key made here), the tunnel
-    endpoint running in this loop, and the machine's agent connected to it as a process."""
+    """A shared machine enrolled straight into the database (its key made here; `machine_fields`
+    such as its owner's slots), the tunnel endpoint running in this loop (draining with `drain`,
+    its time from `clock`), and the machine's agent connected to it as a process."""
     key = Ed25519PrivateKey.generate()
     credential = new_machine_credential()
     async with sessionmaker() as session:
@@ -104,6 +114,7 @@ async def connected_machine(
             public_key=key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex(),
             credential_hash=token_hash(credential),
             credential_expires_at=utcnow() + timedelta(days=1),
+            **machine_fields,
         )
         session.add(machine)
         await session.commit()
@@ -114,7 +125,7 @@ async def connected_machine(
         tunnel_url=tunnel.public_url,
         private_key=key.private_bytes_raw().hex(),
     ).save(state_dir)
-    endpoint = TunnelServer(settings, tunnel)
+    endpoint = TunnelServer(settings, tunnel, drain=drain, clock=clock)
     await endpoint.start()
     process = start_machine(state_dir, "connect", "--state-dir", str(state_dir))
     try:
@@ -125,7 +136,7 @@ async def connected_machine(
             return row is not None and row.connected_at is not None
 
         await eventually(online, 30, "the machine connected")
-        yield ConnectedMachine(machine.id, process, state_dir)
+        yield ConnectedMachine(machine.id, process, state_dir, endpoint)
     finally:
         process.terminate()
         await asyncio.to_thread(process.wait, 30)

@@ -16,7 +16,8 @@ Resource ids are `<machine id>/<instance id>`: a stale id never touches the mach
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, update
@@ -51,6 +52,9 @@ _NOT_STORED = frozenset(
 )
 
 
+Clock = Callable[[], datetime]
+
+
 def connected(machine: Machine) -> bool:
     return machine.connected_at is not None and (
         machine.disconnected_at is None or machine.disconnected_at < machine.connected_at
@@ -66,8 +70,11 @@ async def used_gpu_hours(session: Any, machine: Machine, now: Any) -> float:
 class TunnelCompute(Compute):
     kind = "tunnel"
 
-    def __init__(self, settings: TunnelSettings, database_url: str) -> None:
+    def __init__(
+        self, settings: TunnelSettings, database_url: str, *, clock: Clock = utcnow
+    ) -> None:
         self.settings = settings
+        self.clock = clock  # a test's simulated time walks a slot to its end
         self._engine = make_engine(database_url, pool_size=2)
         self._sessions = make_sessionmaker(self._engine)
 
@@ -102,7 +109,7 @@ class TunnelCompute(Compute):
                     .order_by(col(Machine.project_id).is_(None), col(Machine.created_at))
                 )
             ).all()
-            now = utcnow()
+            now = self.clock()
             lead = timedelta(seconds=self.settings.drain_lead_s)
             for machine in candidates:
                 if not connected(machine):
