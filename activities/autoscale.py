@@ -1,12 +1,23 @@
-"""Autoscaler activities: read the load, apply the policy (core/autoscaling.py), act on it."""
+"""Autoscaler activities: read the load, apply the policy (core/autoscaling.py), act on it.
+
+Every round is one `scaling_decisions` row whose id the workflow chose: `assess` stores it with
+what it read (a retry after a worker crash returns the stored decision instead of taking a
+second one), `scale_up` and `scale_down` write what acting on it did. Each is published on the
+live event stream (kind `scaling`).
+"""
 
 from __future__ import annotations
 
-import time
+import dataclasses
+import json
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import redis.asyncio as aioredis
+from pydantic import ValidationError
+from sqlalchemy import func
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -14,21 +25,30 @@ from temporalio import activity
 
 from activities.contracts import AssessInput, ScaleDownInput, ScaleUpInput, ScalingPlan
 from activities.instance import StartInstance
-from core.autoscaling import AutoscalingPolicy, LoadSnapshot, decide
+from core.autoscaling import AutoscalingConfig, InstanceLoad, PolicyState, Signals, evaluate
 from core.events import EventKind, publish_event
 from core.instances import new_instance
-from core.models import Deployment, Instance, InstanceState, TerminationReason
+from core.load_window import GatewayWindow, gateway_window, live_reports
+from core.models import (
+    Deployment,
+    Instance,
+    InstanceMetric,
+    InstanceState,
+    InstanceType,
+    ScalingAction,
+    ScalingDecision,
+    TerminationReason,
+)
 from core.quotas import QuotaExceeded, check_and_reserve
-from core.redis_keys import INSTANCE_LOAD, gateway_load_key
-from core.wire import GatewayLoad, InstanceLoad
+from core.redis_keys import INSTANCE_LOAD, gateway_load_key, gateway_samples_key
+from core.wire import GatewayLoad
+from core.wire import InstanceLoad as HeartbeatLoad
 
 # Asks an instance's workflow to drain; False when it refused or has ended. The worker passes one
 # built on workflows/client.py (activities never import workflows).
 DrainInstance = Callable[[str, TerminationReason], Awaitable[bool]]
 
-# A gateway replica that has not published for this long has stopped: its figures are ignored.
-GATEWAY_LOAD_STALE_S = 10.0
-STARTING = (InstanceState.provisioning, InstanceState.booting)
+COUNTED = (InstanceState.provisioning, InstanceState.booting, InstanceState.ready)
 
 
 class AutoscaleActivities:
@@ -44,73 +64,159 @@ class AutoscaleActivities:
         self.start_instance = start_instance
         self.drain_instance = drain_instance
 
-    async def _gateway_load(self, deployment_id: str, now: float) -> tuple[float, float, float]:
-        """(in flight, queue length, worst queue wait p95) summed over live gateway replicas."""
-        in_flight = queue = wait = 0.0
-        for raw in (await self.redis.hgetall(gateway_load_key(deployment_id))).values():
-            load = GatewayLoad.model_validate_json(raw)
-            if now - load.ts > GATEWAY_LOAD_STALE_S:
-                continue
-            in_flight += load.in_flight
-            queue += load.queue_length
-            wait = max(wait, load.queue_wait_p95_ms)
-        return in_flight, queue, wait
+    # ------------------------------------------------------------ assess
 
     @activity.defn
     async def assess(self, inp: AssessInput) -> ScalingPlan:
+        decision_id = uuid.UUID(inp.decision_id)
         async with self.sessionmaker() as session:
             deployment = await session.get(Deployment, uuid.UUID(inp.deployment_id))
             if deployment is None or not deployment.autoscaling_enabled:
-                return ScalingPlan(enabled=False, delta=0, reason="autoscaling off")
-            instances = (
+                return ScalingPlan(
+                    enabled=False, delta=0, reason="autoscaling off", state=inp.state
+                )
+            stored = await session.get(ScalingDecision, decision_id)
+            if stored is not None:  # this round was decided before a crash: the same answer
+                return _plan_of(stored)
+            rows = (
                 await session.exec(
-                    select(Instance).where(
+                    select(Instance, InstanceType.gpu_count)
+                    .join(InstanceType, col(InstanceType.id) == Instance.instance_type_id)
+                    .where(
                         Instance.deployment_id == deployment.id,
-                        col(Instance.state).in_([*STARTING, InstanceState.ready]),
+                        col(Instance.state).in_(COUNTED),
                     )
                 )
             ).all()
-        ready = [i for i in instances if i.state == InstanceState.ready]
-        in_flight, queue, wait = await self._gateway_load(inp.deployment_id, inp.now)
-        policy = AutoscalingPolicy.from_deployment(
-            deployment.min_instances, deployment.max_instances, deployment.autoscaling
-        )
-        load = LoadSnapshot(
-            ready=len(ready),
-            starting=len(instances) - len(ready),
-            in_flight=in_flight,
-            queue_length=queue,
-            queue_wait_p95_ms=wait,
-        )
-        decision = decide(
-            policy,
-            load,
-            since_scale_up_s=inp.now - inp.last_scale_up,
-            since_scale_down_s=inp.now - inp.last_scale_down,
-        )
-        drain: list[str] = []
-        if decision.delta < 0:
-            drain = await self._least_loaded(ready, -decision.delta)
-        return ScalingPlan(True, decision.delta, decision.reason, drain)
+        try:
+            config = AutoscalingConfig.model_validate(deployment.autoscaling)
+        except ValidationError as exc:
+            fields = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()
+            )
+            record = ScalingDecision(
+                id=decision_id,
+                deployment_id=deployment.id,
+                at=datetime.fromtimestamp(inp.now, UTC),
+                delta=0,
+                action=ScalingAction.invalid_config,
+                reason=f"the autoscaling policy is invalid, nothing is done: {fields}",
+                instances=len(rows),
+                state=dataclasses.asdict(inp.state),
+            )
+            return await self._store(deployment, record, inp.state)
 
-    async def _least_loaded(self, ready: list[Instance], count: int) -> list[str]:
-        """The instances with the fewest requests running (newest first on ties)."""
-        raw = await self.redis.hmget(INSTANCE_LOAD, [str(i.id) for i in ready]) if ready else []
+        window = await self._gateway_window(inp.deployment_id, inp.now, config.window_s)
+        instances = await self._instances(rows, inp.now, config.window_s)
+        signals = Signals(
+            instances=tuple(instances),
+            queue_wait_avg_s=window.queue_wait_avg_s,
+            active_requests=window.active_requests,
+            queued_requests=window.queued_requests,
+            arrival_rate_rps=window.arrival_rate_rps,
+            completion_rate_rps=window.completion_rate_rps,
+            ttft_p95_s=window.ttft_p95_s,
+        )
+        decision, state = evaluate(
+            config, deployment.min_instances, deployment.max_instances, signals, inp.state, inp.now
+        )
+        action = (
+            ScalingAction.scale_up
+            if decision.delta > 0
+            else ScalingAction.scale_down
+            if decision.drain
+            else ScalingAction.none
+        )
+        record = ScalingDecision(
+            id=decision_id,
+            deployment_id=deployment.id,
+            at=datetime.fromtimestamp(inp.now, UTC),
+            delta=decision.delta if decision.delta > 0 else -len(decision.drain),
+            action=action,
+            reason=decision.reason,
+            instances=len(instances),
+            inputs=_inputs(window, instances),
+            state=dataclasses.asdict(state),
+            drain=list(decision.drain),
+        )
+        return await self._store(deployment, record, state)
 
-        def running(pair: tuple[Instance, bytes | str | None]) -> tuple[float, float]:
-            instance, raw_load = pair
-            load = InstanceLoad.model_validate_json(raw_load) if raw_load else None
-            value = (load.requests_running or 0.0) if load else 0.0
-            return value, -instance.created_at.timestamp()
+    async def _store(
+        self, deployment: Deployment, record: ScalingDecision, state: PolicyState
+    ) -> ScalingPlan:
+        async with self.sessionmaker() as session:
+            session.add(record)
+            await session.commit()
+            await session.refresh(record)
+        await self._event(deployment, record)
+        return _plan_of(record, state)
 
-        ordered = sorted(zip(ready, raw, strict=True), key=running)
-        return [str(i.id) for i, _ in ordered[:count]]
+    async def _gateway_window(
+        self, deployment_id: str, now: float, window_s: float
+    ) -> GatewayWindow:
+        """The gateways' figures over the last window: now against the reading one window ago."""
+        raw = await self.redis.hgetall(gateway_load_key(deployment_id))
+        reports = {str(r): GatewayLoad.model_validate_json(v) for r, v in raw.items()}
+        current = live_reports(reports, now)
+        key = gateway_samples_key(deployment_id)
+        # The reading from one window ago (or the oldest kept, early on).
+        older = await self.redis.zrevrangebyscore(key, now - window_s, "-inf", start=0, num=1)
+        if not older:
+            older = await self.redis.zrangebyscore(key, "-inf", now, start=0, num=1)
+        before: dict[str, GatewayLoad] = {}
+        if older:
+            loads = json.loads(str(older[0]))["loads"]
+            before = {r: GatewayLoad.model_validate(v) for r, v in loads.items()}
+        sample = json.dumps({"at": now, "loads": {r: v.model_dump() for r, v in current.items()}})
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zadd(key, {sample: now})
+        pipe.zremrangebyscore(key, "-inf", now - 2 * window_s - 60)  # one window back is enough
+        pipe.expire(key, int(2 * window_s + 600))
+        await pipe.execute()
+        return gateway_window(current, before)
+
+    async def _instances(self, rows: Any, now: float, window_s: float) -> list[InstanceLoad]:
+        """Each instance's running requests (its last heartbeat) and GPU utilisation (the
+        heartbeats' mean over the window; the simulator reports its modelled busy share)."""
+        ids = [str(instance.id) for instance, _ in rows]
+        loads = await self.redis.hmget(INSTANCE_LOAD, ids) if ids else []
+        since = datetime.fromtimestamp(now - window_s, UTC)
+        async with self.sessionmaker() as session:
+            utilization = dict(
+                (
+                    await session.exec(
+                        select(InstanceMetric.instance_id, func.avg(InstanceMetric.gpu_utilization))
+                        .where(
+                            col(InstanceMetric.instance_id).in_([i.id for i, _ in rows]),
+                            col(InstanceMetric.at) >= since,
+                        )
+                        .group_by(col(InstanceMetric.instance_id))
+                    )
+                ).all()
+            )
+        result = []
+        for (instance, gpu_count), raw in zip(rows, loads, strict=True):
+            heartbeat = HeartbeatLoad.model_validate_json(raw) if raw else None
+            busy = utilization.get(instance.id)
+            result.append(
+                InstanceLoad(
+                    id=str(instance.id),
+                    ready=instance.state == InstanceState.ready,
+                    created_at=instance.created_at.timestamp(),
+                    gpu_count=max(1, gpu_count or 0),
+                    active_requests=(heartbeat.requests_running or 0.0) if heartbeat else 0.0,
+                    gpu_utilization=None if busy is None else float(busy) / 100,
+                )
+            )
+        return result
+
+    # ------------------------------------------------------------ act
 
     @activity.defn
     async def scale_up(self, inp: ScaleUpInput) -> None:
         """Create the instances (ids chosen by the workflow: a retry creates nothing twice)."""
         created: list[uuid.UUID] = []
-        refused = ""
+        held_back = None
         async with self.sessionmaker() as session:
             deployment = await session.get(Deployment, uuid.UUID(inp.deployment_id))
             if deployment is None:
@@ -120,14 +226,17 @@ class AutoscaleActivities:
                     try:  # the project's quota, checked with its row locked
                         await check_and_reserve(session, deployment)
                     except QuotaExceeded as exc:
-                        refused = f"; held back by quota: {exc.reason}"
+                        held_back = exc.reason
                         break
                     session.add(new_instance(deployment, new_id))
                 created.append(new_id)
             await session.commit()
         for new_id in created:
             await self.start_instance(new_id)
-        await self._decision_event(deployment, f"+{len(created)}", inp.reason + refused)
+        result: dict[str, Any] = {"started": [str(i) for i in created]}
+        if held_back is not None:
+            result["held_back_by_quota"] = held_back
+        await self._result(deployment, inp.decision_id, result)
 
     @activity.defn
     async def scale_down(self, inp: ScaleDownInput) -> None:
@@ -140,23 +249,60 @@ class AutoscaleActivities:
                     )
                 )
             ).all()
-        drained = 0
+        drained, refused = [], []
         for instance in rows:
             # The workflow decides: one that stopped being ready meanwhile refuses the drain.
             if await self.drain_instance(instance.workflow_id, TerminationReason.scale_down):
-                drained += 1
+                drained.append(str(instance.id))
+            else:
+                refused.append(str(instance.id))
         if deployment is not None:
-            await self._decision_event(deployment, f"-{drained}", inp.reason)
+            await self._result(
+                deployment, inp.decision_id, {"drained": drained, "refused": refused}
+            )
 
-    async def _decision_event(self, deployment: Deployment, change: str, reason: str) -> None:
+    async def _result(
+        self, deployment: Deployment, decision_id: str, result: dict[str, Any]
+    ) -> None:
+        async with self.sessionmaker() as session:
+            record = await session.get(ScalingDecision, uuid.UUID(decision_id))
+            if record is None:
+                return
+            record.result = result
+            session.add(record)
+            await session.commit()
+            await session.refresh(record)
+        await self._event(deployment, record)
+
+    async def _event(self, deployment: Deployment, record: ScalingDecision) -> None:
         await publish_event(
             self.redis,
             EventKind.scaling,
             str(deployment.project_id),
-            {
-                "deployment_id": str(deployment.id),
-                "change": change,
-                "reason": reason,
-                "at": time.time(),
-            },
+            {"deployment_id": str(deployment.id), **record.public()},
         )
+
+
+def _plan_of(record: ScalingDecision, state: PolicyState | None = None) -> ScalingPlan:
+    return ScalingPlan(
+        enabled=True,
+        delta=record.delta,
+        reason=record.reason,
+        drain_instance_ids=list(record.drain),
+        state=state if state is not None else PolicyState(**record.state),
+    )
+
+
+def _inputs(window: GatewayWindow, instances: list[InstanceLoad]) -> dict[str, Any]:
+    ready = [i for i in instances if i.ready]
+    utilizations = [i.gpu_utilization for i in ready if i.gpu_utilization is not None]
+    return {
+        **window.as_inputs(),
+        "ready": len(ready),
+        "booting": len(instances) - len(ready),
+        "gpus": sum(i.gpu_count for i in instances),
+        "running": sum(i.active_requests for i in instances),
+        "gpu_utilization": (
+            round(sum(utilizations) / len(utilizations), 3) if utilizations else None
+        ),
+    }

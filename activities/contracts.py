@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from core.autoscaling import PolicyState
 from core.models import InstanceState, TerminationReason
 from core.progress import Step
 
@@ -164,9 +165,9 @@ class ReconcileResult:
 @dataclass
 class AssessInput:
     deployment_id: str
+    decision_id: str  # chosen by the workflow: a retried round finds its decision, takes no other
     now: float
-    last_scale_up: float
-    last_scale_down: float
+    state: PolicyState
 
 
 @dataclass
@@ -175,11 +176,13 @@ class ScalingPlan:
     delta: int
     reason: str
     drain_instance_ids: list[str] = field(default_factory=list)
+    state: PolicyState = field(default_factory=PolicyState)  # for the next round
 
 
 @dataclass
 class ScaleUpInput:
     deployment_id: str
+    decision_id: str
     new_instance_ids: list[str]
     reason: str
 
@@ -187,5 +190,6 @@ class ScaleUpInput:
 @dataclass
 class ScaleDownInput:
     deployment_id: str
+    decision_id: str
     instance_ids: list[str]
     reason: str

@@ -13,12 +13,13 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from pydantic import ValidationError
 from sqlalchemy import and_, func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.reports import CostDimension, cost_rows, month_window
-from core.autoscaling import AutoscalingPolicy
+from core.autoscaling import AutoscalingConfig
 from core.models import (
     ActionStatus,
     Deployment,
@@ -164,15 +165,18 @@ def _deployments(registry: CollectorRegistry, names: _Names, live: Iterable[Depl
     )
     max_wait = Gauge(
         "inventiv_deployment_max_queue_wait_seconds",
-        "Queue wait (p95) above which the autoscaler adds an instance",
+        "Average queue wait above which the autoscaler adds an instance",
         labels,
         registry=registry,
     )
     for d in live:
-        policy = AutoscalingPolicy.from_deployment(d.min_instances, d.max_instances, d.autoscaling)
         values = names.of_deployment(d.id)
         max_instances.labels(*values).set(d.max_instances)
-        max_wait.labels(*values).set(policy.max_queue_wait_ms / 1000)
+        try:
+            config = AutoscalingConfig.model_validate(d.autoscaling)
+        except ValidationError:  # shown as the autoscaler's decision, not a threshold
+            continue
+        max_wait.labels(*values).set(config.scale_up_queue_wait_s)
 
 
 async def _costs(

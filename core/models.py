@@ -362,6 +362,54 @@ class InstanceMetric(SQLModel, table=True):
     data: dict[str, Any] = _json({})
 
 
+# ---------------------------------------------------------------- autoscaling
+
+
+class ScalingAction(StrEnum):
+    """What a decision asks for (`scaling_decisions.action`)."""
+
+    none = "none"
+    scale_up = "scale_up"
+    scale_down = "scale_down"
+    invalid_config = "invalid_config"  # the stored policy does not validate: nothing is done
+
+
+class ScalingDecision(SQLModel, table=True):
+    """One round of a deployment's autoscaler: what it saw, what it decided and why, and what
+    happened when it acted. The id is chosen by the AutoscalerWorkflow, so a round retried after
+    a worker crash finds its decision instead of taking a second one."""
+
+    __tablename__ = "scaling_decisions"
+    __table_args__ = (Index("ix_scaling_decisions_deployment_at", "deployment_id", "at"),)
+    id: uuid.UUID = Field(primary_key=True)
+    deployment_id: uuid.UUID = Field(foreign_key="deployments.id", ondelete="CASCADE")
+    at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    delta: int  # > 0 servers ordered, < 0 instances to drain, 0 nothing
+    action: str = Field(max_length=32)  # ScalingAction
+    reason: str
+    instances: int  # booting + ready when it decided
+    inputs: dict[str, Any] = _json({})  # the signals (core.autoscaling.Signals) it read
+    state: dict[str, Any] = _json({})  # the PolicyState carried into the next round
+    drain: list[str] = _json([])  # instance ids chosen to drain
+    # What acting on it did: instances created and started, drained, refused, held back.
+    result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB, nullable=True))
+
+    def public(self) -> dict[str, Any]:
+        """As the API and the live event stream show it."""
+        return {
+            "decision_id": str(self.id),
+            "at": self.at.timestamp(),
+            "delta": self.delta,
+            "change": f"{self.delta:+d}",
+            "action": self.action,
+            "reason": self.reason,
+            "instances": self.instances,
+            "inputs": self.inputs,
+            "drain": self.drain,
+            "result": self.result,
+        }
+
+
 # ---------------------------------------------------------------- bare metal
 
 

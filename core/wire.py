@@ -127,19 +127,33 @@ class InstanceLoad(BaseModel):
 
 
 class GatewayLoad(BaseModel):
-    """A gateway replica's load for one deployment, published every second or so to the hash
-    `gateway_load_key(deployment_id)` (field = replica id) for the autoscaler. Values older than a
-    few periods (see `ts`) come from a replica that stopped and should be ignored."""
+    """A gateway replica's load for one deployment, published every `period_s` to the hash
+    `gateway_load_key(deployment_id)` (field = replica id) for the autoscaler.
+
+    The `*_total` figures are cumulative since the replica started (`started_at`), never reset:
+    the autoscaler takes the difference between two reports to get any window it wants, so it
+    misses nothing between its rounds. A report older than a few periods comes from a replica
+    that stopped and is ignored (`stale_after_s`)."""
 
     ts: float  # epoch seconds when published
+    period_s: float  # the replica's publish period (INVENTIV_GATEWAY_LOAD_PUBLISH_S)
+    started_at: float  # when the replica's counters started at 0
     replica_id: str  # host:pid of the gateway process
     model: str  # served name of the deployment
-    queue_length: int  # requests waiting in this replica's queue for the model
-    queue_wait_p50_ms: float  # queue wait of requests that left the queue over the last period
-    queue_wait_p95_ms: float
-    in_flight: int  # requests this replica has in flight on the deployment's instances
-    arrival_rate_per_s: float  # requests for the model per second over the last period
-    rejected_per_s: float = 0.0  # requests turned away with 503 (queue full or deadline) per second
+    queue_length: int  # requests waiting in this replica's queue now
+    in_flight: int  # requests this replica has on the deployment's instances now
+    arrivals_total: int = 0  # requests for the deployment (queued or not)
+    rejected_total: int = 0  # turned away with 503 (queue full or deadline)
+    routed_at_once_total: int = 0  # given an instance without waiting (a wait of 0)
+    dequeued_total: int = 0  # left the queue: with an instance, or at the deadline
+    queue_wait_s_total: float = 0.0  # summed wait of the requests that left the queue
+    completed_total: int = 0  # finished on an instance (any outcome)
+    active_request_s_total: float = 0.0  # integral of running + queued requests over time
+    # Time to first token, a cumulative histogram: (upper bound in seconds, count at or below).
+    ttft_buckets: list[tuple[float, int]] = []
+
+    def stale_after_s(self) -> float:
+        return max(5.0, 5 * self.period_s)
 
 
 # ---------------------------------------------------------------- the machine tunnel

@@ -64,6 +64,7 @@ class Gateway:
             self.config,
             on_removed=self._backend_removed,
             engine_key=functools.partial(engine_api_key, secret_key),
+            on_starved=self._starved,
         )
         token = self.config.metrics_token
         self._metrics_auth = None if token is None else f"Bearer {token.get_secret_value()}"
@@ -73,6 +74,7 @@ class Gateway:
         self.ready = False
         # Built at startup (they need the event loop and the connections).
         self._redis: aioredis.Redis | None = None
+        self._publisher: LoadPublisher | None = None
         self._pool: asyncpg.Pool | None = None
         self._keys: KeyCache | None = None
         self._limiter: RateLimiter | None = None
@@ -109,7 +111,7 @@ class Gateway:
 
         sync = RegistrySync(redis, self.router)
         follower = ChannelFollower(redis, sync, keys)
-        publisher = LoadPublisher(
+        publisher = self._publisher = LoadPublisher(
             redis, self.router, self.deployments, self.replica_id, config.load_publish_s
         )
 
@@ -167,6 +169,11 @@ class Gateway:
             self.upstream.drop(url)
         with contextlib.suppress(KeyError):
             metrics.INFLIGHT.remove(backend.info.model, backend.instance_id)
+
+    def _starved(self, deployment_id: str) -> None:
+        """A request waits for a deployment with no instance: wake its autoscaler."""
+        if self._publisher is not None:
+            self._publisher.wake(deployment_id)
 
     # ------------------------------------------------------------------ ASGI
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -25,6 +26,7 @@ from redis.exceptions import RedisError
 
 from core.redis_keys import (
     API_KEY_CHANNEL,
+    AUTOSCALER_WAKE_CHANNEL,
     INSTANCE_LOAD,
     ROUTING_CHANNEL,
     ROUTING_REGISTRY,
@@ -164,7 +166,9 @@ class ChannelFollower:
 
 
 class LoadPublisher:
-    """Per deployment: queue length and wait, in-flight, arrival rate (for the autoscaler)."""
+    """Per deployment: this replica's queue and in-flight figures and its cumulative counters
+    (`core.wire.GatewayLoad`) for the autoscaler; and, when a request queues for a deployment
+    with no instance, the wake-up that lets the autoscaler start one at once."""
 
     def __init__(
         self,
@@ -179,10 +183,32 @@ class LoadPublisher:
         self.deployments = deployments
         self.replica_id = replica_id
         self.period_s = period_s
+        self.started_at = time.time()
+        self._waking: set[str] = set()
+        self._wake_tasks: set[asyncio.Task[None]] = set()
+
+    def wake(self, deployment_id: str) -> None:
+        """Ask the autoscaler for capacity now (called on the request path: never waits)."""
+        if deployment_id in self._waking:  # one wake-up in flight per deployment is enough
+            return
+        self._waking.add(deployment_id)
+        task = asyncio.create_task(self._wake(deployment_id), name="autoscaler wake")
+        self._wake_tasks.add(task)
+        task.add_done_callback(self._wake_tasks.discard)
+
+    async def _wake(self, deployment_id: str) -> None:
+        try:
+            # The load first, so the autoscaler's round sees the waiting request.
+            await self.publish()
+            await self.redis.publish(AUTOSCALER_WAKE_CHANNEL, deployment_id)
+        except OUTAGES as exc:
+            log.warning("could not wake the autoscaler of %s: %s", deployment_id, exc)
+        finally:
+            self._waking.discard(deployment_id)
 
     async def publish(self) -> None:
-        period = self.period_s
         now = time.time()
+        now_mono = time.monotonic()
         registry = self.router.registry
         inflight = registry.inflight_by_deployment()
         for backend in registry.backends.values():
@@ -191,31 +217,51 @@ class LoadPublisher:
         names = {entry.id: entry.served_name for entry in self.deployments.entries()}
         for backend in registry.backends.values():
             names.setdefault(backend.info.deployment_id, backend.info.model)
+        ttft = _ttft_buckets()
         pipe = self.redis.pipeline(transaction=False)
         for deployment_id, model in names.items():
-            window = self.router.queue(deployment_id).take_window()
-            for wait in window.waits_ms:
-                metrics.QUEUE_WAIT.labels(model).observe(wait / 1000)
-            metrics.QUEUE_LENGTH.labels(model).set(window.length)
+            queue = self.router.queue(deployment_id)
+            in_flight = inflight.get(deployment_id, 0)
+            queue.sample_active(in_flight, now_mono)
+            for wait in queue.drain_new_waits():
+                metrics.QUEUE_WAIT.labels(model).observe(wait)
+            metrics.QUEUE_LENGTH.labels(model).set(queue.length)
+            c = queue.counters
             signal = GatewayLoad(
                 ts=now,
+                period_s=self.period_s,
+                started_at=self.started_at,
                 replica_id=self.replica_id,
                 model=model,
-                queue_length=window.length,
-                queue_wait_p50_ms=_percentile(window.waits_ms, 0.50),
-                queue_wait_p95_ms=_percentile(window.waits_ms, 0.95),
-                in_flight=inflight.get(deployment_id, 0),
-                arrival_rate_per_s=window.arrivals / period,
-                rejected_per_s=window.rejected / period,
+                queue_length=queue.length,
+                in_flight=in_flight,
+                arrivals_total=c.arrivals,
+                rejected_total=c.rejected,
+                routed_at_once_total=c.routed_at_once,
+                dequeued_total=c.dequeued,
+                queue_wait_s_total=round(c.queue_wait_s, 6),
+                completed_total=c.completed,
+                active_request_s_total=round(c.active_request_s, 6),
+                ttft_buckets=ttft.get(model, []),
             )
             key = gateway_load_key(deployment_id)
             pipe.hset(key, self.replica_id, signal.model_dump_json())
-            pipe.expire(key, max(30, int(period * 10)))
+            pipe.expire(key, max(30, int(self.period_s * 10)))
         await pipe.execute()
 
 
-def _percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return 0.0
-    index = min(len(sorted_values) - 1, int(q * len(sorted_values)))
-    return round(sorted_values[index], 3)
+_TTFT_BEYOND_S = 1e6
+
+
+def _ttft_buckets() -> dict[str, list[tuple[float, int]]]:
+    """The gateway's cumulative TTFT histogram per served name, as (upper bound, count)."""
+    by_model: dict[str, list[tuple[float, int]]] = {}
+    for family in metrics.TTFT.collect():
+        for sample in family.samples:
+            # +Inf is the count of all (JSON has no infinity): the last bound stands for it.
+            if sample.name.endswith("_bucket"):
+                bound = float(sample.labels["le"])
+                if math.isinf(bound):
+                    bound = _TTFT_BEYOND_S
+                by_model.setdefault(sample.labels["model"], []).append((bound, int(sample.value)))
+    return by_model

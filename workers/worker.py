@@ -7,6 +7,7 @@ the workflow starters and commands of workflows/client.py, so activities never i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -34,6 +35,7 @@ from core.observability import ObservabilitySettings
 from core.settings import Settings
 from core.tracing import Tracing, start_tracing
 from workers.registration import WORKFLOWS, activity_methods
+from workers.wake import follow_wake_ups
 from workflows import client as workflows_client
 
 log = logging.getLogger(__name__)
@@ -99,9 +101,15 @@ async def build_worker(
         AutoscaleActivities(sessionmaker, redis, start_instance, drain_instance),
     )
     worker = Worker(client, task_queue=task_queue, workflows=WORKFLOWS, activities=activities)
+    subscribed = asyncio.Event()
+    wake_ups = asyncio.create_task(follow_wake_ups(redis, client, subscribed), name="wake-ups")
     try:
+        await asyncio.wait_for(subscribed.wait(), timeout=10)
         yield worker
     finally:
+        wake_ups.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await wake_ups
         await ctx.close()
         for adapter in providers.values():
             await adapter.close()

@@ -23,7 +23,15 @@ from api.routers.instances import InstanceSummary, summarize
 from api.validation import JsonObject, Name, PartialUpdate
 from core.autoscaling import AutoscalingConfig
 from core.events import EventKind, publish_event
-from core.models import Deployment, Instance, InstanceType, Provider, utcnow
+from core.models import (
+    Deployment,
+    Instance,
+    InstanceType,
+    Provider,
+    ScalingAction,
+    ScalingDecision,
+    utcnow,
+)
 from core.states import LIVE_STATES
 from core.wire import RoutingStrategy
 from workflows.client import create_instance, ensure_autoscaler
@@ -442,6 +450,47 @@ async def list_deployment_events(
     return await recent_events(
         redis, lambda event: event["data"].get("deployment_id") == wanted, limit
     )
+
+
+class ScalingDecisionPublic(BaseModel):
+    """One round of the deployment's autoscaler."""
+
+    id: uuid.UUID
+    at: datetime
+    delta: int = Field(description="> 0 servers ordered, < 0 instances to drain, 0 nothing")
+    action: ScalingAction
+    reason: str
+    instances: int = Field(description="booting + ready instances when it decided")
+    inputs: dict[str, Any] = Field(
+        description="what it read: queue_wait_avg_s, active_requests, queued_requests, "
+        "arrival_rate_rps, completion_rate_rps, ttft_p95_s, window_s, ready, booting, gpus, "
+        "running, gpu_utilization (0..1)"
+    )
+    drain: list[str] = Field(description="instances chosen to drain")
+    result: dict[str, Any] | None = Field(
+        description="what acting on it did (started, drained, refused, held_back_by_quota); "
+        "null while not acted on or for nothing to do"
+    )
+
+
+@router.get("/{deployment_id}/decisions", response_model=list[ScalingDecisionPublic])
+async def list_scaling_decisions(
+    deployment_id: uuid.UUID,
+    session: SessionDep,
+    user: CurrentUser,
+    since: datetime | None = Query(default=None, description="only decisions after this time"),
+    changes_only: bool = Query(default=False, description="only decisions that scaled"),
+    limit: int = Query(default=200, ge=1, le=2000),
+) -> list[ScalingDecisionPublic]:
+    """The autoscaler's decisions, newest first: time, inputs, result, reason and action."""
+    deployment = await get_visible_deployment(session, user, deployment_id)
+    query = select(ScalingDecision).where(ScalingDecision.deployment_id == deployment.id)
+    if since is not None:
+        query = query.where(col(ScalingDecision.at) > since)
+    if changes_only:
+        query = query.where(col(ScalingDecision.action) != ScalingAction.none)
+    rows = await session.exec(query.order_by(col(ScalingDecision.at).desc()).limit(limit))
+    return [ScalingDecisionPublic.model_validate(r, from_attributes=True) for r in rows.all()]
 
 
 @router.post(

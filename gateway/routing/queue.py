@@ -1,8 +1,9 @@
 """Per-deployment queues of requests waiting for capacity, and the counters the autoscaler reads.
 
 FIFO per API key, keys served round-robin, so one key's burst cannot starve the others. The
-router hands free capacity to the head of the queue (`Router.dispatch`); the load publisher takes
-the counters once per period with `take_window`.
+router hands free capacity to the head of the queue (`Router.dispatch`). The counters are
+cumulative and never reset (`QueueCounters`): the autoscaler differences two reports over the
+window it wants, so no wait is lost between its rounds.
 """
 
 from __future__ import annotations
@@ -26,14 +27,18 @@ class Waiter:
     timer: asyncio.TimerHandle | None = None
 
 
-@dataclass(slots=True, frozen=True)
-class QueueWindow:
-    """What happened in one deployment's queue since the previous window."""
+@dataclass(slots=True)
+class QueueCounters:
+    """Since the gateway started; see `core.wire.GatewayLoad` for what each one means."""
 
-    length: int
-    waits_ms: list[float]  # sorted
-    arrivals: int
-    rejected: int
+    arrivals: int = 0
+    rejected: int = 0
+    routed_at_once: int = 0
+    dequeued: int = 0
+    queue_wait_s: float = 0.0
+    completed: int = 0
+    active_request_s: float = 0.0
+    active_sampled_at: float | None = None  # monotonic time of the last `sample_active`
 
 
 @dataclass(eq=False)
@@ -42,27 +47,38 @@ class ModelQueue:
         default_factory=collections.OrderedDict
     )
     length: int = 0
-    # Since the last window: waits (ms) of requests that left the queue, arrivals, refusals.
-    _waits_ms: list[float] = field(default_factory=list)
-    _arrivals: int = 0
-    _rejected: int = 0
+    counters: QueueCounters = field(default_factory=QueueCounters)
+    # Waits (s) not yet observed into the gateway's Prometheus histogram (`drain_new_waits`).
+    _new_waits_s: list[float] = field(default_factory=list)
 
     def arrived(self) -> None:
         """A request for this deployment came in (queued or not): the arrival rate's numerator."""
-        self._arrivals += 1
+        self.counters.arrivals += 1
 
     def refused(self) -> None:
-        self._rejected += 1
+        self.counters.rejected += 1
 
-    def waited(self, wait_ms: float) -> None:
-        self._waits_ms.append(wait_ms)
+    def routed_at_once(self) -> None:
+        self.counters.routed_at_once += 1
 
-    def take_window(self) -> QueueWindow:
-        window = QueueWindow(self.length, sorted(self._waits_ms), self._arrivals, self._rejected)
-        self._waits_ms = []
-        self._arrivals = 0
-        self._rejected = 0
-        return window
+    def completed(self) -> None:
+        self.counters.completed += 1
+
+    def waited(self, wait_s: float) -> None:
+        self.counters.dequeued += 1
+        self.counters.queue_wait_s += wait_s
+        self._new_waits_s.append(wait_s)
+
+    def sample_active(self, in_flight: int, now_mono: float) -> None:
+        """Integrate running + queued requests since the previous sample (a step function)."""
+        c = self.counters
+        if c.active_sampled_at is not None:
+            c.active_request_s += (in_flight + self.length) * (now_mono - c.active_sampled_at)
+        c.active_sampled_at = now_mono
+
+    def drain_new_waits(self) -> list[float]:
+        waits, self._new_waits_s = self._new_waits_s, []
+        return waits
 
     def push(self, waiter: Waiter) -> None:
         queue = self.by_key.get(waiter.key_id)

@@ -26,8 +26,11 @@ class Router:
         config: GatewaySettings,
         on_removed: Callable[[Backend], None] | None = None,
         engine_key: Callable[[str], str] | None = None,
+        on_starved: Callable[[str], None] | None = None,
     ) -> None:
         self.queue_size = config.queue_size
+        # Called when a request queues for a deployment with no instance (scale from zero).
+        self._on_starved = on_starved or (lambda deployment_id: None)
         self.registry = Registry(
             config.max_inflight_per_gpu,
             on_added=self.dispatch,
@@ -67,6 +70,7 @@ class Router:
 
     def release(self, backend: Backend) -> None:
         backend.inflight -= 1
+        self.queue(backend.info.deployment_id).completed()
         if backend.routable:
             self.dispatch(backend.info.deployment_id)
 
@@ -99,10 +103,13 @@ class Router:
 
     def acquire_now(self, deployment_id: str, request: RoutedRequest) -> Backend | None:
         """The fast path: an instance right away, unless others already wait for this deployment."""
-        queue = self.queues.get(deployment_id)
-        if queue is not None and queue.length:
+        queue = self.queue(deployment_id)
+        if queue.length:
             return None
-        return self.pick(deployment_id, request)
+        backend = self.pick(deployment_id, request)
+        if backend is not None:
+            queue.routed_at_once()
+        return backend
 
     async def wait(
         self, deployment_id: str, key_id: str, request: RoutedRequest, deadline_s: float
@@ -116,6 +123,8 @@ class Router:
         waiter = Waiter(key_id, request, time.monotonic(), loop.create_future())
         queue.push(waiter)
         waiter.timer = loop.call_later(deadline_s, self._expire, deployment_id, waiter)
+        if not self.by_deployment.get(deployment_id):
+            self._on_starved(deployment_id)
         self.dispatch(deployment_id)
         try:
             backend = await waiter.future
@@ -137,7 +146,7 @@ class Router:
             return
         queue = self.queue(deployment_id)
         queue.remove(waiter)
-        queue.waited((time.monotonic() - waiter.enqueued) * 1000)
+        queue.waited(time.monotonic() - waiter.enqueued)
         waiter.future.set_result(None)
 
     def dispatch(self, deployment_id: str) -> None:
@@ -153,5 +162,5 @@ class Router:
             queue.take_head(waiter)
             if waiter.timer is not None:
                 waiter.timer.cancel()
-            queue.waited((now - waiter.enqueued) * 1000)
+            queue.waited(now - waiter.enqueued)
             waiter.future.set_result(backend)

@@ -80,7 +80,7 @@ async def test_fleet_gauges_name_what_needs_an_operator(
         (str(stuck.id), "delete_server", 3)
     ]
     wait = found["inventiv_deployment_max_queue_wait_seconds"]
-    assert [(lab["model"], v) for lab, v in wait if lab["model"] == model] == [(model, 2.0)]
+    assert [(lab["model"], v) for lab, v in wait if lab["model"] == model] == [(model, 5.0)]
     cost = {lab["project"]: v for lab, v in found["inventiv_project_cost_month_to_date"]}
     # two hours at 1 EUR/h, unless the month began less than two hours ago
     assert 0 < cost[project] <= 2.01
