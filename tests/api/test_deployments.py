@@ -121,7 +121,7 @@ async def test_validation_messages(
         (body(alice, engine_args={"x": {"nested": 1}}), 422, "a value is a string"),
         (body(alice, max_instances=-1), 422, "greater than or equal to 0"),
         (body(alice, model="has spaces"), 422, "pattern"),
-        (body(alice, routing="header"), 422, "'least_load', 'sticky_header' or 'sticky_user'"),
+        (body(alice, routing="header"), 422, "'sticky_header', 'sticky_user' or 'prefix_aware'"),
         (body(alice, session_affinity="none"), 422, "'none' is now 'least_load'"),
         # An invalid autoscaling policy is refused, naming the field, instead of being stored
         # and failing every autoscaler round.
