@@ -13,7 +13,7 @@ from sqlmodel import func, select
 from core.models import RequestLog
 from tests.factories import Seeded
 from tests.faults.conftest import Freeze, answered
-from tests.gateway.conftest import MODEL, Engines, Registry, RunningGateway
+from tests.gateway.conftest import MODEL, Engines, Registry, RunningGateway, serving
 from tests.gateway.test_api import wait_for
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
@@ -37,7 +37,7 @@ async def test_ready_instances_keep_serving_while_a_dependency_is_frozen(
 ) -> None:
     await engines.start("ready")
     await registry.put(registry.instance(engines.servers["ready"].url))
-    await wait_for(lambda: len(gateway.app.router.by_model.get(MODEL, [])) == 1)
+    await wait_for(lambda: len(serving(gateway.app, MODEL)) == 1)
     async with gateway.client(seeded.api_key) as client:
         before = await client.post("/v1/chat/completions", json=CHAT)
         assert before.status_code == 200, before.text
