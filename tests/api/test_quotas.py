@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import csv
 import io
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,7 +24,14 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.autoscale import AutoscaleActivities
 from activities.contracts import ScaleUpInput
-from core.models import Instance, InstanceState, InstanceVolume, Provider
+from core.models import (
+    Instance,
+    InstanceState,
+    InstanceVolume,
+    Provider,
+    ScalingAction,
+    ScalingDecision,
+)
 from core.redis_keys import EVENTS_STREAM
 from tests.api.conftest import Tenant, add_instance
 
@@ -139,14 +147,27 @@ async def test_the_autoscaler_gets_no_more_than_the_quota(
 
     activities = AutoscaleActivities(sessionmaker, redis_client, start_instance, drain_instance)
     wanted = [str(uuid.uuid4()) for _ in range(3)]
+    decision = ScalingDecision(
+        id=uuid.uuid4(),
+        deployment_id=alice.deployment.id,
+        at=datetime.now(UTC),
+        delta=3,
+        action=ScalingAction.scale_up,
+        reason="busy",
+        instances=0,
+    )
+    async with sessionmaker() as session:
+        session.add(decision)
+        await session.commit()
     await ActivityEnvironment().run(
-        activities.scale_up, ScaleUpInput(str(alice.deployment.id), wanted, "busy")
+        activities.scale_up,
+        ScaleUpInput(str(alice.deployment.id), str(decision.id), wanted, "busy"),
     )
     assert [str(i) for i in started] == wanted[:1]
     assert await instance_count(sessionmaker, alice) == 1
     [(_, fields)] = await redis_client.xrevrange(EVENTS_STREAM, count=1)  # type: ignore[misc]
-    event = str(fields["event"])  # type: ignore[index]
-    assert '"change": "+1"' in event and "held back by quota" in event
+    result = json.loads(str(fields["event"]))["data"]["result"]  # type: ignore[index]
+    assert result["started"] == wanted[:1] and "quota" in result["held_back_by_quota"]
 
 
 async def test_key_limits_stay_under_the_ceiling(
