@@ -34,7 +34,7 @@ from core.models import (
 )
 from core.states import LIVE_STATES
 from core.wire import RoutingStrategy
-from workflows.client import create_instance, ensure_autoscaler
+from workflows.client import create_instance, ensure_autoscaler, wake_autoscaler
 
 router = APIRouter(prefix="/deployments", tags=["deployments"], responses=ERRORS)
 
@@ -428,10 +428,16 @@ async def start_autoscaling(
 
 @router.post("/{deployment_id}/autoscaling/stop", response_model=DeploymentPublic)
 async def stop_autoscaling(
-    deployment_id: uuid.UUID, session: SessionDep, redis: RedisDep, user: CurrentUser
+    deployment_id: uuid.UUID,
+    session: SessionDep,
+    redis: RedisDep,
+    user: CurrentUser,
+    temporal: TemporalDep,
 ) -> DeploymentPublic:
-    """Freeze the instance count: the autoscaler leaves the deployment alone."""
+    """Freeze the instance count: the autoscaler leaves the deployment alone (woken, its
+    workflow sees autoscaling off and ends now rather than at its next tick)."""
     deployment = await _set_autoscaling(session, redis, user, deployment_id, False)
+    await wake_autoscaler(temporal, str(deployment.id))
     return await to_public(session, deployment)
 
 
