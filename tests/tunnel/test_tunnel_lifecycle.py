@@ -171,9 +171,8 @@ async def test_rotation_drops_no_request_and_the_slot_end_drains_the_machine(
                 began = time.monotonic()
                 ended = await _state(api, instance_id, "terminated", 60)
                 assert clock() < slot_ends_at  # free before the owner's slot ends
-                assert ended["termination_reason"] == TerminationReason.scale_down, await _log(
-                    api, instance_id
-                )
+                log = [(a["step"], a["detail"], a["started_at"]) for a in ended["actions"]]
+                assert ended["termination_reason"] == TerminationReason.scale_down, log
                 assert drained == [created.json()["workflow_id"]]
                 async with sessionmaker() as session:
                     steps = (
@@ -226,10 +225,6 @@ async def _serves(client: openai.AsyncOpenAI) -> bool:
     except openai.APIError:
         return False
     return bool(reply.choices[0].message.content)
-
-
-async def _log(api: httpx.AsyncClient, instance_id: str) -> list[Any]:
-    return (await api.get(f"/api/v1/instances/{instance_id}")).json().get("actions", [])
 
 
 async def test_a_tunnel_lost_past_the_health_deadline_takes_the_instance_out_of_routing(
