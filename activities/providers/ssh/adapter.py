@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -263,6 +264,45 @@ class SSHCompute(HostPoolMixin, Compute):
             raise
         return self._to_instance(host, request.instance_id)
 
+    def _launch_command(
+        self,
+        request: CreateRequest,
+        host: BareMetalHost,
+        env: Mapping[str, str],
+        image: str | None,
+        tenant: bool,
+    ) -> tuple[str, str]:
+        """The shell command that starts the agent on the host (in `image` when one is given),
+        and the one that reads its log."""
+        flavor = get_flavor(request.flavor)
+        remote = self._remote_dir(request.instance_id)
+        log = f"{shlex.quote(remote)}/agent.log"
+        if image:
+            command = (
+                f"cd {shlex.quote(remote)} && "
+                + docker_env("./agent.env", "docker.env")
+                + docker_run(
+                    image,
+                    flavor.accelerator,
+                    f"inventiv-{request.instance_id}",
+                    "docker.env",
+                    env.get("INVENTIV_AGENT_MODEL_CACHE_DIR"),
+                )
+            )
+        elif tenant:
+            command = f"cd {shlex.quote(remote)} && " + privileged(
+                self._tenant_start_script(request.instance_id, host.python)
+            )
+            log = privileged(f"cat {shlex.quote(self._tenant_home(request.instance_id))}/agent.log")
+        else:
+            command = (
+                f"cd {shlex.quote(remote)} && set -a && . ./agent.env && set +a && "
+                f"WORKER_AGENT_TARBALL=$PWD/agent.tar.gz WORKER_INSTALL_DIR=$PWD "
+                f"WORKER_PYTHON={shlex.quote(host.python)} WORKER_AGENT_MODE=background "
+                "sh ./bootstrap.sh"
+            )
+        return command, log
+
     async def _install(self, host: BareMetalHost, request: CreateRequest) -> None:
         flavor = get_flavor(request.flavor)
         remote = self._remote_dir(request.instance_id)
@@ -304,33 +344,9 @@ class SSHCompute(HostPoolMixin, Compute):
                     f"{remote}/agent.env", "w", asyncssh.SFTPAttrs(permissions=0o600)
                 ) as out:
                     await out.write(env_file(env))
-            log = f"{shlex.quote(remote)}/agent.log"
-            if container and image:
-                command = (
-                    f"cd {shlex.quote(remote)} && "
-                    + docker_env("./agent.env", "docker.env")
-                    + docker_run(
-                        image,
-                        flavor.accelerator,
-                        f"inventiv-{request.instance_id}",
-                        "docker.env",
-                        env.get("INVENTIV_AGENT_MODEL_CACHE_DIR"),
-                    )
-                )
-            elif tenant:
-                command = f"cd {shlex.quote(remote)} && " + privileged(
-                    self._tenant_start_script(request.instance_id, host.python)
-                )
-                log = privileged(
-                    f"cat {shlex.quote(self._tenant_home(request.instance_id))}/agent.log"
-                )
-            else:
-                command = (
-                    f"cd {shlex.quote(remote)} && set -a && . ./agent.env && set +a && "
-                    f"WORKER_AGENT_TARBALL=$PWD/agent.tar.gz WORKER_INSTALL_DIR=$PWD "
-                    f"WORKER_PYTHON={shlex.quote(host.python)} WORKER_AGENT_MODE=background "
-                    "sh ./bootstrap.sh"
-                )
+            command, log = self._launch_command(
+                request, host, env, image if container else None, tenant
+            )
             result = await conn.run(command, check=False)
             if result.exit_status != 0:
                 log_tail = await conn.run(
