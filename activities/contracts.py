@@ -157,6 +157,8 @@ class ReconcileResult:
     orphans_deleted: list[str] = field(default_factory=list)
     orphan_volumes_deleted: list[str] = field(default_factory=list)
     missing_since: dict[str, float] = field(default_factory=dict)
+    # Instances in provisioning whose workflow was not running, started again.
+    workflows_resumed: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- autoscaler

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 ReportProviderDeleted = Callable[[str], Awaitable[None]]
 # Starts a deployment's autoscaler unless it runs already:
 EnsureAutoscaler = Callable[[uuid.UUID], Awaitable[None]]
+# Starts an instance's workflow unless it runs already (its id derived from the instance's);
+# True when it started one:
+ResumeInstance = Callable[[uuid.UUID], Awaitable[bool]]
 
 # Instances whose machine must exist at the provider: their absence means it was deleted there.
 # (provisioning may not have a machine yet; terminating is deleting it on purpose.)
@@ -49,12 +52,14 @@ class ReconcileActivities:
         providers: dict[str, Compute],
         report_provider_deleted: ReportProviderDeleted,
         ensure_autoscaler: EnsureAutoscaler,
+        resume_instance: ResumeInstance,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.redis = redis
         self.providers = providers
         self.report_provider_deleted = report_provider_deleted
         self.ensure_autoscaler = ensure_autoscaler
+        self.resume_instance = resume_instance
 
     async def _log_action(self, instance: Instance | None, step: Step, detail: str) -> None:
         log.warning("reconciler: %s %s", step, detail)
@@ -149,8 +154,35 @@ class ReconcileActivities:
                     owner[0], Step.orphan_volume_deleted, f"{kind} volume {volume.volume_id}"
                 )
                 result.orphan_volumes_deleted.append(volume.volume_id)
+        result.workflows_resumed = await self._resume_provisioning(instances, now, inp)
         await self._ensure_autoscalers()
         return result
+
+    async def _resume_provisioning(
+        self, instances: dict[str, tuple[Instance, str]], now: datetime, inp: ReconcileInput
+    ) -> list[str]:
+        """Start the workflow of every row still `provisioning` after `orphan_grace_s`. The
+        autoscaler and replacements commit their row, then start its workflow from an activity:
+        a crash or a Temporal outage between the two leaves a row that nothing would carry on.
+        A start is a no-op while its workflow runs, so this is safe on every round."""
+        resumed = []
+        for instance, _ in instances.values():
+            if instance.state != InstanceState.provisioning:
+                continue
+            created = instance.created_at.replace(tzinfo=instance.created_at.tzinfo or UTC)
+            if (now - created).total_seconds() < inp.orphan_grace_s:
+                continue
+            try:
+                started = await self.resume_instance(instance.id)
+            except Exception:
+                log.exception("reconciler: could not start the workflow of %s", instance.id)
+                continue
+            if started:
+                await self._log_action(
+                    instance, Step.workflow_resumed, "row in provisioning had no running workflow"
+                )
+                resumed.append(str(instance.id))
+        return resumed
 
     async def _still_there(self, adapter: Compute, resource_id: str) -> bool:
         """Asked for directly, the machine exists, or the provider cannot tell yet."""

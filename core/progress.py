@@ -37,6 +37,7 @@ class Step(StrEnum):
     provider_deleted = "provider_deleted"
     orphan_deleted = "orphan_deleted"
     orphan_volume_deleted = "orphan_volume_deleted"
+    workflow_resumed = "workflow_resumed"
 
 
 STEP_PERCENT: dict[str, int] = {

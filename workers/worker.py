@@ -76,6 +76,9 @@ async def build_worker(
     async def start_instance(instance_id: uuid.UUID) -> None:
         await workflows_client.start_instance_workflow(client, task_queue, instance_id)
 
+    async def resume_instance(instance_id: uuid.UUID) -> bool:
+        return await workflows_client.resume_instance_workflow(client, task_queue, instance_id)
+
     async def drain_instance(workflow_id: str, reason: TerminationReason) -> bool:
         return await workflows_client.drain_if_accepted(client, workflow_id, reason)
 
@@ -96,7 +99,12 @@ async def build_worker(
         DrainActivities(ctx),
         TeardownActivities(ctx),
         ReconcileActivities(
-            sessionmaker, redis, providers, report_provider_deleted, ensure_autoscaler
+            sessionmaker,
+            redis,
+            providers,
+            report_provider_deleted,
+            ensure_autoscaler,
+            resume_instance,
         ),
         AutoscaleActivities(sessionmaker, redis, start_instance, drain_instance),
     )

@@ -14,6 +14,7 @@ from datetime import timedelta
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import (
     Client,
+    WorkflowExecutionStatus,
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
@@ -66,6 +67,31 @@ async def start_instance_workflow(client: Client, task_queue: str, instance_id: 
         )
     except WorkflowAlreadyStartedError:
         pass
+
+
+async def resume_instance_workflow(client: Client, task_queue: str, instance_id: uuid.UUID) -> bool:
+    """Start the workflow of an instance row left in provisioning without a running one (the
+    reconciler): a running one is kept, one that ended before its row was committed is started
+    again. True when a workflow was started."""
+    workflow_id = workflow_id_for(instance_id)
+    try:
+        description = await client.get_workflow_handle(workflow_id).describe()
+        if description.status == WorkflowExecutionStatus.RUNNING:
+            return False
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise
+    try:
+        await client.start_workflow(
+            InstanceWorkflow.run,
+            InstanceWorkflowInput(str(instance_id)),
+            id=workflow_id,
+            task_queue=task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        )
+    except WorkflowAlreadyStartedError:
+        return False  # started meanwhile by its creator
+    return True
 
 
 async def create_instance(

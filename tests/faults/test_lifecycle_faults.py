@@ -30,6 +30,7 @@ from temporalio.client import Client
 
 from activities.providers.local.adapter import LocalCompute
 from core.embedded import EmbeddedTemporal, free_port
+from core.instances import new_instance, workflow_id_for
 from core.models import Instance, InstanceState, InstanceVolume
 from core.settings import Settings
 from core.states import is_legal_path
@@ -39,7 +40,8 @@ from tests.conftest import Stack
 from tests.factories import seed
 from tests.faults.conftest import answered
 from tests.workflows.helpers import actions, history, local_providers, running_worker, wait_state
-from workflows.client import create_instance, terminate_instance
+from workflows.client import create_instance, ensure_reconciler, terminate_instance
+from workflows.reconciler import ReconcilerWorkflow, reconciler_workflow_id
 
 S = InstanceState
 FREEZE_S = 5
@@ -306,3 +308,135 @@ async def _with_retries(call: Callable[[], Awaitable[None]]) -> None:
         except Exception:
             await asyncio.sleep(1)
     await call()
+
+
+# ---------------------------------------------------------------- the provider's API
+
+PROVIDER_OUTAGE_S = 20
+
+
+async def test_provider_api_answering_5xx_during_provisioning_and_termination(
+    client: httpx.AsyncClient,
+    tenant: Tenant,
+    sessionmaker: Any,
+    settings: Settings,
+    temporal_client: Client,
+) -> None:
+    """Every provider call fails as a 503 for PROVIDER_OUTAGE_S from the first one (standing in
+    for minutes): once while the instance is created, once, on a fresh worker, while it is
+    deleted. Both carry on when the provider answers again."""
+    settings = settings.model_copy(
+        update={"boot_timeout_s": PROVIDER_OUTAGE_S + 60, "cleanup_max_interval_s": 2}
+    )
+    api = Api(client, tenant)
+    outage = local_providers(settings, api_outage_s=PROVIDER_OUTAGE_S)
+    started = time.monotonic()
+    async with running_worker(settings, temporal_client, outage):
+        instance_id = await api.create()
+        await wait_state(sessionmaker, instance_id, S.ready, timeout=PROVIDER_OUTAGE_S + 60)
+    assert time.monotonic() - started >= PROVIDER_OUTAGE_S
+    outage = local_providers(settings, api_outage_s=PROVIDER_OUTAGE_S)
+    async with running_worker(settings, temporal_client, outage):
+        await api.delete(instance_id)
+        await wait_state(sessionmaker, instance_id, S.terminated, timeout=PROVIDER_OUTAGE_S + 60)
+    log = await actions(sessionmaker, instance_id)
+    refused = {a.step for a in log if a.error and "503 Service Unavailable" in a.error}
+    assert "provider_create" in refused, [(a.step, a.error) for a in log]
+    assert refused - {"provider_create"}, "some cleanup step met the outage and retried"
+    await assert_provider_matches(settings, sessionmaker, [instance_id], live=set())
+    api.assert_no_500()
+
+
+async def test_new_machine_not_found_for_a_while_is_not_provider_deleted(
+    client: httpx.AsyncClient,
+    tenant: Tenant,
+    sessionmaker: Any,
+    settings: Settings,
+    temporal_client: Client,
+) -> None:
+    """The provider does not find a new machine for 20 s (absent from listings, "not found yet"
+    when asked for it), as AWS after RunInstances, while the reconciler runs every 2 s with a
+    1 s missing grace: the boot waits for it, the reconciler leaves it alone, it ends ready."""
+    api = Api(client, tenant)
+    providers = local_providers(settings, not_found_for_s=20)
+    async with running_worker(settings, temporal_client, providers):
+        await ensure_reconciler(temporal_client, settings)
+        reconciler = temporal_client.get_workflow_handle(
+            reconciler_workflow_id(settings.task_queue)
+        )
+        try:
+            instance_id = await api.create()
+            seen_missing = False
+            deadline = time.monotonic() + 90
+            while (await wait_state(sessionmaker, instance_id, set(S))).state != S.ready:
+                assert time.monotonic() < deadline, "not ready within 90 s"
+                last = await reconciler.query(ReconcilerWorkflow.last_result)
+                seen_missing = seen_missing or bool(last.missing_since)
+                await asyncio.sleep(0.5)
+            assert seen_missing, "a reconciler round saw the machine missing from its listing"
+            await api.delete(instance_id)
+            await wait_state(sessionmaker, instance_id, S.terminated, timeout=60)
+        finally:
+            await reconciler.terminate()
+    log = await actions(sessionmaker, instance_id)
+    assert any(a.error and "not found yet" in a.error for a in log), log
+    assert "provider_deleted" not in await history(sessionmaker, instance_id)
+    await assert_provider_matches(settings, sessionmaker, [instance_id], live=set())
+    api.assert_no_500()
+
+
+async def test_capacity_lost_after_launch_fails_fast_as_no_capacity(
+    client: httpx.AsyncClient,
+    tenant: Tenant,
+    sessionmaker: Any,
+    settings: Settings,
+    temporal_client: Client,
+) -> None:
+    """The provider takes the machine back at power-on for lack of capacity: the instance fails
+    at once (not at its 60 s boot deadline) with the provider's reason, and nothing is left."""
+    api = Api(client, tenant)
+    providers = local_providers(settings, capacity_lost_at_start=True)
+    async with running_worker(settings, temporal_client, providers):
+        started = time.monotonic()
+        instance_id = await api.create()
+        failed = await wait_state(
+            sessionmaker, instance_id, {S.startup_failed, S.terminating, S.terminated}
+        )
+        assert time.monotonic() - started < 20, "failed fast, not at the boot deadline"
+        await wait_state(sessionmaker, instance_id, S.terminated, timeout=60)
+    assert failed.termination_reason == "startup_error"
+    assert "InsufficientInstanceCapacity" in (failed.error or ""), failed.error
+    assert S.startup_failed in await history(sessionmaker, instance_id)
+    await assert_provider_matches(settings, sessionmaker, [instance_id], live=set())
+    api.assert_no_500()
+
+
+# ---------------------------------------------------------------- a row without its workflow
+
+
+async def test_reconciler_starts_the_workflow_of_a_row_left_in_provisioning(
+    tenant: Tenant, sessionmaker: Any, settings: Settings, temporal_client: Client
+) -> None:
+    """A row committed whose workflow was never started (the autoscaler's or a replacement's
+    activity lost between its commit and its start): the reconciler starts it, once."""
+    async with sessionmaker() as session:
+        row = new_instance(tenant.deployment, uuid.uuid4())
+        session.add(row)
+        await session.commit()
+        instance_id = row.id
+    async with running_worker(settings, temporal_client):
+        await ensure_reconciler(temporal_client, settings)
+        reconciler = temporal_client.get_workflow_handle(
+            reconciler_workflow_id(settings.task_queue)
+        )
+        try:
+            await wait_state(sessionmaker, instance_id, S.ready, timeout=60)
+        finally:
+            await reconciler.terminate()
+        resumed = [
+            a for a in await actions(sessionmaker, instance_id) if a.step == "workflow_resumed"
+        ]
+        assert len(resumed) == 1, resumed
+        await terminate_instance(temporal_client, workflow_id_for(instance_id))
+        await wait_state(sessionmaker, instance_id, S.terminated, timeout=60)
+    await assert_provider_matches(settings, sessionmaker, [instance_id], live=set())

@@ -244,7 +244,11 @@ async def test_orphan_removed_after_grace_period_not_before(
     from activities.contracts import ReconcileInput
     from activities.reconcile import ReconcileActivities
     from core.db import make_engine, make_sessionmaker
-    from workflows.client import ensure_autoscaler, report_provider_deleted
+    from workflows.client import (
+        ensure_autoscaler,
+        report_provider_deleted,
+        resume_instance_workflow,
+    )
 
     local = LocalCompute(settings, LocalFaults())
     orphan = await local.create(
@@ -265,6 +269,7 @@ async def test_orphan_removed_after_grace_period_not_before(
         ensure_autoscaler=partial(
             ensure_autoscaler, temporal_client, settings.task_queue, interval_s=1
         ),
+        resume_instance=partial(resume_instance_workflow, temporal_client, settings.task_queue),
     )
     env = ActivityEnvironment()
     try:

@@ -4,7 +4,9 @@ simulator engine, and each "volume" a folder. Machines and volumes are recorded 
 would not kill a cloud VM) and the reconciler can list them.
 
 Fault injection (settings, prefix INVENTIV_LOCAL_) drives every lifecycle path in tests and in
-`make dev`: create fails, no IP, engine never ready, delete fails N times, machine disappears.
+`make dev`: create fails, no IP, engine never ready, delete fails N times, machine disappears,
+the API answers 5xx for a while, a new machine is not found for a while, capacity is lost at
+power-on.
 
 The async methods run in the worker's event loop: everything that blocks (scanning processes,
 waiting for them to exit, spawning) runs through `asyncio.to_thread`, as a cloud SDK would.
@@ -96,6 +98,7 @@ class LocalCompute(VolumesMixin, Compute):
         self.machines = self.root / "machines"
         self.volumes = self.root / "volumes"
         self._lock = asyncio.Lock()
+        self._outage_ends: float | None = None
 
     @classmethod
     def from_settings(cls, provider_settings: Any, settings: Settings) -> LocalCompute:
@@ -169,9 +172,28 @@ class LocalCompute(VolumesMixin, Compute):
             self._machine_file(record["resource_id"]).unlink()
         return True
 
+    def _answer_or_outage(self) -> None:
+        """Fault injection: during the outage every call fails as a cloud API's 5xx does."""
+        if not self.faults.api_outage_s:
+            return
+        now = time.monotonic()
+        if self._outage_ends is None:
+            self._outage_ends = now + self.faults.api_outage_s
+        if now < self._outage_ends:
+            raise TransientProviderError(
+                "local provider: 503 Service Unavailable (injected outage, "
+                f"{self._outage_ends - now:.0f}s left)"
+            )
+
+    def _not_visible_yet(self, record: dict[str, Any]) -> bool:
+        """Fault injection: a machine younger than not_found_for_s is not found yet."""
+        age = (datetime.now(UTC) - datetime.fromisoformat(record["created_at"])).total_seconds()
+        return age < self.faults.not_found_for_s
+
     # ------------------------------------------------------------ Compute
 
     async def create(self, request: CreateRequest) -> ProviderInstance:
+        self._answer_or_outage()
         async with self._lock:
             for record in self._all_machines():
                 if record["instance_id"] == request.instance_id:
@@ -256,12 +278,26 @@ class LocalCompute(VolumesMixin, Compute):
         }
 
     async def start(self, resource_id: str) -> None:
+        self._answer_or_outage()
         async with self._lock:
             record = self._read_machine(resource_id)
             if record is None:
                 raise InvalidRequestError(f"local machine {resource_id} does not exist")
             if await asyncio.to_thread(machine_pids, record["instance_id"]):
                 return
+            if self.faults.capacity_lost_at_start:
+                # As EC2 pending -> terminated: the provider takes the machine (and its
+                # delete-on-terminate volumes) back and says why.
+                self._machine_file(resource_id).unlink(missing_ok=True)
+                for meta in record.get("volumes", []):
+                    if meta["delete_on_terminate"]:
+                        await asyncio.to_thread(
+                            shutil.rmtree, self.volumes / meta["volume_id"], True
+                        )
+                raise NoCapacityError(
+                    "local provider: Server.InsufficientInstanceCapacity: machine reclaimed "
+                    "at power-on (injected)"
+                )
             await asyncio.to_thread(self._spawn, record)
 
     def _spawn(self, record: dict[str, Any]) -> None:
@@ -297,13 +333,20 @@ class LocalCompute(VolumesMixin, Compute):
                 time.sleep(0.05)
 
     async def get(self, resource_id: str) -> ProviderInstance | None:
+        self._answer_or_outage()
         async with self._lock:
             record = self._read_machine(resource_id)
             if record is None or await self._vanish_expired(record):
                 return None
+            if self._not_visible_yet(record):
+                # What the AWS adapter makes of NotFound within its window: maybe not yet.
+                raise TransientProviderError(
+                    f"local provider: {resource_id} not found yet (eventually consistent)"
+                )
             return await self._to_instance(record)
 
     async def delete(self, resource_id: str) -> None:
+        self._answer_or_outage()
         async with self._lock:
             record = self._read_machine(resource_id)
             if record is None:
@@ -318,14 +361,16 @@ class LocalCompute(VolumesMixin, Compute):
             self._machine_file(resource_id).unlink(missing_ok=True)
 
     async def list_tagged(self) -> list[ProviderInstance]:
+        self._answer_or_outage()
         async with self._lock:
             return [
                 await self._to_instance(r)
                 for r in self._all_machines()
-                if not await self._vanish_expired(r)
+                if not await self._vanish_expired(r) and not self._not_visible_yet(r)
             ]
 
     async def list_volumes(self, resource_id: str) -> list[ProviderVolume]:
+        self._answer_or_outage()
         async with self._lock:
             record = self._read_machine(resource_id)
             if record is None:
@@ -333,10 +378,12 @@ class LocalCompute(VolumesMixin, Compute):
             return [v for v in self._all_volumes() if v.instance_id == record["instance_id"]]
 
     async def list_tagged_volumes(self) -> list[ProviderVolume]:
+        self._answer_or_outage()
         async with self._lock:
             return self._all_volumes()
 
     async def delete_volume(self, volume_id: str) -> None:
+        self._answer_or_outage()
         async with self._lock:
             folder = self.volumes / volume_id
             if not folder.exists():

@@ -25,4 +25,19 @@ class LocalFaults(ProviderSettings):
     vanish_after_s: float | None = Field(
         default=None, description="Machines disappear (process and record) after this many seconds"
     )
+    api_outage_s: float = Field(
+        default=0,
+        description="Every call answers as a provider 5xx (transient) for this many seconds "
+        "from the adapter's first call",
+    )
+    not_found_for_s: float = Field(
+        default=0,
+        description="A new machine is not found (get, listings) until it is this old, as an "
+        "eventually consistent API answers",
+    )
+    capacity_lost_at_start: bool = Field(
+        default=False,
+        description="Machines are reclaimed at power-on for lack of capacity (created, then "
+        "terminated by the provider)",
+    )
     boot_volume_gb: float = Field(default=20, description="Size recorded for each boot volume")
