@@ -14,6 +14,7 @@ from temporalio.exceptions import ApplicationError
 from activities.contracts import CreateResult, FailInput, InstanceRef, LifecycleSpec
 from activities.instance.context import InstanceContext
 from activities.providers.base import CreateRequest, InvalidRequestError, VolumeSpec
+from activities.providers.flavors import get_flavor
 from agent.identity import expected_agent
 from core import states
 from core.events import EventKind
@@ -124,7 +125,12 @@ class ProvisionActivities:
                 )
                 for v in deployment.engine_args.get("volumes", [])
             ]
-            engine_args = {k: v for k, v in deployment.engine_args.items() if k != "volumes"}
+            engine_args = get_flavor(deployment.flavor).engine_args_for(
+                deployment.model,
+                {k: v for k, v in deployment.engine_args.items() if k != "volumes"},
+                gpu_memory_gb=itype.gpu_memory_gb,
+                gpu_count=max(itype.gpu_count, 1),
+            )
             request = CreateRequest(
                 instance_id=ref.instance_id,
                 instance_type=itype.name,

@@ -24,6 +24,7 @@ from activities.providers.base import (
     InstanceOffer,
     InvalidRequestError,
 )
+from core.engine_memory import ContextDoesNotFitError, effective_engine_args
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,31 @@ class Flavor:
                 f"flavor {self.name!r} needs one of {', '.join(self.gpu_models)} GPUs; "
                 f"{offer.name} has {offer.gpu_model or 'no GPU'}"
             )
+
+    def engine_args_for(
+        self,
+        model: str,
+        engine_args: Mapping[str, Any],
+        *,
+        gpu_memory_gb: float,
+        gpu_count: int,
+    ) -> dict[str, Any]:
+        """The deployment's engine arguments as the machine gets them: with the max-model-len
+        that fits the GPUs chosen when the model's native context does not
+        (core/engine_memory.py); InvalidRequestError when it cannot fit. CPU flavors: unchanged."""
+        if self.accelerator == "cpu":
+            return dict(engine_args)
+        try:
+            effective = effective_engine_args(
+                model,
+                {**self.engine_args, **engine_args},
+                gpu_memory_gb=gpu_memory_gb,
+                gpu_count=gpu_count,
+            )
+        except ContextDoesNotFitError as exc:
+            raise InvalidRequestError(str(exc)) from None
+        chosen = effective.get("max-model-len")
+        return {**engine_args, "max-model-len": chosen} if chosen is not None else dict(engine_args)
 
 
 FLAVORS: dict[str, Flavor] = {

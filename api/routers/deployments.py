@@ -4,6 +4,7 @@ start/stop autoscaling."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
 from datetime import datetime
@@ -13,7 +14,8 @@ from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 from sqlmodel import col, func, select
 
-from activities.providers.flavors import FLAVORS
+from activities.providers.base import InvalidRequestError
+from activities.providers.flavors import FLAVORS, Flavor
 from api.access import require_project, visible_project_ids
 from api.deps import CurrentUser, RedisDep, SessionDep, SettingsDep, TemporalDep
 from api.errors import ERRORS
@@ -150,6 +152,10 @@ class DeploymentPublic(BaseModel):
     updated_at: datetime
     deleted_at: datetime | None
     live_instances: int = Field(description="instances that may be running at the provider")
+    effective_engine_args: dict[str, Any] = Field(
+        description="the engine flags a machine gets: with the max-model-len the platform chose "
+        "when the model's native context does not fit the instance type's GPUs"
+    )
 
 
 class InstanceTypeChoice(BaseModel):
@@ -177,11 +183,27 @@ class FlavorPublic(BaseModel):
     engine_args: dict[str, Any]
 
 
+def _engine_args_on(flavor: Flavor, d: Deployment, itype: InstanceType) -> dict[str, Any]:
+    flags = {k: v for k, v in d.engine_args.items() if k != "volumes"}
+    return flavor.engine_args_for(
+        d.model, flags, gpu_memory_gb=itype.gpu_memory_gb, gpu_count=max(itype.gpu_count, 1)
+    )
+
+
 async def to_public(session: SessionDep, d: Deployment) -> DeploymentPublic:
     provider = await session.get(Provider, d.provider_id)
+    itype = await session.get(InstanceType, d.instance_type_id)
+    flavor = FLAVORS.get(d.flavor)
+    effective: dict[str, Any] = {k: v for k, v in d.engine_args.items() if k != "volumes"}
+    if flavor is not None and itype is not None:
+        with contextlib.suppress(InvalidRequestError):  # saved before the check: shown as is
+            effective = _engine_args_on(flavor, d, itype)
     live = await _live_instances(session, d.id)
     return DeploymentPublic(
-        **d.model_dump(), provider=provider.name if provider else "?", live_instances=live
+        **d.model_dump(),
+        provider=provider.name if provider else "?",
+        live_instances=live,
+        effective_engine_args=effective,
     )
 
 
@@ -240,6 +262,11 @@ async def validate(session: SessionDep, d: Deployment) -> None:
     problems += deployment_problems(d)
     if problems:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "; ".join(problems))
+    if flavor is not None and itype is not None:
+        try:  # vLLM exits when the context cannot fit: refused before anything is provisioned
+            _engine_args_on(flavor, d, itype)
+        except InvalidRequestError as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     clash = (
         await session.exec(
             select(Deployment.id).where(
