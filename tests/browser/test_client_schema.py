@@ -25,7 +25,12 @@ def dashboard_calls() -> set[tuple[str, str]]:
 
 def test_every_call_of_the_dashboard_exists_in_the_api() -> None:
     app = create_app(
-        Settings(database_url="postgresql://x/y", redis_url="redis://x", temporal_address="x:1")
+        Settings(
+            database_url="postgresql://x/y",
+            redis_url="redis://x",
+            temporal_address="x:1",
+            secret_key="schema-only",
+        )
     )
     paths = app.openapi()["paths"]
     calls = dashboard_calls()
