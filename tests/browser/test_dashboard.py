@@ -31,7 +31,7 @@ from core.models import (
 from tests.browser.conftest import SCREENSHOTS, ApiServer
 from tests.factories import Seeded, seed
 from tests.workflows.helpers import local_providers, running_worker, wait_state
-from workflows.client import create_instance
+from workflows.client import create_instance, terminate_instance
 
 SIM_FAST = {"model-load-delay-s": 0.2}
 
@@ -274,6 +274,45 @@ async def test_a_failed_start_is_explained_in_words(
     await expect(timeline).to_contain_text("Startup failed")
     await expect(page.get_by_role("button", name="Terminate")).to_have_count(0)
     await shot(page, "instance-failed")
+
+
+async def test_a_cleanup_that_keeps_failing_says_what_is_left_and_what_to_do(
+    page: Page, api_server: ApiServer, sessionmaker, temporal_client
+) -> None:
+    """Every machine and volume delete fails 8 times: while they do, the instance's page names
+    the failing step, the resource ids left at the provider and what to do, and the list marks
+    it; once the deletes go through, both go away by themselves."""
+    settings = api_server.settings.model_copy(
+        update={"cleanup_attention_after_attempts": 2, "cleanup_max_interval_s": 2}
+    )
+    async with sessionmaker() as session:
+        seeded = await seed(session, engine_args=SIM_FAST)
+    await login(page, seeded)
+    providers = local_providers(settings, delete_failures=8)
+    async with running_worker(settings, temporal_client, providers):
+        async with sessionmaker() as session:
+            instance = await create_instance(
+                session, temporal_client, settings.task_queue, deployment=seeded.deployment
+            )
+        ready = await wait_state(sessionmaker, instance.id, InstanceState.ready)
+        await terminate_instance(temporal_client, instance.workflow_id)
+        await page.goto(f"/#/instances/{instance.id}")
+        panel = page.get_by_role("alert").filter(has_text="Needs attention")
+        await expect(panel).to_be_visible(timeout=30_000)
+        await expect(panel).to_contain_text("goes on retrying")
+        await expect(panel.get_by_role("list", name="Leaked resource ids")).to_contain_text(
+            str(ready.provider_resource_id)
+        )
+        await expect(panel).to_contain_text("retries every")
+        await shot(page, "instance-needs-attention")
+        await nav(page, "Instances")
+        row = page.locator(f'tr[data-instance-id="{instance.id}"]')
+        await expect(row.locator("[data-attention]")).to_have_text("needs attention")
+        await expect(row.locator("[data-attention]")).to_have_count(0, timeout=60_000)
+        await expect(row.locator("[data-state]")).to_have_text("Terminated", timeout=30_000)
+        await page.goto(f"/#/instances/{instance.id}")
+        await expect(page.locator("dl.kv").first.locator("[data-state]")).to_have_text("Terminated")
+        await expect(page.get_by_text("Needs attention")).to_have_count(0)
 
 
 async def test_create_and_revoke_a_key_then_read_usage(

@@ -7,6 +7,7 @@ import type { components, paths } from "./schema";
 export type Schemas = components["schemas"];
 export type InstanceSummary = Schemas["InstanceSummary"];
 export type InstanceDetail = Schemas["InstanceDetail"];
+export type InstanceAttention = Schemas["InstanceAttention"];
 export type InstanceState = InstanceSummary["state"];
 export type Deployment = Schemas["DeploymentPublic"];
 export type Me = Schemas["Me"];

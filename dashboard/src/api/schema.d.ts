@@ -253,9 +253,30 @@ export interface paths {
         put?: never;
         /**
          * Stop Autoscaling
-         * @description Freeze the instance count: the autoscaler leaves the deployment alone.
+         * @description Freeze the instance count: the autoscaler leaves the deployment alone (woken, its
+         *     workflow sees autoscaling off and ends now rather than at its next tick).
          */
         post: operations["deployments-stop_autoscaling"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/deployments/{deployment_id}/decisions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Scaling Decisions
+         * @description The autoscaler's decisions, newest first: time, inputs, result, reason and action.
+         */
+        get: operations["deployments-list_scaling_decisions"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -2681,6 +2702,60 @@ export interface components {
          * @enum {string}
          */
         RoutingStrategy: "least_load" | "sticky_header" | "sticky_user" | "prefix_aware";
+        /**
+         * ScalingAction
+         * @description What a decision asks for (`scaling_decisions.action`).
+         * @enum {string}
+         */
+        ScalingAction: "none" | "scale_up" | "scale_down" | "invalid_config";
+        /**
+         * ScalingDecisionPublic
+         * @description One round of the deployment's autoscaler.
+         */
+        ScalingDecisionPublic: {
+            action: components["schemas"]["ScalingAction"];
+            /**
+             * At
+             * Format: date-time
+             */
+            at: string;
+            /**
+             * Delta
+             * @description > 0 servers ordered, < 0 instances to drain, 0 nothing
+             */
+            delta: number;
+            /**
+             * Drain
+             * @description instances chosen to drain
+             */
+            drain: string[];
+            /**
+             * Id
+             * Format: uuid
+             */
+            id: string;
+            /**
+             * Inputs
+             * @description what it read: queue_wait_avg_s, active_requests, queued_requests, arrival_rate_rps, completion_rate_rps, ttft_p95_s, window_s, ready, booting, gpus, running, gpu_utilization (0..1)
+             */
+            inputs: {
+                [key: string]: unknown;
+            };
+            /**
+             * Instances
+             * @description booting + ready instances when it decided
+             */
+            instances: number;
+            /** Reason */
+            reason: string;
+            /**
+             * Result
+             * @description what acting on it did (started, drained, refused, held_back_by_quota); null while not acted on or for nothing to do
+             */
+            result: {
+                [key: string]: unknown;
+            } | null;
+        };
         /** Sharing */
         Sharing: {
             /** Quota Gpu Hours Per Day */
@@ -3978,6 +4053,88 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["DeploymentPublic"];
+                };
+            };
+            /** @description invalid request (the message says what to change) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description not logged in, session expired or logged out */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description not found, or not in one of your projects */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description conflicts with the current state (the message says which) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorMessage"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description a dependency (the database, redis or temporal: see `dependency`) is down or did not answer in time: retry after the Retry-After seconds */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DependencyUnavailable"];
+                };
+            };
+        };
+    };
+    "deployments-list_scaling_decisions": {
+        parameters: {
+            query?: {
+                /** @description only decisions after this time */
+                since?: string | null;
+                /** @description only decisions that scaled */
+                changes_only?: boolean;
+                limit?: number;
+            };
+            header?: never;
+            path: {
+                deployment_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ScalingDecisionPublic"][];
                 };
             };
             /** @description invalid request (the message says what to change) */

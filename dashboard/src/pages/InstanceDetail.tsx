@@ -1,11 +1,11 @@
 import { useState } from "react";
-import { client, typed, type InstanceDetail } from "../api/client";
+import { client, typed, type InstanceAttention, type InstanceDetail } from "../api/client";
 import { LineChart } from "../components/LineChart";
 import { pointsOf, type Point } from "../lib/metrics";
 import { ErrorBox, Empty, LiveIndicator, Loading, Notice, PageHeader, ProgressBar, StateBadge } from "../components/ui";
 import { eventInstanceId, useLiveEvents } from "../lib/events";
 import { useInterval, useResource, useThrottled } from "../lib/hooks";
-import { fmtDuration, fmtNumber, fmtTime, humanize, shortId } from "../lib/format";
+import { fmtAgo, fmtDuration, fmtNumber, fmtTime, humanize, shortId } from "../lib/format";
 import { href } from "../lib/router";
 import { ACTIVE_STATES, drainInstance, terminateInstance } from "../lib/actions";
 
@@ -58,6 +58,7 @@ export function InstanceDetailPage({ id }: { id: string }) {
       </PageHeader>
       {notice && <Notice tone={notice.tone} onClose={() => setNotice(null)}>{notice.text}</Notice>}
       {i.error && <div className="error-box" role="alert"><strong>Error:</strong> {i.error}</div>}
+      {i.attention && <AttentionPanel attention={i.attention} />}
 
       <section className="grid-2" aria-label="Summary">
         <div className="card">
@@ -162,6 +163,32 @@ export function InstanceDetailPage({ id }: { id: string }) {
 
       <InstanceCharts id={i.id} />
     </>
+  );
+}
+
+/** A cleanup step that keeps failing: what is left at the provider and what to do. The step goes
+ * on retrying; the panel disappears by itself once it succeeds. */
+function AttentionPanel({ attention: a }: { attention: InstanceAttention }) {
+  return (
+    <section className="card attention" role="alert" aria-labelledby="attention-title">
+      <h2 id="attention-title">Needs attention</h2>
+      <p>
+        <strong>{humanize(a.step)}</strong> has failed {a.attempts} times since {fmtTime(a.since)}
+        {" "}({fmtAgo(a.since)}) and goes on retrying.
+      </p>
+      <dl className="kv">
+        <dt>Last error</dt><dd className="cell-error">{a.error}</dd>
+        <dt>Left at the provider</dt>
+        <dd>
+          {a.leaked.length === 0 ? "—" : (
+            <ul className="leaked" aria-label="Leaked resource ids">
+              {a.leaked.map((r) => <li key={r} className="mono">{r}</li>)}
+            </ul>
+          )}
+        </dd>
+        <dt>What to do</dt><dd>{a.hint}</dd>
+      </dl>
+    </section>
   );
 }
 

@@ -104,6 +104,11 @@ export function InstancesPage() {
                     <td>{depName.get(i.deployment_id)?.name ?? shortId(i.deployment_id)}</td>
                     <td>
                       <StateBadge state={i.state} />
+                      {i.attention && (
+                        <span className="badge badge-bad" data-attention title={`${humanize(i.attention.step)} failing (${i.attention.attempts} attempts): ${i.attention.error}`}>
+                          needs attention
+                        </span>
+                      )}
                       {i.error && <div className="cell-error" title={i.error}>{i.error}</div>}
                     </td>
                     <td>
