@@ -171,6 +171,9 @@ class InstanceType(SQLModel, table=True):
     price_per_hour: float = 0
     currency: str = Field(default="EUR", max_length=3)
     zones: list[str] = _json([])
+    # Where price_per_hour comes from: manual (an admin), static (the adapter's built-in table),
+    # provider-api (the provider's own catalogue).
+    price_source: str = Field(default="manual", max_length=16)
 
 
 # ---------------------------------------------------------------- deployments and instances

@@ -237,6 +237,10 @@ class InstanceTypeUpdate(PartialUpdate):
 class InstanceTypePublic(InstanceTypeCreate):
     id: uuid.UUID
     provider_id: uuid.UUID
+    price_source: str = Field(
+        description="manual (set by an admin), static (the adapter's built-in table) or "
+        "provider-api (the provider's catalogue)"
+    )
 
 
 async def _instance_type(
@@ -315,8 +319,11 @@ async def update_instance_type(
     admin: CurrentAdmin,
 ) -> InstanceTypePublic:
     itype = await _instance_type(session, provider_id, type_id)
-    for key, value in body.model_dump(exclude_unset=True).items():
+    changes = body.model_dump(exclude_unset=True)
+    for key, value in changes.items():
         setattr(itype, key, value)
+    if "price_per_hour" in changes or "currency" in changes:
+        itype.price_source = "manual"
     session.add(itype)
     await session.commit()
     return InstanceTypePublic(**itype.model_dump())
