@@ -119,7 +119,7 @@ async def seed_dev(session: AsyncSession, settings: Settings, creds_path: Path) 
             max_instances=2,
             # The autoscaler keeps one instance up and adds a second under load.
             autoscaling_enabled=True,
-            autoscaling={"scale_up_cooldown_s": 30, "scale_down_cooldown_s": 120},
+            autoscaling={"scale_up_delay_s": 30, "scale_down_delay_s": 120},
             engine_args={},
             boot_timeout_s=120,
         )

@@ -514,7 +514,7 @@ async def test_admin_sets_a_price_and_configures_a_deployment(
     await form.get_by_label("Engine arguments (JSON, flags without dashes)").fill(
         '{"max-model-len": 4096}'
     )
-    await form.get_by_label("Requests in flight one instance should carry").fill("4")
+    await form.get_by_label("Scale up when active requests per GPU exceed").fill("4")
     await form.get_by_role("button", name="Create deployment").click()
     await expect(
         page.get_by_role("status").filter(has_text="Deployment chat created.")
@@ -526,7 +526,7 @@ async def test_admin_sets_a_price_and_configures_a_deployment(
 
     await card.get_by_role("button", name="Edit chat").click()
     edit = page.locator("form", has=page.get_by_role("heading", name="Edit chat"))
-    await expect(edit.get_by_label("Requests in flight one instance should carry")).to_have_value(
+    await expect(edit.get_by_label("Scale up when active requests per GPU exceed")).to_have_value(
         "4"
     )
     await edit.get_by_label("Maximum instances").fill("6")
@@ -545,7 +545,7 @@ async def test_admin_sets_a_price_and_configures_a_deployment(
         chat = (await session.exec(select(Deployment).where(Deployment.name == "chat"))).one()
         assert (chat.max_instances, chat.autoscaling_enabled) == (6, True)
         assert chat.engine_args == {"max-model-len": 4096}
-        assert chat.autoscaling.get("target_in_flight_per_instance") == 4
+        assert chat.autoscaling.get("scale_up_active_per_gpu") == 4
 
     await card.get_by_role("button", name="Delete chat").click()
     await expect(card).to_have_count(0)
