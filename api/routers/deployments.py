@@ -265,8 +265,13 @@ async def validate(session: SessionDep, d: Deployment) -> None:
     if flavor is not None and itype is not None:
         try:  # vLLM exits when the context cannot fit: refused before anything is provisioned
             _engine_args_on(flavor, d, itype)
-        except InvalidRequestError as exc:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+        except InvalidRequestError as exc:  # shaped as a validation error, naming the field
+            too_long = "max-model-len" in str(exc)  # else the weights alone do not fit
+            loc = ["body", "engine_args", "max-model-len"] if too_long else ["body", "model"]
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                [{"loc": loc, "msg": str(exc), "type": "value_error"}],
+            ) from None
     clash = (
         await session.exec(
             select(Deployment.id).where(

@@ -51,7 +51,9 @@ async def test_max_model_len_checked_against_gpu_memory(
         headers=h,
     )
     assert refused.status_code == 422, refused.text
-    detail = refused.json()["detail"]
+    (error,) = refused.json()["detail"]  # a validation error naming the field
+    assert error["loc"] == ["body", "engine_args", "max-model-len"]
+    detail = error["msg"]
     assert "max-model-len 131072 does not fit" in detail, detail
     found = re.search(r"at most (\d+) tokens", detail)
     assert found, detail
@@ -77,7 +79,9 @@ async def test_max_model_len_checked_against_gpu_memory(
         json={"engine_args": {"max-model-len": fits + 16}},
         headers=h,
     )
-    assert raised.status_code == 422 and f"at most {fits} tokens" in raised.json()["detail"]
+    assert (
+        raised.status_code == 422 and f"at most {fits} tokens" in raised.json()["detail"][0]["msg"]
+    )
 
     # Weights that cannot fit at all are refused whatever the context.
     too_big = await client.post(
@@ -86,4 +90,5 @@ async def test_max_model_len_checked_against_gpu_memory(
                    model="meta-llama/Llama-3.1-70B-Instruct"),
         headers=h,
     )  # fmt: skip
-    assert too_big.status_code == 422 and "weights alone" in too_big.json()["detail"]
+    assert too_big.status_code == 422 and "weights alone" in too_big.json()["detail"][0]["msg"]
+    assert too_big.json()["detail"][0]["loc"] == ["body", "model"]
