@@ -23,7 +23,10 @@ SECTIONS: list[tuple[str, type[BaseSettings]]] = [
     # One section per registered provider kind, in the registry's order.
     *((f"{spec.title} provider", spec.settings) for spec in PROVIDERS.values()),
     ("Worker images (GPU flavors, every cloud provider)", WorkerImageSettings),
-    ("Monitoring (Prometheus scraping, the worker's metrics, budgets, traces)", ObservabilitySettings),
+    (
+        "Monitoring (Prometheus scraping, the worker's metrics, budgets, traces)",
+        ObservabilitySettings,
+    ),
 ]
 BEGIN, END = "<!-- settings:begin -->", "<!-- settings:end -->"
 

@@ -4,7 +4,6 @@ provisioning bounded by max_instances."""
 from __future__ import annotations
 
 import asyncio
-
 import json
 from typing import Any
 
