@@ -55,7 +55,10 @@ class EnrolmentCreated(BaseModel):
 
 class JoinRequest(BaseModel):
     token: str
-    public_key: str = Field(description="The machine's Ed25519 public key, raw, hex (64 chars)")
+    public_key: str = Field(
+        pattern="^[0-9a-fA-F]{64}$",
+        description="The machine's Ed25519 public key, raw, hex (64 chars)",
+    )
 
 
 class JoinAnswer(BaseModel):
@@ -146,13 +149,6 @@ async def create_enrolment(
 )  # fmt: skip
 async def join(body: JoinRequest, session: SessionDep) -> JoinAnswer:
     """Spend an enrolment token (once) for the machine's own credential."""
-    try:
-        if len(bytes.fromhex(body.public_key)) != 32:
-            raise ValueError
-    except ValueError:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT, "public_key: an Ed25519 key, 32 bytes in hex"
-        ) from None
     now = utcnow()
     hashed = token_hash(body.token)
     spent = await session.scalar(
@@ -294,8 +290,11 @@ async def set_sharing(
     _require_owner(user, machine)
     try:
         parse_sharing(body.timezone, body.slots, body.quota_gpus, body.quota_gpu_hours_per_day)
-    except ValueError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+    except ValueError as exc:  # shaped as a validation error, like the model's own
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            [{"loc": ["body"], "msg": str(exc), "type": "value_error"}],
+        ) from None
     machine.timezone = body.timezone
     machine.slots = body.slots
     machine.quota_gpus = body.quota_gpus

@@ -97,7 +97,7 @@ async def test_who_may_enrol_and_change_a_machine(
         json={**rules, "timezone": "Mars/Olympus"},
         headers=alice.headers,
     )
-    assert wrong.status_code == 422 and "time zone" in wrong.json()["detail"]
+    assert wrong.status_code == 422 and "time zone" in wrong.json()["detail"][0]["msg"]
     revoked = await client.post(f"/api/v1/machines/{machine_id}/revoke", headers=alice.headers)
     assert revoked.status_code == 200
     async with sessionmaker() as session:
