@@ -1464,6 +1464,13 @@ export interface components {
             created_at: string;
             /** Deleted At */
             deleted_at: string | null;
+            /**
+             * Effective Engine Args
+             * @description the engine flags a machine gets: with the max-model-len the platform chose when the model's native context does not fit the instance type's GPUs
+             */
+            effective_engine_args: {
+                [key: string]: unknown;
+            };
             /** Engine Args */
             engine_args: {
                 [key: string]: unknown;
@@ -2170,6 +2177,11 @@ export interface components {
              * @default 0
              */
             price_per_hour: number;
+            /**
+             * Price Source
+             * @description manual (set by an admin), static (the adapter's built-in table) or provider-api (the provider's catalogue)
+             */
+            price_source: string;
             /**
              * Provider Id
              * Format: uuid
