@@ -312,9 +312,10 @@ class AWSCompute(VolumesMixin, PublicIPMixin, Compute):
             found = await self._instances(InstanceIds=[resource_id])
             if found:
                 return found[0]
-            if time.monotonic() + pause > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return None
-            await asyncio.sleep(pause)
+            await asyncio.sleep(min(pause, left))  # the last look lands at the window's end
             pause = min(pause * 2, 4.0)
 
     async def create(self, request: CreateRequest) -> ProviderInstance:
