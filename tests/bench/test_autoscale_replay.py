@@ -49,7 +49,8 @@ def test_replay_writes_the_fixed_format_and_the_oracle_is_the_lower_bound(tmp_pa
         assert 0 <= figures["slo_attainment"] <= 1
         assert figures["ttft_p50_s"] <= figures["ttft_p99_s"]
     oracle = policies["oracle"]
-    assert oracle["slo_attainment"] >= 0.95, oracle
+    # The oracle sizes on the true demand per minute with no boot time: the GPU-hours' lower bound,
+    # not a promise of the SLO (bursts inside a minute still queue).
     # No policy that keeps the SLO as well as the oracle uses fewer GPU-hours.
     for name, figures in policies.items():
         if figures["slo_attainment"] >= oracle["slo_attainment"]:
