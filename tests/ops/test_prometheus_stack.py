@@ -155,7 +155,9 @@ async def test_prometheus_scrapes_the_stack_and_answers_ttft_p95_per_deployment(
                     "rate(inventiv_gateway_time_to_first_token_seconds_bucket[30s])))",
                 )
                 by_model = {r["metric"]["model"]: float(r["value"][1]) for r in p95}
-                assert set(by_model) == {MODEL}
+                # The gateway's metrics registry is the test process's: models that earlier
+                # tests' gateways served may be there too.
+                assert MODEL in by_model, by_model
                 assert 0 < by_model[MODEL] < 5, by_model
                 ready = await eventually(
                     prom, f'inventiv_instances{{model="{MODEL}",state="ready"}}'
