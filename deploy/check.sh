@@ -31,6 +31,13 @@ done
 # Debian's docker-compose (1.29) predates the top-level `name` (the JSON-schema check in
 # `make lint` covers it): it gets the file without that line, and the project name as -p.
 grep -v '^name: ' docker-compose.yml > "$tmp/docker-compose.yml"
-INVENTIV_SECRET_KEY=check INVENTIV_METRICS_TOKEN=check GRAFANA_ADMIN_PASSWORD=check \
+# Secrets come only from the environment: without them Compose refuses, with them it validates.
+if env -u INVENTIV_SECRET_KEY -u POSTGRES_PASSWORD -u INVENTIV_METRICS_TOKEN -u GRAFANA_ADMIN_PASSWORD \
+  docker-compose --project-directory . -p inventiv -f "$tmp/docker-compose.yml" config -q 2>/dev/null; then
+  echo "docker-compose.yml: starts without its secrets set" >&2
+  exit 1
+fi
+INVENTIV_SECRET_KEY=check POSTGRES_PASSWORD=check INVENTIV_METRICS_TOKEN=check \
+  GRAFANA_ADMIN_PASSWORD=check \
   docker-compose --project-directory . -p inventiv -f "$tmp/docker-compose.yml" config -q
 echo "docker-compose.yml: valid for docker-compose $(docker-compose version --short)"
