@@ -142,6 +142,7 @@ async def test_prometheus_scrapes_the_stack_and_answers_ttft_p95_per_deployment(
 
                 # Every job is up, the agent's found through the API's service discovery.
                 up = await eventually(prom, 'up{job="agents"} == 1')
+                await eventually(prom, "count(count by (job) (up == 1)) >= 5")  # each scraped once
                 jobs = {r["metric"]["job"] for r in await query(prom, "up == 1")}
                 assert jobs == {"api", "gateway", "worker", "agents", "engines"}, jobs
                 agent = await eventually(
