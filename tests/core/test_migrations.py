@@ -17,6 +17,27 @@ EXPECTED_TABLES = {
 }  # fmt: skip
 
 
+async def _seed_owners(conn: asyncpg.Connection) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
+    """A project, a provider and an instance type, for a deployment row written in raw SQL."""
+    project, provider, itype = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await conn.execute(
+        "INSERT INTO projects (id, name, created_at) VALUES ($1, 'p', now())", project
+    )
+    await conn.execute(
+        "INSERT INTO providers (id, name, kind, enabled, config, created_at)"
+        " VALUES ($1, 'local', 'local', true, '{}', now())",
+        provider,
+    )
+    await conn.execute(
+        "INSERT INTO instance_types (id, provider_id, name, gpu_count, gpu_memory_gb,"
+        " vcpus, ram_gb, price_per_hour, currency, zones)"
+        " VALUES ($1, $2, 't', 1, 80, 8, 64, 1, 'EUR', '[]')",
+        itype,
+        provider,
+    )
+    return project, provider, itype
+
+
 async def test_upgrade_from_empty_to_head(stack: Stack) -> None:
     name = f"m_{uuid.uuid4().hex[:10]}"
     await _admin_execute(stack, f"CREATE DATABASE {name}")
@@ -45,22 +66,7 @@ async def test_routing_strategy_keeps_each_deployments_session_affinity(stack: S
         await upgrade_async(url, "0003")
         conn = await asyncpg.connect(_asyncpg_dsn(url))
         try:
-            project, provider, itype = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-            await conn.execute(
-                "INSERT INTO projects (id, name, created_at) VALUES ($1, 'p', now())", project
-            )
-            await conn.execute(
-                "INSERT INTO providers (id, name, kind, enabled, config, created_at)"
-                " VALUES ($1, 'local', 'local', true, '{}', now())",
-                provider,
-            )
-            await conn.execute(
-                "INSERT INTO instance_types (id, provider_id, name, gpu_count, gpu_memory_gb,"
-                " vcpus, ram_gb, price_per_hour, currency, zones)"
-                " VALUES ($1, $2, 't', 1, 80, 8, 64, 1, 'EUR', '[]')",
-                itype,
-                provider,
-            )
+            project, provider, itype = await _seed_owners(conn)
             for affinity in ("none", "header", "user"):
                 await conn.execute(
                     "INSERT INTO deployments (id, project_id, name, model, served_name, flavor,"
@@ -102,22 +108,7 @@ async def test_old_autoscaling_policies_become_valid_configs(stack: Stack) -> No
         await upgrade_async(url, "0011")
         conn = await asyncpg.connect(_asyncpg_dsn(url))
         try:
-            project, provider, itype = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-            await conn.execute(
-                "INSERT INTO projects (id, name, created_at) VALUES ($1, 'p', now())", project
-            )
-            await conn.execute(
-                "INSERT INTO providers (id, name, kind, enabled, config, created_at)"
-                " VALUES ($1, 'local', 'local', true, '{}', now())",
-                provider,
-            )
-            await conn.execute(
-                "INSERT INTO instance_types (id, provider_id, name, gpu_count, gpu_memory_gb,"
-                " vcpus, ram_gb, price_per_hour, currency, zones)"
-                " VALUES ($1, $2, 't', 1, 80, 8, 64, 1, 'EUR', '[]')",
-                itype,
-                provider,
-            )
+            project, provider, itype = await _seed_owners(conn)
             old = {
                 "scale_up_cooldown_s": 30,
                 "scale_down_cooldown_s": 120,
