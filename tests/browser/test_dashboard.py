@@ -201,9 +201,7 @@ async def test_new_instance_goes_live_without_reloading(
         assert done.termination_reason == "user_request"
 
 
-async def add_traffic(
-    sessionmaker, seeded: Seeded, instance_id: uuid.UUID, count: int = 60
-) -> int:
+async def add_traffic(sessionmaker, seeded: Seeded, instance_id: uuid.UUID, count: int = 60) -> int:
     """Logs `count` requests over the last half hour; returns how many fell on today (UTC)."""
     now = utcnow()
     times = [now - timedelta(seconds=int(1700 * (n / count) ** 1.5) + 5) for n in range(count)]
