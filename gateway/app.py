@@ -117,6 +117,7 @@ class Gateway:
 
         async def reload_deployments() -> None:
             await self.deployments.reload(pool)
+            metrics.declare_models(entry.served_name for entry in self.deployments.entries())
 
         loops = self.supervisor
         loops.start("follow channels", follower.run)

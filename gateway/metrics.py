@@ -8,6 +8,7 @@ workers' values.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import (
@@ -161,6 +162,11 @@ class ModelMetrics:
         self.output_tokens = OUTPUT_TOKENS.labels(model)
         self._codes: dict[int, Any] = {}
 
+    def declare(self) -> None:
+        """Create the 200 count too (__init__ made the others); other codes come with use."""
+        if 200 not in self._codes:
+            self._codes[200] = REQUESTS.labels(self.model, "200")
+
     def request(self, status: int) -> None:
         counter = self._codes.get(status)
         if counter is None:
@@ -176,3 +182,15 @@ def for_model(model: str) -> ModelMetrics:
     if found is None:
         found = _BY_MODEL[model] = ModelMetrics(model)
     return found
+
+
+def declare_models(models: Iterable[str]) -> None:
+    """Export each served name's series at zero before its first request.
+
+    A series that first appears already counting (its first requests answered between two
+    scrapes) loses that increase: Prometheus' rate() starts at the first sample it scraped, so a
+    burst that fits in one scrape interval gives a rate of 0 and a TTFT p95 of NaN. Declared when
+    the gateway learns of a deployment, the first scrape reads 0 and rate() sees every request.
+    """
+    for model in models:
+        for_model(model).declare()

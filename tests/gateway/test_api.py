@@ -4,13 +4,16 @@ client, and request logs with usage."""
 from __future__ import annotations
 
 import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import openai
 import pytest
 from sqlmodel import col, select
 
 from core.models import RequestLog
-from tests.factories import Seeded
+from tests.factories import Seeded, seed
 from tests.gateway.conftest import MODEL, Engines, Registry, RunningGateway, serving
 
 
@@ -172,3 +175,25 @@ async def test_health_and_metrics(
     assert value(after, requests_line) - value(before, requests_line) == 3
     assert value(after, tokens_line) - value(before, tokens_line) == 9
     assert "inventiv_gateway_request_duration_seconds_bucket" in after
+
+
+async def test_metrics_of_a_deployment_start_at_zero_before_its_first_request(
+    start_gateway: Callable[[], Awaitable[RunningGateway]], sessionmaker: Any
+) -> None:
+    """A served name's series exist, at 0, as soon as the gateway knows the deployment: a
+    series born already counting hides its first increase from Prometheus' rate() (a TTFT p95
+    of NaN after a burst shorter than a scrape interval)."""
+    model = f"declared-{uuid.uuid4().hex[:8]}"  # the registry is the process's: a fresh name
+    async with sessionmaker() as session:
+        await seed(session, model=model)
+    gateway = await start_gateway()
+    async with gateway.client(None) as client:
+        text = (await client.get("/metrics")).text
+    for line in (
+        f'inventiv_gateway_time_to_first_token_seconds_count{{model="{model}"}} 0.0',
+        f'inventiv_gateway_time_to_first_token_seconds_bucket{{le="0.005",model="{model}"}} 0.0',
+        f'inventiv_gateway_request_duration_seconds_count{{model="{model}"}} 0.0',
+        f'inventiv_gateway_output_tokens_total{{model="{model}"}} 0.0',
+        f'inventiv_gateway_requests_total{{code="200",model="{model}"}} 0.0',
+    ):
+        assert line in text.splitlines(), line

@@ -81,11 +81,6 @@ async def eventually(prom: httpx.AsyncClient, promql: str, timeout_s: float = 60
     raise AssertionError(f"no result for {promql} after {timeout_s:.0f}s")
 
 
-@pytest.mark.xfail(
-    reason="known regression, not yet diagnosed (issue 18 stays open): with every change of this "
-    "stop merged, the gateway's TTFT p95 through Prometheus comes back empty or NaN",
-    strict=False,
-)
 async def test_prometheus_scrapes_the_stack_and_answers_ttft_p95_per_deployment(
     settings: Settings, sessionmaker: Any, stack: Any, tmp_path: Path, monkeypatch: Any
 ) -> None:
@@ -133,6 +128,17 @@ async def test_prometheus_scrapes_the_stack_and_answers_ttft_p95_per_deployment(
                     assert time.monotonic() < deadline, "the instance did not become ready"
                     await asyncio.sleep(0.3)
 
+                # rate() counts from a series' first sample: Prometheus must have read the
+                # model's TTFT series (at 0, the gateway declares a deployment's series before
+                # its first request) before the traffic, or a burst shorter than a scrape
+                # interval is all before that first sample and the p95 is NaN.
+                ttft_count = (
+                    "inventiv_gateway_time_to_first_token_seconds_count"
+                    f'{{job="gateway",model="{MODEL}"}}'
+                )
+                before = await eventually(prom, ttft_count)
+                assert float(before[0]["value"][1]) == 0, before
+
                 client = openai.AsyncOpenAI(
                     api_key=seeded.api_key, base_url=f"{gateway_server.url}/v1", max_retries=0
                 )
@@ -155,6 +161,8 @@ async def test_prometheus_scrapes_the_stack_and_answers_ttft_p95_per_deployment(
                 )
                 assert agent[0]["metric"]["model"] == MODEL and up
 
+                # And has scraped all of it, before the p95 is asked.
+                await eventually(prom, f"{ttft_count} >= 12")
                 p95 = await eventually(
                     prom,
                     "histogram_quantile(0.95, sum by (model, le) ("
