@@ -30,8 +30,8 @@ from agent.settings import AgentSettings
 from agent.supervisor import EngineState, EngineSupervisor
 from core.wire import AgentHeartbeat, AgentInfo, EngineLoad, GpuSample
 
-AGENT_VERSION = "0.1.4"
-AGENT_BUILD_DATE = "2026-12-01"
+AGENT_VERSION = "0.1.5"
+AGENT_BUILD_DATE = "2026-12-02"
 
 log = logging.getLogger("agent")
 
@@ -126,7 +126,11 @@ class Agent:
         self.gpus = GpuReader()
         self.metrics = AgentMetrics()
         self.started_at = time.time()
-        self._http = httpx.AsyncClient(timeout=settings.engine_probe_timeout_s)
+        engine_key = settings.engine_api_key.get_secret_value()
+        self._http = httpx.AsyncClient(
+            timeout=settings.engine_probe_timeout_s,
+            headers={"Authorization": f"Bearer {engine_key}"} if engine_key else None,
+        )
         self.heartbeats = HeartbeatSender(settings, self.heartbeat)
 
     async def start(self) -> None:

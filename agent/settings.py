@@ -38,6 +38,11 @@ class AgentSettings(BaseSettings):
     )
     instance_id: str = Field(default="", description="This machine's Inventiv instance id")
     token: SecretStr = Field(default=SecretStr(""), description="Per-instance heartbeat token")
+    engine_api_key: SecretStr = Field(
+        default=SecretStr(""),
+        description="The engine's API key (vLLM's --api-key), handed to it as VLLM_API_KEY; "
+        "the agent's probes send it. Off (an open engine) when empty",
+    )
     heartbeat_interval_s: float = Field(default=5.0, description="Heartbeat period")
 
     model_cache_dir: Path | None = Field(

@@ -24,7 +24,7 @@ engine_log = logging.getLogger("agent.engine")
 
 _PR_SET_PDEATHSIG = 1
 _MAX_LINE = 1 << 16
-_AGENT_SECRETS = ("INVENTIV_AGENT_TOKEN", "INVENTIV_AGENT_HF_TOKEN")
+_AGENT_SECRETS = ("INVENTIV_AGENT_TOKEN", "INVENTIV_AGENT_HF_TOKEN", "INVENTIV_AGENT_ENGINE_API_KEY")
 
 
 class EngineState(StrEnum):
@@ -85,12 +85,15 @@ def build_engine_command(settings: AgentSettings, model_path: str | None = None)
 
 
 def engine_environment(settings: AgentSettings) -> dict[str, str]:
-    """The engine's environment: the agent's, without the agent's secrets. The hub token is
-    handed over under the name vLLM reads (HF_TOKEN), for engines that download themselves."""
+    """The engine's environment: the agent's, without the agent's secrets. The hub token and the
+    engine's API key are handed over under the names vLLM reads (HF_TOKEN, VLLM_API_KEY): in the
+    environment, not on the command line, where any local user's `ps` would show the key."""
     env = {key: value for key, value in os.environ.items() if key not in _AGENT_SECRETS}
     hub_token = settings.hf_token.get_secret_value()
     if hub_token and "HF_TOKEN" not in env:
         env["HF_TOKEN"] = hub_token
+    if engine_key := settings.engine_api_key.get_secret_value():
+        env["VLLM_API_KEY"] = engine_key
     return env
 
 

@@ -39,7 +39,8 @@ def engine_api_key(secret_key: str, instance_id: str) -> str:
     """The per-instance engine API key (vLLM's `--api-key`). Derived like the agent token, so the
     gateway, the agent and the activities compute it from the instance id alone and it never
     travels through workflow history or the database."""
-    return hmac.new(secret_key.encode(), f"engine:{instance_id}".encode(), "sha256").hexdigest()
+    key = derived_key(secret_key, "engine-api-key")
+    return hmac.new(key, instance_id.encode(), "sha256").hexdigest()
 
 
 def new_machine_credential() -> str:

@@ -50,7 +50,7 @@ from activities.providers.tunnel.settings import TunnelSettings
 from core.machine_sharing import availability, parse_sharing, split_by_local_day
 from core.models import Instance, Machine, MachineUsage, utcnow
 from core.settings import Settings
-from core.tokens import agent_token, new_machine_credential, token_hash
+from core.tokens import agent_token, engine_api_key, new_machine_credential, token_hash
 from core.wire import TUNNEL_CLOSE_REFUSED, TUNNEL_CLOSE_REVOKED, parse_tunnel_data
 
 log = logging.getLogger("tunnel")
@@ -390,9 +390,10 @@ class TunnelHub:
             if wanted is None:
                 await conn.send({"type": "stop"})
             else:
-                await conn.send(
-                    {"type": "run", "instance_id": wanted[0], "env": machine.desired_env}
-                )
+                # The engine's key is derived here, at send time, so it is never stored in the row.
+                engine_key = engine_api_key(self.settings.require("secret_key"), wanted[0])
+                env = {**machine.desired_env, "INVENTIV_AGENT_ENGINE_API_KEY": engine_key}
+                await conn.send({"type": "run", "instance_id": wanted[0], "env": env})
             conn.sent_run = wanted
         left = machine.credential_expires_at - self.clock()
         if left < timedelta(seconds=self.tunnel.credential_ttl_s / 3):

@@ -135,7 +135,12 @@ class BootActivities:
         body = {"model": deployment.served_name, "prompt": "warmup", "max_tokens": 1}
 
         async def warm() -> str | None:
-            r = await self.ctx.http.post(f"{engine_url}/v1/completions", json=body, timeout=30)
+            r = await self.ctx.http.post(
+                f"{engine_url}/v1/completions",
+                json=body,
+                headers=self.ctx.engine_headers(inp.instance_id),
+                timeout=30,
+            )
             if r.status_code != 200:
                 return None
             return f"warmup answered in {r.elapsed.total_seconds() * 1000:.0f} ms"

@@ -38,7 +38,7 @@ from core.models import (
 from core.progress import Step
 from core.redis_keys import ROUTING_CHANNEL, ROUTING_REGISTRY
 from core.settings import Settings
-from core.tokens import agent_token
+from core.tokens import agent_token, engine_api_key
 from core.wire import RegistryChange, RoutableInstance
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,11 @@ class InstanceContext:
         stored or carried in workflow history)."""
         token = agent_token(self.settings.require("secret_key"), instance_id)
         return {"Authorization": f"Bearer {token}"}
+
+    def engine_headers(self, instance_id: str) -> dict[str, str]:
+        """The instance's engine API key (vLLM's --api-key), which the engine's /v1 requires."""
+        key = engine_api_key(self.settings.require("secret_key"), instance_id)
+        return {"Authorization": f"Bearer {key}"}
 
     # ------------------------------------------------------------ loading
 

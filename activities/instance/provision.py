@@ -21,7 +21,7 @@ from core.events import EventKind
 from core.models import ActionStatus, Instance, InstanceAction, InstanceState
 from core.progress import Step
 from core.settings import Settings
-from core.tokens import agent_token, token_hash
+from core.tokens import agent_token, engine_api_key, token_hash
 
 
 def insecure_agent_url(url: str, kind: str, settings: Settings) -> str | None:
@@ -142,6 +142,9 @@ class ProvisionActivities:
                 agent_env={
                     "INVENTIV_AGENT_CONTROL_PLANE_URL": settings.api_url,
                     "INVENTIV_AGENT_TOKEN": token,
+                    "INVENTIV_AGENT_ENGINE_API_KEY": engine_api_key(
+                        settings.require("secret_key"), ref.instance_id
+                    ),
                     "WORKER_AGENT_URL": f"{settings.api_url}/api/v1/agents/bundle",
                     "WORKER_AGENT_SHA256": checksum,
                 },

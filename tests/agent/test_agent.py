@@ -111,12 +111,18 @@ async def test_very_long_engine_log_lines_do_not_stop_supervision(tmp_path: Path
 
 
 async def test_the_engine_does_not_inherit_the_agents_token(tmp_path: Path) -> None:
+    """The engine gets its own secrets under vLLM's names (HF_TOKEN, VLLM_API_KEY), none of the
+    agent's, and none of them is printed."""
     show_env = (
         f"{sys.executable} -c 'import os; "
-        'print("ENV:", sorted(k for k in os.environ if "TOKEN" in k), flush=True)\''
+        'print("ENV:", sorted(k for k in os.environ if "TOKEN" in k or "KEY" in k), flush=True)\''
     )
     async with running_agent(
-        tmp_path, engine_command=show_env, token="heartbeat-secret", hf_token="hub-secret"
+        tmp_path,
+        engine_command=show_env,
+        token="heartbeat-secret",
+        hf_token="hub-secret",
+        engine_api_key="engine-secret",
     ) as agent:
         await wait_for(
             lambda: _logged(agent.log(), "agent.engine: ENV:"), 20, "the engine's output"
@@ -124,7 +130,9 @@ async def test_the_engine_does_not_inherit_the_agents_token(tmp_path: Path) -> N
         line = next(line for line in agent.log().splitlines() if "agent.engine: ENV:" in line)
     assert "'HF_TOKEN'" in line and "INVENTIV_AGENT_TOKEN" not in line
     assert "INVENTIV_AGENT_HF_TOKEN" not in line
-    assert "heartbeat-secret" not in agent.log() and "hub-secret" not in agent.log()
+    assert "'VLLM_API_KEY'" in line and "INVENTIV_AGENT_ENGINE_API_KEY" not in line
+    for secret in ("heartbeat-secret", "hub-secret", "engine-secret"):
+        assert secret not in agent.log()
 
 
 async def _logged(log: str, text: str) -> bool:

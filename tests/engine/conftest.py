@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ import pytest
 
 from activities.providers.flavors import get_flavor
 from core.embedded import free_port
+from core.settings import Settings
+from core.tokens import engine_api_key
 from tests.agent.helpers import AgentProcess, spawn, stop_agent
 from tests.gateway.conftest import (  # noqa: F401  (fixtures the engine tests reuse)
     gateway,
@@ -37,6 +40,17 @@ VLLM_PYTHON = VLLM_VENV / "bin" / "python"
 TINY_MODEL = VLLM_VENV / "tiny-llama"
 SERVED = "test-model"  # the model name the gateway fixtures seed
 ENGINE_START_TIMEOUT_S = 420.0
+# The engine starts once per session, so its instance id and the secret its API key derives from
+# are fixed for the session; the engine tests' settings carry that secret, so the gateway they
+# start derives the same key, as it would for an instance it provisioned.
+ENGINE_SECRET = "real-engine-secret-" + uuid.uuid4().hex
+ENGINE_INSTANCE_ID = str(uuid.uuid4())
+ENGINE_KEY = engine_api_key(ENGINE_SECRET, ENGINE_INSTANCE_ID)
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"secret_key": ENGINE_SECRET})
 
 
 def vllm_missing() -> str | None:
@@ -84,6 +98,8 @@ def real_agent_env(log_dir: Path) -> dict[str, str]:
         "RESTART_BACKOFF_S": 0.5,
         "ENGINE_STOP_TIMEOUT_S": 15,
         "ENGINE_PROBE_TIMEOUT_S": 5,
+        "INSTANCE_ID": ENGINE_INSTANCE_ID,
+        "ENGINE_API_KEY": ENGINE_KEY,
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith("INVENTIV_AGENT_")}
     env.update(flavor.env)
@@ -132,5 +148,7 @@ def real_engine(
 
 @pytest.fixture
 async def engine_http(real_engine: RealEngine) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=real_engine.url, timeout=60) as http:
+    """The engine, with its key, as the gateway and the agent reach it."""
+    headers = {"Authorization": f"Bearer {ENGINE_KEY}"}
+    async with httpx.AsyncClient(base_url=real_engine.url, timeout=60, headers=headers) as http:
         yield http

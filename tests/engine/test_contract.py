@@ -31,11 +31,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.sim.config import parse_args
 from agent.sim.server import create_app
 from tests.agent.helpers import serving
-from tests.engine.conftest import SERVED, TINY_MODEL, RealEngine
+from tests.engine.conftest import ENGINE_KEY, SERVED, TINY_MODEL, RealEngine
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 MESSAGES = [{"role": "user", "content": "hello there"}]
+KEYED = {"Authorization": f"Bearer {ENGINE_KEY}"}
 
 
 @dataclass
@@ -160,7 +161,7 @@ async def ask(http: httpx.AsyncClient, case: Case) -> Answer:
 
 @pytest.fixture(scope="module")
 async def simulator_url() -> AsyncIterator[str]:
-    config = parse_args([str(TINY_MODEL), "--served-model-name", SERVED])
+    config = parse_args([str(TINY_MODEL), "--served-model-name", SERVED, "--api-key", ENGINE_KEY])
     async with serving(create_app(config)) as url:
         yield url
 
@@ -170,8 +171,8 @@ async def test_the_simulator_answers_as_vllm_does(
     case: Case, real_engine: RealEngine, simulator_url: str
 ) -> None:
     async with (
-        httpx.AsyncClient(base_url=real_engine.url, timeout=60) as vllm,
-        httpx.AsyncClient(base_url=simulator_url, timeout=60) as sim,
+        httpx.AsyncClient(base_url=real_engine.url, timeout=60, headers=KEYED) as vllm,
+        httpx.AsyncClient(base_url=simulator_url, timeout=60, headers=KEYED) as sim,
     ):
         real, simulated = await ask(vllm, case), await ask(sim, case)
     assert simulated.status == real.status, (real.body, simulated.body)
@@ -207,7 +208,7 @@ async def test_the_simulators_endpoints_and_metrics_are_vllms(
 ) -> None:
     answers = {}
     for name, url in (("vllm", real_engine.url), ("sim", simulator_url)):
-        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        async with httpx.AsyncClient(base_url=url, timeout=30, headers=KEYED) as http:
             # some traffic first, so that every series exists
             await http.post(COMPLETIONS, json={"model": SERVED, "prompt": "x", "max_tokens": 2})
             answers[name] = {
@@ -223,3 +224,31 @@ async def test_the_simulators_endpoints_and_metrics_are_vllms(
     for name, label_sets in sim["metrics"].items():
         if name in real["metrics"]:
             assert label_sets == real["metrics"][name], name
+
+
+async def test_the_simulator_guards_its_api_key_as_vllm_does(
+    real_engine: RealEngine, simulator_url: str
+) -> None:
+    """Both started with the same --api-key: the same paths are guarded, with the same answer,
+    whether the key is missing, wrong or sent in another scheme."""
+    keys = {
+        "none": {},
+        "wrong": {"Authorization": "Bearer " + ENGINE_KEY[::-1]},
+        "not bearer": {"Authorization": "Basic " + ENGINE_KEY},
+        "right": KEYED,
+    }
+    probes = [("GET", "/v1/models"), ("POST", COMPLETIONS), ("GET", "/health"), ("GET", "/metrics")]
+    answers: dict[str, list[tuple[str, str, int, Any]]] = {}
+    for name, url in (("vllm", real_engine.url), ("sim", simulator_url)):
+        found = answers.setdefault(name, [])
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            for key_name, headers in keys.items():
+                for method, path in probes:
+                    body = {"model": SERVED, "prompt": "x", "max_tokens": 1}
+                    response = await http.request(
+                        method, path, headers=headers, json=body if method == "POST" else None
+                    )
+                    refused = response.json() if response.status_code == 401 else None
+                    found.append((key_name, path, response.status_code, refused))
+    assert answers["sim"] == answers["vllm"]
+    assert ("none", COMPLETIONS, 401, {"error": "Unauthorized"}) in answers["vllm"]

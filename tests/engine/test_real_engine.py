@@ -25,13 +25,20 @@ from agent.engine_metrics import (
 )
 from core.models import RequestLog
 from tests.agent.helpers import get_json
-from tests.engine.conftest import SERVED, RealEngine, wait_ready
+from tests.engine.conftest import (
+    ENGINE_INSTANCE_ID,
+    ENGINE_KEY,
+    SERVED,
+    RealEngine,
+    wait_ready,
+)
 from tests.factories import Seeded
 from tests.gateway.conftest import Registry, RunningGateway, serving
 
 
 async def routed(gateway: RunningGateway, registry: Registry, engine: RealEngine) -> None:
-    await registry.put(registry.instance(engine.url))
+    instance = registry.instance(engine.url).model_copy(update={"instance_id": ENGINE_INSTANCE_ID})
+    await registry.put(instance)
     for _ in range(200):
         if serving(gateway.app, SERVED):
             return
@@ -53,10 +60,17 @@ async def test_the_agent_reads_the_real_engine(
 ) -> None:
     status, ready = await get_json(f"{real_engine.agent.url}/readyz") or (0, {})
     assert status == 200 and ready["engine_state"] == "running", ready
+    # Real vLLM under its per-instance key (VLLM_API_KEY from the agent): a stranger who reaches
+    # the port gets 401 on /v1, as does a wrong key; the agent's probes carried the right one.
+    body = {"model": SERVED, "prompt": "hello there", "max_tokens": 16}
+    async with httpx.AsyncClient(base_url=real_engine.url, timeout=30) as stranger:
+        assert (await stranger.post("/v1/completions", json=body)).status_code == 401
+        assert (await stranger.get("/v1/models")).status_code == 401
+        wrong = {"Authorization": "Bearer " + ENGINE_KEY[::-1]}
+        assert (await stranger.get("/v1/models", headers=wrong)).status_code == 401
+        assert (await stranger.get("/health")).status_code == 200
     start = time.monotonic()
-    first = await engine_http.post(
-        "/v1/completions", json={"model": SERVED, "prompt": "hello there", "max_tokens": 16}
-    )
+    first = await engine_http.post("/v1/completions", json=body)
     print(f"\nfirst completion (16 tokens) in {(time.monotonic() - start) * 1000:.0f} ms")
     assert first.status_code == 200 and first.json()["usage"]["completion_tokens"] == 16
 

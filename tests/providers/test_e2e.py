@@ -23,7 +23,7 @@ from core.settings import Settings
 from core.states import is_legal_path
 from tests.factories import seed
 from tests.providers.conftest import SSHHost
-from tests.workflows.helpers import history, running_worker, wait_state
+from tests.workflows.helpers import engine_headers, history, running_worker, wait_state
 from workflows.client import create_instance, terminate_instance
 
 S = InstanceState
@@ -55,12 +55,15 @@ async def test_ssh_instance_ready_then_terminated(
             ready = await wait_state(sessionmaker, instance.id, S.ready, timeout=120)
             assert ready.agent_url == f"http://127.0.0.1:{host.agent_port}"
             assert ready.agent_integrity_ok is True
+            body = {"model": "test-model", "prompt": "hello", "max_tokens": 4}
             async with httpx.AsyncClient() as http:
+                url = f"{ready.engine_url}/v1/completions"
+                stranger = await http.post(url, json=body)
                 answer = await http.post(
-                    f"{ready.engine_url}/v1/completions",
-                    json={"model": "test-model", "prompt": "hello", "max_tokens": 4},
+                    url, json=body, headers=engine_headers(settings, instance.id)
                 )
-            assert answer.status_code == 200
+            # the host's engine has the instance's key (through SSH, in the agent's environment)
+            assert stranger.status_code == 401 and answer.status_code == 200
 
             await terminate_instance(temporal_client, instance.workflow_id)
             await wait_state(sessionmaker, instance.id, S.terminated, timeout=90)

@@ -21,6 +21,7 @@ from activities.providers.local.adapter import LocalCompute
 from activities.providers.local.settings import LocalFaults
 from core.models import Instance, InstanceAction, InstanceState, InstanceStateHistory
 from core.settings import Settings
+from core.tokens import engine_api_key
 from workers.worker import build_worker
 from workflows.client import create_instance
 
@@ -113,3 +114,9 @@ async def record_history(client: Client, workflow_id: str, name: str) -> None:
     history = await client.get_workflow_handle(workflow_id).fetch_history()
     HISTORIES.mkdir(exist_ok=True)
     (HISTORIES / f"{name}.json").write_text(history.to_json())
+
+
+def engine_headers(settings: Settings, instance_id: uuid.UUID | str) -> dict[str, str]:
+    """What the gateway sends an instance's engine: its own API key."""
+    key = engine_api_key(settings.require("secret_key"), str(instance_id))
+    return {"Authorization": f"Bearer {key}"}

@@ -23,6 +23,7 @@ from core.states import is_legal_path
 from tests.factories import seed
 from tests.workflows.helpers import (
     actions,
+    engine_headers,
     history,
     local_providers,
     provision,
@@ -142,7 +143,11 @@ async def test_drain_lets_in_flight_requests_finish(
         async with httpx.AsyncClient(timeout=30) as http:
             # About 3 s of decoding: still running when the drain starts.
             request = asyncio.create_task(
-                http.post(f"{ready.engine_url}/v1/completions", json=body)
+                http.post(
+                    f"{ready.engine_url}/v1/completions",
+                    json=body,
+                    headers=engine_headers(settings, instance.id),
+                )
             )
             await asyncio.sleep(0.5)
             await drain_instance(temporal_client, instance.workflow_id)

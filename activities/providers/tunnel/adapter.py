@@ -39,11 +39,13 @@ from core.machine_sharing import availability, local_day, parse_sharing
 from core.models import Instance, Machine, MachineUsage, utcnow
 from core.settings import Settings
 
-# Never written to the machine's row: the agent needs none of them (the tunnel endpoint relays
-# its heartbeats with the instance's token; the machine proves itself with its own credential).
+# Never written to the machine's row: the tunnel endpoint relays heartbeats with the instance's
+# token, derives the engine's key when it sends the run, and the machine proves itself with its
+# own credential.
 _NOT_STORED = frozenset(
     {
         "INVENTIV_AGENT_TOKEN",
+        "INVENTIV_AGENT_ENGINE_API_KEY",
         "INVENTIV_AGENT_HF_TOKEN",
         "INVENTIV_AGENT_CONTROL_PLANE_URL",
         "WORKER_AGENT_URL",
