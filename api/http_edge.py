@@ -9,6 +9,8 @@ inside the app.
 - a request whose header block has not arrived within `api_header_timeout_s` of its first byte
   (or of the connection, for one that sends nothing) gets 408 and is closed; a body not received
   within `api_body_timeout_s`: 408 too;
+- a response the client stops reading (the write buffer stays over its high-water mark for
+  `api_write_timeout_s`) drops the connection;
 - more than `api_max_concurrency` connections or requests at once: 503 (uvicorn).
 """
 
@@ -63,15 +65,34 @@ async def _refuse(send: Send, status: int, detail: str) -> None:
 
 
 class DeadlineH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a header deadline and a body deadline."""
+    """uvicorn's h11 protocol with a header deadline, a body deadline and a write deadline."""
 
     header_timeout_s = 10.0
     body_timeout_s = 60.0
+    write_timeout_s = 30.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
         self._waiting_for: type[h11.Request] | type[h11.Data] | None = None
+        self._stalled: asyncio.TimerHandle | None = None
+
+    def pause_writing(self) -> None:
+        # The transport's buffer is over its high-water mark: the app's next send waits for the
+        # client to read. A client that never does is dropped, so it holds no slot for ever.
+        super().pause_writing()
+        if self._stalled is None:
+            self._stalled = self.loop.call_later(self.write_timeout_s, self._stalled_reader)
+
+    def resume_writing(self) -> None:
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
+        super().resume_writing()
+
+    def _stalled_reader(self) -> None:
+        self._stalled = None
+        self.transport.abort()  # close() would wait for the buffer to drain
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -79,6 +100,9 @@ class DeadlineH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -129,6 +153,7 @@ def server_config(app: ASGIApp, settings: Settings, port: int | None = None) -> 
         {
             "header_timeout_s": settings.api_header_timeout_s,
             "body_timeout_s": settings.api_body_timeout_s,
+            "write_timeout_s": settings.api_write_timeout_s,
         },
     )
     return uvicorn.Config(

@@ -122,6 +122,12 @@ class Settings(BaseSettings):
     api_body_timeout_s: float = Field(
         default=60.0, gt=0, description="API: a request body must arrive within this (408)"
     )
+    api_write_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="API: a response write the client does not drain within this drops the "
+        "connection (a stalled reader holds no slot)",
+    )
     api_max_concurrency: int = Field(
         default=1000,
         ge=1,

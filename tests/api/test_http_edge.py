@@ -7,23 +7,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 import uvicorn
 
 from api.app import create_app
 from api.http_edge import server_config
 from core.embedded import free_port
+from core.events import publish_event
 from core.settings import Settings
+from tests.api.conftest import Tenant
 
 
-@pytest.fixture
-async def api_url(settings: Settings) -> AsyncIterator[str]:
+@contextlib.asynccontextmanager
+async def serving(settings: Settings, **limits: float) -> AsyncIterator[str]:
+    """`inventiv api`'s server on a free port, with short deadlines and these limits."""
     edged = settings.model_copy(
-        update={"api_header_timeout_s": 2.0, "api_body_timeout_s": 2.0, "host": "127.0.0.1"}
+        update={
+            "api_header_timeout_s": 2.0,
+            "api_body_timeout_s": 2.0,
+            "host": "127.0.0.1",
+            **limits,
+        }
     )
     port = free_port()
     server = uvicorn.Server(server_config(create_app(edged), edged, port=port))
@@ -35,6 +45,12 @@ async def api_url(settings: Settings) -> AsyncIterator[str]:
     yield f"127.0.0.1:{port}"
     server.should_exit = True
     await task
+
+
+@pytest.fixture
+async def api_url(settings: Settings) -> AsyncIterator[str]:
+    async with serving(settings) as url:
+        yield url
 
 
 async def status_of(reader: asyncio.StreamReader, within_s: float) -> int:
@@ -131,3 +147,53 @@ async def test_a_body_over_the_cap_is_refused_before_parsing(
             headers={"content-type": "application/json"},
         )
     assert response.status_code == 413
+
+
+async def test_clients_that_stop_reading_are_dropped_and_free_their_slots(
+    settings: Settings, redis_client: aioredis.Redis, alice: Tenant
+) -> None:
+    """Three clients follow the event stream from long ago (about 9 MB to replay) and never read:
+    while they hold the server's concurrency a normal request gets 503; at the write deadline
+    each is dropped, and normal requests are served again."""
+    first = ""
+    for n in range(3000):
+        event_id = await publish_event(
+            redis_client, "state", str(alice.project.id), {"n": n, "pad": "x" * 3000}
+        )
+        first = first or event_id
+    async with serving(settings, api_write_timeout_s=1.0, api_max_concurrency=4) as api_url:
+        host, port = api_url.split(":")
+        request = (
+            f"GET /api/v1/events HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: {alice.headers['Authorization']}\r\nLast-Event-ID: {first}\r\n\r\n"
+        ).encode()
+
+        def stalled_reader() -> socket.socket:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)  # a tiny window
+            sock.connect((host, int(port)))
+            sock.sendall(request)
+            return sock
+
+        stalled = [stalled_reader() for _ in range(3)]
+        try:
+            await asyncio.sleep(0.5)
+            async with httpx.AsyncClient() as client:
+                crowded = (await client.get(f"http://{api_url}/healthz")).status_code
+            assert crowded == 503, "the three streams and this request fill the 4 slots"
+            served = None
+            for _ in range(50):  # the deadline is 1 s: allow for a loaded machine
+                await asyncio.sleep(0.2)
+                async with httpx.AsyncClient() as client:
+                    served = (await client.get(f"http://{api_url}/healthz")).status_code
+                if served == 200:
+                    break
+            assert served == 200, "stalled readers still hold the server's slots"
+            for sock in stalled:  # cut: after what was buffered, the connection ends
+                sock.settimeout(5)
+                with contextlib.suppress(ConnectionResetError):
+                    while sock.recv(1 << 20):
+                        pass
+        finally:
+            for sock in stalled:
+                sock.close()
