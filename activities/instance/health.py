@@ -51,7 +51,12 @@ class HealthActivities:
             # A fresh heartbeat spares the active check only when it says the engine serves.
             if age < fresh_s and load.engine_ready:
                 return HealthResult(healthy=True, detail=f"heartbeat {age:.0f}s old")
-            if age < fresh_s:
+            # One that says it does not counts against the instance only if it came after the
+            # instance was found ready: the last heartbeat of the boot (the engine "starting")
+            # stays fresh for a while after the readiness check, and the agent sends the next
+            # only a heartbeat period later; until then the active check decides.
+            ready_at = instance.ready_at.timestamp() if instance.ready_at else None
+            if age < fresh_s and (ready_at is None or load.ts > ready_at):
                 return HealthResult(
                     healthy=False, detail=f"agent reports the engine {load.engine_state}"
                 )
