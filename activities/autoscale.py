@@ -159,14 +159,7 @@ class AutoscaleActivities:
         reports = {str(r): GatewayLoad.model_validate_json(v) for r, v in raw.items()}
         current = live_reports(reports, now)
         key = gateway_samples_key(deployment_id)
-        # The reading from one window ago (or the oldest kept, early on).
-        older = await self.redis.zrevrangebyscore(key, now - window_s, "-inf", start=0, num=1)
-        if not older:
-            older = await self.redis.zrangebyscore(key, "-inf", now, start=0, num=1)
-        before: dict[str, GatewayLoad] = {}
-        if older:
-            loads = json.loads(str(older[0]))["loads"]
-            before = {r: GatewayLoad.model_validate(v) for r, v in loads.items()}
+        before = await self._baselines(key, now, window_s, set(current))
         sample = json.dumps({"at": now, "loads": {r: v.model_dump() for r, v in current.items()}})
         pipe = self.redis.pipeline(transaction=False)
         pipe.zadd(key, {sample: now})
@@ -174,6 +167,31 @@ class AutoscaleActivities:
         pipe.expire(key, int(2 * window_s + 600))
         await pipe.execute()
         return gateway_window(current, before)
+
+    async def _baselines(
+        self, key: str, now: float, window_s: float, replicas: set[str]
+    ) -> dict[str, GatewayLoad]:
+        """Each replica's reading from one window ago; for a replica that reading lacks (it
+        began publishing within the window: early on, or a new replica), its oldest reading
+        since. Chosen per replica: a sample taken before a replica's first report must not
+        deny it a baseline for a whole window."""
+        found: dict[str, GatewayLoad] = {}
+
+        def take(raw: object) -> None:
+            loads = json.loads(str(raw))["loads"]
+            for replica in replicas - found.keys():
+                if replica in loads:
+                    found[replica] = GatewayLoad.model_validate(loads[replica])
+
+        older = await self.redis.zrevrangebyscore(key, now - window_s, "-inf", start=0, num=1)
+        if older:
+            take(older[0])
+        if replicas - found.keys():
+            for raw in await self.redis.zrangebyscore(key, f"({now - window_s}", now):
+                take(raw)
+                if not replicas - found.keys():
+                    break
+        return found
 
     async def _instances(self, rows: Any, now: float, window_s: float) -> list[InstanceLoad]:
         """Each instance's running requests (its last heartbeat) and GPU utilisation (the

@@ -13,7 +13,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-import pytest
 from sqlmodel import col, select
 
 from api.app import create_app
@@ -129,11 +128,6 @@ async def finish(sessionmaker, temporal_client, dep_id: uuid.UUID) -> None:  # t
         await wait_state(sessionmaker, inst.id, S.terminated)
 
 
-@pytest.mark.xfail(
-    reason="known regression, not yet diagnosed (issue 15 stays open): with every change of this "
-    "stop merged, six streams no longer take the deployment from one instance to three in 90 s",
-    strict=False,
-)
 async def test_gateway_traffic_scales_up_through_instances_and_back_down_by_draining(
     settings: Settings, sessionmaker, temporal_client, redis_client
 ) -> None:
