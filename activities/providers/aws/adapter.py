@@ -6,6 +6,11 @@ create, and a lookup by tag finds what a crashed first try made. `delete` asks E
 and returns: termination takes a minute or more, and whoever needs it finished polls `get`.
 boto3 is blocking: every call runs through `asyncio.to_thread`.
 
+Prices: `live_catalogue` asks the Price List Query API (`pricing` client, in `pricing_region`) for
+each type's on-demand Linux price in `region`, USD per hour like the static table; a type it
+cannot read (throttled, refused, not listed, endpoint unreachable) keeps its static price, and
+each offer's `price_source` says which (tests/providers/test_aws_pricing.py, against a stand-in).
+
 What EC2 does that moto does not (tests/providers/test_aws.py injects each):
 - It is eventually consistent: an instance can be `InvalidInstanceID.NotFound` for a while after
   `RunInstances`, and NotFound from `TerminateInstances` does not mean it is gone. A NotFound is
@@ -22,6 +27,7 @@ What EC2 does that moto does not (tests/providers/test_aws.py injects each):
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -29,7 +35,14 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, WaiterError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    WaiterError,
+)
 
 from activities.providers.aws.catalogue import AWS_OFFERS, MACHINE_IMAGES, offers
 from activities.providers.aws.settings import AWSSettings
@@ -56,6 +69,8 @@ from activities.providers.base import (
 from activities.providers.cloud_init import render_user_data
 from activities.providers.flavors import agent_environment, get_flavor
 from activities.providers.images import WorkerImageSettings
+
+log = logging.getLogger(__name__)
 
 # No EFA: NCCL's EFA path needs an EFA network interface and the aws-ofi-nccl plugin in the image,
 # and it only matters across machines; tensor parallelism within one p4d/p5 goes over NVLink.
@@ -136,6 +151,41 @@ def launch_failure(raw: Mapping[str, Any]) -> ProviderError | None:
     )
 
 
+# The Price List Query API's filters for the on-demand Linux price of a type in a region: shared
+# tenancy, no pre-installed software, capacity used (not a reservation's unused capacity).
+def price_filters(instance_type: str, region: str) -> list[dict[str, str]]:
+    fields = {
+        "instanceType": instance_type,
+        "regionCode": region,
+        "operatingSystem": "Linux",
+        "tenancy": "Shared",
+        "preInstalledSw": "NA",
+        "capacitystatus": "Used",
+    }
+    return [{"Type": "TERM_MATCH", "Field": k, "Value": v} for k, v in fields.items()]
+
+
+def on_demand_hourly_usd(product: str | Mapping[str, Any]) -> float | None:
+    """The hourly USD price of one Price List entry's on-demand term, else None (pure).
+
+    An entry is a JSON document (botocore may already have parsed it):
+    terms.OnDemand.<offer>.priceDimensions.<dimension>.pricePerUnit.USD, a decimal string,
+    per `unit` "Hrs"."""
+    doc = json.loads(product) if isinstance(product, str) else product
+    for term in (doc.get("terms", {}).get("OnDemand") or {}).values():
+        for dimension in (term.get("priceDimensions") or {}).values():
+            if str(dimension.get("unit", "")).lower() not in ("hrs", "hours", "hour"):
+                continue
+            usd = (dimension.get("pricePerUnit") or {}).get("USD")
+            try:
+                price = float(usd)
+            except (TypeError, ValueError):
+                continue
+            if price > 0:
+                return price
+    return None
+
+
 def nitro_device(volume_id: str) -> str:
     """How an EBS volume appears inside a Nitro instance (an NVMe disk named by its id)."""
     return "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_" + volume_id.replace("-", "")
@@ -184,6 +234,21 @@ class AWSCompute(VolumesMixin, PublicIPMixin, Compute):
             aws_secret_access_key=secret(settings.secret_access_key),
             aws_session_token=secret(settings.session_token),
             config=Config(retries={"max_attempts": 3, "mode": "standard"}),
+        )
+        # Prices are not regional: the Price List Query API lives in a few regions and answers
+        # for every region (the regionCode filter).
+        self._pricing = boto3.client(
+            "pricing",
+            region_name=settings.pricing_region,
+            endpoint_url=settings.pricing_endpoint_url,
+            aws_access_key_id=secret(settings.access_key_id),
+            aws_secret_access_key=secret(settings.secret_access_key),
+            aws_session_token=secret(settings.session_token),
+            config=Config(
+                retries={"max_attempts": 2, "mode": "standard"},
+                connect_timeout=settings.pricing_timeout_s,
+                read_timeout=settings.pricing_timeout_s,
+            ),
         )
 
     # ------------------------------------------------------------------ plumbing
@@ -243,6 +308,58 @@ class AWSCompute(VolumesMixin, PublicIPMixin, Compute):
 
     def catalogue(self) -> list[InstanceOffer]:
         return offers(self.settings)
+
+    async def live_catalogue(self) -> list[InstanceOffer]:
+        """Our types with their on-demand Linux price in `region` from the Price List Query API
+        (USD per hour, as the static table); specs stay the table's. A type whose price cannot
+        be read (throttled, refused, not listed) keeps its static entry, marked so; once the
+        endpoint is unreachable or there are no credentials, every type left does."""
+        listed: list[InstanceOffer] = []
+        unreachable = False
+        for offer in offers(self.settings):
+            price = None
+            if not unreachable:
+                try:
+                    price = await self._price(offer.name)
+                except (EndpointConnectionError, ConnectionError, NoCredentialsError) as exc:
+                    log.warning("AWS Price List unreachable, static prices: %s", exc)
+                    unreachable = True
+                except (ClientError, BotoCoreError) as exc:
+                    log.warning("AWS Price List: no price for %s, static: %s", offer.name, exc)
+            if price is None:
+                listed.append(offer)
+            else:
+                listed.append(
+                    InstanceOffer(
+                        **{
+                            **offer.__dict__,
+                            "price_per_hour": price,
+                            "price_source": "provider-api",
+                        }
+                    )
+                )
+        return listed
+
+    async def _price(self, instance_type: str) -> float | None:
+        """The on-demand hourly price of the type in our region (every page read until one)."""
+        token: str | None = None
+        while True:
+            page = await asyncio.to_thread(
+                self._pricing.get_products,
+                ServiceCode="AmazonEC2",
+                Filters=price_filters(instance_type, self.settings.region),  # type: ignore[arg-type]
+                FormatVersion="aws_v1",
+                MaxResults=100,
+                **({"NextToken": token} if token else {}),
+            )
+            for product in page.get("PriceList", []):
+                price = on_demand_hourly_usd(product)
+                if price is not None:
+                    return price
+            token = page.get("NextToken")
+            if not token:
+                log.warning("AWS Price List lists no on-demand price for %s", instance_type)
+                return None
 
     async def _image(self, flavor_name: str) -> dict[str, Any]:
         flavor = get_flavor(flavor_name)
@@ -647,3 +764,4 @@ class AWSCompute(VolumesMixin, PublicIPMixin, Compute):
 
     async def close(self) -> None:
         await asyncio.to_thread(self._ec2.close)
+        await asyncio.to_thread(self._pricing.close)

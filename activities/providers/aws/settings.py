@@ -6,7 +6,7 @@ their repr is masked, so they never reach a log line or an API response. No SDK 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
@@ -26,6 +26,21 @@ class AWSSettings(ProviderSettings):
     region: str = Field(default="us-east-1", description="EC2 region")
     endpoint_url: str | None = Field(
         default=None, description="EC2 endpoint override (a stand-in such as moto's server)"
+    )
+    pricing_region: Literal["us-east-1", "eu-central-1", "ap-south-1"] = Field(
+        default="us-east-1",
+        description="Where the Price List Query API is asked (it lives in these three regions "
+        "only); the prices read are those of `region`",
+    )
+    pricing_endpoint_url: str | None = Field(
+        default=None,
+        description="Price List Query API endpoint override (a stand-in); unset: AWS's own in "
+        "the pricing region",
+    )
+    pricing_timeout_s: float = Field(
+        default=5,
+        description="Connect and read timeout of each Price List call; past it, or throttled, "
+        "or refused, a type keeps the static list price",
     )
     ami_ids: dict[str, str] = Field(
         default_factory=dict,
