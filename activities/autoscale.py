@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +25,15 @@ from temporalio import activity
 
 from activities.contracts import AssessInput, ScaleDownInput, ScaleUpInput, ScalingPlan
 from activities.instance import StartInstance
-from core.autoscaling import AutoscalingConfig, InstanceLoad, PolicyState, Signals, evaluate
+from activities.providers.base import CapacityMixin, Compute
+from core.autoscaling import (
+    AutoscalingConfig,
+    InstanceLoad,
+    PolicyState,
+    Signals,
+    evaluate,
+    within_capacity,
+)
 from core.events import EventKind, publish_event
 from core.instances import new_instance
 from core.load_window import GatewayWindow, gateway_window, live_reports
@@ -35,6 +43,7 @@ from core.models import (
     InstanceMetric,
     InstanceState,
     InstanceType,
+    Provider,
     ScalingAction,
     ScalingDecision,
     TerminationReason,
@@ -58,11 +67,13 @@ class AutoscaleActivities:
         redis: aioredis.Redis,
         start_instance: StartInstance,
         drain_instance: DrainInstance,
+        providers: Mapping[str, Compute],
     ) -> None:
         self.sessionmaker = sessionmaker
         self.redis = redis
         self.start_instance = start_instance
         self.drain_instance = drain_instance
+        self.providers = providers  # by kind: those with finitely many machines say how many
 
     # ------------------------------------------------------------ assess
 
@@ -120,6 +131,8 @@ class AutoscaleActivities:
         decision, state = evaluate(
             config, deployment.min_instances, deployment.max_instances, signals, inp.state, inp.now
         )
+        available = await self._available_now(deployment) if decision.delta > 0 else None
+        decision = within_capacity(decision, available)
         action = (
             ScalingAction.scale_up
             if decision.delta > 0
@@ -135,11 +148,28 @@ class AutoscaleActivities:
             action=action,
             reason=decision.reason,
             instances=len(instances),
-            inputs=_inputs(window, instances),
+            inputs={**_inputs(window, instances), "machines_available": available},
             state=dataclasses.asdict(state),
             drain=list(decision.drain),
         )
         return await self._store(deployment, record, state)
+
+    async def _available_now(self, deployment: Deployment) -> int | None:
+        """Free machines for one more instance, for providers with finitely many (registered
+        hosts, tunnelled machines: connected, inside their owner's slots and quotas); None for
+        the clouds."""
+        async with self.sessionmaker() as session:
+            found = (
+                await session.exec(
+                    select(Provider.kind, InstanceType.name)
+                    .join(InstanceType, col(InstanceType.provider_id) == Provider.id)
+                    .where(col(InstanceType.id) == deployment.instance_type_id)
+                )
+            ).first()
+        adapter = self.providers.get(found[0]) if found is not None else None
+        if not isinstance(adapter, CapacityMixin) or found is None:
+            return None
+        return await adapter.available_now(found[1], deployment.project_id)
 
     async def _store(
         self, deployment: Deployment, record: ScalingDecision, state: PolicyState

@@ -139,6 +139,16 @@ class Decision:
     drain: tuple[str, ...] = ()
 
 
+def within_capacity(decision: Decision, available: int | None) -> Decision:
+    """The decision limited to the machines the provider has free now (None: a cloud, no known
+    limit). Ordering more would only fail at create; the reason says what held it back."""
+    if available is None or decision.delta <= available:
+        return decision
+    if available <= 0:
+        return Decision(0, f"{decision.reason}; no machine available now")
+    return Decision(available, f"{decision.reason}; only {available} machine(s) available now")
+
+
 def _track(since: float | None, seen: float | None, holds: bool, now: float, grace: float):  # type: ignore[no-untyped-def]
     """(since, seen) of a condition: it ends only once it has been false for `grace`."""
     if holds:

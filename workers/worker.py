@@ -106,7 +106,7 @@ async def build_worker(
             ensure_autoscaler,
             resume_instance,
         ),
-        AutoscaleActivities(sessionmaker, redis, start_instance, drain_instance),
+        AutoscaleActivities(sessionmaker, redis, start_instance, drain_instance, providers),
     )
     worker = Worker(client, task_queue=task_queue, workflows=WORKFLOWS, activities=activities)
     subscribed = asyncio.Event()

@@ -157,6 +157,7 @@ class Capability(enum.StrEnum):
     volumes = "volumes"  # provider volumes created with the machine, deleted one by one
     public_ips = "public_ips"  # detachable public addresses, released at termination
     host_pool = "host_pool"  # lends registered hosts (the API's bare-metal hosts)
+    capacity = "capacity"  # finitely many machines: says how many more instances fit now
 
 
 class Compute(abc.ABC):
@@ -258,6 +259,15 @@ class HostPoolMixin(abc.ABC):
         """Give the host back (only if this instance holds it); True when it did."""
 
 
+class CapacityMixin(abc.ABC):
+    """Providers with a known, finite set of machines (registered hosts, tunnelled machines):
+    the autoscaler asks before it scales up, rather than learn it from failed creates."""
+
+    @abc.abstractmethod
+    async def available_now(self, instance_type: str, project_id: uuid.UUID) -> int:
+        """How many more instances of this type the project could place now."""
+
+
 class PublicIPMixin(abc.ABC):
     """Providers with detachable public addresses (Scaleway flexible IP, AWS Elastic IP)."""
 
@@ -270,6 +280,7 @@ CAPABILITY_MIXINS: dict[Capability, type] = {
     Capability.volumes: VolumesMixin,
     Capability.public_ips: PublicIPMixin,
     Capability.host_pool: HostPoolMixin,
+    Capability.capacity: CapacityMixin,
 }
 
 

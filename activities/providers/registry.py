@@ -121,7 +121,7 @@ PROVIDERS: dict[str, ProviderSpec[Any]] = {
             settings=SSHSettings,
             factory="activities.providers.ssh.adapter:SSHCompute",
             catalogue=ssh_catalogue.offers,
-            capabilities=(Capability.host_pool,),
+            capabilities=(Capability.host_pool, Capability.capacity),
             sdk="asyncssh",
         ),
         ProviderSpec(
@@ -130,6 +130,7 @@ PROVIDERS: dict[str, ProviderSpec[Any]] = {
             settings=TunnelSettings,
             factory="activities.providers.tunnel.adapter:TunnelCompute",
             catalogue=tunnel_catalogue.offers,
+            capabilities=(Capability.capacity,),
         ),
     )
 }

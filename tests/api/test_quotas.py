@@ -145,7 +145,9 @@ async def test_the_autoscaler_gets_no_more_than_the_quota(
     async def drain_instance(*_: Any) -> bool:
         return True
 
-    activities = AutoscaleActivities(sessionmaker, redis_client, start_instance, drain_instance)
+    activities = AutoscaleActivities(
+        sessionmaker, redis_client, start_instance, drain_instance, providers={}
+    )
     wanted = [str(uuid.uuid4()) for _ in range(3)]
     decision = ScalingDecision(
         id=uuid.uuid4(),

@@ -99,7 +99,7 @@ async def test_a_replica_gets_its_own_baseline_when_the_window_ago_sample_lacks_
     async def unused(*_: Any) -> Any:
         raise AssertionError("not called")
 
-    activities = AutoscaleActivities(sessionmaker, redis_client, unused, unused)
+    activities = AutoscaleActivities(sessionmaker, redis_client, unused, unused, providers={})
     deployment_id = str(uuid.uuid4())
     key = gateway_load_key(deployment_id)
     t0 = time.time()

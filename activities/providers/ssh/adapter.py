@@ -38,6 +38,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from activities.providers.base import (
+    CapacityMixin,
     Compute,
     CreateRequest,
     HostPoolMixin,
@@ -114,7 +115,7 @@ def _known_hosts(host: BareMetalHost, settings: SSHSettings) -> asyncssh.SSHKnow
     )
 
 
-class SSHCompute(HostPoolMixin, Compute):
+class SSHCompute(HostPoolMixin, CapacityMixin, Compute):
     kind = "ssh"
 
     def __init__(
@@ -134,6 +135,24 @@ class SSHCompute(HostPoolMixin, Compute):
         return offers(self.settings)
 
     # ------------------------------------------------------------------ claiming
+
+    async def available_now(self, instance_type: str, project_id: uuid.UUID) -> int:
+        """Enabled, unclaimed hosts of this type: the project's own and shared ones."""
+        async with self._sessions() as session:
+            free = await session.scalar(
+                select(func.count())
+                .select_from(BareMetalHost)
+                .where(
+                    col(BareMetalHost.claimed_by).is_(None),
+                    col(BareMetalHost.enabled).is_(True),
+                    col(BareMetalHost.instance_type) == instance_type,
+                    or_(
+                        col(BareMetalHost.project_id).is_(None),
+                        col(BareMetalHost.project_id) == project_id,
+                    ),
+                )
+            )
+        return int(free or 0)
 
     async def claim_host(self, instance_id: str, instance_type: str) -> BareMetalHost | None:
         """This instance's host: the one it already holds, else a free one claimed atomically

@@ -24,6 +24,7 @@ from sqlalchemy import func, or_, update
 from sqlmodel import col, select
 
 from activities.providers.base import (
+    CapacityMixin,
     Compute,
     CreateRequest,
     InstanceOffer,
@@ -69,7 +70,7 @@ async def used_gpu_hours(session: Any, machine: Machine, now: Any) -> float:
     return usage.gpu_seconds / 3600 if usage is not None else 0.0
 
 
-class TunnelCompute(Compute):
+class TunnelCompute(CapacityMixin, Compute):
     kind = "tunnel"
 
     def __init__(
@@ -99,32 +100,7 @@ class TunnelCompute(Compute):
             project = await session.scalar(
                 select(col(Instance.project_id)).where(col(Instance.id) == instance_id)
             )
-            candidates = (
-                await session.scalars(
-                    select(Machine)
-                    .where(
-                        col(Machine.claimed_by).is_(None),
-                        col(Machine.revoked_at).is_(None),
-                        col(Machine.instance_type) == instance_type,
-                        or_(col(Machine.project_id).is_(None), col(Machine.project_id) == project),
-                    )
-                    .order_by(col(Machine.project_id).is_(None), col(Machine.created_at))
-                )
-            ).all()
-            now = self.clock()
-            lead = timedelta(seconds=self.settings.drain_lead_s)
-            for machine in candidates:
-                if not connected(machine):
-                    continue
-                sharing = parse_sharing(
-                    machine.timezone, machine.slots, machine.quota_gpus,
-                    machine.quota_gpu_hours_per_day,
-                )  # fmt: skip
-                used = await used_gpu_hours(session, machine, now)
-                if not availability(
-                    sharing, now=now, gpus=machine.gpu_count, used_gpu_hours_today=used, lead=lead
-                ).available:
-                    continue
+            for machine in await self._available(session, instance_type, project):
                 claimed = await session.scalar(
                     update(Machine)
                     .where(col(Machine.id) == machine.id, col(Machine.claimed_by).is_(None))
@@ -136,6 +112,44 @@ class TunnelCompute(Compute):
                     await session.refresh(machine)
                     return machine
             return None
+
+    async def _available(
+        self, session: Any, instance_type: str, project_id: uuid.UUID | None
+    ) -> list[Machine]:
+        """Unclaimed machines of this type the project may use that are connected and inside
+        their owner's slots and quotas now (its own project's first, then shared ones)."""
+        candidates = (
+            await session.scalars(
+                select(Machine)
+                .where(
+                    col(Machine.claimed_by).is_(None),
+                    col(Machine.revoked_at).is_(None),
+                    col(Machine.instance_type) == instance_type,
+                    or_(col(Machine.project_id).is_(None), col(Machine.project_id) == project_id),
+                )
+                .order_by(col(Machine.project_id).is_(None), col(Machine.created_at))
+            )
+        ).all()
+        now = self.clock()
+        lead = timedelta(seconds=self.settings.drain_lead_s)
+        available = []
+        for machine in candidates:
+            if not connected(machine):
+                continue
+            sharing = parse_sharing(
+                machine.timezone, machine.slots, machine.quota_gpus,
+                machine.quota_gpu_hours_per_day,
+            )  # fmt: skip
+            used = await used_gpu_hours(session, machine, now)
+            if availability(
+                sharing, now=now, gpus=machine.gpu_count, used_gpu_hours_today=used, lead=lead
+            ).available:
+                available.append(machine)
+        return available
+
+    async def available_now(self, instance_type: str, project_id: uuid.UUID) -> int:
+        async with self._sessions() as session:
+            return len(await self._available(session, instance_type, project_id))
 
     async def create(self, request: CreateRequest) -> ProviderInstance:
         get_flavor(request.flavor)  # an unknown flavor fails before a machine is claimed
