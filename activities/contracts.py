@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from activities.providers.base import InstanceOffer
 from core.autoscaling import PolicyState
 from core.models import InstanceState, TerminationReason
 from core.progress import Step
@@ -195,3 +196,19 @@ class ScaleDownInput:
     decision_id: str
     instance_ids: list[str]
     reason: str
+
+
+# ---------------------------------------------------------------- catalogues
+
+
+@dataclass
+class CatalogueInput:
+    """Read a provider kind's catalogue (the API's sync asks the worker, which has the SDKs)."""
+
+    kind: str
+
+
+@dataclass
+class CatalogueResult:
+    # Each offer's `price_source` says where its price comes from: "provider-api" or "static".
+    offers: list[InstanceOffer] = field(default_factory=list)

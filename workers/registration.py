@@ -9,10 +9,16 @@ from typing import Any
 from temporalio import activity
 
 from workflows.autoscaler import AutoscalerWorkflow
+from workflows.catalogue import CatalogueWorkflow
 from workflows.instance import InstanceWorkflow
 from workflows.reconciler import ReconcilerWorkflow
 
-WORKFLOWS: list[type] = [InstanceWorkflow, ReconcilerWorkflow, AutoscalerWorkflow]
+WORKFLOWS: list[type] = [
+    InstanceWorkflow,
+    ReconcilerWorkflow,
+    AutoscalerWorkflow,
+    CatalogueWorkflow,
+]
 
 
 def activity_methods(*objects: object) -> list[Callable[..., Any]]:

@@ -18,6 +18,7 @@ from temporalio.client import Client, Interceptor
 from temporalio.worker import Worker
 
 from activities.autoscale import AutoscaleActivities
+from activities.catalogue import CatalogueActivities
 from activities.instance import (
     BootActivities,
     DrainActivities,
@@ -107,6 +108,7 @@ async def build_worker(
             resume_instance,
         ),
         AutoscaleActivities(sessionmaker, redis, start_instance, drain_instance, providers),
+        CatalogueActivities(providers),
     )
     worker = Worker(client, task_queue=task_queue, workflows=WORKFLOWS, activities=activities)
     subscribed = asyncio.Event()

@@ -8,6 +8,7 @@ instead of being buffered, unknown, by Temporal.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import timedelta
 
@@ -15,25 +16,30 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
+    WorkflowFailureError,
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import TimeoutError as WorkflowTimeoutError
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.workflow import UpdateMethodMultiParam
 
-from activities.contracts import ReconcileInput
+from activities.contracts import CatalogueInput, CatalogueResult, ReconcileInput
 from core.instances import new_instance, workflow_id_for
 from core.models import Deployment, Instance, TerminationReason
 from core.quotas import check_and_reserve
 from core.settings import Settings
 from workflows.autoscaler import AutoscaleInput, AutoscalerWorkflow, autoscaler_workflow_id
+from workflows.catalogue import CatalogueWorkflow, catalogue_workflow_id
 from workflows.instance import InstanceWorkflow, InstanceWorkflowInput
 from workflows.reconciler import ReconcilerWorkflow, reconciler_workflow_id
 
 # How long a command waits for the workflow's answer (a worker must pick the update up).
 COMMAND_TIMEOUT = timedelta(seconds=15)
+# How long the API's catalogue sync waits for a worker to read the provider's catalogue.
+CATALOGUE_TIMEOUT = timedelta(seconds=30)
 
 
 class CommandError(Exception):
@@ -153,6 +159,37 @@ async def ensure_reconciler(client: Client, settings: Settings) -> None:
         task_queue=settings.task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
     )
+
+
+async def read_catalogue(
+    client: Client, task_queue: str, kind: str, timeout: timedelta | None = None
+) -> CatalogueResult:
+    """The provider kind's catalogue as a worker reads it (the SDKs are the worker's), waiting
+    at most `timeout` (CATALOGUE_TIMEOUT). Raises `OrchestratorUnavailableError` when no worker
+    answered in time; the workflow's own execution timeout ends it if none ever picks it up."""
+    timeout = timeout or CATALOGUE_TIMEOUT
+    handle = await client.start_workflow(
+        CatalogueWorkflow.run,
+        CatalogueInput(kind),
+        id=catalogue_workflow_id(kind, uuid.uuid4().hex),
+        task_queue=task_queue,
+        execution_timeout=timeout,
+    )
+    unavailable = (
+        f"no worker read the {kind} catalogue within {timeout.total_seconds():g} s (is a worker "
+        f"running on task queue {task_queue!r}?)"
+    )
+    try:
+        async with asyncio.timeout(timeout.total_seconds()):
+            return await handle.result()
+    except TimeoutError as exc:
+        raise OrchestratorUnavailableError(unavailable) from exc
+    except WorkflowFailureError as exc:
+        if isinstance(exc.cause, WorkflowTimeoutError):  # its execution timeout came first
+            raise OrchestratorUnavailableError(unavailable) from exc
+        raise OrchestratorUnavailableError(
+            f"the worker could not read the {kind} catalogue: {exc.cause or exc}"
+        ) from exc
 
 
 # ---------------------------------------------------------------- commands

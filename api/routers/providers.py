@@ -1,7 +1,8 @@
 """Providers, their instance types and prices, and bare-metal hosts: admins only.
 
 Kinds, their catalogues and capabilities come from the provider registry
-(activities/providers/registry.py), which imports no cloud SDK: neither does this module.
+(activities/providers/registry.py), which imports no cloud SDK: neither does this module. The
+sync reads a kind's live catalogue through the worker (workflows/client.py `read_catalogue`).
 
 Credentials never pass through here: provider credentials live in the environment
 (INVENTIV_SCALEWAY_*, INVENTIV_AWS_*), a config holding anything that looks like one is refused,
@@ -23,10 +24,11 @@ from activities.providers.registry import PROVIDERS, check_kind
 from activities.providers.ssh.catalogue import BARE_METAL_TYPE
 from activities.providers.ssh.keys import encrypt_private_key
 from activities.providers.ssh.settings import SSHSettings
-from api.deps import CurrentAdmin, SessionDep, SettingsDep
-from api.errors import ADMIN_ERRORS
+from api.deps import CurrentAdmin, SessionDep, SettingsDep, TemporalDep
+from api.errors import ADMIN_ERRORS, DependencyUnavailableError
 from api.validation import JsonObject, Name, PartialUpdate
 from core.models import BareMetalHost, Deployment, InstanceType, Project, Provider
+from workflows.client import OrchestratorUnavailableError, read_catalogue
 
 providers = APIRouter(prefix="/providers", tags=["providers"], responses=ADMIN_ERRORS)
 
@@ -293,19 +295,41 @@ async def create_instance_type(
 
 @providers.post("/{provider_id}/instance-types/sync", response_model=list[InstanceTypePublic])
 async def sync_instance_types(
-    provider_id: uuid.UUID, session: SessionDep, admin: CurrentAdmin
+    provider_id: uuid.UUID,
+    session: SessionDep,
+    admin: CurrentAdmin,
+    temporal: TemporalDep,
+    settings: SettingsDep,
 ) -> list[InstanceTypePublic]:
-    """Add the kind's catalogue types this provider lacks; prices already set are kept."""
+    """Read the kind's catalogue in the worker (the provider's own API where it has one: its
+    prices say `provider-api`; else, or where it cannot be read, the static table: `static`),
+    add the types this provider lacks and refresh the prices of the others, except those an
+    admin set (`manual`), which are never overwritten. A type the provider's API could not be
+    read for this time keeps a price it read before. 503 when no worker answers in time."""
     provider = await _provider(session, provider_id)
-    spec = PROVIDERS.get(provider.kind)
-    if spec is None:  # a row written before its kind was unregistered
+    if provider.kind not in PROVIDERS:  # a row written before its kind was unregistered
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"provider kind {provider.kind!r} is no longer registered"
         )
-    existing = {t.name for t in await _types(session, provider_id)}
-    for offer in spec.offers():
-        if offer.name not in existing:
+    try:
+        catalogue = await read_catalogue(temporal, settings.task_queue, provider.kind)
+    except OrchestratorUnavailableError as exc:
+        raise DependencyUnavailableError("temporal", str(exc)) from None
+    rows = await session.exec(
+        select(InstanceType).where(col(InstanceType.provider_id) == provider_id)
+    )
+    existing = {t.name: t for t in rows.all()}
+    for offer in catalogue.offers:
+        row = existing.get(offer.name)
+        if row is None:
             session.add(InstanceType(provider_id=provider_id, **offer.__dict__))
+        elif row.price_source != "manual" and not (
+            row.price_source == "provider-api" and offer.price_source != "provider-api"
+        ):
+            row.price_per_hour = offer.price_per_hour
+            row.currency = offer.currency
+            row.price_source = offer.price_source
+            session.add(row)
     await session.commit()
     return await _types(session, provider_id)
 

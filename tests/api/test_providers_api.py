@@ -3,6 +3,7 @@ credential ever stored in clear or returned."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -15,11 +16,13 @@ import asyncssh
 import httpx
 import pytest
 from cryptography.fernet import Fernet
+from temporalio.client import Client
 
 from activities.providers.registry import PROVIDERS
 from core.models import BareMetalHost
 from core.settings import Settings
 from tests.api.conftest import Tenant
+from tests.workflows.helpers import running_worker
 
 BASE = "/api/v1/providers"
 REPO = Path(__file__).resolve().parents[2]
@@ -74,12 +77,17 @@ async def test_provider_crud_refuses_credentials(client: httpx.AsyncClient, admi
     assert (await client.get(f"{BASE}/{provider['id']}", headers=admin.headers)).status_code == 404
 
 
-async def test_instance_types_and_prices(client: httpx.AsyncClient, admin: Tenant) -> None:
+async def test_instance_types_and_prices(
+    client: httpx.AsyncClient, admin: Tenant, settings: Settings, temporal_client: Client
+) -> None:
     provider = (
         await client.post(BASE, json={"name": "scw", "kind": "scaleway"}, headers=admin.headers)
     ).json()
     types_url = f"{BASE}/{provider['id']}/instance-types"
-    synced = await client.post(f"{types_url}/sync", headers=admin.headers)
+    async with running_worker(settings, temporal_client, {}):  # Scaleway off there: its table
+        synced = await client.post(f"{types_url}/sync", headers=admin.headers)
+        resynced_early = await client.post(f"{types_url}/sync", headers=admin.headers)
+    assert resynced_early.json() == synced.json()
     assert synced.status_code == 200
     by_name = {t["name"]: t for t in synced.json()}
     assert {"H100-1-80G", "H100-2-80G", "L40S-1-48G", "L4-1-24G", "GPU-3070-S"} <= set(by_name)
@@ -90,7 +98,8 @@ async def test_instance_types_and_prices(client: httpx.AsyncClient, admin: Tenan
         f"{types_url}/{h100['id']}", json={"price_per_hour": 2.5}, headers=admin.headers
     )
     assert repriced.status_code == 200 and repriced.json()["price_per_hour"] == 2.5
-    resynced = await client.post(f"{types_url}/sync", headers=admin.headers)
+    async with running_worker(settings, temporal_client, {}):
+        resynced = await client.post(f"{types_url}/sync", headers=admin.headers)
     assert {t["name"]: t for t in resynced.json()}["H100-1-80G"]["price_per_hour"] == 2.5
     assert len(resynced.json()) == len(synced.json())  # nothing duplicated
 
@@ -205,7 +214,8 @@ def test_the_api_imports_no_cloud_sdk() -> None:
 
 
 # The API in a process where the SDKs cannot be imported (a sys.meta_path blocker): it starts,
-# lists the kinds with the reason each is off, syncs a catalogue, and refuses only what needs one.
+# lists the kinds with the reason each is off, syncs a catalogue (read by a worker, which has
+# the SDKs), and refuses only what needs one.
 _API_WITHOUT_SDKS = """
 import asyncio, json, sys
 
@@ -249,7 +259,9 @@ asyncio.run(main())
 """
 
 
-async def test_the_api_serves_without_the_sdks(admin: Tenant, settings: Settings) -> None:
+async def test_the_api_serves_without_the_sdks(
+    admin: Tenant, settings: Settings, temporal_client: Client
+) -> None:
     pem = asyncssh.generate_private_key("ssh-ed25519").export_private_key().decode()
     own = {
         "data_dir": str(settings.data_dir),
@@ -266,12 +278,15 @@ async def test_the_api_serves_without_the_sdks(admin: Tenant, settings: Settings
         "INVENTIV_SSH_KEY_ENCRYPTION_KEY": Fernet.generate_key().decode(),
     }
     token = admin.headers["Authorization"].removeprefix("Bearer ")
-    run = subprocess.run(
-        [sys.executable, "-c", _API_WITHOUT_SDKS, json.dumps([CLOUD_SDKS, own, token, pem])],
-        cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=120,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr
-    out = json.loads(run.stdout.strip().splitlines()[-1])
+    async with running_worker(settings, temporal_client, {}):  # AWS off in it: its table
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _API_WITHOUT_SDKS, json.dumps([CLOUD_SDKS, own, token, pem]),
+            cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        stdout_b, stderr_b = await asyncio.wait_for(process.communicate(), timeout=120)
+    stdout, stderr = stdout_b.decode(), stderr_b.decode()
+    assert process.returncode == 0, stderr
+    out = json.loads(stdout.strip().splitlines()[-1])
     kinds = {k["kind"]: k for k in out["kinds"]}
     assert kinds["local"]["enabled"] is True
     assert kinds["aws"] == {
@@ -283,4 +298,4 @@ async def test_the_api_serves_without_the_sdks(admin: Tenant, settings: Settings
     assert out["synced"] == [200, sorted(o.name for o in PROVIDERS["aws"].offers())]
     assert out["host"] == [503, "the bare-metal provider is off: asyncssh is not installed"]
     assert out["loaded"] == []
-    assert env["INVENTIV_AWS_SECRET_ACCESS_KEY"] not in run.stdout + run.stderr
+    assert env["INVENTIV_AWS_SECRET_ACCESS_KEY"] not in stdout + stderr

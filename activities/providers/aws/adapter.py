@@ -178,7 +178,7 @@ def on_demand_hourly_usd(product: str | Mapping[str, Any]) -> float | None:
                 continue
             usd = (dimension.get("pricePerUnit") or {}).get("USD")
             try:
-                price = float(usd)
+                price = float(str(usd))
             except (TypeError, ValueError):
                 continue
             if price > 0:
