@@ -495,6 +495,9 @@ async def test_admin_sets_a_price_and_configures_a_deployment(
     await price.fill("2.5")
     await page.get_by_role("button", name=f"Save price of {seeded.instance_type.name}").click()
     await expect(page.get_by_role("status").filter(has_text="set to €2.50/h")).to_be_visible()
+    types = page.get_by_role("table", name="Instance types")
+    row = types.locator("tr", has_text=seeded.instance_type.name)
+    await expect(row.get_by_text("Manual", exact=True)).to_be_visible()  # its price source
     await shot(page, "providers")
     async with sessionmaker() as session:
         assert (await session.get(InstanceType, seeded.instance_type.id)).price_per_hour == 2.5

@@ -930,7 +930,11 @@ export interface paths {
         put?: never;
         /**
          * Sync Instance Types
-         * @description Add the kind's catalogue types this provider lacks; prices already set are kept.
+         * @description Read the kind's catalogue in the worker (the provider's own API where it has one: its
+         *     prices say `provider-api`; else, or where it cannot be read, the static table: `static`),
+         *     add the types this provider lacks and refresh the prices of the others, except those an
+         *     admin set (`manual`), which are never overwritten. A type the provider's API could not be
+         *     read for this time keeps a price it read before. 503 when no worker answers in time.
          */
         post: operations["providers-sync_instance_types"];
         delete?: never;
@@ -1300,7 +1304,7 @@ export interface components {
          *     its adapter, declared in its registry entry).
          * @enum {string}
          */
-        Capability: "volumes" | "public_ips" | "host_pool";
+        Capability: "volumes" | "public_ips" | "host_pool" | "capacity";
         /**
          * CostDimension
          * @enum {string}
@@ -1609,6 +1613,11 @@ export interface components {
              * Format: uuid
              */
             id: string;
+            /**
+             * Pins
+             * @description sha256:<hex> of the control plane's TLS public keys, in the command; none when it has no TLS configured
+             */
+            pins?: string[];
             /**
              * Token
              * @description Shown once: only its hash is kept

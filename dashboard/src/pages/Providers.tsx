@@ -4,6 +4,18 @@ import { Empty, Guard, Notice, PageHeader } from "../components/ui";
 import { PROVIDERS_PATH, TYPES_PATH, useInstanceTypes, useProviderKinds, useProviders, type InstanceType } from "../lib/catalog";
 import { fmtMoney, fmtNumber } from "../lib/format";
 
+// Where a price comes from (the API's price_source): who would change it at the next sync.
+const PRICE_SOURCES: Record<string, { label: string; tone: string; title: string }> = {
+  "provider-api": { label: "Provider API", tone: "badge-ok", title: "Read from the provider's own catalogue at the last sync; refreshed at the next" },
+  static: { label: "Static table", tone: "badge-muted", title: "Inventiv's built-in list price (the provider's API has none, or could not be read); refreshed at the next sync" },
+  manual: { label: "Manual", tone: "badge-info", title: "Set by an administrator; a sync never changes it" },
+};
+
+function PriceSource({ source }: { source: string }) {
+  const known = PRICE_SOURCES[source] ?? { label: source, tone: "badge-muted", title: source };
+  return <span className={`badge ${known.tone}`} title={known.title}>{known.label}</span>;
+}
+
 export function ProvidersPage({ isAdmin }: { isAdmin: boolean }) {
   const providers = useProviders();
   const kinds = useProviderKinds();
@@ -47,7 +59,8 @@ export function ProvidersPage({ isAdmin }: { isAdmin: boolean }) {
 
   const sync = async (id: string, name: string) => {
     const r = await typed(client.POST("/api/v1/providers/{provider_id}/instance-types/sync", { params: { path: { provider_id: id } } }));
-    setNotice(r.ok ? { tone: "ok", text: `${name}: ${r.data.length} instance types after syncing the catalogue.` } : { tone: "bad", text: r.message });
+    const live = r.ok ? r.data.filter((t) => t.price_source === "provider-api").length : 0;
+    setNotice(r.ok ? { tone: "ok", text: `${name}: ${r.data.length} instance types after syncing the catalogue (${live} priced from the provider's API).` } : { tone: "bad", text: r.message });
     void types.reload();
     void providers.reload();
   };
@@ -112,7 +125,7 @@ export function ProvidersPage({ isAdmin }: { isAdmin: boolean }) {
           {(list) => list.length === 0 ? <Empty>No instance types.</Empty> : (
             <div className="table-wrap">
               <table aria-label="Instance types">
-                <thead><tr><th scope="col">Provider</th><th scope="col">Type</th><th scope="col">GPU</th><th scope="col" className="num">GPU memory</th><th scope="col" className="num">vCPU / RAM</th><th scope="col" className="num">Price per hour</th></tr></thead>
+                <thead><tr><th scope="col">Provider</th><th scope="col">Type</th><th scope="col">GPU</th><th scope="col" className="num">GPU memory</th><th scope="col" className="num">vCPU / RAM</th><th scope="col" className="num">Price per hour</th><th scope="col">Price source</th></tr></thead>
                 <tbody>
                   {list.map((t) => (
                     <tr key={t.id}>
@@ -134,6 +147,7 @@ export function ProvidersPage({ isAdmin }: { isAdmin: boolean }) {
                           </span>
                         ) : fmtMoney(t.price_per_hour, t.currency)}
                       </td>
+                      <td><PriceSource source={t.price_source} /></td>
                     </tr>
                   ))}
                 </tbody>
