@@ -29,8 +29,8 @@ class AWSSettings(ProviderSettings):
     )
     pricing_region: Literal["us-east-1", "eu-central-1", "ap-south-1"] = Field(
         default="us-east-1",
-        description="Where the Price List Query API is asked (it lives in these three regions "
-        "only); the prices read are those of `region`",
+        description="Region whose Price List Query API endpoint is asked (us-east-1, eu-central-1 "
+        "or ap-south-1, the only three); the prices read are INVENTIV_AWS_REGION's",
     )
     pricing_endpoint_url: str | None = Field(
         default=None,
