@@ -1,8 +1,17 @@
 """A machine behind NAT: joins once, then keeps one outbound WebSocket to the control plane.
 
-`python -m agent join --control-plane URL --token TOKEN` generates an Ed25519 key pair here,
-trades the one-time token for this machine's credential (`POST /api/v1/machines/join`) and saves
-both in the state folder (0600), then connects; `python -m agent connect` reconnects later.
+`python -m agent join --control-plane URL --token TOKEN --pin sha256:HEX` generates an Ed25519
+key pair here, trades the one-time token for this machine's credential (`POST
+/api/v1/machines/join`) and saves both in the state folder (0600), then connects; `python -m
+agent connect` reconnects later.
+
+The pin (`--pin`, repeatable, from the enrolment command; saved in the state) is the SHA-256 of
+the control plane's TLS public key (SubjectPublicKeyInfo, `core.wire.public_key_pin`). With one,
+every TLS handshake (the join request, each tunnel connection) is checked against it as it ends,
+before a byte of HTTP is written: a peer presenting another key is refused, naming both
+fingerprints, and neither the token nor the credential leaves; a key that matches is trusted
+whoever signed its certificate (a self-signed one too). Without a pin, the usual CA and host name
+verification applies (`--ca-file` for a private CA).
 
 Over the tunnel (framing in core/wire.py; the other side is tunnel/hub.py) the control plane
 says what to run (`run` with the instance's agent environment, `stop`) and relays HTTP to the
@@ -27,7 +36,7 @@ import random
 import socket
 import ssl
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +54,8 @@ from core.wire import (
     TUNNEL_CLOSE_REFUSED,
     TUNNEL_CLOSE_REVOKED,
     TUNNEL_PATH,
+    parse_pin,
+    public_key_pin,
     tunnel_data,
 )
 
@@ -59,6 +70,66 @@ class JoinRefusedError(Exception):
     """The control plane refused to let this machine in; the message says why."""
 
 
+class PinMismatchError(ssl.SSLCertVerificationError):
+    """The peer's TLS key is not a pinned one: the handshake fails before anything is sent."""
+
+    def __init__(self, seen: str, pins: frozenset[str]) -> None:
+        self.seen = seen
+        self.pins = pins
+        pinned = " or ".join(sorted(pins))
+        self.message = f"the peer presents the TLS key {seen}, not the pinned {pinned}"
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class PinnedTLS:
+    """A client TLS context that trusts exactly the pinned keys: the check runs when the
+    handshake completes (the SSL socket of httpx's sync client, the SSL object of asyncio's
+    transports), so a mismatch fails the connection before the request is written."""
+
+    def __init__(self, pins: list[str]) -> None:
+        self.pins = frozenset(pins)
+
+    def check(self, certificate_der: bytes | None) -> None:
+        seen = public_key_pin(certificate_der) if certificate_der else "no certificate"
+        if seen not in self.pins:
+            raise PinMismatchError(seen, self.pins)
+
+    def context(self) -> ssl.SSLContext:
+        pinned = self
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        # the pin replaces CA and host name verification: that is what makes a self-signed
+        # certificate acceptable, and a CA-signed one with another key not
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+
+        class _Socket(ssl.SSLSocket):
+            def do_handshake(self, block: bool = False) -> None:
+                super().do_handshake(block)
+                pinned.check(self.getpeercert(binary_form=True))
+
+        class _Object(ssl.SSLObject):
+            def do_handshake(self) -> None:
+                super().do_handshake()
+                pinned.check(self.getpeercert(binary_form=True))
+
+        context.sslsocket_class = _Socket
+        context.sslobject_class = _Object
+        return context
+
+
+def parse_pins(values: list[str]) -> list[str]:
+    """`--pin` values, checked (ValueError naming the expected shape) and without duplicates."""
+    pins: list[str] = []
+    for value in values:
+        pin = parse_pin(value)
+        if pin not in pins:
+            pins.append(pin)
+    return pins
+
+
 @dataclass
 class MachineState:
     machine_id: str
@@ -68,6 +139,7 @@ class MachineState:
     private_key: str  # raw Ed25519 private key, hex
     previous_credential: str | None = None  # kept until the control plane confirms the new one
     ca_file: str | None = None
+    pins: list[str] = field(default_factory=list)  # the control plane's TLS keys, sha256:<hex>
 
     @classmethod
     def load(cls, folder: Path) -> MachineState:
@@ -88,23 +160,53 @@ class MachineState:
         return Ed25519PrivateKey.from_private_bytes(bytes.fromhex(self.private_key))
 
 
-def _ssl_context(url: str, ca_file: str | None) -> ssl.SSLContext | None:
+def _ssl_context(url: str, ca_file: str | None, pins: list[str]) -> ssl.SSLContext | None:
     if not url.startswith(("https://", "wss://")):
+        if pins:  # a pin is a TLS key: sending the secret in clear would ignore it
+            raise JoinRefusedError(
+                f"{url} is not TLS but the control plane's key is pinned: refusing to send "
+                "anything in clear (pinning needs https:// and wss://)"
+            )
         return None
+    if pins:
+        return PinnedTLS(pins).context()
     return ssl.create_default_context(cafile=ca_file)
 
 
-def join(control_plane: str, token: str, folder: Path, ca_file: str | None = None) -> MachineState:
-    """Trade the enrolment token for this machine's credential; saves and returns the state."""
+def _pin_refusal(exc: BaseException) -> PinMismatchError | None:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, PinMismatchError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def join(
+    control_plane: str,
+    token: str,
+    folder: Path,
+    ca_file: str | None = None,
+    pins: list[str] | None = None,
+) -> MachineState:
+    """Trade the enrolment token for this machine's credential; saves and returns the state.
+    With `pins`, the token goes only to a peer presenting one of those TLS keys."""
+    pins = list(pins or [])
+    url = control_plane.rstrip("/") + JOIN_PATH
+    verify: ssl.SSLContext | bool = _ssl_context(url, ca_file, pins) or True
     key = Ed25519PrivateKey.generate()
     public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
-    url = control_plane.rstrip("/") + JOIN_PATH
-    verify: ssl.SSLContext | bool = _ssl_context(url, ca_file) or True
     try:
         response = httpx.post(
             url, json={"token": token, "public_key": public}, timeout=30, verify=verify
         )
     except httpx.HTTPError as exc:
+        refused = _pin_refusal(exc)
+        if refused is not None:
+            raise JoinRefusedError(
+                f"refusing to enrol with {url}: {refused}; the enrolment token was not sent "
+                "(check the --pin of the enrolment command, or who answers at that address)"
+            ) from None
         raise JoinRefusedError(f"cannot reach the control plane at {url}: {exc}") from None
     if response.status_code != 201:
         try:
@@ -121,6 +223,7 @@ def join(control_plane: str, token: str, folder: Path, ca_file: str | None = Non
         tunnel_url=answer["tunnel_url"],
         private_key=raw,
         ca_file=ca_file,
+        pins=pins,
     )
     state.save(folder)
     return state
@@ -216,6 +319,18 @@ class MachineAgent:
                         log.error("the control plane closed the tunnel for good: %s", reason)
                         return 3
                     log.warning("tunnel closed (%s %s): reconnecting", code, reason)
+                except PinMismatchError as exc:
+                    # someone else answers there (or the key changed): nothing was sent to it;
+                    # keep trying, the real endpoint may come back on that path
+                    log.error(
+                        "refusing the tunnel endpoint at %s: %s; the credential was not sent "
+                        "(if the control plane changed its key, run `python -m agent connect "
+                        "--pin <the new pin>`); retrying in %.1f s",
+                        self.state.tunnel_url, exc, delay,
+                    )  # fmt: skip
+                except JoinRefusedError as exc:
+                    log.error("%s", exc)
+                    return 2
                 except (OSError, InvalidHandshake, TimeoutError) as exc:
                     log.warning("tunnel unreachable (%r): retrying in %.1f s", exc, delay)
                 except InvalidURI as exc:
@@ -233,12 +348,17 @@ class MachineAgent:
         url = self.state.tunnel_url.rstrip("/") + TUNNEL_PATH
         async with connect(
             url,
-            ssl=_ssl_context(url, self.state.ca_file),
+            ssl=_ssl_context(url, self.state.ca_file, self.state.pins),
             open_timeout=10,
             ping_interval=10,
             ping_timeout=10,
             max_size=None,
         ) as ws:
+            if self.state.pins:  # checked at the handshake already; again before the credential
+                tls = ws.transport.get_extra_info("ssl_object")
+                PinnedTLS(self.state.pins).check(
+                    tls.getpeercert(binary_form=True) if tls is not None else None
+                )
             challenge = json.loads(await asyncio.wait_for(ws.recv(), 10))
             nonce = bytes.fromhex(challenge["nonce"])
             offered = [self.state.credential]
@@ -403,18 +523,39 @@ def main(argv: list[str]) -> int:
     for command in (joining, connecting):
         command.add_argument("--state-dir", type=Path, default=default_state_dir())
         command.add_argument("--ca-file", help="CA bundle that signs the control plane's TLS")
+        command.add_argument(
+            "--pin",
+            action="append",
+            default=[],
+            metavar="sha256:HEX",
+            help="the control plane's TLS public key, as the enrolment command gives it "
+            "(repeatable; replaces CA verification; `connect --pin` replaces the saved pins)",
+        )
     args = parser.parse_args(argv)
+    try:
+        pins = parse_pins(args.pin)
+    except ValueError as exc:
+        print(f"--pin refused: {exc}; nothing was sent", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.command == "join":
         try:
-            state = join(args.control_plane, args.token, args.state_dir, args.ca_file)
+            state = join(args.control_plane, args.token, args.state_dir, args.ca_file, pins)
         except JoinRefusedError as exc:
             print(exc, file=sys.stderr)
             return 2
         log.info("joined as machine %s; connecting to %s", state.machine_id, state.tunnel_url)
+    elif pins:  # the control plane's key changed on purpose: trust the new one from now on
+        try:
+            saved = MachineState.load(args.state_dir)
+        except JoinRefusedError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        saved.pins = pins
+        saved.save(args.state_dir)
     try:
         agent = MachineAgent(args.state_dir)
     except JoinRefusedError as exc:

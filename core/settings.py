@@ -82,6 +82,12 @@ class Settings(BaseSettings):
         description="Let the worker hand machines of providers other than local a plain-http, "
         "non-loopback API URL for the agent bundle and heartbeats (their token in clear)",
     )
+    machine_pin_certs: str = Field(
+        default="",
+        description="Certificate files (comma-separated) whose keys the machine join command "
+        "pins: the API URL's and the tunnel's public TLS (a proxy's); unset: "
+        "INVENTIV_TUNNEL_TLS_CERT, or no pin",
+    )
     temporal_ui_url: str | None = Field(
         default=None, description="Temporal Web UI base URL for links; embedded UI when unset"
     )

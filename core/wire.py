@@ -177,3 +177,46 @@ def parse_tunnel_data(frame: bytes) -> tuple[int, bool, bytes]:
         raise ValueError("tunnel data frame shorter than its header")
     stream, end = _DATA_HEAD.unpack_from(frame)
     return stream, bool(end), frame[_DATA_HEAD.size :]
+
+
+# ---------------------------------------------------------------- the control plane's identity
+# A machine pins the control plane's TLS key (like kubeadm's --discovery-token-ca-cert-hash): the
+# enrolment command carries `sha256:<hex>` of each public TLS certificate's SubjectPublicKeyInfo,
+# and the agent talks only to a peer presenting one of those keys (agent/tunnel.py).
+
+PIN_PREFIX = "sha256:"
+_PIN_HEX = 64
+
+
+def public_key_pin(certificate_der: bytes) -> str:
+    """`sha256:<hex>` of the certificate's SubjectPublicKeyInfo (its key, DER): the same across
+    renewals that keep the key, whoever signed it."""
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    key = x509.load_der_x509_certificate(certificate_der).public_key()
+    spki = key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return PIN_PREFIX + hashlib.sha256(spki).hexdigest()
+
+
+def certificate_file_pin(pem: bytes) -> str:
+    """The pin of a PEM certificate file's first certificate (the leaf of a full chain)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    certificates = x509.load_pem_x509_certificates(pem)  # ValueError when there is none
+    return public_key_pin(certificates[0].public_bytes(Encoding.DER))
+
+
+def parse_pin(text: str) -> str:
+    """A pin as `sha256:` and 64 hex digits, lower-cased; ValueError naming the shape otherwise."""
+    value = text.strip()
+    digest = value[len(PIN_PREFIX) :] if value.lower().startswith(PIN_PREFIX) else ""
+    if len(digest) != _PIN_HEX or any(c not in "0123456789abcdefABCDEF" for c in digest):
+        raise ValueError(
+            f"a pin is {PIN_PREFIX}<{_PIN_HEX} hex digits> (the SHA-256 of the control plane's "
+            f"TLS public key, as the enrolment command gives it), not {value[:80]!r}"
+        )
+    return PIN_PREFIX + digest.lower()

@@ -5,13 +5,20 @@ An admin enrols a machine for any project (or none: shared by all); a member of 
 that project. The token is shown once (only its SHA-256 is kept) and works once, before it
 expires. `POST /machines/join` (no session: the token is the proof) trades it for the machine's
 own credential, bound to the Ed25519 key the machine generated; the tunnel endpoint checks both.
+
+The join command pins the control plane's TLS identity (`--pin sha256:<hex>`, the SHA-256 of each
+public certificate's SubjectPublicKeyInfo): INVENTIV_MACHINE_PIN_CERTS, or the tunnel endpoint's
+INVENTIV_TUNNEL_TLS_CERT; no certificate configured, no pin. The agent sends the token and later
+its credential only to a peer presenting a pinned key.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import uuid
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, status
@@ -25,9 +32,12 @@ from api.deps import CurrentUser, SessionDep, SettingsDep
 from api.validation import Name
 from core.machine_sharing import availability, local_day, parse_sharing
 from core.models import Machine, MachineEnrolment, MachineUsage, Role, User, utcnow
+from core.settings import Settings
 from core.tokens import new_machine_credential, token_hash
+from core.wire import certificate_file_pin
 
 router = APIRouter(prefix="/machines", tags=["machines"])
+log = logging.getLogger(__name__)
 
 ENROLMENT_PREFIX = "ime_"
 _MAX_ENROLMENT_S = 7 * 24 * 3600
@@ -51,6 +61,11 @@ class EnrolmentCreated(BaseModel):
     token: str = Field(description="Shown once: only its hash is kept")
     expires_at: datetime
     command: str = Field(description="What to run on the machine")
+    pins: list[str] = Field(
+        default_factory=list,
+        description="sha256:<hex> of the control plane's TLS public keys, in the command; "
+        "none when it has no TLS configured",
+    )
 
 
 class JoinRequest(BaseModel):
@@ -104,6 +119,27 @@ def _tunnel() -> TunnelSettings:
     return TunnelSettings()
 
 
+def control_plane_pins(settings: Settings, tunnel: TunnelSettings) -> list[str]:
+    """The pins of the certificates machines must see (read at each enrolment: a renewal with a
+    new key shows at once). A file that cannot be read fails the enrolment: a command without
+    its pin would silently trust any CA-signed certificate."""
+    named = [Path(p.strip()) for p in settings.machine_pin_certs.split(",") if p.strip()]
+    files = named or ([tunnel.tls_cert] if tunnel.tls_cert else [])
+    pins: list[str] = []
+    for path in files:
+        try:
+            pin = certificate_file_pin(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            log.error("cannot pin the control plane's certificate %s: %s", path, exc)
+            raise HTTPException(
+                status.HTTP_500_INTERNAL_SERVER_ERROR,
+                f"the control plane's TLS certificate {path} cannot be read to pin it: {exc}",
+            ) from None
+        if pin not in pins:
+            pins.append(pin)
+    return pins
+
+
 async def _may_manage(session: SessionDep, user: User, project_id: uuid.UUID | None) -> None:
     if user.role == Role.admin:
         return
@@ -121,6 +157,7 @@ async def create_enrolment(
     """A one-time token for one machine, and the command that joins it."""
     await _may_manage(session, user, body.project_id)
     tunnel = _tunnel()
+    pins = control_plane_pins(settings, tunnel)
     token = ENROLMENT_PREFIX + secrets.token_urlsafe(24)
     expires = utcnow() + timedelta(seconds=body.expires_in_s or tunnel.enrolment_ttl_s)
     enrolment = MachineEnrolment(
@@ -136,7 +173,9 @@ async def create_enrolment(
         id=enrolment.id,
         token=token,
         expires_at=expires,
-        command=f"python -m agent join --control-plane {settings.api_url} --token {token}",
+        command=f"python -m agent join --control-plane {settings.api_url} --token {token}"
+        + "".join(f" --pin {pin}" for pin in pins),
+        pins=pins,
     )
 
 

@@ -1,16 +1,22 @@
 """Machine enrolment as its users meet it: a token shown once that works once and expires, the
-owner's sharing rules checked, only owners and admins changing a machine."""
+owner's sharing rules checked, only owners and admins changing a machine, the join command
+pinning the control plane's TLS keys."""
 
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import update
+from sqlmodel import select
 
 from core.models import Machine, MachineEnrolment, utcnow
+from core.settings import Settings
 from tests.api.conftest import Tenant
+from tests.tunnel.certs import self_signed
 
 KEY = "ab" * 32  # an Ed25519 public key's length; the join does not check the curve point
 
@@ -103,3 +109,40 @@ async def test_who_may_enrol_and_change_a_machine(
     async with sessionmaker() as session:
         row = await session.get(Machine, revoked.json()["id"])
         assert row is not None and row.revoked_at is not None
+
+
+async def test_the_join_command_pins_the_control_plane_s_tls_keys(
+    client: httpx.AsyncClient,
+    alice: Tenant,
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sessionmaker: Any,
+) -> None:
+    # no TLS configured: no pin
+    plain = await _enrol(client, alice)
+    assert plain["pins"] == [] and "--pin" not in plain["command"]
+    # the tunnel endpoint's certificate: its key is pinned
+    endpoint, _, endpoint_pin = self_signed(tmp_path, "endpoint")
+    monkeypatch.setenv("INVENTIV_TUNNEL_TLS_CERT", str(endpoint))
+    pinned = await _enrol(client, alice)
+    assert pinned["pins"] == [endpoint_pin]
+    assert pinned["command"].endswith(f" --token {pinned['token']} --pin {endpoint_pin}")
+    # named certificates (the API's proxy and the endpoint's), each key once
+    proxy, _, proxy_pin = self_signed(tmp_path, "proxy")
+    settings.machine_pin_certs = f"{proxy}, {endpoint},{proxy}"
+    both = await _enrol(client, alice)
+    assert both["pins"] == [proxy_pin, endpoint_pin]
+    assert both["command"].endswith(f" --pin {proxy_pin} --pin {endpoint_pin}")
+    # a certificate that cannot be read fails the enrolment rather than dropping the pin
+    settings.machine_pin_certs = str(tmp_path / "missing.crt")
+    async with sessionmaker() as session:
+        before = len((await session.exec(select(MachineEnrolment))).all())
+    failed = await client.post(
+        "/api/v1/machines/enrolments",
+        json={"name": "lab-box", "project_id": str(alice.project.id)},
+        headers=alice.headers,
+    )
+    assert failed.status_code == 500 and "missing.crt" in failed.json()["detail"]
+    async with sessionmaker() as session:
+        assert len((await session.exec(select(MachineEnrolment))).all()) == before
