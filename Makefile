@@ -32,10 +32,11 @@ dashboard-generate: $(STAMP) dashboard/node_modules/.package-lock.json
 setup: $(STAMP) dashboard
 
 # Debian packages the tests need (a browser for the dashboard tests; Prometheus with promtool,
-# kubectl for kustomize, docker-compose for the operations checks); installed once. Where
+# kubectl for kustomize, docker-compose for the operations checks, iproute2's `ip` for the
+# tunnel test's network namespace); installed once. Where
 # systemd runs, Debian's prometheus package starts a service on :9090: it is stopped and
 # disabled, since `make dev` and the tests run their own.
-SYSTEM_DEPS := chromium:chromium prometheus:prometheus promtool:prometheus kubectl:kubernetes-client docker-compose:docker-compose
+SYSTEM_DEPS := chromium:chromium prometheus:prometheus promtool:prometheus kubectl:kubernetes-client docker-compose:docker-compose ip:iproute2
 system-deps:
 	@missing=$$(for dep in $(SYSTEM_DEPS); do command -v $${dep%%:*} >/dev/null || echo $${dep#*:}; done | sort -u); \
 	if [ -n "$$missing" ]; then \
