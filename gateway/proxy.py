@@ -426,11 +426,11 @@ class Proxy:
                     request.relayed_events += events.count(DATA_EVENT)
         except UpstreamError:
             # Too late to retry: the client already has part of the answer. End the stream with
-            # an error event it can see.
+            # an error event it can see, without the torn half of an event the engine left.
             metrics.UPSTREAM_ERRORS.labels(request.model, "stream").inc()
             request.status = 502
             message = "The engine's stream broke."
-            pending += b"data: " + error_body(message, "upstream_error", "stream_broken") + b"\n\n"
+            pending = b"data: " + error_body(message, "upstream_error", "stream_broken") + b"\n\n"
         await send({"type": "http.response.body", "body": pending, "more_body": False})
 
     def _failed_in_band(self, request: ProxyRequest, status: int) -> None:

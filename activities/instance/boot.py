@@ -7,6 +7,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from sqlalchemy import update
+from sqlmodel import col
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -16,6 +18,7 @@ from activities.providers.base import AGENT_PORT, ENGINE_PORT
 from agent.identity import expected_agent, integrity_ok
 from core import states
 from core.events import EventKind
+from core.models import ActionStatus, InstanceAction, utcnow
 from core.progress import Step
 
 BootStep = Callable[[BootStepInput, AtProvider], Awaitable[str]]
@@ -49,8 +52,15 @@ class BootActivities:
 
     @activity.defn
     async def mark_ready(self, ref: InstanceRef) -> None:
-        async with self.ctx.action(ref.instance_id, Step.ready):
+        async with self.ctx.action(ref.instance_id, Step.ready) as action:
             async with self.ctx.sessionmaker() as session:
+                # The step's success and the state in one commit: no reader sees an instance
+                # "ready" at 95 % (the action would otherwise finish just after the state).
+                await session.execute(
+                    update(InstanceAction)
+                    .where(col(InstanceAction.id) == action.id)
+                    .values(status=ActionStatus.succeeded, finished_at=utcnow())
+                )
                 await states.booting_to_ready(session, uuid.UUID(ref.instance_id))
             await self.ctx.set_routable(ref.instance_id, True)
         await self.ctx.event(EventKind.instance, ref.instance_id, {})

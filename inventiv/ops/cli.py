@@ -34,6 +34,8 @@ _BY_STATUS = {400: USAGE, 422: USAGE, 401: AUTH, 403: AUTH, 404: NOT_FOUND, 409:
 # Where following an instance stops, and whether that is a success.
 _SETTLED = {"ready": OK, "terminated": OK, "archived": OK, "startup_failed": ERROR}
 _SETTLED |= {"provider_deleted": ERROR}
+# Following a drain or a terminate: the instance is still ready when the request is accepted.
+_ENDED = {state: code for state, code in _SETTLED.items() if state != "ready"}
 
 
 class CliError(Exception):
@@ -255,7 +257,7 @@ def cmd_instances(args: argparse.Namespace, api: Api) -> int:
         path = f"/instances/{instance_id}" + ("/drain" if args.action == "drain" else "")
         accepted = api.call("POST" if args.action == "drain" else "DELETE", path)
         if args.follow:
-            return follow(api, instance_id, args.json)
+            return follow(api, instance_id, args.json, to_the_end=True)
         emit(args, accepted, lambda: f"{args.action} of {instance_id} accepted")
     elif args.action == "follow":
         return follow(api, instance_id, args.json)
@@ -264,9 +266,10 @@ def cmd_instances(args: argparse.Namespace, api: Api) -> int:
     return OK
 
 
-def follow(api: Api, instance_id: str, as_json: bool) -> int:
+def follow(api: Api, instance_id: str, as_json: bool, *, to_the_end: bool = False) -> int:
     """Progress 0-100 % with the current step, redrawn on each event of the instance, until
-    it settles (ready, terminated or failed)."""
+    it settles (ready, terminated or failed; with `to_the_end`, not at ready)."""
+    settled = _ENDED if to_the_end else _SETTLED
     tty = sys.stdout.isatty() and not as_json
     last = None
     for event in api.events():
@@ -283,13 +286,12 @@ def follow(api: Api, instance_id: str, as_json: bool) -> int:
             else:
                 print(("\r" if tty else "") + progress_line(instance), end="" if tty else "\n")
             sys.stdout.flush()
-        # `ready` is set a moment before its step is recorded as done: wait for 100 %.
-        if instance["state"] in _SETTLED and (instance["state"] != "ready" or shown[1] == 100):
+        if instance["state"] in settled:
             if tty:
                 print()
             if instance.get("error") and not as_json:
                 print(f"error: {instance['error']}", file=sys.stderr)
-            return _SETTLED[instance["state"]]
+            return settled[instance["state"]]
     raise CliError("the event stream ended", UNAVAILABLE)
 
 

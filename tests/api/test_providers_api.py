@@ -199,7 +199,8 @@ async def test_kinds_say_which_providers_can_run_and_why_not(
     assert kinds["scaleway"]["capabilities"] == ["volumes", "public_ips"]
     assert kinds["aws"]["enabled"] is False
     assert kinds["aws"]["reason"] == "INVENTIV_AWS_ACCESS_KEY_ID or _SECRET_ACCESS_KEY unset"
-    assert kinds["ssh"]["capabilities"] == ["host_pool"]
+    assert kinds["ssh"]["capabilities"] == ["host_pool", "capacity"]
+    assert kinds["tunnel"]["capabilities"] == ["capacity"]
     assert os.environ["INVENTIV_SCALEWAY_SECRET_KEY"] not in listed.text
 
 

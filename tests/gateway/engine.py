@@ -29,6 +29,7 @@ class EngineBehaviour:
     fail_status: int | None = None  # answer every request with this status
     hold: asyncio.Event | None = None  # do not answer until this event is set
     break_after: int | None = None  # drop the connection after streaming this many tokens
+    break_mid_event: bool = False  # ... having sent the first half of the next event
     # After streaming this many tokens, report a failure in-band as vLLM does (HTTP 200 already
     # sent: `data: {"error": {...}}`, then `data: [DONE]`).
     error_after: int | None = None
@@ -181,6 +182,9 @@ class TestEngine:
             await asyncio.sleep(behaviour.first_token_delay_s)
         for i in range(behaviour.tokens):
             if i == behaviour.break_after:
+                if behaviour.break_mid_event:
+                    torn = b'data: {"id": "cmpl-torn", "object": "'
+                    await send({"type": "http.response.body", "body": torn, "more_body": True})
                 raise ConnectionAbortedError("engine crashed mid-stream")
             if i == behaviour.error_after:
                 error = {

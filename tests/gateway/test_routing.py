@@ -7,7 +7,9 @@ import asyncio
 import time
 
 import httpx
+import openai
 import orjson
+import pytest
 import redis.asyncio as aioredis
 
 from core.embedded import free_port
@@ -314,6 +316,27 @@ async def test_no_retry_after_the_first_byte(
     assert '"t0 "' in events[0] and '"t1 "' in events[1]
     assert "stream_broken" in events[2]
     assert len(a.requests) + len(b.requests) == 1  # the request was not replayed elsewhere
+
+
+async def test_a_stream_torn_mid_event_ends_with_a_clean_error_event(
+    gateway: RunningGateway, seeded: Seeded, engines: Engines, registry: Registry
+) -> None:
+    """The engine dies halfway through writing an event: the client never sees the torn half,
+    only whole events and then the error event, so the official client raises an APIError
+    rather than a JSON decoding error."""
+    engine = await engines.start("torn")
+    engine.behaviour.tokens = 5
+    engine.behaviour.break_after = 2
+    engine.behaviour.break_mid_event = True
+    await registry.put(registry.instance(engines.servers["torn"].url))
+    await ready(gateway, 1)
+    client = openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=seeded.api_key)
+    received: list[str] = []
+    with pytest.raises(openai.APIError, match="stream broke"):
+        stream = await client.chat.completions.create(**{**CHAT, "stream": True})
+        async for chunk in stream:
+            received.append(chunk.choices[0].delta.content or "")
+    assert received == ["t0 ", "t1 "]
 
 
 async def test_engine_dying_mid_answer_is_a_clear_502(
