@@ -63,7 +63,6 @@ log = logging.getLogger("agent.tunnel")
 
 STATE_FILE = "machine.json"
 JOIN_PATH = "/api/v1/machines/join"
-_CHUNK = 1 << 15
 
 
 class JoinRefusedError(Exception):
@@ -492,7 +491,8 @@ class MachineAgent:
                     {"type": "response", "stream": number, "status": response.status_code,
                      "headers": [[k, v] for k, v in response.headers.multi_items()]}
                 )  # fmt: skip
-                async for chunk in response.aiter_raw(_CHUNK):
+                # as each read arrives: a size would hold tokens back until it filled
+                async for chunk in response.aiter_raw():
                     await self._send(tunnel_data(number, chunk))
                 await self._send(tunnel_data(number, b"", end=True))
             finally:
