@@ -392,7 +392,7 @@ class TunnelHub:
             else:
                 # The engine's key is derived here, at send time, so it is never stored in the row.
                 engine_key = engine_api_key(self.settings.require("secret_key"), wanted[0])
-                env = {**machine.desired_env, "INVENTIV_AGENT_ENGINE_API_KEY": engine_key}
+                env = {**(machine.desired_env or {}), "INVENTIV_AGENT_ENGINE_API_KEY": engine_key}
                 await conn.send({"type": "run", "instance_id": wanted[0], "env": env})
             conn.sent_run = wanted
         left = machine.credential_expires_at - self.clock()
