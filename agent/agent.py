@@ -30,7 +30,7 @@ from agent.settings import AgentSettings
 from agent.supervisor import EngineState, EngineSupervisor
 from core.wire import AgentHeartbeat, AgentInfo, EngineLoad, GpuSample
 
-AGENT_VERSION = "0.1.7"
+AGENT_VERSION = "0.1.9"
 AGENT_BUILD_DATE = "2026-12-02"
 
 log = logging.getLogger("agent")
@@ -126,6 +126,7 @@ class Agent:
         self.gpus = GpuReader()
         self.metrics = AgentMetrics()
         self.started_at = time.time()
+        self._busy_mark: tuple[float, float] | None = None  # (monotonic time, busy seconds)
         engine_key = settings.engine_api_key.get_secret_value()
         self._http = httpx.AsyncClient(
             timeout=settings.engine_probe_timeout_s,
@@ -224,9 +225,19 @@ class Agent:
             gpus=self.gpus.read(),
             gpu_error=self.gpus.error,
             host=read_host(self.settings.model_cache_dir),
-            load=_load(stats),
+            load=_load(stats).model_copy(update={"busy_pct": self._busy_share(stats)}),
             model_download=self.model_cache.progress if self.model_cache else None,
         )
+
+    def _busy_share(self, stats: EngineStats | None) -> float | None:
+        """The simulator's busy time over the time since the previous heartbeat, percent (None
+        from an engine that does not model it, and on the first heartbeat)."""
+        busy = stats.busy_seconds_total if stats is not None else None
+        mark, now = self._busy_mark, time.monotonic()
+        self._busy_mark = (now, busy) if busy is not None else None
+        if busy is None or mark is None or now <= mark[0] or busy < mark[1]:
+            return None
+        return round(min(100.0, 100 * (busy - mark[1]) / (now - mark[0])), 1)
 
     async def refresh_metrics(self) -> None:
         ready, _ = await self.readiness()

@@ -14,6 +14,8 @@ PROMPT_TOKENS = "vllm:prompt_tokens_total"
 GENERATION_TOKENS = "vllm:generation_tokens_total"
 TTFT_SUM = "vllm:time_to_first_token_seconds_sum"
 TTFT_COUNT = "vllm:time_to_first_token_seconds_count"
+# The simulator's modelled busy time (real vLLM has no such figure).
+SIM_BUSY = "inventiv_sim_busy_seconds_total"
 
 
 @dataclass
@@ -25,6 +27,7 @@ class EngineStats:
     generation_tokens_total: float | None = None
     ttft_seconds_sum: float | None = None
     ttft_seconds_count: float | None = None
+    busy_seconds_total: float | None = None  # the simulator's only
 
     @property
     def in_flight(self) -> float | None:
@@ -49,6 +52,7 @@ def parse_engine_metrics(text: str) -> EngineStats:
                 GENERATION_TOKENS,
                 TTFT_SUM,
                 TTFT_COUNT,
+                SIM_BUSY,
             ):
                 totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
     return EngineStats(
@@ -59,4 +63,5 @@ def parse_engine_metrics(text: str) -> EngineStats:
         generation_tokens_total=totals.get(GENERATION_TOKENS),
         ttft_seconds_sum=totals.get(TTFT_SUM),
         ttft_seconds_count=totals.get(TTFT_COUNT),
+        busy_seconds_total=totals.get(SIM_BUSY),
     )

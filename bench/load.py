@@ -6,9 +6,9 @@ through the gateway, following a profile of stages, with a line of figures every
 
 A stage `CxS` keeps C streams in flight for S seconds (each finished stream is replaced at once).
 Turn autoscaling on for the deployment first (dashboard: Deployments, or `PATCH
-/api/v1/deployments/{id}` with `autoscaling_enabled`), with short delays and
-`scale_down_active_per_gpu` set (the simulator reports no GPU utilisation, so only that level
-scales it back down), then watch its instances and decisions come and go on the dashboard. The key and the gateway default to what `make dev`
+/api/v1/deployments/{id}` with `autoscaling_enabled`) with short delays, then watch its
+instances and decisions come and go on the dashboard (the simulator's modelled GPU utilisation
+drives the scale-down as a GPU's would). The key and the gateway default to what `make dev`
 wrote in `.inventiv/dev-credentials.json` and printed.
 """
 

@@ -70,6 +70,9 @@ class EngineLoad(BaseModel):
     generation_tokens_total: float | None = None
     ttft_seconds_sum: float | None = None
     ttft_seconds_count: float | None = None
+    # The simulator's modelled GPU busy share since the previous heartbeat, percent; the API
+    # takes it as the GPU utilisation of a machine whose agent sees no GPU. vLLM has none.
+    busy_pct: float | None = None
 
 
 class ModelDownload(BaseModel):

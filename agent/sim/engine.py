@@ -154,6 +154,9 @@ class EngineMetrics:
             "vllm:prefix_cache_queries", "Prefix-cache lookups, in prompt tokens"
         )
         self.prefix_hits = counter("vllm:prefix_cache_hits", "Prefix-cache hits, in prompt tokens")
+        # Not vLLM's: the time spent running steps, the simulated GPU's busy share, which the
+        # agent reports as the machine's GPU utilisation where there is no real GPU.
+        self.busy = counter("inventiv_sim_busy_seconds", "Modelled GPU busy time (steps run)")
 
     def finished(self, reason: str) -> None:
         self._success.labels(*self._values, reason).inc()
@@ -310,7 +313,9 @@ class Engine:
                     chunks.append((request, chunk))
                     budget -= chunk
             prefill_tokens = sum(chunk for _, chunk in chunks)
-            await asyncio.sleep(self.config.step_time(len(decoding), prefill_tokens))
+            step = self.config.step_time(len(decoding), prefill_tokens)
+            await asyncio.sleep(step)
+            self.metrics.busy.inc(step)
             now = time.monotonic()
             producing = list(decoding)
             for request, chunk in chunks:

@@ -115,11 +115,15 @@ async def heartbeat(
     )
     gpus = body.gpus or []
     load = body.load
+    # A machine whose agent sees no GPU but runs the simulator reports its modelled busy share.
+    utilization = _mean([g.utilization_pct for g in gpus])
+    if utilization is None:
+        utilization = load.busy_pct
     session.add(
         InstanceMetric(
             instance_id=instance_id,
             at=now,
-            gpu_utilization=_mean([g.utilization_pct for g in gpus]),
+            gpu_utilization=utilization,
             gpu_memory_used_mb=_sum([g.memory_used_mb for g in gpus]),
             gpu_memory_total_mb=_sum([g.memory_total_mb for g in gpus]),
             gpu_temperature_c=max(
@@ -153,7 +157,7 @@ async def heartbeat(
         requests_waiting=load.requests_waiting,
         kv_cache_usage=load.kv_cache_usage,
         in_flight=load.in_flight,
-        gpu_utilization=_mean([g.utilization_pct for g in gpus]),
+        gpu_utilization=utilization,
         model_download=body.model_download,
     )
     await redis.hset(INSTANCE_LOAD, str(instance_id), latest.model_dump_json())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -125,7 +126,21 @@ async def test_real_agent_heartbeats_reach_the_api(
         load = await wait_for(ready_load, 30, "a heartbeat from a ready engine")
         assert load["in_flight"] == 0 and load["kv_cache_usage"] == 0
         assert load["ts"] > 0
-        assert load["gpu_utilization"] is None  # no GPU here: absent, not zero
+
+        # No GPU here: the simulator's modelled busy share stands in for its utilisation, from
+        # the second heartbeat on (a share needs two readings); idle, it is 0, not absent.
+        async def utilization(busy: bool) -> list[float] | None:
+            raw = await redis_client.hget(INSTANCE_LOAD, str(instance_id))
+            value = json.loads(raw)["gpu_utilization"] if raw else None
+            return [value] if value is not None and (value > 0) == busy else None
+
+        assert await wait_for(lambda: utilization(False), 30, "an idle engine's 0 %") == [0]
+        body = {"model": "sim-model", "prompt": "x", "max_tokens": 200, "stream": False}
+        async with httpx.AsyncClient(base_url=agent.engine_url, timeout=60) as engine:
+            busy_requests = [asyncio.create_task(engine.post("/v1/completions", json=body))]
+            [busy] = await wait_for(lambda: utilization(True), 30, "a busy engine's share")
+            await asyncio.gather(*busy_requests)
+        assert 0 < busy <= 100
         row = await read_instance(sessionmaker, instance_id)
         assert row.last_heartbeat_at is not None
         assert row.agent_version == bundled_agent().version
