@@ -243,13 +243,18 @@ class Proxy:
         return entry.id, entry.routing
 
     def _reserve(self, payload: dict[str, Any]) -> int:
-        """Tokens to reserve against the TPM limit: the output the request allows."""
-        asked = [
-            value
-            for name in ("max_tokens", "max_completion_tokens")
-            if isinstance(value := payload.get(name), int) and not isinstance(value, bool)
-        ]
-        return max(asked) if asked else self.config.tpm_default_reserve
+        """Tokens to reserve against the TPM limit: the output the request allows (the larger
+        of max_tokens and max_completion_tokens, integers only: JSON's true is no count)."""
+        # On every request of a key with a TPM limit: plain tests, about a quarter of the cost
+        # of a comprehension. `type(...) is int` is exact for parsed JSON, whose only int
+        # subclass is bool.
+        asked = payload.get("max_tokens")
+        if type(asked) is not int:
+            asked = None
+        other = payload.get("max_completion_tokens")
+        if type(other) is int and (asked is None or other > asked):
+            asked = other
+        return self.config.tpm_default_reserve if asked is None else asked
 
     async def _check_rate_limit(self, request: ProxyRequest) -> None:
         key = request.key
@@ -277,12 +282,10 @@ class Proxy:
                 headers=[(b"retry-after", str(decision.retry_after_s).encode())],
             )
 
-    async def _acquire(self, request: ProxyRequest) -> Backend:
+    async def _wait_for_backend(self, request: ProxyRequest) -> Backend:
+        """The slow path of `_forward`'s acquire: no instance free now, wait in the queue."""
         model = request.model
         deployment_id = request.deployment_id
-        backend = self.router.acquire_now(deployment_id, request)
-        if backend is not None:
-            return backend
         backend = await self.router.wait(
             deployment_id, request.key.id, request, self.config.queue_deadline_s
         )
@@ -298,7 +301,10 @@ class Proxy:
 
     async def _forward(self, request: ProxyRequest, send: Send) -> None:
         model = request.model
-        backend = await self._acquire(request)
+        # The fast path without a coroutine of its own: an instance free right away.
+        backend = self.router.acquire_now(request.deployment_id, request)
+        if backend is None:
+            backend = await self._wait_for_backend(request)
         retried = False
         try:
             while True:
