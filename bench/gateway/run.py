@@ -2,6 +2,15 @@
 
     python -m bench.gateway.run            # all targets, 10 s per configuration
     python -m bench.gateway.run --quick    # 3 s per configuration
+    python -m bench.gateway.run --baseline-tree /tmp/gw-baseline --rounds 2   # before/after
+
+`--baseline-tree PATH` measures the gateway of another checkout (`git worktree add PATH COMMIT`)
+as an extra target of the same run, `inventiv-gateway xN @COMMIT`: its own PostgreSQL and Redis,
+migrated and seeded by that tree's own benchmark code, `python -m gateway` run from that tree with
+this interpreter. The run prints the CPU ms per request of this tree's gateway over the baseline's.
+`--rounds N` measures the gateway targets N times, alternating this tree and the baseline (in
+turn first). `--side-by-side N` adds N rounds where both 1-worker gateways are loaded at the same
+time, each by its own wrk: on a shared machine the steadiest before/after ratio.
 
 Targets: the upstream directly; nginx as a reverse proxy (the floor); our gateway with API-key
 auth, rate limits (per-key RPM and TPM through Redis), request logs and metrics on, with 1 and 2
@@ -324,6 +333,7 @@ class Target:
     stream_path: str = "/v1/completions"
     notes: str = ""
     support_pids: list[int] = field(default_factory=list)  # Redis, PostgreSQL used by the target
+    key: str | None = None  # the API key to send, when not the main stack's
 
 
 @dataclass
@@ -374,12 +384,15 @@ def measure(
     seconds: float,
     stream_count: int,
     py_spy: Path | None = None,
+    profile_out: Path | None = None,
 ) -> TargetResult:
     result = TargetResult(target.name, target.notes)
     url = f"http://127.0.0.1:{target.port}/v1/chat/completions"
+    key = target.key or key
     script = wrk_script(workdir, key)
     try:
-        run_wrk(url, script, 32, min(2.0, seconds))  # warm-up: connections, caches, JITs
+        warm = run_wrk(url, script, 32, min(2.0, seconds))  # warm-up: connections, caches, JITs
+        result.extra["requests_sent"] = warm.requests
         cpu_before = tree_cpu_s(target.proc.pid) if target.proc else 0.0
         support_before = sum(tree_cpu_s(pid) for pid in target.support_pids)
         profiler = None
@@ -396,10 +409,9 @@ def measure(
             )  # fmt: skip
         result.c32 = run_wrk(url, script, 32, seconds)
         if profiler is not None and profiler.wait(timeout=30) == 0:
-            RESULTS.mkdir(parents=True, exist_ok=True)
-            (RESULTS / "gateway-profile.txt").write_text(
-                summarize_profile(workdir / "gateway-profile.raw")
-            )
+            out = profile_out or RESULTS / "gateway-profile.txt"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(summarize_profile(workdir / "gateway-profile.raw"))
         if target.proc:
             used = tree_cpu_s(target.proc.pid) - cpu_before
             result.cpu_ms_per_request = used * 1000 / max(1, result.c32.requests)
@@ -412,6 +424,7 @@ def measure(
         samples = asyncio.run(
             stream_ttfb_ms("127.0.0.1", target.port, target.stream_path, key, stream_count)
         )
+        result.extra["requests_sent"] += result.c32.requests + result.c1.requests + len(samples)
         samples.sort()
         result.stream_ttfb_p50_ms = statistics.median(samples)
         result.stream_ttfb_p99_ms = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
@@ -512,9 +525,104 @@ class Stack:
                 pids.append(proc.pid)
         return pids
 
+    def counters(self) -> tuple[int, int]:
+        """Request-log rows in PostgreSQL and commands Redis has processed, for the checks."""
+        import asyncpg
+        import redis
+
+        async def rows() -> int:
+            conn = await asyncpg.connect(self.db_url)
+            try:
+                return int(await conn.fetchval("SELECT count(*) FROM request_logs"))
+            finally:
+                await conn.close()
+
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            commands = int(client.info("stats")["total_commands_processed"])
+        finally:
+            client.close()
+        return asyncio.run(rows()), commands
+
     def stop(self) -> None:
         self.redis.stop()
         self.pg.stop()
+
+
+# Run inside another checkout (cwd and PYTHONPATH that tree): its migrations, its seeding.
+SEED_IN_TREE = """
+import asyncio, sys
+from core.migrate import upgrade
+from bench.gateway.run import Stack
+stack = Stack.__new__(Stack)
+stack.db_url, stack.redis_url, stack.key = sys.argv[1], sys.argv[2], sys.argv[3]
+upgrade(stack.db_url)
+asyncio.run(stack._seed(int(sys.argv[4])))
+"""
+
+
+class TreeStack(Stack):
+    """The stack of another checkout's gateway: its own PostgreSQL and Redis, with that tree's
+    schema and seed rows (`bench/gateway/run.py`'s `Stack._seed` there), so an older gateway
+    reads the tables and the routing registry it was written for."""
+
+    def __init__(self, workdir: Path, tree: Path) -> None:
+        super().__init__(workdir)
+        self.tree = tree
+
+    def start(self, upstream_port: int) -> None:
+        self.db_url = self.pg.start()
+        self.redis_url = self.redis.start()
+        subprocess.run(
+            [sys.executable, "-c", SEED_IN_TREE, self.db_url, self.redis_url, self.key,
+             str(upstream_port)],
+            cwd=self.tree,
+            env=tree_env(self.tree),
+            check=True,
+        )  # fmt: skip
+
+
+def tree_env(tree: Path) -> dict[str, str]:
+    """The environment that makes `import gateway`, `import core` find that tree's packages."""
+    env = dict(os.environ)
+    if tree.resolve() != ROOT:
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(tree.resolve()), *filter(None, [os.environ.get("PYTHONPATH")])]
+        )
+    return env
+
+
+def tree_commit(tree: Path) -> str:
+    return subprocess.run(
+        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+METRICS_TOKEN = secrets.token_urlsafe(24)
+
+
+def requests_counted(port: int) -> float | None:
+    """The gateway's own count of requests served, summed from its /metrics (all workers)."""
+    import httpx
+
+    try:
+        response = httpx.get(
+            f"http://127.0.0.1:{port}/metrics",
+            headers={"Authorization": f"Bearer {METRICS_TOKEN}"},
+            timeout=10,
+        )
+    except httpx.TransportError:
+        return None
+    if response.status_code != 200:
+        return None
+    total = 0.0
+    for line in response.text.splitlines():
+        if line.startswith("inventiv_gateway_requests_total"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def start_nginx(workdir: Path, name: str, servers: str, workers: int) -> subprocess.Popen[bytes]:
@@ -526,9 +634,11 @@ def start_nginx(workdir: Path, name: str, servers: str, workers: int) -> subproc
     )
 
 
-def start_gateway(stack: Stack, port: int, workers: int, server: str) -> subprocess.Popen[bytes]:
+def start_gateway(
+    stack: Stack, port: int, workers: int, server: str, tree: Path = ROOT
+) -> subprocess.Popen[bytes]:
     env = {
-        **os.environ,
+        **tree_env(tree),
         "INVENTIV_DATABASE_URL": stack.db_url,
         "INVENTIV_REDIS_URL": stack.redis_url,
         "INVENTIV_HOST": "127.0.0.1",
@@ -537,9 +647,131 @@ def start_gateway(stack: Stack, port: int, workers: int, server: str) -> subproc
         "INVENTIV_GATEWAY_SERVER": server,
         # The gateway derives each engine's API key from it (the benchmark's engine needs none).
         "INVENTIV_SECRET_KEY": secrets.token_urlsafe(32),
+        # /metrics behind a bearer token, read with it after each run (older gateways ignore it).
+        "INVENTIV_METRICS_TOKEN": METRICS_TOKEN,
     }
     command = [sys.executable, "-m", "gateway"]
-    return subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
+    return subprocess.Popen(command, cwd=tree, env=env, start_new_session=True)
+
+
+GATEWAY_NAME = re.compile(r"inventiv-gateway x(\d+)(?: @(\S+))?(?: #(\d+))?")
+
+
+def cpu_before_after(results: list[TargetResult], rounds: int) -> list[str]:
+    """This tree's gateway CPU ms per request over each baseline's, round by round (same run)."""
+    head: dict[tuple[int, int], TargetResult] = {}
+    base: dict[tuple[int, str, int], TargetResult] = {}
+    for r in results:
+        match = GATEWAY_NAME.fullmatch(r.name)
+        if not match or r.cpu_ms_per_request is None:
+            continue
+        workers, commit, round_no = int(match[1]), match[2], int(match[3] or 1)
+        if commit:
+            base[(workers, commit, round_no)] = r
+        else:
+            head[(workers, round_no)] = r
+    lines = []
+    for workers, commit in sorted({(w, c) for w, c, _ in base}):
+        own: list[float] = []
+        total: list[float] = []
+        parts = []
+        for round_no in range(1, rounds + 1):
+            after, before = head.get((workers, round_no)), base.get((workers, commit, round_no))
+            if after is None or before is None:
+                continue
+            a, b = after.cpu_ms_per_request or 0.0, before.cpu_ms_per_request or 0.0
+            own.append(a / b)
+            a_all = a + after.extra.get("redis_postgres_cpu_ms_per_request", 0.0)
+            b_all = b + before.extra.get("redis_postgres_cpu_ms_per_request", 0.0)
+            total.append(a_all / b_all)
+            parts.append(f"{a:.3f}/{b:.3f} = {a / b:.2f}")
+        if not own:
+            continue
+        spread = f" (median {statistics.median(own):.2f}, {min(own):.2f} to {max(own):.2f})"
+        lines.append(
+            f"CPU ms/req after/before, inventiv-gateway x{workers} over @{commit}: "
+            + ", ".join(parts)
+            + (spread if len(own) > 1 else "")
+            + "; with its Redis and PostgreSQL: "
+            + ", ".join(f"{t:.2f}" for t in total)
+        )
+    return lines
+
+
+def _load_into(
+    done: dict[str, WrkResult],
+    label: str,
+    url: str,
+    script: Path,
+    connections: int,
+    seconds: float,
+) -> None:
+    """wrk in a thread of its own (side by side): its result, when it ran, under `label`."""
+    done[label] = run_wrk(url, script, connections, seconds)
+
+
+def side_by_side(
+    trees: list[tuple[str, Path, Stack]],
+    workdir: Path,
+    rounds: int,
+    seconds: float,
+    server: str,
+    connections: int = 16,
+) -> list[str]:
+    """This tree's 1-worker gateway and each baseline's, loaded at the same time, each by its own
+    wrk: the machine's load, whatever it is, weighs on both alike, so their CPU ms per request
+    compare far more steadily than in runs one after the other. Figures: this tree's over the
+    baseline's, one per round (after a warm-up round)."""
+    import threading
+
+    lines = []
+    ours = trees[0]
+    for other in trees[1:]:
+        procs: dict[str, tuple[subprocess.Popen[bytes], str, Path]] = {}
+        try:
+            for label, tree, stack in (ours, other):
+                port = free_port()
+                proc = start_gateway(stack, port, 1, server, tree)
+                url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                procs[label] = (proc, url, wrk_script(workdir, stack.key))
+                asyncio.run(wait_http(f"http://127.0.0.1:{port}/readyz", 60, proc))
+            ratios: list[float] = []
+            errors = 0
+            for round_no in range(rounds + 1):
+                done: dict[str, WrkResult] = {}
+                before = {label: tree_cpu_s(proc.pid) for label, (proc, _, _) in procs.items()}
+                threads = [
+                    threading.Thread(
+                        target=_load_into, args=(done, label, url, script, connections, seconds)
+                    )
+                    for label, (_, url, script) in procs.items()
+                ]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+                if len(done) < len(procs):
+                    raise RuntimeError("wrk failed in the side-by-side run")
+                cpu = {
+                    label: (tree_cpu_s(proc.pid) - before[label]) / max(1, done[label].requests)
+                    for label, (proc, _, _) in procs.items()
+                }
+                errors += sum(result.errors for result in done.values())
+                if round_no:  # round 0 warms both up
+                    ratios.append(cpu[ours[0]] / cpu[other[0]])
+            ratios.sort()
+            lines.append(
+                f"CPU ms/req after/before side by side (x1, {connections} connections each, "
+                f"{rounds} rounds of {seconds:.0f} s), inventiv-gateway x1 over{other[0]}: "
+                f"median {statistics.median(ratios):.2f}, {ratios[0]:.2f} to {ratios[-1]:.2f} "
+                f"({', '.join(f'{r:.2f}' for r in ratios)}); errors {errors}"
+            )
+        except (RuntimeError, TimeoutError, OSError) as exc:
+            lines.append(f"side by side with{other[0]} failed: {type(exc).__name__}: {exc}")
+        finally:
+            for proc, _, _ in procs.values():
+                stop(proc)
+    return lines
 
 
 def render_markdown(results: list[TargetResult], meta: dict[str, object]) -> str:
@@ -556,12 +788,13 @@ def render_markdown(results: list[TargetResult], meta: dict[str, object]) -> str
         'completion. Latencies in ms; "added" is the difference with the direct figure.',
         "",
         "| target | req/s @32 | p50 @32 | p99 @32 | added p50 @1 | added p99 @1 | "
-        "CPU ms/req | + Redis/PG CPU ms/req | stream TTFB added p50 | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "CPU ms/req | + Redis/PG CPU ms/req | stream TTFB added p50 | errors | "
+        "logs/req | metrics/req | Redis cmds/req |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         if r.c32 is None or r.c1 is None:
-            lines.append(f"| {r.name} | {r.error or 'skipped'} | | | | | | | | |")
+            lines.append(f"| {r.name} | {r.error or 'skipped'} | | | | | | | | | | | |")
             continue
         base1 = direct.c1 if direct else None
         lines.append(
@@ -571,16 +804,32 @@ def render_markdown(results: list[TargetResult], meta: dict[str, object]) -> str
             f"{'-' if r.cpu_ms_per_request is None else f'{r.cpu_ms_per_request:.3f}'} | "
             f"{r.extra.get('redis_postgres_cpu_ms_per_request', '-')} | "
             f"{added(r.stream_ttfb_p50_ms, direct.stream_ttfb_p50_ms if direct else None)} | "
-            f"{r.c32.errors + r.c1.errors} |"
+            f"{r.c32.errors + r.c1.errors} | "
+            f"{r.extra.get('request_logs_per_request', '-')} | "
+            f"{r.extra.get('metrics_requests_per_request', '-')} | "
+            f"{r.extra.get('redis_commands_per_request', '-')} |"
         )
     lines.append("")
     for r in results:
         if r.notes:
             lines.append(f"- **{r.name}**: {r.notes}")
+    if any("request_logs_per_request" in r.extra for r in results):
+        lines.append("")
+        lines.append(
+            "Checks, per request sent to a gateway (warm-up, both wrk runs and the streamed ones): "
+            "logs/req, rows its request-log writer added to PostgreSQL; metrics/req, its own "
+            "inventiv_gateway_requests_total read from /metrics (with the scrape token); Redis "
+            "cmds/req, commands its Redis processed (rate limits and their leases, TPM settlements, "
+            "the gateway's periodic reads and publications)."
+        )
     ratios = meta.get("ratios")
     if isinstance(ratios, dict) and ratios:
         lines.append("")
         lines.append("Ratios from this run: " + ", ".join(f"{k} {v}" for k, v in ratios.items()))
+    before_after = meta.get("cpu_before_after")
+    if isinstance(before_after, list) and before_after:
+        lines.append("")
+        lines.extend(f"{line}." for line in before_after)
     return "\n".join(lines) + "\n"
 
 
@@ -598,6 +847,28 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2", help="gateway worker counts to measure")
     parser.add_argument("--gateway-server", default="lean", choices=["lean", "uvicorn"])
     parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        action="append",
+        default=[],
+        help="another checkout (git worktree add PATH COMMIT) whose gateway is measured too, as "
+        "'inventiv-gateway xN @COMMIT'; may be given more than once",
+    )
+    parser.add_argument(
+        "--side-by-side",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --baseline-tree: also N rounds of this tree's and each baseline's 1-worker "
+        "gateway loaded at the same time (a steadier before/after on a busy machine)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure the gateway targets this many times, alternating trees (noise)",
+    )
+    parser.add_argument(
         "--no-profile",
         action="store_true",
         help="skip the py-spy profile of the 1-worker gateway (taken when py-spy is in the "
@@ -613,6 +884,8 @@ def main() -> None:
     processes: list[subprocess.Popen[bytes]] = []
     results: list[TargetResult] = []
     stack = Stack(workdir)
+    stacks: list[Stack] = [stack]
+    side_lines: list[str] = []
     try:
         upstream_port = free_port()
         upstream = start_nginx(
@@ -643,14 +916,16 @@ def main() -> None:
 
         py_spy = args.tools_venv / "bin" / "py-spy"
 
-        def run(target: Target) -> None:
+        def run(target: Target, profile_out: Path | None = None) -> None:
             print(f"-- {target.name}", flush=True)
             profile = (
                 py_spy
-                if target.name == "inventiv-gateway x1" and py_spy.exists() and not args.no_profile
+                if profile_out is not None and py_spy.exists() and not args.no_profile
                 else None
             )
-            result = measure(target, stack.key, workdir, seconds, args.stream_requests, profile)
+            result = measure(
+                target, stack.key, workdir, seconds, args.stream_requests, profile, profile_out
+            )
             print(json.dumps(asdict(result)), flush=True)
             results.append(result)
 
@@ -667,26 +942,68 @@ def main() -> None:
             run(Target("nginx", port, proc, notes="reverse proxy, 1 worker, keep-alive upstream"))
             stop(proc)
 
-        for workers in [int(w) for w in args.workers.split(",") if w]:
-            name = f"inventiv-gateway x{workers}"
-            if not want(name) and not want("gateway"):
-                continue
-            port = free_port()
-            proc = start_gateway(stack, port, workers, args.gateway_server)
-            processes.append(proc)
-            if not started(f"http://127.0.0.1:{port}/readyz", proc, name):
-                continue
-            run(
-                Target(
-                    name,
-                    port,
-                    proc,
-                    notes=f"{workers} worker process(es); API key, RPM+TPM limits (Redis), "
-                    "request logs (PostgreSQL), Prometheus metrics, usage accounting on",
-                    support_pids=stack.support_pids(),
-                )
+        trees: list[tuple[str, Path, Stack]] = [("", ROOT, stack)]
+        for tree in args.baseline_tree:
+            baseline = TreeStack(workdir / f"baseline-{len(trees)}", tree)
+            stacks.append(baseline)
+            baseline.start(upstream_port)
+            trees.append((f" @{tree_commit(tree)}", tree, baseline))
+        for round_no in range(1, args.rounds + 1):
+            for workers in [int(w) for w in args.workers.split(",") if w]:
+                base_name = f"inventiv-gateway x{workers}"
+                if not want(base_name) and not want("gateway"):
+                    continue
+                # Odd rounds this tree first, even rounds the baselines first: a drift of the
+                # machine's load over the run does not favour one side.
+                for label, tree, tree_stack in trees if round_no % 2 else trees[::-1]:
+                    name = base_name + label + (f" #{round_no}" if args.rounds > 1 else "")
+                    port = free_port()
+                    proc = start_gateway(tree_stack, port, workers, args.gateway_server, tree)
+                    processes.append(proc)
+                    if not started(f"http://127.0.0.1:{port}/readyz", proc, name):
+                        continue
+                    where = f"the gateway of {tree} at {label.strip(' @')}, " if label else ""
+                    target = Target(
+                        name,
+                        port,
+                        proc,
+                        notes=f"{where}{workers} worker process(es); API key, RPM+TPM limits "
+                        "(Redis), request logs (PostgreSQL), Prometheus metrics, usage "
+                        "accounting on",
+                        support_pids=tree_stack.support_pids(),
+                        key=tree_stack.key,
+                    )
+                    logs_before, redis_before = tree_stack.counters()
+                    profile_out = None
+                    if round_no == 1 and workers == 1:
+                        profile_out = RESULTS / (
+                            f"gateway-profile-{label.strip(' @')}.txt"
+                            if label
+                            else "gateway-profile.txt"
+                        )
+                    run(target, profile_out)
+                    result = results[-1]
+                    counted = requests_counted(port)
+                    stop(proc)  # a graceful stop flushes the last request logs
+                    sent = result.extra.get("requests_sent")
+                    if sent:
+                        if counted is not None:
+                            result.extra["metrics_requests_per_request"] = round(counted / sent, 3)
+                        logs_after, redis_after = tree_stack.counters()
+                        result.extra["request_logs_per_request"] = round(
+                            (logs_after - logs_before) / sent, 3
+                        )
+                        result.extra["redis_commands_per_request"] = round(
+                            (redis_after - redis_before) / sent, 2
+                        )
+
+        if args.side_by_side and len(trees) > 1:
+            print("-- side by side", flush=True)
+            side_lines = side_by_side(
+                trees, workdir, args.side_by_side, seconds, args.gateway_server
             )
-            stop(proc)
+            for line in side_lines:
+                print(line, flush=True)
 
         router_bin = args.tools_venv / "bin" / "vllm-router"
         if want("vllm-router") and router_bin.exists():
@@ -753,12 +1070,13 @@ def main() -> None:
     finally:
         for proc in reversed(processes):
             stop(proc)
-        stack.stop()
+        for each in reversed(stacks):
+            each.stop()
 
     by_name = {r.name: r for r in results if r.c32}
     ratios: dict[str, str] = {}
     best = max(
-        (r for n, r in by_name.items() if n.startswith("inventiv-gateway")),
+        (r for n, r in by_name.items() if n.startswith("inventiv-gateway") and "@" not in n),
         key=lambda r: r.c32.rps if r.c32 else 0,
         default=None,
     )
@@ -767,6 +1085,9 @@ def main() -> None:
             if other in by_name and by_name[other].c32:
                 ratio = best.c32.rps / by_name[other].c32.rps  # type: ignore[union-attr]
                 ratios[f"{best.name} / {other} throughput"] = f"{ratio:.2f}x"
+    before_after = cpu_before_after(results, args.rounds) + side_lines
+    for line in before_after:
+        print(line)
     meta: dict[str, object] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpus": os.cpu_count(),
@@ -774,6 +1095,9 @@ def main() -> None:
         "seconds": seconds,
         "python": platform.python_version(),
         "ratios": ratios,
+        "baseline_trees": [str(tree) for tree in args.baseline_tree],
+        "rounds": args.rounds,
+        "cpu_before_after": before_after,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "gateway.json").write_text(
