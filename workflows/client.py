@@ -13,6 +13,9 @@ import uuid
 from datetime import timedelta
 
 from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
@@ -168,6 +171,11 @@ async def read_catalogue(
     at most `timeout` (CATALOGUE_TIMEOUT). Raises `OrchestratorUnavailableError` when no worker
     answered in time; the workflow's own execution timeout ends it if none ever picks it up."""
     timeout = timeout or CATALOGUE_TIMEOUT
+    if not await _has_workers(client, task_queue):
+        raise OrchestratorUnavailableError(
+            f"no worker is polling task queue {task_queue!r}: start `inventiv worker` to read "
+            f"the {kind} catalogue"
+        )
     handle = await client.start_workflow(
         CatalogueWorkflow.run,
         CatalogueInput(kind),
@@ -190,6 +198,19 @@ async def read_catalogue(
         raise OrchestratorUnavailableError(
             f"the worker could not read the {kind} catalogue: {exc.cause or exc}"
         ) from exc
+
+
+async def _has_workers(client: Client, task_queue: str) -> bool:
+    """Whether a worker polled the task queue lately (Temporal keeps recent pollers): without
+    one, a wait for its answer would only run out."""
+    described = await client.workflow_service.describe_task_queue(
+        DescribeTaskQueueRequest(
+            namespace=client.namespace,
+            task_queue=TaskQueue(name=task_queue),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+        )
+    )
+    return bool(described.pollers)
 
 
 # ---------------------------------------------------------------- commands

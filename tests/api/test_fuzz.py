@@ -22,8 +22,13 @@ from tests.agent.helpers import serving
 from tests.api.conftest import Tenant, add_instance, add_request_logs
 
 EXAMPLES = 12
-# Streams forever (tested in test_events.py); ends the fuzzer's own session.
-SKIPPED = {"GET /api/v1/events", "POST /api/v1/auth/logout"}
+# Streams forever (tested in test_events.py); ends the fuzzer's own session; needs a worker to
+# read the catalogue, and without one answers 503 (tested in test_price_source.py).
+SKIPPED = {
+    "GET /api/v1/events",
+    "POST /api/v1/auth/logout",
+    "POST /api/v1/providers/{provider_id}/instance-types/sync",
+}
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
 
 
