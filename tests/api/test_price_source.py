@@ -20,7 +20,7 @@ from api.app import create_app
 from core.embedded import free_port
 from core.settings import Settings
 from tests.api.conftest import Tenant
-from tests.providers.fake_aws_pricing import PRICES, FakePricing, serve
+from tests.providers.fake_aws_pricing import PRICES, FakePricing, running
 from tests.workflows.helpers import running_worker
 from workflows import client as workflows_client
 
@@ -30,13 +30,8 @@ STATIC = {o.name: o.price_per_hour for o in AWS_OFFERS}
 
 @pytest.fixture
 def pricing() -> Iterator[FakePricing]:
-    fake = FakePricing()
-    server = serve(fake)
-    try:
+    with running() as fake:
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def aws(pricing_url: str, region: str = "eu-west-3") -> dict[str, Compute]:

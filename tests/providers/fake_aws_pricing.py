@@ -24,6 +24,8 @@ import json
 import re
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -223,3 +225,15 @@ def serve(fake: FakePricing) -> ThreadingHTTPServer:
     fake.url = f"http://127.0.0.1:{server.server_address[1]}"
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
+
+
+@contextmanager
+def running() -> Iterator[FakePricing]:
+    """A fresh stand-in, served on loopback until the block ends."""
+    fake = FakePricing()
+    server = serve(fake)
+    try:
+        yield fake
+    finally:
+        server.shutdown()
+        server.server_close()

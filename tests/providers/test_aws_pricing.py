@@ -12,20 +12,15 @@ from activities.providers.aws.adapter import AWSCompute, on_demand_hourly_usd
 from activities.providers.aws.catalogue import AWS_OFFERS
 from activities.providers.aws.settings import AWSSettings
 from core.embedded import free_port
-from tests.providers.fake_aws_pricing import PRICES, FakePricing, serve
+from tests.providers.fake_aws_pricing import PRICES, FakePricing, running
 
 STATIC = {o.name: o.price_per_hour for o in AWS_OFFERS}
 
 
 @pytest.fixture
 def pricing() -> Iterator[FakePricing]:
-    fake = FakePricing()
-    server = serve(fake)
-    try:
+    with running() as fake:
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _settings(pricing_url: str, **kwargs: object) -> AWSSettings:
