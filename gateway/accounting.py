@@ -120,9 +120,13 @@ class Accounting:
             model_metrics.input_tokens.inc(request.input_tokens)
             model_metrics.output_tokens.inc(request.output_tokens)
         if key.tpm_limit is not None and (tokens or request.reserved):
-            pending = self._pending_tokens.setdefault((key.id, request.reserved_second), [0, 0])
-            pending[0] += tokens - request.reserved
-            pending[1] += tokens
+            bucket = (key.id, request.reserved_second)
+            pending = self._pending_tokens.get(bucket)
+            if pending is None:
+                self._pending_tokens[bucket] = [tokens - request.reserved, tokens]
+            else:
+                pending[0] += tokens - request.reserved
+                pending[1] += tokens
         backend = request.backend
         self.logs.add(
             (

@@ -27,7 +27,7 @@ async def respond(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [*(headers or JSON_HEADERS), (b"content-length", str(len(body)).encode())],
+            "headers": [*(headers or JSON_HEADERS), (b"content-length", b"%d" % len(body))],
         }
     )
     await send({"type": "http.response.body", "body": body})

@@ -47,6 +47,7 @@ _SSE_HEADERS = [
 _KEEPALIVE = b": keep-alive\n\n"
 
 log = logging.getLogger("inventiv.gateway")
+_NO_EXTENSIONS: dict[str, Any] = {}
 
 
 @dataclass(slots=True, frozen=True)
@@ -114,9 +115,11 @@ class Proxy:
         self.active: dict[str, int] = {}  # key id -> requests in flight (this process)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, route: ProxyRoute) -> None:
+        # One coroutine from the key check to the booking: each layer is paid on every request.
         started = time.perf_counter()
         key = await self.keys.authenticate(scope["headers"])
-        active = self.active.get(key.id, 0)
+        key_id = key.id
+        active = self.active.get(key_id, 0)
         cap = self.config.max_concurrent_per_key
         if cap and active >= cap:
             raise GatewayError(
@@ -126,107 +129,99 @@ class Proxy:
                 code="concurrency_limit_exceeded",
                 headers=[(b"retry-after", b"1")],
             )
-        self.active[key.id] = active + 1
+        self.active[key_id] = active + 1
         try:
-            await self._admitted(scope, receive, send, route, key, started)
-        finally:
-            left = self.active[key.id] - 1
-            if left:
-                self.active[key.id] = left
-            else:
-                del self.active[key.id]
-
-    async def _admitted(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        route: ProxyRoute,
-        key: KeyInfo,
-        started: float,
-    ) -> None:
-        body = await read_body(receive)
-        payload = _parse_request(body, route.required)
-        model: str = payload["model"]
-        stream = payload.get("stream") is True
-        if stream and route.engine_path == b"/v1/embeddings":
-            raise bad_request("Embeddings cannot be streamed.", "stream")
-        deployment_id, routing = self._resolve(key.project_id, model)
-        request = ProxyRequest(
-            key,
-            model,
-            deployment_id,
-            route.engine_path,
-            body,
-            payload,
-            scope["headers"],
-            routing,
-            started,
-            stream=stream,
-            streamed=stream,
-        )
-        if stream:
-            options = payload.get("stream_options")
-            request.wants_usage = isinstance(options, dict) and options.get("include_usage") is True
-            if not request.wants_usage:
-                # Ask the engine for usage anyway (token accounting); the extra chunk is removed.
-                payload["stream_options"] = {
-                    **(options if isinstance(options, dict) else {}),
-                    "include_usage": True,
-                }
-                request.body = orjson.dumps(payload)
-        self.router.queue(deployment_id).arrived()
-
-        # From here the client may leave at any time: cancel whatever we wait for.
-        task = asyncio.current_task()
-        assert task is not None
-        gone = False
-
-        def on_disconnect() -> None:
-            nonlocal gone
-            gone = True
-            task.cancel()
-
-        # The lean server calls back when the connection drops; under another ASGI server a
-        # task waits for the http.disconnect message.
-        register: Callable[[Callable[[], None] | None], None] | None = scope.get(
-            "extensions", {}
-        ).get(DISCONNECT_EXTENSION)
-        watcher: asyncio.Future[Message] | None = None
-        if register is not None:
-            register(on_disconnect)
-        else:
-            watcher = asyncio.ensure_future(receive())
-            watcher.add_done_callback(
-                lambda done: (
-                    on_disconnect()
-                    if not done.cancelled()
-                    and done.exception() is None
-                    and done.result().get("type") == "http.disconnect"
-                    else None
-                )
+            body = await read_body(receive)
+            payload = _parse_request(body, route.required)
+            model: str = payload["model"]
+            stream = payload.get("stream") is True
+            if stream and route.engine_path == b"/v1/embeddings":
+                raise bad_request("Embeddings cannot be streamed.", "stream")
+            deployment_id, routing = self._resolve(key.project_id, model)
+            request = ProxyRequest(
+                key,
+                model,
+                deployment_id,
+                route.engine_path,
+                body,
+                payload,
+                scope["headers"],
+                routing,
+                started,
+                stream=stream,
+                streamed=stream,
             )
-        try:
-            if key.limited:
-                await self._check_rate_limit(request)
-            await self._forward(request, send)
-        except asyncio.CancelledError:
-            if not gone:
-                raise
-            task.uncancel()
-            request.status = 499
-        except GatewayError as exc:
-            request.status = exc.status
-            headers = exc.headers + request.limit_headers + JSON_HEADERS
-            await respond(send, exc.status, exc.body(), headers)
-        finally:
+            if stream:
+                options = payload.get("stream_options")
+                request.wants_usage = (
+                    isinstance(options, dict) and options.get("include_usage") is True
+                )
+                if not request.wants_usage:
+                    # Ask the engine for usage anyway (token accounting); the extra chunk is
+                    # removed.
+                    payload["stream_options"] = {
+                        **(options if isinstance(options, dict) else {}),
+                        "include_usage": True,
+                    }
+                    request.body = orjson.dumps(payload)
+            self.router.queue(deployment_id).counters.arrivals += 1
+
+            # From here the client may leave at any time: cancel whatever we wait for.
+            task = asyncio.current_task()
+            assert task is not None
+            gone = False
+
+            def on_disconnect() -> None:
+                nonlocal gone
+                gone = True
+                task.cancel()
+
+            # The lean server calls back when the connection drops; under another ASGI server a
+            # task waits for the http.disconnect message.
+            register: Callable[[Callable[[], None] | None], None] | None = scope.get(
+                "extensions", _NO_EXTENSIONS
+            ).get(DISCONNECT_EXTENSION)
+            watcher: asyncio.Future[Message] | None = None
             if register is not None:
-                register(None)
-            elif watcher is not None:
-                watcher.cancel()
-            self.accounting.finish(request)
-            if self.traces is not None:
-                self.traces.record(request)
+                register(on_disconnect)
+            else:
+                watcher = asyncio.ensure_future(receive())
+                watcher.add_done_callback(
+                    lambda done: (
+                        on_disconnect()
+                        if not done.cancelled()
+                        and done.exception() is None
+                        and done.result().get("type") == "http.disconnect"
+                        else None
+                    )
+                )
+            try:
+                if key.limited:
+                    await self._check_rate_limit(request)
+                await self._forward(request, send)
+            except asyncio.CancelledError:
+                if not gone:
+                    raise
+                task.uncancel()
+                request.status = 499
+            except GatewayError as exc:
+                request.status = exc.status
+                headers = exc.headers + request.limit_headers + JSON_HEADERS
+                await respond(send, exc.status, exc.body(), headers)
+            finally:
+                if register is not None:
+                    register(None)
+                elif watcher is not None:
+                    watcher.cancel()
+                self.accounting.finish(request)
+                if self.traces is not None:
+                    self.traces.record(request)
+        finally:
+            left = self.active[key_id] - 1
+            if left:
+                self.active[key_id] = left
+            else:
+                del self.active[key_id]
 
     def _resolve(self, project_id: str, model: str) -> tuple[str, RoutingStrategy]:
         """The deployment of the key's project serving `model` and its strategy, or 404 when
@@ -242,23 +237,13 @@ class Proxy:
             raise model_not_found(model)
         return entry.id, entry.routing
 
-    def _reserve(self, payload: dict[str, Any]) -> int:
-        """Tokens to reserve against the TPM limit: the output the request allows (the larger
-        of max_tokens and max_completion_tokens, integers only: JSON's true is no count)."""
-        # On every request of a key with a TPM limit: plain tests, about a quarter of the cost
-        # of a comprehension. `type(...) is int` is exact for parsed JSON, whose only int
-        # subclass is bool.
-        asked = payload.get("max_tokens")
-        if type(asked) is not int:
-            asked = None
-        other = payload.get("max_completion_tokens")
-        if type(other) is int and (asked is None or other > asked):
-            asked = other
-        return self.config.tpm_default_reserve if asked is None else asked
-
     async def _check_rate_limit(self, request: ProxyRequest) -> None:
         key = request.key
-        reserve = self._reserve(request.payload) if key.tpm_limit is not None else 0
+        reserve = (
+            0
+            if key.tpm_limit is None
+            else tokens_to_reserve(request.payload, self.config.tpm_default_reserve)
+        )
         try:
             decision = await self.limiter.admit(key.id, key.rpm_limit, key.tpm_limit, reserve)
         except (RedisError, OSError) as exc:
@@ -362,7 +347,8 @@ class Proxy:
                 else:
                     request.streamed = False
                     await self._relay_whole(request, response, send)
-                if request.status < 500:  # a stream counts once it ended without an error event
+                # A stream counts once it ended without an error event.
+                if request.status < 500 and backend.consecutive_failures:
                     self.router.record_success(backend)
             finally:
                 # Not read to the end (the client left, or stopped reading): the engine stops.
@@ -446,6 +432,21 @@ class Proxy:
         metrics.UPSTREAM_ERRORS.labels(request.model, "in_band").inc()
         if request.backend is not None and self.router.record_failure(request.backend):
             metrics.EJECTIONS.labels(request.model).inc()
+
+
+def tokens_to_reserve(payload: dict[str, Any], default: int) -> int:
+    """Tokens to reserve against the TPM limit: the output the request allows (the larger of
+    max_tokens and max_completion_tokens, integers only: JSON's true is no count), else
+    `default`."""
+    # On every request of a key with a TPM limit: plain tests, about a quarter of the cost of a
+    # comprehension. `type(...) is int` is exact for parsed JSON, whose only int subclass is bool.
+    asked = payload.get("max_tokens")
+    if type(asked) is not int:
+        asked = None
+    other = payload.get("max_completion_tokens")
+    if type(other) is int and (asked is None or other > asked):
+        asked = other
+    return default if asked is None else asked
 
 
 def _parse_request(body: bytes, required: str) -> dict[str, Any]:

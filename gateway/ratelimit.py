@@ -139,20 +139,23 @@ class Decision:
     reserved_second: int = 0  # the Redis second whose bucket holds the reservation
 
     def headers(self, rpm: int | None, tpm: int | None) -> list[tuple[bytes, bytes]]:
+        # Bytes formatting, not str().encode(): six headers on every rate-limited response.
+        reset = b"%.3fs" % ((self.reset_ms if self.reset_ms > 0 else 0) / 1000)
         headers: list[tuple[bytes, bytes]] = []
-        reset = f"{max(0, self.reset_ms) / 1000:.3f}s".encode()
         if rpm is not None:
-            headers.append((b"x-ratelimit-limit-requests", str(rpm).encode()))
-            headers.append(
-                (b"x-ratelimit-remaining-requests", str(max(0, rpm - self.requests_used)).encode())
+            left = rpm - self.requests_used
+            headers += (
+                (b"x-ratelimit-limit-requests", b"%d" % rpm),
+                (b"x-ratelimit-remaining-requests", b"%d" % (left if left > 0 else 0)),
+                (b"x-ratelimit-reset-requests", reset),
             )
-            headers.append((b"x-ratelimit-reset-requests", reset))
         if tpm is not None:
-            headers.append((b"x-ratelimit-limit-tokens", str(tpm).encode()))
-            headers.append(
-                (b"x-ratelimit-remaining-tokens", str(max(0, tpm - self.tokens_used)).encode())
+            left = tpm - self.tokens_used
+            headers += (
+                (b"x-ratelimit-limit-tokens", b"%d" % tpm),
+                (b"x-ratelimit-remaining-tokens", b"%d" % (left if left > 0 else 0)),
+                (b"x-ratelimit-reset-tokens", reset),
             )
-            headers.append((b"x-ratelimit-reset-tokens", reset))
         return headers
 
     @property
@@ -211,27 +214,38 @@ class RateLimiter:
         """Admit one request, reserving `reserve` tokens when the key has a TPM limit (at most
         the limit itself, so a large request waits for an empty window instead of never
         passing). The caller settles the reservation with `settle` once the request ended."""
-        if tpm is not None:
-            reserve = max(0, min(reserve, tpm))
+        if tpm is None:
+            reserve = 0
+        elif reserve > tpm:
+            reserve = tpm
+        elif reserve < 0:
+            reserve = 0
         if rpm is None:
             return await self._call(key_id, rpm, tpm, want=1, reserve=reserve)[0]
         while True:
             lease = self._leases.get(key_id)
             now = time.monotonic()
             if lease is not None:
-                self._track_rate(lease, now)
-                if lease.slots and now < lease.expires and (tpm is None or lease.tokens >= reserve):
+                # The key's arrival rate (sizes the next lease), inline: every request.
+                lease.seen = now
+                lease.arrivals += 1
+                elapsed = now - lease.rate_since
+                if elapsed >= LEASE_S:
+                    lease.rate_per_s = lease.arrivals / elapsed
+                    lease.arrivals = 0
+                    lease.rate_since = now
+                if lease.slots and now < lease.expires and lease.tokens >= reserve:
                     lease.slots.pop()
-                    if tpm is not None:
-                        lease.tokens -= reserve
+                    lease.tokens -= reserve
                     return Decision(
                         True,
                         None,
                         lease.requests_used - len(lease.slots),
                         lease.tokens_used - lease.tokens,
                         lease.reset_ms,
-                        reserved=reserve if tpm is not None else 0,
-                        reserved_second=lease.tokens_second,
+                        1,
+                        reserve,
+                        lease.tokens_second,
                     )
                 if lease.leasing:
                     # Another request of this key is leasing: share its result.
@@ -240,15 +254,6 @@ class RateLimiter:
                     await waiter
                     continue
             return await self._lease(key_id, rpm, tpm, reserve, lease, now)
-
-    def _track_rate(self, lease: _KeyLease, now: float) -> None:
-        lease.seen = now
-        lease.arrivals += 1
-        elapsed = now - lease.rate_since
-        if elapsed >= LEASE_S:
-            lease.rate_per_s = lease.arrivals / elapsed
-            lease.arrivals = 0
-            lease.rate_since = now
 
     async def _lease(
         self,

@@ -51,18 +51,8 @@ class ModelQueue:
     # Waits (s) not yet observed into the gateway's Prometheus histogram (`drain_new_waits`).
     _new_waits_s: list[float] = field(default_factory=list)
 
-    def arrived(self) -> None:
-        """A request for this deployment came in (queued or not): the arrival rate's numerator."""
-        self.counters.arrivals += 1
-
     def refused(self) -> None:
         self.counters.rejected += 1
-
-    def routed_at_once(self) -> None:
-        self.counters.routed_at_once += 1
-
-    def completed(self) -> None:
-        self.counters.completed += 1
 
     def waited(self, wait_s: float) -> None:
         self.counters.dequeued += 1

@@ -57,7 +57,8 @@ class Router:
         now_mono = time.monotonic()
         if len(members) == 1:  # the common small deployment: no scoring needed
             only = members[0]
-            if only is exclude or not PassiveHealth.usable(only, now_mono):
+            # PassiveHealth.usable, inline: this runs on every request.
+            if only is exclude or only.inflight >= only.capacity or only.ejected_until > now_mono:
                 return None
             only.inflight += 1
             return only
@@ -70,7 +71,7 @@ class Router:
 
     def release(self, backend: Backend) -> None:
         backend.inflight -= 1
-        self.queue(backend.info.deployment_id).completed()
+        self.queue(backend.info.deployment_id).counters.completed += 1
         if backend.routable:
             self.dispatch(backend.info.deployment_id)
 
@@ -108,7 +109,7 @@ class Router:
             return None
         backend = self.pick(deployment_id, request)
         if backend is not None:
-            queue.routed_at_once()
+            queue.counters.routed_at_once += 1
         return backend
 
     async def wait(

@@ -8,14 +8,11 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.proxy import Proxy
-from gateway.settings import GatewaySettings
+from gateway.proxy import tokens_to_reserve
 
 
 def reserve(payload: dict[str, Any], default: int = 1024) -> int:
-    proxy = Proxy.__new__(Proxy)  # only its settings are read
-    proxy.config = GatewaySettings(tpm_default_reserve=default)
-    return proxy._reserve(payload)
+    return tokens_to_reserve(payload, default)
 
 
 @pytest.mark.parametrize(
@@ -41,5 +38,5 @@ def test_reserve_is_the_largest_integer_asked(body: bytes, expected: int) -> Non
     assert reserve(orjson.loads(body)) == expected
 
 
-def test_reserve_default_is_the_setting() -> None:
+def test_reserve_without_a_count_is_the_default_given() -> None:
     assert reserve({"model": "m"}, default=77) == 77
