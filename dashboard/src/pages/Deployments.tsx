@@ -1,6 +1,7 @@
 import { useEffect, useMemo, useState, type FormEvent } from "react";
 import { client, typed, type Deployment, type InstanceSummary, type Schemas } from "../api/client";
 import { Empty, ErrorBox, Guard, LiveIndicator, Notice, PageHeader, ProgressBar, StateBadge } from "../components/ui";
+import { ScalingChart } from "../components/ScalingChart";
 import { useFlavors, useTypeChoices } from "../lib/catalog";
 import { useLiveEvents, type LiveEvent } from "../lib/events";
 import { useResource, useThrottled } from "../lib/hooks";
@@ -138,6 +139,8 @@ export function DeploymentsPage() {
                     <button type="button" className="secondary" onClick={() => setEditing(d)} aria-label={`Edit ${d.name}`}>Edit</button>
                     <button type="button" className="danger" onClick={() => remove(d)} aria-label={`Delete ${d.name}`}>Delete</button>
                   </div>
+                  <ScalingChart deploymentId={d.id} name={d.name} version={eventsVersion[d.id] ?? 0}
+                    enabled={d.autoscaling_enabled} upPerGpu={numberOr(d.autoscaling.scale_up_active_per_gpu)} />
                   <DeploymentEvents id={d.id} name={d.name} version={eventsVersion[d.id] ?? 0} />
                   {live.length > 0 && (
                     <table aria-label={`Instances of ${d.name}`} className="compact">
@@ -193,6 +196,10 @@ function DeploymentEvents({ id, name, version }: { id: string; name: string; ver
       )}
     </details>
   );
+}
+
+function numberOr(v: unknown): number | undefined {
+  return typeof v === "number" && Number.isFinite(v) ? v : undefined;
 }
 
 function pairs(o: Record<string, unknown>): string {
