@@ -100,7 +100,6 @@ class Accounting:
         latency = ended - request.started
         status = request.status or 500
         model_metrics = metrics.for_model(request.model)
-        model_metrics.request(status)
         model_metrics.latency.observe(latency)
         ttft_ms = None
         first_chunk_at = request.first_chunk_at
@@ -115,10 +114,8 @@ class Accounting:
         key = request.key
         if request.output_tokens == 0 and request.relayed_events:
             request.output_tokens = request.relayed_events  # cut before the usage chunk
+        model_metrics.request(status, request.input_tokens, request.output_tokens)
         tokens = request.input_tokens + request.output_tokens
-        if tokens:
-            model_metrics.input_tokens.inc(request.input_tokens)
-            model_metrics.output_tokens.inc(request.output_tokens)
         if key.tpm_limit is not None and (tokens or request.reserved):
             bucket = (key.id, request.reserved_second)
             pending = self._pending_tokens.get(bucket)

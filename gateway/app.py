@@ -127,6 +127,7 @@ class Gateway:
         loops.every("load publish", config.load_publish_s, publisher.publish)
         loops.every("key last-used flush", 5.0, keys.flush_last_used)
         loops.every("token flush", 0.25, accounting.flush_tokens)
+        loops.every("metrics flush", 0.25, metrics.flush_periodically)
         loops.every("rate-limit lease release", 0.1, limiter.release_expired)
         loops.start("request log writer", functools.partial(logs.run, config.log_flush_s))
 
@@ -143,6 +144,7 @@ class Gateway:
     async def shutdown(self) -> None:
         self.ready = False
         await self.supervisor.stop()
+        metrics.flush()  # with several workers, a worker's counts outlive it in their file
         try:
             if self._accounting is not None:
                 await self._accounting.flush_tokens()

@@ -3,6 +3,12 @@
 With several worker processes (`INVENTIV_GATEWAY_WORKERS` > 1) `python -m gateway` sets
 PROMETHEUS_MULTIPROC_DIR before any worker imports this module, and /metrics aggregates all
 workers' values.
+
+The per-request counters (requests by code, input and output tokens) are added up in plain ints
+and applied to prometheus-client every 0.25 s (`flush`, a gateway loop) and before each render:
+its `inc()` takes a lock and, with several workers, writes a shared file, on every call. A scrape
+of one worker therefore sees the other workers' last quarter second a scrape later; a single
+process is exact.
 """
 
 from __future__ import annotations
@@ -131,8 +137,20 @@ LOGS_DROPPED = Counter(
 )
 
 
+def flush() -> None:
+    """Apply every model's counts not yet applied (see the module's docstring)."""
+    for model_metrics in _BY_MODEL.values():
+        model_metrics.flush()
+
+
+async def flush_periodically() -> None:
+    """The gateway loop's job (`Supervisor.every`)."""
+    flush()
+
+
 def render() -> tuple[bytes, str]:
     """The exposition text (all workers' values when running several processes)."""
+    flush()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         prom_multiprocess.MultiProcessCollector(registry)
@@ -145,6 +163,9 @@ class ModelMetrics:
 
     __slots__ = (
         "_codes",
+        "_input_tokens",
+        "_output_tokens",
+        "_requests",
         "input_tokens",
         "latency",
         "model",
@@ -161,17 +182,37 @@ class ModelMetrics:
         self.input_tokens = INPUT_TOKENS.labels(model)
         self.output_tokens = OUTPUT_TOKENS.labels(model)
         self._codes: dict[int, Any] = {}
+        # Not yet applied to the counters above (`flush`).
+        self._requests: dict[int, int] = {}
+        self._input_tokens = 0
+        self._output_tokens = 0
 
     def declare(self) -> None:
         """Create the 200 count too (__init__ made the others); other codes come with use."""
         if 200 not in self._codes:
             self._codes[200] = REQUESTS.labels(self.model, "200")
 
-    def request(self, status: int) -> None:
-        counter = self._codes.get(status)
-        if counter is None:
-            counter = self._codes[status] = REQUESTS.labels(self.model, str(status))
-        counter.inc()
+    def request(self, status: int, input_tokens: int, output_tokens: int) -> None:
+        """Count one answered request and its tokens (applied by the next `flush`)."""
+        requests = self._requests
+        requests[status] = requests.get(status, 0) + 1
+        self._input_tokens += input_tokens
+        self._output_tokens += output_tokens
+
+    def flush(self) -> None:
+        if self._requests:
+            requests, self._requests = self._requests, {}
+            for status, count in requests.items():
+                counter = self._codes.get(status)
+                if counter is None:
+                    counter = self._codes[status] = REQUESTS.labels(self.model, str(status))
+                counter.inc(count)
+        if self._input_tokens:
+            self.input_tokens.inc(self._input_tokens)
+            self._input_tokens = 0
+        if self._output_tokens:
+            self.output_tokens.inc(self._output_tokens)
+            self._output_tokens = 0
 
 
 _BY_MODEL: dict[str, ModelMetrics] = {}
