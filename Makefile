@@ -77,11 +77,14 @@ clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache dashboard/node_modules dashboard/dist
 
 # Gateway benchmark: wrk and nginx from Debian; vllm-router, LiteLLM and py-spy in their own venv
-# (never in the project's) so the comparison does not change what the project installs.
+# (never in the project's) so the comparison does not change what the project installs. granian
+# must run the gateway in .venv's interpreter: its package alone (--no-deps: its one dependency,
+# click, is in .venv) goes to $(BENCH_VENV)/servers, which the benchmark puts on PYTHONPATH.
 BENCH_VENV ?= /tmp/bench-venv
 bench-gateway: setup
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk nginx >/dev/null; }
 	@test -x $(BENCH_VENV)/bin/vllm-router || { $(PYTHON) -m venv $(BENCH_VENV) && $(BENCH_VENV)/bin/pip install --quiet vllm-router 'litellm[proxy]' py-spy; }
+	@test -f $(BENCH_VENV)/servers/granian/__init__.py || $(BIN)/python -m pip install --quiet --no-deps --target $(BENCH_VENV)/servers granian
 	$(BIN)/python -m bench.gateway.run --tools-venv $(BENCH_VENV)
 
 # Fleet routing benchmark: simulated engines behind our strategies, vllm-router's policies, nginx.

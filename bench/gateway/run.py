@@ -1,8 +1,23 @@
 """Gateway benchmark: one run, same machine, same upstream, same load tool (wrk), side by side.
 
-    python -m bench.gateway.run            # all targets, 10 s per configuration
+    python -m bench.gateway.run            # both cases, all targets, 10 s per configuration
     python -m bench.gateway.run --quick    # 3 s per configuration
+    python -m bench.gateway.run --case many-keys            # one case: one-key or many-keys
     python -m bench.gateway.run --baseline-tree /tmp/gw-baseline --rounds 2   # before/after
+
+Two cases. `one-key`: one API key with limits far above the load (its request slots leased 256
+at a time) and one instance: the gateway's best case, with the other targets below. `many-keys`:
+10,000 keys (`--keys`) limited to 600 RPM and 60,000 TPM each, wrk sending them in turn (a Lua
+script picks the key of each request), so every request is admitted by its own Redis call, and
+4 instances (`--instances`, 4 ports of the upstream nginx) the router scores; the targets there
+are direct, the gateway and vllm-router over the same 4 upstreams.
+
+`--servers uvicorn,granian` (the default) measures the same ASGI app under other servers in the
+one-key case, beside the gateway's own server: uvicorn (httptools, uvloop) through
+`INVENTIV_GATEWAY_SERVER=uvicorn`, granian through its command line with
+`bench.gateway.asgi_app:create` (granian installed with `pip install --no-deps --target
+TOOLS_VENV/servers granian` and put on PYTHONPATH: .venv's interpreter and packages). Then
+`bench.gateway.edges` probes the HTTP edge limits of each (`--no-edges` skips it).
 
 `--baseline-tree PATH` measures the gateway of another checkout (`git worktree add PATH COMMIT`)
 as an extra target of the same run, `inventiv-gateway xN @COMMIT`: its own PostgreSQL and Redis,
@@ -21,7 +36,8 @@ returning a fixed OpenAI chat completion (`/v1/chat/completions`) or a fixed SSE
 Figures: requests/s at 32 connections; p50/p99 latency at 1 and 32 connections and what each
 proxy adds to the direct figure; CPU-ms per request of the proxy's processes (psutil, user+system
 over the 32-connection run; the most stable figure on a noisy machine); streaming time to first
-SSE event added (sequential requests). Results go to bench/results/gateway.json and .md.
+SSE event added (sequential requests). Results go to bench/results/gateway.json and .md
+(`--results DIR`, `--name NAME` elsewhere).
 
 Tools: wrk and nginx from Debian (`apt-get install -y wrk nginx`); vllm-router and LiteLLM from a
 separate virtualenv (`python -m venv /tmp/bench-venv && /tmp/bench-venv/bin/pip install
@@ -54,6 +70,17 @@ import psutil
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
 MODEL = "bench"
+
+# The many-keys case: this many keys, each limited to MANY_KEYS_RPM requests and MANY_KEYS_TPM
+# tokens a minute, the load spread evenly over them, routed to this many instances. At the
+# benchmark's load (at most ~30,000 req/s here, so ~3 req/s and ~60 tokens/s a key, for ~25 s
+# per gateway target) no key comes near its limits: none is refused. But each key sees too few
+# requests for the limiter to lease it more than one slot at a time (it leases a quarter of a
+# second's worth of a key's rate): every request is admitted by its own Redis call.
+MANY_KEYS = 10_000
+MANY_KEYS_INSTANCES = 4
+MANY_KEYS_RPM = 600
+MANY_KEYS_TPM = 60_000
 
 CHAT_RESPONSE = json.dumps(
     {
@@ -130,6 +157,13 @@ UPSTREAM_SERVERS = """
     location / {{ default_type application/json; return 200 '{chat}'; }}
   }}
 """
+
+
+def upstream_servers(ports: list[int]) -> str:
+    """The upstream's server blocks: one per port (the many-keys case's instances), same answers."""
+    sse, chat = _nginx_quote(SSE_RESPONSE), _nginx_quote(CHAT_RESPONSE)
+    return "".join(UPSTREAM_SERVERS.format(port=port, sse=sse, chat=chat) for port in ports)
+
 
 PROXY_SERVERS = """
   upstream engine {{ server 127.0.0.1:{upstream}; keepalive 128; }}
@@ -274,6 +308,42 @@ def wrk_script(directory: Path, key: str) -> Path:
     return path
 
 
+# One Lua state per wrk thread: each builds every key's request once, then sends them in turn
+# (thread n starting n/threads of the way through), so the keys share the load evenly and the
+# per-request cost in wrk is a table lookup, as for a fixed request.
+KEYS_SCRIPT = """
+local threads_set = 0
+function setup(thread)
+  thread:set("thread_no", threads_set)
+  threads_set = threads_set + 1
+end
+function init(args)
+  requests = {{}}
+  local headers = {{["Content-Type"] = "application/json"}}
+  for key in io.lines("{keys_file}") do
+    headers["Authorization"] = "Bearer " .. key
+    requests[#requests + 1] = wrk.format("POST", nil, headers, "{body}")
+  end
+  index = (thread_no or 0) * math.floor(#requests / 2)
+end
+function request()
+  index = index % #requests + 1
+  return requests[index]
+end
+"""
+
+
+def wrk_keys_script(directory: Path, keys: list[str]) -> Path:
+    """A wrk script sending the chat request with each key in turn (one per line of a file)."""
+    tag = uuid.uuid4().hex[:6]
+    keys_file = directory / f"keys-{tag}.txt"
+    keys_file.write_text("".join(f"{key}\n" for key in keys))
+    path = directory / f"post-keys-{tag}.lua"
+    body = CHAT_BODY.replace("\\", "\\\\").replace('"', '\\"')
+    path.write_text(KEYS_SCRIPT.format(keys_file=keys_file, body=body))
+    return path
+
+
 # ----------------------------------------------------------------------------- streaming TTFB
 
 
@@ -294,17 +364,25 @@ class _FirstEvent:
         self.done = True
 
 
-async def stream_ttfb_ms(host: str, port: int, path: str, key: str, count: int) -> list[float]:
-    """Sequential streamed requests on one keep-alive connection: time to the first SSE event."""
+async def stream_ttfb_ms(
+    host: str, port: int, path: str, keys: list[str], count: int
+) -> list[float]:
+    """Sequential streamed requests on one keep-alive connection: time to the first SSE event.
+    With several keys, request i sends key i (modulo their number)."""
     reader, writer = await asyncio.open_connection(host, port)
     body = STREAM_BODY.encode()
-    request = (
-        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-        f"Authorization: Bearer {key}\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
+    requests = [
+        (
+            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {key}\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        + body
+        for key in keys[:count]
+    ]
     samples = []
     try:
-        for _ in range(count):
+        for i in range(count):
+            request = requests[i % len(requests)]
             state = _FirstEvent()
             parser = httptools.HttpResponseParser(state)
             started = time.perf_counter()
@@ -334,12 +412,14 @@ class Target:
     notes: str = ""
     support_pids: list[int] = field(default_factory=list)  # Redis, PostgreSQL used by the target
     key: str | None = None  # the API key to send, when not the main stack's
+    keys: list[str] = field(default_factory=list)  # several keys, sent in turn (many-keys case)
 
 
 @dataclass
 class TargetResult:
     name: str
     notes: str
+    case: str = "one-key"
     c32: WrkResult | None = None
     c1: WrkResult | None = None
     cpu_ms_per_request: float | None = None
@@ -385,14 +465,22 @@ def measure(
     stream_count: int,
     py_spy: Path | None = None,
     profile_out: Path | None = None,
+    case: str = "one-key",
 ) -> TargetResult:
-    result = TargetResult(target.name, target.notes)
+    result = TargetResult(target.name, target.notes, case)
     url = f"http://127.0.0.1:{target.port}/v1/chat/completions"
-    key = target.key or key
-    script = wrk_script(workdir, key)
+    keys = target.keys or [target.key or key]
+    script = wrk_script(workdir, keys[0]) if len(keys) == 1 else wrk_keys_script(workdir, keys)
     try:
         warm = run_wrk(url, script, 32, min(2.0, seconds))  # warm-up: connections, caches, JITs
         result.extra["requests_sent"] = warm.requests
+        # Many keys: every key twice (each worker process has its own key cache) before the
+        # measurement, so it does not see a fresh process looking up each key for the first
+        # time. At most 3 more warm-ups.
+        for _ in range(3):
+            if len(keys) == 1 or result.extra["requests_sent"] >= 2 * len(keys):
+                break
+            result.extra["requests_sent"] += run_wrk(url, script, 32, min(2.0, seconds)).requests
         cpu_before = tree_cpu_s(target.proc.pid) if target.proc else 0.0
         support_before = sum(tree_cpu_s(pid) for pid in target.support_pids)
         profiler = None
@@ -422,7 +510,7 @@ def measure(
             )
         result.c1 = run_wrk(url, script, 1, seconds)
         samples = asyncio.run(
-            stream_ttfb_ms("127.0.0.1", target.port, target.stream_path, key, stream_count)
+            stream_ttfb_ms("127.0.0.1", target.port, target.stream_path, keys, stream_count)
         )
         result.extra["requests_sent"] += result.c32.requests + result.c1.requests + len(samples)
         samples.sort()
@@ -434,9 +522,11 @@ def measure(
 
 
 class Stack:
-    """Embedded PostgreSQL + Redis, migrated and seeded with a deployment, a key and an instance."""
+    """Embedded PostgreSQL + Redis, migrated and seeded with a deployment, a key and an instance
+    per upstream port; with `limited_keys`, that many more keys with modest RPM and TPM limits
+    (`keys`, the many-keys case)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, limited_keys: int = 0) -> None:
         from core.embedded import EmbeddedPostgres, EmbeddedRedis
 
         self.pg = EmbeddedPostgres(workdir / "pg")
@@ -444,17 +534,21 @@ class Stack:
         self.db_url = ""
         self.redis_url = ""
         self.key = "sk-inv-bench" + secrets.token_urlsafe(24)
+        self.limited_keys = limited_keys
+        self.keys: list[str] = []  # the limited keys' secrets, once seeded
 
-    def start(self, upstream_port: int) -> None:
+    def start(self, upstream: int | list[int]) -> None:
         from core.migrate import upgrade
 
         self.db_url = self.pg.start()
         self.redis_url = self.redis.start()
         upgrade(self.db_url)
-        asyncio.run(self._seed(upstream_port))
+        asyncio.run(self._seed(upstream, self.limited_keys))
 
-    async def _seed(self, upstream_port: int) -> None:
-        """Rows written through the SQLModel tables (core/models.py), like the API writes them."""
+    async def _seed(self, upstream: int | list[int], limited_keys: int = 0) -> None:
+        """Rows written through the SQLModel tables (core/models.py), like the API writes them:
+        one routable instance per upstream port; the limited keys made by the API's own
+        `new_api_key` (its secret format, SHA-256 stored)."""
         import redis.asyncio as aioredis
 
         from core.db import make_engine, make_sessionmaker
@@ -463,6 +557,7 @@ class Stack:
         from core.tokens import token_hash
         from core.wire import RoutableInstance, RoutingStrategy
 
+        ports = [upstream] if isinstance(upstream, int) else list(upstream)
         engine = make_engine(self.db_url, pool_size=1)
         try:
             async with make_sessionmaker(engine)() as session:
@@ -484,8 +579,8 @@ class Stack:
                     served_name=MODEL,
                     provider_id=provider.id,
                     instance_type_id=itype.id,
-                    min_instances=1,
-                    max_instances=1,
+                    min_instances=len(ports),
+                    max_instances=len(ports),
                     routing=RoutingStrategy.least_load,
                 )
                 # Limits far above what the benchmark sends: checked on every request, never hit.
@@ -497,22 +592,46 @@ class Stack:
                     rpm_limit=2_000_000_000,
                     tpm_limit=2_000_000_000,
                 )
-                for rows in ([project, provider], [itype], [deployment, key]):
+                limited = []
+                self.keys = []
+                if limited_keys:
+                    from api.security import new_api_key
+
+                    for i in range(limited_keys):
+                        secret, prefix, key_hash = new_api_key()
+                        self.keys.append(secret)
+                        limited.append(
+                            ApiKey(
+                                project_id=project.id,
+                                name=f"bench-{i}",
+                                prefix=prefix,
+                                key_hash=key_hash,
+                                rpm_limit=MANY_KEYS_RPM,
+                                tpm_limit=MANY_KEYS_TPM,
+                            )
+                        )
+                for rows in ([project, provider], [itype], [deployment, key, *limited]):
                     session.add_all(rows)
                     await session.flush()
                 await session.commit()
         finally:
             await engine.dispose()
-        instance = RoutableInstance(
-            instance_id=str(uuid.uuid4()),
-            deployment_id=str(deployment.id),
-            project_id=str(project.id),
-            model=MODEL,
-            engine_url=f"http://127.0.0.1:{upstream_port}",
-            routing=RoutingStrategy.least_load,
-        )
+        instances = [
+            RoutableInstance(
+                instance_id=str(uuid.uuid4()),
+                deployment_id=str(deployment.id),
+                project_id=str(project.id),
+                model=MODEL,
+                engine_url=f"http://127.0.0.1:{port}",
+                routing=RoutingStrategy.least_load,
+            )
+            for port in ports
+        ]
         client = aioredis.Redis.from_url(self.redis_url)
-        await client.hset(ROUTING_REGISTRY, instance.instance_id, instance.model_dump_json())
+        await client.hset(
+            ROUTING_REGISTRY,
+            mapping={i.instance_id: i.model_dump_json() for i in instances},
+        )
         await client.aclose()
 
     def support_pids(self) -> list[int]:
@@ -544,6 +663,24 @@ class Stack:
             client.close()
         return asyncio.run(rows()), commands
 
+    def logged(self, after_id: int) -> tuple[int, int]:
+        """The last request-log id, and how many keys the rows after `after_id` name."""
+        import asyncpg
+
+        async def query() -> tuple[int, int]:
+            conn = await asyncpg.connect(self.db_url)
+            try:
+                row = await conn.fetchrow(
+                    "SELECT coalesce(max(id), 0) AS last, count(DISTINCT api_key_id) "
+                    "FILTER (WHERE id > $1) AS keys FROM request_logs",
+                    after_id,
+                )
+                return int(row["last"]), int(row["keys"])
+            finally:
+                await conn.close()
+
+        return asyncio.run(query())
+
     def stop(self) -> None:
         self.redis.stop()
         self.pg.stop()
@@ -570,7 +707,9 @@ class TreeStack(Stack):
         super().__init__(workdir)
         self.tree = tree
 
-    def start(self, upstream_port: int) -> None:
+    def start(self, upstream: int | list[int]) -> None:
+        # The one-key case only: one upstream port, as every tree's seeding takes.
+        upstream_port = upstream if isinstance(upstream, int) else upstream[0]
         self.db_url = self.pg.start()
         self.redis_url = self.redis.start()
         subprocess.run(
@@ -590,6 +729,18 @@ def tree_env(tree: Path) -> dict[str, str]:
             [str(tree.resolve()), *filter(None, [os.environ.get("PYTHONPATH")])]
         )
     return env
+
+
+def tree_state() -> str:
+    """This checkout's commit, and the files of gateway/ changed since (measured as they are)."""
+    head = tree_commit(ROOT)
+    changed = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--", "gateway"],
+        capture_output=True,
+        text=True,
+    ).stdout.split("\n")
+    files = [line[3:] for line in changed if line.strip()]
+    return head + (f" with changes to {', '.join(files)}" if files else "")
 
 
 def tree_commit(tree: Path) -> str:
@@ -634,9 +785,31 @@ def start_nginx(workdir: Path, name: str, servers: str, workers: int) -> subproc
     )
 
 
+SERVERS = ("lean", "uvicorn", "granian")
+
+
+def granian_path(tools_venv: Path) -> Path | None:
+    """Where granian was installed for the benchmark (`pip install --no-deps --target
+    TOOLS_VENV/servers granian`): a folder put on the gateway's PYTHONPATH, so granian runs in
+    .venv's interpreter with .venv's packages (its one dependency, click, is there)."""
+    folder = tools_venv / "servers"
+    return folder if (folder / "granian" / "__init__.py").exists() else None
+
+
 def start_gateway(
-    stack: Stack, port: int, workers: int, server: str, tree: Path = ROOT
+    stack: Stack,
+    port: int,
+    workers: int,
+    server: str,
+    tree: Path = ROOT,
+    granian: Path | None = None,
+    settings: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
+    """The gateway's ASGI app with `workers` processes, served by `server`: `lean` (its own HTTP
+    server) or `uvicorn` (httptools, uvloop) through `python -m gateway`, or granian's own
+    command line (its Rust HTTP/1.1 server, uvloop) with the app from a zero-argument factory.
+    `settings`: more INVENTIV_* variables; the one edge limit granian has in common with the lean
+    server, the header-block deadline, is set from INVENTIV_GATEWAY_HEADER_TIMEOUT_S (10 s)."""
     env = {
         **tree_env(tree),
         "INVENTIV_DATABASE_URL": stack.db_url,
@@ -649,8 +822,25 @@ def start_gateway(
         "INVENTIV_SECRET_KEY": secrets.token_urlsafe(32),
         # /metrics behind a bearer token, read with it after each run (older gateways ignore it).
         "INVENTIV_METRICS_TOKEN": METRICS_TOKEN,
+        **(settings or {}),
     }
     command = [sys.executable, "-m", "gateway"]
+    if server == "granian":
+        if granian is None:
+            raise RuntimeError("granian is not installed for the benchmark")
+        del env["INVENTIV_GATEWAY_SERVER"]  # python -m gateway's setting: lean or uvicorn
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(granian), env.get("PYTHONPATH")]))
+        if workers > 1:  # what `python -m gateway` does for its workers: shared metric values
+            env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="inventiv-bench-granian-")
+        header_timeout_ms = round(float(env.get("INVENTIV_GATEWAY_HEADER_TIMEOUT_S", 10)) * 1000)
+        command = [
+            sys.executable, "-m", "granian",
+            "--interface", "asgi", "--factory", "--loop", "uvloop", "--http", "1", "--no-ws",
+            "--workers", str(workers), "--host", "127.0.0.1", "--port", str(port),
+            "--backlog", "4096", "--log-level", "warning",
+            "--http1-header-read-timeout", str(header_timeout_ms),
+            "bench.gateway.asgi_app:create",
+        ]  # fmt: skip
     return subprocess.Popen(command, cwd=tree, env=env, start_new_session=True)
 
 
@@ -774,9 +964,35 @@ def side_by_side(
     return lines
 
 
-def render_markdown(results: list[TargetResult], meta: dict[str, object]) -> str:
-    direct = next((r for r in results if r.name == "direct" and r.c32), None)
+CASES = ("one-key", "many-keys")
+CASE_TITLES = {
+    "one-key": "One key, one upstream instance",
+    "many-keys": "Many keys, several instances",
+}
 
+
+def case_description(case: str, meta: dict[str, object]) -> str:
+    if case == "one-key":
+        return (
+            "One API key with limits far above the load (the rate limiter leases it up to 256 "
+            "request slots at a time, so most requests skip Redis) and one instance (the router's "
+            "single-instance path skips scoring): the gateway's best case."
+        )
+    return (
+        f"{meta.get('keys', MANY_KEYS):,} API keys (the API's key format, SHA-256 stored), each "
+        f"limited to {MANY_KEYS_RPM} requests and {MANY_KEYS_TPM:,} tokens a minute, wrk sending "
+        "them in turn (a Lua script, one key per request; the streamed requests too), so no key "
+        "nears its limits but every request is admitted by its own Redis call (a key's rate is "
+        "too low for leases). The warm-up sends every key twice (more warm-up rounds when "
+        "needed) so the key cache is warm; its entries live 30 s, so the lookups again in "
+        "PostgreSQL (one a key every 30 s) fall mostly after the 32-connection run. "
+        f"{meta.get('instances', MANY_KEYS_INSTANCES)} ready instances "
+        "of the deployment (4 ports of the upstream nginx), scored by least load; vllm-router "
+        "round-robins over the same 4, without auth."
+    )
+
+
+def render_markdown(results: list[TargetResult], meta: dict[str, object]) -> str:
     def added(value: float | None, base: float | None) -> str:
         if value is None or base is None:
             return "-"
@@ -785,34 +1001,51 @@ def render_markdown(results: list[TargetResult], meta: dict[str, object]) -> str
     lines = [
         f"Gateway benchmark, {meta['date']}, {meta['cpus']} CPUs ({meta['machine']}), "
         f"wrk {meta['seconds']} s per configuration, upstream: nginx returning a fixed "
-        'completion. Latencies in ms; "added" is the difference with the direct figure.',
-        "",
-        "| target | req/s @32 | p50 @32 | p99 @32 | added p50 @1 | added p99 @1 | "
-        "CPU ms/req | + Redis/PG CPU ms/req | stream TTFB added p50 | errors | "
-        "logs/req | metrics/req | Redis cmds/req |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        'completion. Latencies in ms; "added" is the difference with the direct figure of the '
+        f"same case. Gateway code: {meta.get('tree', '?')}.",
     ]
-    for r in results:
-        if r.c32 is None or r.c1 is None:
-            lines.append(f"| {r.name} | {r.error or 'skipped'} | | | | | | | | | | | |")
-            continue
-        base1 = direct.c1 if direct else None
-        lines.append(
-            f"| {r.name} | {r.c32.rps:,.0f} | {r.c32.p50_ms:.2f} | {r.c32.p99_ms:.2f} | "
-            f"{added(r.c1.p50_ms, base1.p50_ms if base1 else None)} | "
-            f"{added(r.c1.p99_ms, base1.p99_ms if base1 else None)} | "
-            f"{'-' if r.cpu_ms_per_request is None else f'{r.cpu_ms_per_request:.3f}'} | "
-            f"{r.extra.get('redis_postgres_cpu_ms_per_request', '-')} | "
-            f"{added(r.stream_ttfb_p50_ms, direct.stream_ttfb_p50_ms if direct else None)} | "
-            f"{r.c32.errors + r.c1.errors} | "
-            f"{r.extra.get('request_logs_per_request', '-')} | "
-            f"{r.extra.get('metrics_requests_per_request', '-')} | "
-            f"{r.extra.get('redis_commands_per_request', '-')} |"
-        )
-    lines.append("")
-    for r in results:
-        if r.notes:
-            lines.append(f"- **{r.name}**: {r.notes}")
+    cases = [c for c in CASES if any(r.case == c for r in results)]
+    for case in cases:
+        rows = [r for r in results if r.case == case]
+        direct = next((r for r in rows if r.name == "direct" and r.c32), None)
+        lines += [
+            "",
+            f"## {CASE_TITLES[case]}",
+            "",
+            case_description(case, meta),
+            "",
+            "| target | req/s @32 | p50 @32 | p99 @32 | added p50 @1 | added p99 @1 | "
+            "CPU ms/req | + Redis/PG CPU ms/req | stream TTFB added p50 | errors | "
+            "logs/req | metrics/req | Redis cmds/req |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in rows:
+            if r.c32 is None or r.c1 is None:
+                lines.append(f"| {r.name} | {r.error or 'skipped'} | | | | | | | | | | | |")
+                continue
+            base1 = direct.c1 if direct else None
+            lines.append(
+                f"| {r.name} | {r.c32.rps:,.0f} | {r.c32.p50_ms:.2f} | {r.c32.p99_ms:.2f} | "
+                f"{added(r.c1.p50_ms, base1.p50_ms if base1 else None)} | "
+                f"{added(r.c1.p99_ms, base1.p99_ms if base1 else None)} | "
+                f"{'-' if r.cpu_ms_per_request is None else f'{r.cpu_ms_per_request:.3f}'} | "
+                f"{r.extra.get('redis_postgres_cpu_ms_per_request', '-')} | "
+                f"{added(r.stream_ttfb_p50_ms, direct.stream_ttfb_p50_ms if direct else None)} | "
+                f"{r.c32.errors + r.c1.errors} | "
+                f"{r.extra.get('request_logs_per_request', '-')} | "
+                f"{r.extra.get('metrics_requests_per_request', '-')} | "
+                f"{r.extra.get('redis_commands_per_request', '-')} |"
+            )
+        lines.append("")
+        for r in rows:
+            if r.notes:
+                lines.append(f"- **{r.name}**: {r.notes}")
+        ratios = meta.get("ratios")
+        if isinstance(ratios, dict) and isinstance(ratios.get(case), dict) and ratios[case]:
+            lines.append("")
+            lines.append(
+                "Ratios from this run: " + ", ".join(f"{k} {v}" for k, v in ratios[case].items())
+            )
     if any("request_logs_per_request" in r.extra for r in results):
         lines.append("")
         lines.append(
@@ -822,15 +1055,78 @@ def render_markdown(results: list[TargetResult], meta: dict[str, object]) -> str
             "cmds/req, commands its Redis processed (rate limits and their leases, TPM settlements, "
             "the gateway's periodic reads and publications)."
         )
-    ratios = meta.get("ratios")
-    if isinstance(ratios, dict) and ratios:
+    if any(SERVER_NAME.fullmatch(r.name) for r in results):
         lines.append("")
-        lines.append("Ratios from this run: " + ", ".join(f"{k} {v}" for k, v in ratios.items()))
+        lines.append(SERVERS_NOTE)
+    edges = meta.get("edges")
+    if isinstance(edges, dict) and edges:
+        from bench.gateway.edges import EDGES_NOTE, render
+
+        lines += ["", "### HTTP edge limits, probed", "", EDGES_NOTE, "", *render(edges)]
     before_after = meta.get("cpu_before_after")
     if isinstance(before_after, list) and before_after:
         lines.append("")
         lines.extend(f"{line}." for line in before_after)
     return "\n".join(lines) + "\n"
+
+
+SERVER_NAME = re.compile(r"inventiv-gateway x(\d+) (uvicorn|granian)")
+SERVERS_NOTE = (
+    "Servers: the same ASGI app (`gateway.app.Gateway`, every check on: API key, RPM and TPM "
+    "limits, the per-key in-flight cap, request logs, metrics, accounting, the 32 MiB body cap "
+    "of `read_body`) under each server. The lean server also enforces the HTTP edge limits "
+    "(`ServerLimits`: request-line, header-block and header-count caps, header and body "
+    "deadlines, a write deadline, connections per client); uvicorn and granian enforce only "
+    "their own (see `bench/gateway/README.md`, Server choice). Under them the app watches for "
+    "a disconnect with a task per request waiting on `receive()` (the lean server calls back "
+    "instead)."
+)
+
+
+def server_versions(granian: Path | None) -> dict[str, str]:
+    import importlib.metadata
+
+    versions = {"uvicorn": importlib.metadata.version("uvicorn")}
+    if granian is not None:
+        for dist in importlib.metadata.distributions(path=[str(granian)]):
+            if dist.metadata["Name"] == "granian":
+                versions["granian"] = dist.version
+    return versions
+
+
+def case_ratios(results: list[TargetResult]) -> dict[str, str]:
+    """The best lean gateway against vllm-router and nginx; each other server against the lean
+    one with as many workers (CPU ms/req, req/s, p99 @32)."""
+    by_name = {r.name: r for r in results if r.c32}
+    ratios: dict[str, str] = {}
+    lean = {name: r for name, r in by_name.items() if re.fullmatch(r"inventiv-gateway x\d+", name)}
+    best = max(lean.values(), key=lambda r: r.c32.rps if r.c32 else 0, default=None)
+    if best and best.c32:
+        for other in ("vllm-router", "litellm", "nginx"):
+            theirs = by_name.get(other)
+            if theirs is not None and theirs.c32:
+                ratios[f"{best.name} / {other} throughput"] = (
+                    f"{best.c32.rps / theirs.c32.rps:.2f}x"
+                )
+        router = by_name.get("vllm-router")
+        if router is not None and router.c32:
+            for name, r in lean.items():
+                if r.c32:
+                    ratios[f"{name} / vllm-router p99 @32"] = (
+                        f"{r.c32.p99_ms / router.c32.p99_ms:.2f}x"
+                    )
+    for name, r in by_name.items():
+        match = SERVER_NAME.fullmatch(name)
+        base = lean.get(f"inventiv-gateway x{match[1]}") if match else None
+        if match is None or base is None or not base.c32 or not r.c32:
+            continue
+        if r.cpu_ms_per_request and base.cpu_ms_per_request:
+            ratios[f"{name} / lean CPU ms/req"] = (
+                f"{r.cpu_ms_per_request / base.cpu_ms_per_request:.2f}x"
+            )
+        ratios[f"{name} / lean req/s"] = f"{r.c32.rps / base.c32.rps:.2f}x"
+        ratios[f"{name} / lean p99 @32"] = f"{r.c32.p99_ms / base.c32.p99_ms:.2f}x"
+    return ratios
 
 
 def main() -> None:
@@ -845,14 +1141,44 @@ def main() -> None:
     parser.add_argument("--tools-venv", type=Path, default=Path("/tmp/bench-venv"))
     parser.add_argument("--only", default="", help="comma-separated target names to run")
     parser.add_argument("--workers", default="1,2", help="gateway worker counts to measure")
-    parser.add_argument("--gateway-server", default="lean", choices=["lean", "uvicorn"])
+    parser.add_argument(
+        "--case",
+        default="all",
+        choices=["all", *CASES],
+        help="one-key: one key with huge limits, one instance (with the other servers and any "
+        "baseline tree); many-keys: --keys keys at modest RPM and TPM limits, --instances "
+        "instances; all (the default): both",
+    )
+    parser.add_argument("--keys", type=int, default=MANY_KEYS, help="keys of the many-keys case")
+    parser.add_argument(
+        "--instances", type=int, default=MANY_KEYS_INSTANCES, help="instances, many-keys case"
+    )
+    parser.add_argument(
+        "--gateway-server",
+        default="lean",
+        choices=["lean", "uvicorn"],
+        help="the server of the 'inventiv-gateway xN' targets",
+    )
+    parser.add_argument(
+        "--servers",
+        default="uvicorn,granian",
+        help="other ASGI servers carrying the same app in the one-key case, as 'inventiv-gateway "
+        "xN SERVER' (uvicorn, granian; granian from TOOLS_VENV/servers, see README); '' for none",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS,
+        help="folder of the results (NAME.md, NAME.json, the profiles)",
+    )
+    parser.add_argument("--name", default="gateway", help="file name of the results, no suffix")
     parser.add_argument(
         "--baseline-tree",
         type=Path,
         action="append",
         default=[],
         help="another checkout (git worktree add PATH COMMIT) whose gateway is measured too, as "
-        "'inventiv-gateway xN @COMMIT'; may be given more than once",
+        "'inventiv-gateway xN @COMMIT' (one-key case); may be given more than once",
     )
     parser.add_argument(
         "--side-by-side",
@@ -869,45 +1195,63 @@ def main() -> None:
         help="measure the gateway targets this many times, alternating trees (noise)",
     )
     parser.add_argument(
+        "--no-edges",
+        action="store_true",
+        help="skip probing the servers' HTTP edge limits (bench.gateway.edges, ~25 s; run when "
+        "--servers compares servers)",
+    )
+    parser.add_argument(
         "--no-profile",
         action="store_true",
-        help="skip the py-spy profile of the 1-worker gateway (taken when py-spy is in the "
+        help="skip the py-spy profiles of the 1-worker gateway (taken when py-spy is in the "
         "tools venv: pip install py-spy)",
     )
     args = parser.parse_args()
     seconds = 3.0 if args.quick else args.seconds
     only = {name for name in args.only.split(",") if name}
+    cases = list(CASES) if args.case == "all" else [args.case]
+    servers = [name for name in args.servers.split(",") if name]
+    for name in servers:
+        if name not in SERVERS or name == "lean":
+            sys.exit(f"--servers: unknown server {name!r} (uvicorn, granian)")
     if shutil.which("wrk") is None or shutil.which("nginx") is None:
         sys.exit("wrk and nginx are needed: apt-get install -y wrk nginx")
+    results_dir: Path = args.results
+    granian = granian_path(args.tools_venv)
+    versions = server_versions(granian)
 
     workdir = Path(tempfile.mkdtemp(prefix="inventiv-bench-gateway-"))
     processes: list[subprocess.Popen[bytes]] = []
     results: list[TargetResult] = []
-    stack = Stack(workdir)
-    stacks: list[Stack] = [stack]
+    stacks: list[Stack] = []
     side_lines: list[str] = []
+    edges: dict[str, dict[str, str]] = {}
     try:
-        upstream_port = free_port()
-        upstream = start_nginx(
-            workdir,
-            "upstream",
-            UPSTREAM_SERVERS.format(
-                port=upstream_port, sse=_nginx_quote(SSE_RESPONSE), chat=_nginx_quote(CHAT_RESPONSE)
-            ),
-            workers=1,
-        )
+        ports = [free_port() for _ in range(args.instances if "many-keys" in cases else 1)]
+        upstream = start_nginx(workdir, "upstream", upstream_servers(ports), workers=1)
         processes.append(upstream)
-        asyncio.run(wait_http(f"http://127.0.0.1:{upstream_port}/", proc=upstream))
-        stack.start(upstream_port)
+        for port in ports:
+            asyncio.run(wait_http(f"http://127.0.0.1:{port}/", proc=upstream))
+        upstream_port = ports[0]
+        case_stacks: dict[str, Stack] = {}
+        if "one-key" in cases:
+            stack = case_stacks["one-key"] = Stack(workdir / "one-key")
+            stacks.append(stack)
+            stack.start(upstream_port)
+        if "many-keys" in cases:
+            print(f"-- seeding {args.keys:,} keys", flush=True)
+            many = case_stacks["many-keys"] = Stack(workdir / "many-keys", args.keys)
+            stacks.append(many)
+            many.start(ports)
 
         def started(
-            url: str, proc: subprocess.Popen[bytes], name: str, timeout: float = 60
+            url: str, proc: subprocess.Popen[bytes], name: str, case: str, timeout: float = 60
         ) -> bool:
             try:
                 asyncio.run(wait_http(url, timeout, proc))
                 return True
             except (RuntimeError, TimeoutError) as exc:
-                results.append(TargetResult(name, "", error=f"did not start: {exc}"))
+                results.append(TargetResult(name, "", case, error=f"did not start: {exc}"))
                 stop(proc)
                 return False
 
@@ -916,104 +1260,92 @@ def main() -> None:
 
         py_spy = args.tools_venv / "bin" / "py-spy"
 
-        def run(target: Target, profile_out: Path | None = None) -> None:
-            print(f"-- {target.name}", flush=True)
+        def run(target: Target, case: str, profile_out: Path | None = None) -> None:
+            print(f"-- {case}: {target.name}", flush=True)
             profile = (
                 py_spy
                 if profile_out is not None and py_spy.exists() and not args.no_profile
                 else None
             )
+            stack = case_stacks[case]
             result = measure(
-                target, stack.key, workdir, seconds, args.stream_requests, profile, profile_out
-            )
+                target, stack.key, workdir, seconds, args.stream_requests, profile, profile_out,
+                case,
+            )  # fmt: skip
             print(json.dumps(asdict(result)), flush=True)
             results.append(result)
 
-        if want("direct"):
-            run(Target("direct", upstream_port, None, notes="wrk straight to the upstream"))
-
-        if want("nginx"):
+        def gateway(
+            case: str,
+            name: str,
+            stack: Stack,
+            workers: int,
+            server: str,
+            tree: Path = ROOT,
+            where: str = "",
+            profile_out: Path | None = None,
+        ) -> None:
+            """Start a gateway, measure it with its checks counted, stop it (its last request
+            logs flushed)."""
             port = free_port()
-            proc = start_nginx(
-                workdir, "proxy", PROXY_SERVERS.format(upstream=upstream_port, port=port), workers=1
-            )
+            try:
+                proc = start_gateway(stack, port, workers, server, tree, granian)
+            except RuntimeError as exc:
+                results.append(TargetResult(name, "", case, error=str(exc)))
+                return
             processes.append(proc)
-            asyncio.run(wait_http(f"http://127.0.0.1:{port}/", proc=proc))
-            run(Target("nginx", port, proc, notes="reverse proxy, 1 worker, keep-alive upstream"))
-            stop(proc)
-
-        trees: list[tuple[str, Path, Stack]] = [("", ROOT, stack)]
-        for tree in args.baseline_tree:
-            baseline = TreeStack(workdir / f"baseline-{len(trees)}", tree)
-            stacks.append(baseline)
-            baseline.start(upstream_port)
-            trees.append((f" @{tree_commit(tree)}", tree, baseline))
-        for round_no in range(1, args.rounds + 1):
-            for workers in [int(w) for w in args.workers.split(",") if w]:
-                base_name = f"inventiv-gateway x{workers}"
-                if not want(base_name) and not want("gateway"):
-                    continue
-                # Odd rounds this tree first, even rounds the baselines first: a drift of the
-                # machine's load over the run does not favour one side.
-                for label, tree, tree_stack in trees if round_no % 2 else trees[::-1]:
-                    name = base_name + label + (f" #{round_no}" if args.rounds > 1 else "")
-                    port = free_port()
-                    proc = start_gateway(tree_stack, port, workers, args.gateway_server, tree)
-                    processes.append(proc)
-                    if not started(f"http://127.0.0.1:{port}/readyz", proc, name):
-                        continue
-                    where = f"the gateway of {tree} at {label.strip(' @')}, " if label else ""
-                    target = Target(
-                        name,
-                        port,
-                        proc,
-                        notes=f"{where}{workers} worker process(es); API key, RPM+TPM limits "
-                        "(Redis), request logs (PostgreSQL), Prometheus metrics, usage "
-                        "accounting on",
-                        support_pids=tree_stack.support_pids(),
-                        key=tree_stack.key,
-                    )
-                    logs_before, redis_before = tree_stack.counters()
-                    profile_out = None
-                    if round_no == 1 and workers == 1:
-                        profile_out = RESULTS / (
-                            f"gateway-profile-{label.strip(' @')}.txt"
-                            if label
-                            else "gateway-profile.txt"
-                        )
-                    run(target, profile_out)
-                    result = results[-1]
-                    counted = requests_counted(port)
-                    stop(proc)  # a graceful stop flushes the last request logs
-                    sent = result.extra.get("requests_sent")
-                    if sent:
-                        if counted is not None:
-                            result.extra["metrics_requests_per_request"] = round(counted / sent, 3)
-                        logs_after, redis_after = tree_stack.counters()
-                        result.extra["request_logs_per_request"] = round(
-                            (logs_after - logs_before) / sent, 3
-                        )
-                        result.extra["redis_commands_per_request"] = round(
-                            (redis_after - redis_before) / sent, 2
-                        )
-
-        if args.side_by_side and len(trees) > 1:
-            print("-- side by side", flush=True)
-            side_lines = side_by_side(
-                trees, workdir, args.side_by_side, seconds, args.gateway_server
+            if not started(f"http://127.0.0.1:{port}/readyz", proc, name, case):
+                return
+            served_by = {
+                "lean": "its own HTTP server",
+                "uvicorn": f"uvicorn {versions['uvicorn']} (httptools, uvloop; "
+                "INVENTIV_GATEWAY_SERVER=uvicorn)",
+                "granian": f"granian {versions.get('granian', '?')} (ASGI, HTTP/1, uvloop; "
+                "bench.gateway.asgi_app:create)",
+            }[server]
+            target = Target(
+                name,
+                port,
+                proc,
+                notes=f"{where}{workers} worker process(es), {served_by}; API key, RPM+TPM "
+                "limits (Redis), request logs (PostgreSQL), Prometheus metrics, usage "
+                "accounting on",
+                support_pids=stack.support_pids(),
+                key=stack.key,
+                keys=stack.keys,
             )
-            for line in side_lines:
-                print(line, flush=True)
+            logs_before, redis_before = stack.counters()
+            last_log = stack.logged(0)[0] if stack.keys else 0
+            run(target, case, profile_out)
+            result = results[-1]
+            counted = requests_counted(port)
+            stop(proc)  # a graceful stop flushes the last request logs
+            sent = result.extra.get("requests_sent")
+            if stack.keys:
+                used = result.extra["keys_used"] = stack.logged(last_log)[1]
+                result.notes += f"; its request logs name {used:,} keys"
+            if sent:
+                if counted is not None:
+                    result.extra["metrics_requests_per_request"] = round(counted / sent, 3)
+                logs_after, redis_after = stack.counters()
+                result.extra["request_logs_per_request"] = round(
+                    (logs_after - logs_before) / sent, 3
+                )
+                result.extra["redis_commands_per_request"] = round(
+                    (redis_after - redis_before) / sent, 2
+                )
 
-        router_bin = args.tools_venv / "bin" / "vllm-router"
-        if want("vllm-router") and router_bin.exists():
+        def router(case: str, upstream_ports: list[int]) -> None:
+            router_bin = args.tools_venv / "bin" / "vllm-router"
+            if not want("vllm-router") or not router_bin.exists():
+                return
             port = free_port()
             proc = subprocess.Popen(
                 [
                     str(router_bin),
                     "--host", "127.0.0.1",
                     "--port", str(port),
-                    "--worker-urls", f"http://127.0.0.1:{upstream_port}",
+                    "--worker-urls", *(f"http://127.0.0.1:{p}" for p in upstream_ports),
                     "--policy", "round_robin",
                     "--log-level", "warning",
                     "--prometheus-port", str(free_port()),
@@ -1023,68 +1355,162 @@ def main() -> None:
                 stderr=subprocess.DEVNULL,
             )  # fmt: skip
             processes.append(proc)
-            if started(f"http://127.0.0.1:{port}/health", proc, "vllm-router"):
-                run(Target("vllm-router", port, proc, notes="Rust router, round robin, no auth"))
-            stop(proc)
-
-        litellm_bin = args.tools_venv / "bin" / "litellm"
-        if want("litellm") and litellm_bin.exists():
-            port = free_port()
-            config = workdir / "litellm.yaml"
-            config.write_text(
-                "model_list:\n"
-                f"  - model_name: {MODEL}\n"
-                "    litellm_params:\n"
-                f"      model: openai/{MODEL}\n"
-                f"      api_base: http://127.0.0.1:{upstream_port}/v1\n"
-                "      api_key: sk-upstream\n"
-                "litellm_settings:\n"
-                "  drop_params: true\n"
-                "  telemetry: false\n"
-                "general_settings:\n"
-                f"  master_key: {stack.key}\n"
-            )
-            proc = subprocess.Popen(
-                [
-                    str(litellm_bin),
-                    "--config",
-                    str(config),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                ],
-                start_new_session=True,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                env={**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"},
-            )
-            processes.append(proc)
-            if started(f"http://127.0.0.1:{port}/health/liveliness", proc, "litellm", 180):
+            if started(f"http://127.0.0.1:{port}/health", proc, "vllm-router", case):
+                over = f" over {len(upstream_ports)} upstreams" if len(upstream_ports) > 1 else ""
                 run(
                     Target(
-                        "litellm", port, proc, notes="LiteLLM proxy, master key auth, no database"
-                    )
+                        "vllm-router",
+                        port,
+                        proc,
+                        notes=f"Rust router, round robin{over}, no auth",
+                        keys=case_stacks[case].keys,
+                    ),
+                    case,
                 )
             stop(proc)
+
+        worker_counts = [int(w) for w in args.workers.split(",") if w]
+        for case in cases:
+            stack = case_stacks[case]
+            if want("direct"):
+                run(
+                    Target(
+                        "direct",
+                        upstream_port,
+                        None,
+                        notes="wrk straight to the upstream (one of its ports)",
+                        keys=stack.keys,
+                    ),
+                    case,
+                )
+            if case == "many-keys":
+                for workers in worker_counts:
+                    name = f"inventiv-gateway x{workers}"
+                    if want(name) or want("gateway"):
+                        profile = results_dir / "gateway-profile-many-keys.txt"
+                        gateway(
+                            case, name, stack, workers, args.gateway_server,
+                            profile_out=profile if workers == 1 else None,
+                        )  # fmt: skip
+                router(case, ports)
+                continue
+
+            if want("nginx"):
+                port = free_port()
+                proc = start_nginx(
+                    workdir,
+                    "proxy",
+                    PROXY_SERVERS.format(upstream=upstream_port, port=port),
+                    workers=1,
+                )
+                processes.append(proc)
+                asyncio.run(wait_http(f"http://127.0.0.1:{port}/", proc=proc))
+                run(
+                    Target(
+                        "nginx", port, proc, notes="reverse proxy, 1 worker, keep-alive upstream"
+                    ),
+                    case,
+                )
+                stop(proc)
+
+            trees: list[tuple[str, Path, Stack]] = [("", ROOT, stack)]
+            for tree in args.baseline_tree:
+                baseline = TreeStack(workdir / f"baseline-{len(trees)}", tree)
+                stacks.append(baseline)
+                baseline.start(upstream_port)
+                trees.append((f" @{tree_commit(tree)}", tree, baseline))
+            for round_no in range(1, args.rounds + 1):
+                for workers in worker_counts:
+                    base_name = f"inventiv-gateway x{workers}"
+                    # Odd rounds this tree first, even rounds the baselines first: a drift of the
+                    # machine's load over the run does not favour one side.
+                    for label, tree, tree_stack in trees if round_no % 2 else trees[::-1]:
+                        if not want(base_name) and not want("gateway"):
+                            break
+                        name = base_name + label + (f" #{round_no}" if args.rounds > 1 else "")
+                        where = f"the gateway of {tree} at {label.strip(' @')}, " if label else ""
+                        profile_out = None
+                        if round_no == 1 and workers == 1:
+                            profile_out = results_dir / (
+                                f"gateway-profile-{label.strip(' @')}.txt"
+                                if label
+                                else "gateway-profile.txt"
+                            )
+                        gateway(
+                            case, name, tree_stack, workers, args.gateway_server, tree, where,
+                            profile_out,
+                        )  # fmt: skip
+                    if round_no > 1:
+                        continue
+                    # The same app under the other servers, right after it: alike machine load.
+                    for server in servers:
+                        name = f"{base_name} {server}"
+                        if want(name) or want(server):
+                            gateway(case, name, stack, workers, server)
+
+            if args.side_by_side and len(trees) > 1:
+                print("-- side by side", flush=True)
+                side_lines = side_by_side(
+                    trees, workdir, args.side_by_side, seconds, args.gateway_server
+                )
+                for line in side_lines:
+                    print(line, flush=True)
+
+            router(case, [upstream_port])
+
+            if servers and not args.no_edges:
+                from bench.gateway.edges import probe_servers
+
+                edges = probe_servers(stack, [args.gateway_server, *servers], args.tools_venv)
+
+            litellm_bin = args.tools_venv / "bin" / "litellm"
+            if want("litellm") and litellm_bin.exists():
+                port = free_port()
+                config = workdir / "litellm.yaml"
+                config.write_text(
+                    "model_list:\n"
+                    f"  - model_name: {MODEL}\n"
+                    "    litellm_params:\n"
+                    f"      model: openai/{MODEL}\n"
+                    f"      api_base: http://127.0.0.1:{upstream_port}/v1\n"
+                    "      api_key: sk-upstream\n"
+                    "litellm_settings:\n"
+                    "  drop_params: true\n"
+                    "  telemetry: false\n"
+                    "general_settings:\n"
+                    f"  master_key: {stack.key}\n"
+                )
+                proc = subprocess.Popen(
+                    [
+                        str(litellm_bin), "--config", str(config),
+                        "--host", "127.0.0.1", "--port", str(port),
+                    ],
+                    start_new_session=True,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    env={**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"},
+                )  # fmt: skip
+                processes.append(proc)
+                if started(
+                    f"http://127.0.0.1:{port}/health/liveliness", proc, "litellm", case, 180
+                ):
+                    run(
+                        Target(
+                            "litellm",
+                            port,
+                            proc,
+                            notes="LiteLLM proxy, master key auth, no database",
+                        ),
+                        case,
+                    )
+                stop(proc)
     finally:
         for proc in reversed(processes):
             stop(proc)
         for each in reversed(stacks):
             each.stop()
 
-    by_name = {r.name: r for r in results if r.c32}
-    ratios: dict[str, str] = {}
-    best = max(
-        (r for n, r in by_name.items() if n.startswith("inventiv-gateway") and "@" not in n),
-        key=lambda r: r.c32.rps if r.c32 else 0,
-        default=None,
-    )
-    if best and best.c32:
-        for other in ("vllm-router", "litellm", "nginx"):
-            if other in by_name and by_name[other].c32:
-                ratio = best.c32.rps / by_name[other].c32.rps  # type: ignore[union-attr]
-                ratios[f"{best.name} / {other} throughput"] = f"{ratio:.2f}x"
+    ratios = {case: case_ratios([r for r in results if r.case == case]) for case in cases}
     before_after = cpu_before_after(results, args.rounds) + side_lines
     for line in before_after:
         print(line)
@@ -1094,17 +1520,24 @@ def main() -> None:
         "machine": platform.machine(),
         "seconds": seconds,
         "python": platform.python_version(),
+        "cases": cases,
+        "keys": args.keys,
+        "instances": args.instances,
+        "many_keys_limits": {"rpm": MANY_KEYS_RPM, "tpm": MANY_KEYS_TPM},
+        "servers": {"lean": "gateway/protocols/http_server.py", **versions},
         "ratios": ratios,
+        "edges": edges,
+        "tree": tree_state(),
         "baseline_trees": [str(tree) for tree in args.baseline_tree],
         "rounds": args.rounds,
         "cpu_before_after": before_after,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "gateway.json").write_text(
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / f"{args.name}.json").write_text(
         json.dumps({"meta": meta, "results": [asdict(r) for r in results]}, indent=2)
     )
     markdown = render_markdown(results, meta)
-    (RESULTS / "gateway.md").write_text(markdown)
+    (results_dir / f"{args.name}.md").write_text(markdown)
     print(markdown)
 
 
