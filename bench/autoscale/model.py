@@ -56,6 +56,15 @@ class InstanceModel:
         decode = self.decode_step_s(typical_batch) / typical_batch
         return self.prefill_overhead_s + self.prefill_per_token_s * req.prompt + decode * req.output
 
+    def solo_ttft_s(self, req: Request) -> float:
+        """Its TTFT on an idle instance: the least any number of instances can give it."""
+        chunks = math.ceil(max(1, req.prompt) / self.max_num_batched_tokens)
+        return (
+            chunks * self.prefill_overhead_s
+            + self.prefill_per_token_s * max(1, req.prompt)
+            + self.http_overhead_s
+        )
+
     @property
     def max_inflight(self) -> int:
         return self.max_inflight_per_gpu * self.gpu_count

@@ -18,8 +18,9 @@ def plot(path: str, outcomes: dict[str, Outcome], settings: ReplaySettings) -> N
     load.set_ylabel("arrivals / s")
     for name, outcome in outcomes.items():
         t = [p.t / 60 for p in outcome.timeline]
-        count.step(t, [p.instances for p in outcome.timeline], where="post", label=name)
-        ttft.plot(t, [p.ttft_p50_s for p in outcome.timeline], label=name)
+        style = {"linestyle": "--", "linewidth": 1} if name == "oracle" else {}
+        count.step(t, [p.instances for p in outcome.timeline], where="post", label=name, **style)
+        ttft.plot(t, [p.ttft_p50_s for p in outcome.timeline], label=name, **style)
     count.set_ylabel("instances")
     count.legend()
     ttft.axhline(settings.slo_ttft_s, color="red", linestyle=":", label="SLO")

@@ -1,8 +1,8 @@
 """The policies compared: ours (core/autoscaling.py, the real function), peers' published
 defaults re-implemented from their documentation, static provisioning and a clairvoyant oracle.
 
-Peers' rules (targets a user must set are given the instance's calibrated capacity, the same
-figure the oracle uses, which favours them):
+Peers' rules (targets a user must set are given the instance's calibrated capacity, which
+favours them):
 - SkyServe (RequestRateAutoscaler): replicas = ceil(QPS over 60 s / target QPS per replica),
   applied once the wish has held 300 s (up) or 1200 s (down), launching replicas counted.
 - KubeAI: replicas = ceil(in-flight requests averaged over 10 min / 100), up at once, down after
@@ -16,11 +16,10 @@ figure the oracle uses, which favours them):
 from __future__ import annotations
 
 import bisect
-import itertools
 import math
 from dataclasses import dataclass, field
 
-from bench.autoscale.model import InstanceModel, Request
+from bench.autoscale.model import Flight, InstanceModel, Request
 from bench.autoscale.replay import FleetView
 from core.autoscaling import (
     AutoscalingConfig,
@@ -166,35 +165,55 @@ class Dstack:
 
 @dataclass
 class Oracle:
-    """Knows the work arriving in the next window and boots in no time: the lower bound.
+    """The lower bound: knows the whole trace, boots in no time, and holds at each moment the
+    fewest instances with which the modelled requests meet the SLO.
 
-    Demand is engine-seconds (`InstanceModel.work_s`), so a burst of long prompts counts as what
-    it costs; `capacity` is the engine-seconds per second one instance gives within the SLO.
+    Every round it tries instance counts on the replay's own model (`Replay.what_if`: the fleet
+    and queue as they are, the next round's arrivals, run until the last of them is due its
+    first token) and keeps the smallest count with which every request due its first token
+    meets the SLO; requests no instance could serve in time (a prompt whose prefill alone takes
+    longer) and those already late do not count. It starts from the current count, so most
+    rounds cost two short what-if runs.
     """
 
     requests: list[Request]
     model: InstanceModel
-    capacity: float
+    slo_ttft_s: float
+    interval_s: float
     min_instances: int
     max_instances: int
-    lookahead_s: float = 60
     boot_s: float | None = 0.0
+    trials: int = 0
 
     def __post_init__(self) -> None:
         self._times = [r.arrival for r in self.requests]
-        self._work = list(
-            itertools.accumulate((self.model.work_s(r) for r in self.requests), initial=0.0)
-        )
-
-    def needed_at(self, now: float, queued: int = 0) -> int:
-        """Instances for the next window's work plus the requests already waiting."""
-        start = bisect.bisect_left(self._times, now)
-        end = bisect.bisect_left(self._times, now + self.lookahead_s)
-        work = self._work[end] - self._work[start]
-        if end > start:
-            work += queued * work / (end - start)
-        target = math.ceil(work / self.lookahead_s / self.capacity)
-        return min(max(target, self.min_instances), self.max_instances)
 
     def decide(self, view: FleetView) -> tuple[int, list[str]]:
-        return self.needed_at(view.now, view.queued) - len(view.engines), []
+        now = view.now
+        start = bisect.bisect_right(self._times, now)
+        end = bisect.bisect_right(self._times, now + self.interval_s)
+        arrivals = self.requests[start:end]
+        until = now + self.interval_s + self.slo_ttft_s
+
+        def meets(count: int) -> bool:
+            self.trials += 1
+            flights = view.replay.what_if(now, count, arrivals, until)
+            return all(self._on_time(f, now) for f in flights)
+
+        current = len(view.engines)
+        count = min(max(current, self.min_instances), self.max_instances)
+        if meets(count):
+            while count > self.min_instances and meets(count - 1):
+                count -= 1
+        else:
+            while count < self.max_instances:
+                count += 1
+                if meets(count):
+                    break
+        return count - current, []
+
+    def _on_time(self, f: Flight, now: float) -> bool:
+        due = f.req.arrival + self.slo_ttft_s
+        if due < now or self.model.solo_ttft_s(f.req) > self.slo_ttft_s:
+            return True  # late already, or late on any instance: no count helps
+        return not f.refused and f.first_token - f.req.arrival <= self.slo_ttft_s

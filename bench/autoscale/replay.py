@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import collections
 import csv
+import dataclasses
 import math
 import random
 from collections.abc import Sequence
@@ -126,6 +127,15 @@ class Policy(Protocol):
         ...
 
 
+class _Hold:
+    """No change: the policy of a what-if run, which has no ticks anyway."""
+
+    boot_s: float | None = 0.0
+
+    def decide(self, view: FleetView) -> tuple[int, list[str]]:
+        return 0, []
+
+
 def drain_candidates(engines: list[Engine]) -> list[Engine]:
     """Least loaded first; ties: the newest (a booting server has no load and goes first)."""
     return sorted(engines, key=lambda e: (e.inflight, -e.ordered_at))
@@ -199,6 +209,8 @@ class Replay:
         self._integrated_to = 0.0
         self.actions = 0
         self.timeline: list[TimelinePoint] = []
+        self._next_arrival = 0
+        self._next_tick = 0.0
         for _ in range(initial_instances):
             self._order(0.0, ready_at=0.0)
 
@@ -311,8 +323,11 @@ class Replay:
     # -- the loop ------------------------------------------------------------------------------
 
     def run(self) -> Outcome:
-        i = 0
-        next_tick = 0.0
+        self._run(math.inf, ticks=True)
+        return self._outcome()
+
+    def _run(self, until: float, ticks: bool) -> None:
+        """Process events in time order up to `until` (arrivals before ticks at equal times)."""
         last_arrival = self.requests[-1].arrival if self.requests else 0.0
         while True:
             live = [e for e in self.engines if e.terminated_at is None]
@@ -320,15 +335,18 @@ class Replay:
                 ((e.next_event(), e) for e in live), default=(math.inf, None), key=lambda p: p[0]
             )
             boot_at = min((e.ready_at for e in live if e.ready_at > e.t), default=math.inf)
+            i = self._next_arrival
             arrival_at = self.requests[i].arrival if i < len(self.requests) else math.inf
             expire_at = (
                 self.queue[0].req.arrival + self.model.queue_deadline_s if self.queue else math.inf
             )
             tick_at = (
-                next_tick if next_tick <= last_arrival + self.settings.interval_s else math.inf
+                self._next_tick
+                if ticks and self._next_tick <= last_arrival + self.settings.interval_s
+                else math.inf
             )
             now = min(engine_at, boot_at, arrival_at, expire_at, tick_at)
-            if now == math.inf:
+            if now == math.inf or now > until:
                 break
             self.integrate(now)
             if now == engine_at and engine is not None:
@@ -346,11 +364,61 @@ class Replay:
                 self._expire(now)
             elif now == arrival_at:
                 self._arrive(self.requests[i])
-                i += 1
+                self._next_arrival += 1
             else:
                 self._tick(now)
-                next_tick += self.settings.interval_s
-        return self._outcome()
+                self._next_tick += self.settings.interval_s
+
+    # -- what-if, for a clairvoyant policy -------------------------------------------------------
+
+    def what_if(
+        self, now: float, count: int, arrivals: list[Request], until: float
+    ) -> list[Flight]:
+        """The fleet and queue as they are at `now`, `count` instances serving from now on (new
+        ones ready at once, the surplus drained as a tick drains), `arrivals` coming: run to
+        `until` on copies, leaving this replay as it was. Returns the requests whose first token
+        is still to come at `now` (queued, waiting, in prefill) and the new ones, as they fared.
+        """
+        copies: dict[int, Flight] = {}
+
+        def cp(f: Flight) -> Flight:
+            c = copies.get(id(f))
+            if c is None:
+                c = copies[id(f)] = dataclasses.replace(f)
+            return c
+
+        trial = Replay(arrivals, _Hold(), self.settings, self.model, initial_instances=0)
+        for e in self.engines:
+            if e.terminated_at is not None:
+                continue
+            copy = dataclasses.replace(
+                e,
+                waiting=collections.deque(cp(f) for f in e.waiting),
+                prefill=collections.deque(cp(f) for f in e.prefill),
+                decoding=[(v, seq, cp(f)) for v, seq, f in e.decoding],
+                step_chunk=[(cp(f), done) for f, done in e.step_chunk],
+            )
+            trial.engines.append(copy)
+        trial.queue = collections.deque(cp(f) for f in self.queue)
+        pending = [cp(f) for f in self._first_token_pending()]
+        trial._integrated_to = now
+        alive = [e for e in trial.engines if e.draining_at is None]
+        for k in range(count - len(alive)):
+            trial.engines.append(Engine(self.model, f"w{k}", now, now, t=now))
+        for e in drain_candidates(alive)[: max(0, len(alive) - count)]:
+            e.draining_at = now
+        trial._retire_idle(now)
+        trial._dispatch(now)
+        trial._run(until, ticks=False)
+        return pending + trial.flights
+
+    def _first_token_pending(self) -> list[Flight]:
+        flights = {id(f): f for f in self.queue}
+        for e in self.engines:
+            if e.terminated_at is None:
+                for f in [*e.waiting, *e.prefill, *(f for f, _ in e.step_chunk)]:
+                    flights[id(f)] = f
+        return list(flights.values())
 
     def _outcome(self) -> Outcome:
         end = max([f.done for f in self.flights if not math.isnan(f.done)], default=0.0)

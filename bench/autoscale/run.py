@@ -11,7 +11,9 @@ saturation level, so no policy is tuned on the trace itself.
 from __future__ import annotations
 
 import argparse
+import bisect
 import functools
+import itertools
 import json
 import math
 import time
@@ -60,6 +62,32 @@ def calibrate(requests: list[Request], settings: ReplaySettings, model: Instance
     return Capacity(round(0.9 * low, 2), round(active, 1), round(work, 3))
 
 
+@dataclass
+class WorkSizing:
+    """Instances for the work arriving in the next minute at the calibrated capacity: the
+    instances every policy starts with, and static provisioning's peak."""
+
+    requests: list[Request]
+    model: InstanceModel
+    capacity: float  # engine-seconds per second one instance gives within the SLO
+    min_instances: int
+    max_instances: int
+    lookahead_s: float = 60
+
+    def __post_init__(self) -> None:
+        self._times = [r.arrival for r in self.requests]
+        self._work = list(
+            itertools.accumulate((self.model.work_s(r) for r in self.requests), initial=0.0)
+        )
+
+    def needed_at(self, now: float) -> int:
+        start = bisect.bisect_left(self._times, now)
+        end = bisect.bisect_left(self._times, now + self.lookahead_s)
+        work = self._work[end] - self._work[start]
+        target = math.ceil(work / self.lookahead_s / self.capacity)
+        return min(max(target, self.min_instances), self.max_instances)
+
+
 def our_modes(capacity: Capacity, settings: ReplaySettings) -> dict[str, AutoscalingConfig]:
     # A quarter of headroom below the SLO's cliff covers the boot time's growth.
     saturation = max(1.0, 0.75 * capacity.active)
@@ -79,10 +107,10 @@ def policies(
 ) -> dict[str, Callable[[], tuple[Policy, int]]]:
     """name -> factory of (policy, instances ready at the start)."""
     lo, hi = settings.min_instances, settings.max_instances
-    oracle = Oracle(requests, InstanceModel(), capacity.work, lo, hi)
-    start = oracle.needed_at(0.0)
+    sizing = WorkSizing(requests, InstanceModel(), capacity.work, lo, hi)
+    start = sizing.needed_at(0.0)
     last = requests[-1].arrival if requests else 0.0
-    peak = max(oracle.needed_at(t) for t in _range(0.0, last, settings.interval_s))
+    peak = max(sizing.needed_at(t) for t in _range(0.0, last, settings.interval_s))
     made: dict[str, Callable[[], tuple[Policy, int]]] = {}
     for mode, config in our_modes(capacity, settings).items():
         made[f"inventiv-{mode}"] = functools.partial(_ours, config, lo, hi, start)
@@ -91,7 +119,10 @@ def policies(
     made["kubeai-inflight"] = lambda: (KubeAI(_Wish(0, 30, lo, hi)), start)
     made["rayserve-ongoing"] = lambda: (RayServe(_Wish(30, 600, lo, hi)), start)
     made["dstack-rps"] = lambda: (Dstack(capacity.rps, lo, hi), start)
-    made["oracle"] = lambda: (Oracle(requests, InstanceModel(), capacity.work, lo, hi), start)
+    made["oracle"] = lambda: (
+        Oracle(requests, InstanceModel(), settings.slo_ttft_s, settings.interval_s, lo, hi),
+        start,
+    )
     return made
 
 
@@ -183,7 +214,11 @@ def main(argv: list[str] | None = None) -> None:
         baseline = best_baseline(outcomes)
         plot(
             args.plot,
-            {f"inventiv ({best})": outcomes[best], baseline: outcomes[baseline]},
+            {
+                f"inventiv ({best})": outcomes[best],
+                baseline: outcomes[baseline],
+                "oracle": outcomes["oracle"],
+            },
             settings,
         )
 

@@ -36,7 +36,10 @@ def synthetic_trace(path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def _replay(tmp_path: Path) -> dict:
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One replay of every policy, shared by the tests (about ten seconds)."""
+    tmp_path = tmp_path_factory.mktemp("autoscale")
     trace, out = tmp_path / "trace.csv", tmp_path / "out.json"
     synthetic_trace(trace)
     main(["--trace", str(trace), "--out", str(out), "--boot-s", "60", "--max-instances", "8"])
@@ -45,8 +48,7 @@ def _replay(tmp_path: Path) -> dict:
     return report
 
 
-def test_replay_writes_the_fixed_format(tmp_path: Path) -> None:
-    report = _replay(tmp_path)
+def test_replay_writes_the_fixed_format(report: dict) -> None:
     assert report["settings"]["slo_ttft_s"] == 2.0 and report["settings"]["boot_s"] == 60.0
     policies = report["policies"]
     assert {"inventiv", "oracle", *PEERS} <= set(policies)
@@ -60,15 +62,14 @@ def test_replay_writes_the_fixed_format(tmp_path: Path) -> None:
     assert policies["static-peak"]["scale_actions"] == 0
 
 
-@pytest.mark.xfail(
-    reason="known defect, issue 15 stays open: the per-minute oracle is not yet a lower bound "
-    "(on this trace a dstack-like policy keeps a better SLO on fewer GPU-hours)",
-    strict=False,
-)
-def test_the_oracle_is_the_lower_bound(tmp_path: Path) -> None:
-    policies = _replay(tmp_path)["policies"]
+def test_the_oracle_is_the_lower_bound(report: dict) -> None:
+    policies = report["policies"]
     oracle = policies["oracle"]
-    # No policy that keeps the SLO as well as the oracle uses fewer GPU-hours.
+    # It keeps the SLO at least as well as any policy (here: every request within it) ...
+    assert oracle["slo_attainment"] >= max(p["slo_attainment"] for p in policies.values())
+    # ... and no policy that keeps it as well uses fewer GPU-hours. (The per-minute oracle
+    # before it failed this: 93 % within the SLO on 0.32 GPU-hours against dstack's 99.3 % on
+    # 0.29.)
     for name, figures in policies.items():
         if figures["slo_attainment"] >= oracle["slo_attainment"]:
             assert figures["gpu_hours"] >= oracle["gpu_hours"] - 1e-9, (name, figures, oracle)
