@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import itertools
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
 import asyncpg
@@ -21,6 +22,8 @@ from gateway import sql
 from gateway.metrics import LOGS_DROPPED
 
 log = logging.getLogger("inventiv.gateway.logs")
+
+_ROWS_PER_YIELD = 200  # about half a millisecond of the event loop per slice
 
 # (epoch s, key id, project id, deployment id, instance id, model, tokens in, tokens out,
 #  ttft ms, latency ms, status, streamed)
@@ -83,15 +86,24 @@ class RequestLogWriter:
         """Write everything buffered; on a database error the rows stay for the next try."""
         while self.buffer:
             count = min(self.batch_size, len(self.buffer))
-            batch = [self.buffer[i] for i in range(count)]
             await self.pool.copy_records_to_table(
                 sql.REQUEST_LOGS.table,
-                records=[_record(r) for r in batch],
+                records=self._records(count),
                 columns=sql.REQUEST_LOGS.columns,
             )
             for _ in range(count):
                 self.buffer.popleft()
             self.written += count
+
+    async def _records(self, count: int) -> AsyncIterator[tuple[object, ...]]:
+        """The first `count` rows as table records, handing the event loop back every
+        `_ROWS_PER_YIELD`: converting and encoding a whole batch at once held every request the
+        gateway was serving for as long (about 15 ms for 5,000 rows, its p99 at full load)."""
+        batch = list(itertools.islice(self.buffer, count))  # requests append meanwhile
+        for index, row in enumerate(batch):
+            if index and not index % _ROWS_PER_YIELD:
+                await asyncio.sleep(0)
+            yield _record(row)
 
     async def run(self, period_s: float, stopping: Callable[[], bool]) -> None:
         """The writer's control loop (until `stopping()`; the shutdown flushes the rest)."""
