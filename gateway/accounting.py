@@ -101,6 +101,8 @@ class Accounting:
         status = request.status or 500
         model_metrics = metrics.for_model(request.model)
         model_metrics.latency.observe(latency)
+        if request.overhead_s is not None:
+            model_metrics.overhead.observe(request.overhead_s)
         ttft_ms = None
         first_chunk_at = request.first_chunk_at
         if first_chunk_at is not None:

@@ -70,6 +70,14 @@ LATENCY = Histogram(
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+OVERHEAD = Histogram(
+    "inventiv_gateway_overhead_seconds",
+    "Time a request spent in the gateway itself until its response started (the "
+    "x-inventiv-overhead-ms header): waits for the engine and for capacity left out",
+    ["model"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+    registry=REGISTRY,
+)
 OUTPUT_TOKENS = Counter(
     "inventiv_gateway_output_tokens",
     "Output tokens generated, from the engine's usage",
@@ -170,6 +178,7 @@ class ModelMetrics:
         "latency",
         "model",
         "output_tokens",
+        "overhead",
         "tokens_per_second",
         "ttft",
     )
@@ -177,6 +186,7 @@ class ModelMetrics:
     def __init__(self, model: str) -> None:
         self.model = model
         self.latency = LATENCY.labels(model)
+        self.overhead = OVERHEAD.labels(model)
         self.ttft = TTFT.labels(model)
         self.tokens_per_second = TOKENS_PER_SECOND.labels(model)
         self.input_tokens = INPUT_TOKENS.labels(model)

@@ -90,6 +90,11 @@ class ProxyRequest:
     reserved: int = 0  # TPM tokens reserved at admission, settled by accounting
     reserved_second: int = 0
     limit_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    # The gateway's own time (`x-inventiv-overhead-ms`): everything but waiting for the engine
+    # and for capacity in the queue, until the response starts.
+    sent_at: float = 0.0  # perf_counter when the request went to the engine (last attempt)
+    waited_s: float = 0.0  # engine attempts that failed, and the queue
+    overhead_s: float | None = None  # set when the response starts
 
 
 class Proxy:
@@ -289,11 +294,14 @@ class Proxy:
         # The fast path without a coroutine of its own: an instance free right away.
         backend = self.router.acquire_now(request.deployment_id, request)
         if backend is None:
+            queued_at = time.perf_counter()
             backend = await self._wait_for_backend(request)
+            request.waited_s += time.perf_counter() - queued_at
         retried = False
         try:
             while True:
                 request.backend = backend
+                request.sent_at = time.perf_counter()
                 try:
                     response = await self.upstream.pool(
                         backend.info.engine_url, backend.engine_auth
@@ -331,6 +339,7 @@ class Proxy:
                     )
                 if failed_with is not None:
                     failed_with.abort()
+                request.waited_s += time.perf_counter() - request.sent_at
                 self.router.release(backend)
                 metrics.RETRIES.labels(model).inc()
                 backend, retried = alternative, True
@@ -369,9 +378,13 @@ class Proxy:
                 type_="upstream_error",
                 code="engine_failed",
             ) from exc
+        answered_at = time.perf_counter()
         if response.status == 200:
             count_usage(data, request)
-        headers = [(b"content-type", response.content_type or b"application/json")]
+        headers = [
+            (b"content-type", response.content_type or b"application/json"),
+            _overhead_header(request, answered_at),
+        ]
         await respond(send, response.status, data, headers + request.limit_headers)
 
     async def _relay_stream(
@@ -384,7 +397,11 @@ class Proxy:
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": _SSE_HEADERS + request.limit_headers,
+                "headers": [
+                    *_SSE_HEADERS,
+                    _overhead_header(request),
+                    *request.limit_headers,
+                ],
             }
         )
         keepalive = self.config.keepalive_interval_s
@@ -432,6 +449,19 @@ class Proxy:
         metrics.UPSTREAM_ERRORS.labels(request.model, "in_band").inc()
         if request.backend is not None and self.router.record_failure(request.backend):
             metrics.EJECTIONS.labels(request.model).inc()
+
+
+def _overhead_header(
+    request: ProxyRequest, answered_at: float | None = None
+) -> tuple[bytes, bytes]:
+    """The time the request spent in the gateway until its response starts: before it went to
+    the engine (queue waits and failed attempts left out) and, for a whole answer, since it
+    arrived (`answered_at`). A stream's head is relayed as it comes."""
+    overhead = request.sent_at - request.started - request.waited_s
+    if answered_at is not None:
+        overhead += time.perf_counter() - answered_at
+    request.overhead_s = overhead
+    return b"x-inventiv-overhead-ms", b"%.3f" % (overhead * 1000)
 
 
 def tokens_to_reserve(payload: dict[str, Any], default: int) -> int:

@@ -197,3 +197,63 @@ async def test_metrics_of_a_deployment_start_at_zero_before_its_first_request(
         f'inventiv_gateway_requests_total{{code="200",model="{model}"}} 0.0',
     ):
         assert line in text.splitlines(), line
+
+
+async def test_overhead_header_and_histogram_leave_the_engine_time_out(
+    gateway: RunningGateway, seeded: Seeded, engines: Engines, registry: Registry
+) -> None:
+    """`x-inventiv-overhead-ms` (read with the official client's raw response) and the
+    `inventiv_gateway_overhead_seconds` histogram give the gateway's own time: an engine that
+    takes half a second to answer, or to send its first token, adds nothing to them."""
+    engine = await engines.start("a")
+    await registry.put(registry.instance(engines.servers["a"].url))
+    await wait_for(lambda: serving(gateway.app, MODEL))
+    engine_s = 0.5
+    client = openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key=seeded.api_key)
+    count_line = f'inventiv_gateway_overhead_seconds_count{{model="{MODEL}"}} '
+    sum_line = f'inventiv_gateway_overhead_seconds_sum{{model="{MODEL}"}} '
+
+    def value(text: str, prefix: str) -> float:
+        found = [line for line in text.splitlines() if line.startswith(prefix)]
+        return float(found[0][len(prefix) :]) if found else 0.0
+
+    async with gateway.client(seeded.api_key) as http:
+        before = (await http.get("/metrics")).text
+
+    hold = engine.behaviour.hold = asyncio.Event()
+
+    async def answer_after_a_while() -> None:  # counted from the request's arrival at the engine
+        await wait_for(lambda: len(engine.requests) == 1)
+        await asyncio.sleep(engine_s)
+        hold.set()
+
+    loop = asyncio.get_running_loop()
+    answering = asyncio.create_task(answer_after_a_while())
+    started = loop.time()
+    raw = await client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": "hello"}]
+    )
+    whole_s = loop.time() - started
+    await answering
+    assert raw.parse().choices[0].message.content == "t0 t1 t2"
+    whole_overhead_ms = float(raw.headers["x-inventiv-overhead-ms"])
+
+    engine.behaviour.hold = None
+    engine.behaviour.first_token_delay_s = engine_s
+    started = loop.time()
+    async with client.chat.completions.with_streaming_response.create(
+        model=MODEL, messages=[{"role": "user", "content": "hello"}], stream=True
+    ) as streamed:
+        stream_overhead_ms = float(streamed.headers["x-inventiv-overhead-ms"])
+        chunks = [line async for line in streamed.iter_lines() if line.startswith("data: {")]
+    stream_s = loop.time() - started
+    assert len(chunks) == 3
+
+    async with gateway.client(seeded.api_key) as http:
+        after = (await http.get("/metrics")).text
+    for overhead_ms, total_s in ((whole_overhead_ms, whole_s), (stream_overhead_ms, stream_s)):
+        assert total_s >= engine_s
+        assert 0 <= overhead_ms < (total_s - engine_s) * 1000 + 1, (overhead_ms, total_s)
+    assert value(after, count_line) - value(before, count_line) == 2
+    observed_s = value(after, sum_line) - value(before, sum_line)
+    assert observed_s == pytest.approx((whole_overhead_ms + stream_overhead_ms) / 1000, abs=2e-6)
