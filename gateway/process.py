@@ -8,6 +8,7 @@ restarts one that dies, with backoff.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -87,9 +88,17 @@ async def _serve_lean(app: Gateway, sock: socket.socket) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+
+    async def startup() -> None:
+        await app.startup()
+        # What startup loaded lives as long as the process: out of the collector's sight, full
+        # collections (a pause every request in flight shares) stop walking it.
+        gc.collect()
+        gc.freeze()
+
     server = LeanServer(
         app,
-        app.startup,
+        startup,
         app.shutdown,
         keep_alive_s=KEEP_ALIVE_S,
         limits=app.config.server_limits(),
