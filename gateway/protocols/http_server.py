@@ -266,12 +266,24 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.refused:
             return
-        if self.in_head:
+        limit = self.limits.max_header_bytes
+        starts_head = not self.in_head
+        if not starts_head:
             # Counted before parsing: an endless header never reaches the parser in full.
             self.head_bytes += len(data)
-            if self.head_bytes > self.limits.max_header_bytes:
+            if limit and self.head_bytes > limit:
                 self._reject(431, b"Request header block too large.")
                 return
+        elif (
+            limit
+            and len(data) > limit
+            and self.cycle is None
+            and data.find(b"\r\n\r\n", 0, limit + 4) < 0
+        ):
+            # A read that starts a request (one read can hold far more than the limit): its
+            # header block must end within the limit.
+            self._reject(431, b"Request header block too large.")
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -282,6 +294,9 @@ class _Connection(asyncio.Protocol):
                 self._reject(refused.status, refused.message)
             else:
                 self._reject(400, b"Malformed HTTP request.")
+        else:
+            if starts_head and self.in_head:
+                self.head_bytes = len(data)  # a head began in this read and goes on
 
     def pause_writing(self) -> None:
         self.write_paused = True

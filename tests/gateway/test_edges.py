@@ -90,6 +90,43 @@ async def test_a_64_mib_header_and_10000_headers_are_refused_within_a_second(
     assert served < 1.0  # another client was answered meanwhile
 
 
+async def test_a_header_block_over_the_limit_in_one_read_is_refused_but_a_big_body_is_not(
+    gateway: RunningGateway, seeded: Seeded
+) -> None:
+    """The cap holds for a block that arrives whole in the read that starts the request, on a
+    fresh connection and after a request on a kept-alive one; a body that big is no header."""
+    host, port = address(gateway)
+    big_head = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (100 << 10) + b"\r\n\r\n"
+    ask = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(big_head)
+    assert await status_of(reader, 2.0) == 431
+    writer.close()
+
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(ask)
+    assert (await asyncio.wait_for(reader.readline(), 2.0)).startswith(b"HTTP/1.1 200")
+    writer.write(big_head)
+    head_and_rest = await asyncio.wait_for(reader.read(), 2.0)  # the 200's rest, then the 431
+    assert b"HTTP/1.1 431" in head_and_rest
+    writer.close()
+
+    body = b'{"model":"%s","messages":[{"role":"user","content":"%s"}]}' % (
+        MODEL.encode(),
+        b"a" * (200 << 10),
+    )
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        % (seeded.api_key.encode(), len(body), body)
+    )
+    line = await asyncio.wait_for(reader.readline(), 5.0)
+    assert line.startswith(b"HTTP/1.1 ") and b" 431 " not in line, line
+    writer.close()
+
+
 @pytest.fixture
 def gateway_settings(gateway_settings: GatewaySettings) -> GatewaySettings:
     gateway_settings.header_timeout_s = 2.0
