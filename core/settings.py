@@ -229,7 +229,11 @@ class Settings(BaseSettings):
     demo_model: str = Field(default="demo-llm", description="Model served by the demo deployment")
 
     # Gateway
-    api_key_cache_ttl_s: float = Field(default=30, description="Gateway API-key cache lifetime")
+    api_key_cache_ttl_s: float = Field(
+        default=600,
+        description="Gateway API-key cache lifetime (revocations and limit changes reach every "
+        "replica at once through Redis; this bounds what a missed message could keep)",
+    )
 
     def require(self, name: RequiredSetting) -> str:
         """The value of a required setting, or `MissingSettingError` naming it."""
