@@ -18,7 +18,10 @@ Figures per target and workload: TTFT p50/p90/p99 (streamed, first content chunk
 output tokens/s over the run, the engines' prefix-cache hit rate (vllm:prefix_cache_hits /
 vllm:prefix_cache_queries, read from each engine before and after) and requests per engine.
 Results: bench/results/routing.json and .md, and bench/results/routing.png when matplotlib is
-installed, written after every target (--merge keeps earlier rows that this run does not redo).
+installed, written after every target; the goals of issue 16 checked at the end of the .md. A
+partial run (--only, --quick or fewer workloads) writes routing-partial.* instead, unless --merge:
+then it keeps the earlier rows of routing.json that it does not redo, each workload with the date,
+load and commit it was measured at.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from bench.routing.workloads import (
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
+WORKLOADS = ("shared_prefix", "conversations", "azure_conv_trace")
 OUR_STRATEGIES = ("least_load", "sticky_user", "prefix_aware")
 VLLM_ROUTER_POLICIES = (
     "round_robin",
@@ -181,7 +185,12 @@ class Outcome:
 
 async def send(client: httpx.AsyncClient, url: str, key: str | None, turn: Turn) -> Outcome:
     outcome = Outcome()
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    # The session named both ways: the `user` field (our sticky_user) and X-Session-ID, which
+    # vllm-router's consistent_hash and sticky_least_loaded read (0.1.17 ignores the `user` field
+    # of a chat completion: every request hashed alike, to one engine).
+    headers = {"X-Session-ID": turn.user}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
     body = {
         "model": MODEL,
         "messages": turn.messages,
@@ -212,14 +221,17 @@ async def send(client: httpx.AsyncClient, url: str, key: str | None, turn: Turn)
                         answer.append(text)
     except httpx.HTTPError as exc:
         outcome.error = type(exc).__name__
-    outcome.finished_at = time.monotonic()
-    turn_answer = "".join(answer)
-    for follower in turn.followers:
-        follower.messages = [
-            *turn.messages,
-            {"role": "assistant", "content": turn_answer},
-            {"role": "user", "content": follower.next_user_message or ""},
-        ]
+    finally:
+        # The next turns carry this one's history, whatever came of it (a failed turn too:
+        # otherwise they would be sent with the history of the previous target's run, or none).
+        outcome.finished_at = time.monotonic()
+        turn_answer = "".join(answer)
+        for follower in turn.followers:
+            follower.messages = [
+                *turn.messages,
+                {"role": "assistant", "content": turn_answer},
+                {"role": "user", "content": follower.next_user_message or ""},
+            ]
     return outcome
 
 
@@ -315,16 +327,18 @@ def render_markdown(rows: list[Row], meta: dict[str, Any]) -> str:
     lines = [
         "# Fleet routing benchmark",
         "",
-        f"Run {meta['when']}, {meta['machine']}. {meta['fleet']}. Timing is the "
-        "simulator's model (Llama-3.1-8B on an H100: 50 us per prefilled token, 8 ms per "
-        "decode step), so these compare routers, not hardware.",
+        f"{meta['fleet']}. Timing is the simulator's model (Llama-3.1-8B on an H100: 50 us per "
+        "prefilled token, 8 ms per decode step), so these compare routers, not hardware. Every "
+        "target of a workload was measured in the same run, one after the other, each with fresh "
+        "engines.",
         "",
     ]
+    runs = meta.get("runs", {})
     for name, description in meta["workloads"].items():
+        lines += [f"## {name}", "", description]
+        if name in runs:
+            lines[-1] += f". Measured {describe_run(runs[name])}."
         lines += [
-            f"## {name}",
-            "",
-            description,
             "",
             "| target | TTFT p50 s | p90 s | p99 s | output tok/s | engine hit rate | requests per "
             "engine | errors |",
@@ -338,7 +352,20 @@ def render_markdown(rows: list[Row], meta: dict[str, Any]) -> str:
                 f"{row.errors}{' ' + row.note if row.note else ''} |"
             )
         lines.append("")
+    verdicts = goal_lines(rows)
+    if verdicts:
+        lines += ["## Goals (issue 16)", "", *(f"- {line}" for line in verdicts), ""]
     return "\n".join(lines)
+
+
+def describe_run(run: dict[str, Any]) -> str:
+    """When, where and which code a workload's rows were measured at."""
+    text = f"{run['when']}, {run['machine']}"
+    if run.get("load"):
+        text += f", load average {run['load']} over its targets"
+    if run.get("commit"):
+        text += f", code at {run['commit']}"
+    return text
 
 
 def plot(rows: list[Row], path: Path) -> bool:
@@ -408,6 +435,12 @@ def build_workloads(args: argparse.Namespace) -> list[Workload]:
             )
         else:
             print(f"skipping the Azure trace: {args.azure_trace} not found", file=sys.stderr)
+    unknown = chosen - set(WORKLOADS)
+    if unknown:
+        raise SystemExit(f"unknown workloads: {', '.join(sorted(unknown))}")
+    for workload in workloads:
+        workload.description += f" ({workload.count()} requests"
+        workload.description += ", --quick: half length)" if args.quick else ")"
     return workloads
 
 
@@ -421,13 +454,15 @@ def main() -> None:
     )
     parser.add_argument("--shared-prefix-rate", type=float, default=16.0, help="requests/s")
     parser.add_argument("--quick", action="store_true", help="half-length workloads")
-    parser.add_argument("--workloads", default="shared_prefix,conversations,azure_conv_trace")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--only", default="", help="comma-separated target names to run")
     parser.add_argument(
         "--merge",
         action="store_true",
-        help="keep bench/results/routing.json's rows for the target/workload pairs not rerun",
+        help="write routing.* keeping the earlier rows of its .json for the target/workload "
+        "pairs not rerun (without it, a partial run writes routing-partial.*)",
     )
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the results")
     parser.add_argument("--tools-venv", type=Path, default=Path("/tmp/bench-venv"))
     parser.add_argument(
         "--azure-trace",
@@ -446,28 +481,30 @@ def main() -> None:
         print(f"vllm-router not in {args.tools_venv}: skipped", file=sys.stderr)
     if shutil.which("nginx"):
         targets.append("nginx-round_robin")
+    unknown = only - set(targets)
+    if unknown:
+        raise SystemExit(f"unknown or unavailable targets: {', '.join(sorted(unknown))}")
     targets = [t for t in targets if not only or t in only]
+
+    name = results_name(args, only, workloads)
+    earlier, meta = [], new_meta(fleet)
+    if args.merge:
+        earlier, meta = earlier_results(args.results / "routing.json", meta)
+    for workload in workloads:
+        meta["workloads"][workload.name] = workload.description
+        meta["runs"][workload.name] = {
+            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+            "commit": code_state(),
+        }
 
     workdir = Path(tempfile.mkdtemp(prefix="inventiv-bench-routing-"))
     stack = RoutingStack(workdir)
     rows: list[Row] = []
-    earlier: list[Row] = []
-    results_json = RESULTS / "routing.json"
-    if args.merge and results_json.is_file():
-        previous = json.loads(results_json.read_text())
-        earlier = [Row(**r) for r in previous["rows"]]
-    meta = {
-        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "fleet": f"{fleet.engines} simulated engines, {fleet.kv_cache_tokens}-token KV cache "
-        f"each ({fleet.block_size}-token blocks), prefix caching on",
-        "workloads": {w.name: w.description + f" ({w.count()} requests)" for w in workloads},
-    }
-    if earlier:  # descriptions of the workloads whose rows are kept
-        meta["workloads"] = {**previous["meta"]["workloads"], **meta["workloads"]}
-        meta["when"] = f"{previous['meta']['when']} and {meta['when']}"
     try:
         stack.start(free_port())  # the seeded instance is replaced per target
         for workload in workloads:
+            loads: list[float] = []
             for target in targets:
                 rows.append(run_target(target, workload, stack, fleet, args, workdir))
                 row = rows[-1]
@@ -478,10 +515,65 @@ def main() -> None:
                     f"per-engine {row.requests_per_engine} errors {row.errors} {row.note}",
                     flush=True,
                 )
-                write_results(merged(earlier, rows), meta)
+                loads.append(os.getloadavg()[0])
+                meta["runs"][workload.name]["load"] = f"{min(loads):.1f}-{max(loads):.1f}"
+                write_results(merged(earlier, rows), meta, args.results, name)
     finally:
         stack.stop()
-    summarize_goals(merged(earlier, rows))
+    print(f"results: {args.results / name}.md")
+    for line in goal_lines(merged(earlier, rows)):
+        print(line)
+
+
+def results_name(args: argparse.Namespace, only: set[str], workloads: list[Workload]) -> str:
+    """routing.*, unless a partial run (some targets, --quick, fewer workloads) without --merge:
+    that one must not replace the full results, so routing-partial.*."""
+    partial = bool(only) or args.quick or len(workloads) < len(WORKLOADS)
+    return "routing-partial" if partial and not args.merge else "routing"
+
+
+def new_meta(fleet: Fleet) -> dict[str, Any]:
+    return {
+        "fleet": f"{fleet.engines} simulated engines, {fleet.kv_cache_tokens}-token KV cache "
+        f"each ({fleet.block_size}-token blocks), prefix caching on",
+        "workloads": {},
+        "runs": {},
+    }
+
+
+def earlier_results(path: Path, meta: dict[str, Any]) -> tuple[list[Row], dict[str, Any]]:
+    """The rows and workload descriptions of an earlier routing.json; each workload keeps the
+    date and machine it was measured at (a file from before per-workload runs: the file's)."""
+    if not path.is_file():
+        return [], meta
+    previous = json.loads(path.read_text())
+    before = previous["meta"]
+    if before.get("fleet", meta["fleet"]) != meta["fleet"]:
+        raise SystemExit(f"--merge: {path} measured another fleet ({before['fleet']})")
+    runs = dict(before.get("runs", {}))
+    for workload in before["workloads"]:
+        if workload not in runs and "when" in before:
+            runs[workload] = {"when": before["when"], "machine": before.get("machine", "")}
+    rows = [Row(**r) for r in previous["rows"]]
+    return rows, {**meta, "workloads": dict(before["workloads"]), "runs": runs}
+
+
+def code_state() -> str:
+    """The commit measured, and the files changed since in what the benchmark runs."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        changed = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "gateway", "core",
+             "agent/sim", "bench/routing", "bench/gateway"],
+            capture_output=True, text=True, check=True,
+        ).stdout.splitlines()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    files = [line[3:] for line in changed if line.strip()]
+    return head + (f" with changes to {', '.join(files)}" if files else "")
 
 
 def merged(earlier: list[Row], rows: list[Row]) -> list[Row]:
@@ -490,19 +582,16 @@ def merged(earlier: list[Row], rows: list[Row]) -> list[Row]:
     return [r for r in earlier if (r.target, r.workload) not in done] + rows
 
 
-def write_results(rows: list[Row], meta: dict[str, Any]) -> None:
+def write_results(rows: list[Row], meta: dict[str, Any], folder: Path, name: str) -> None:
     """After every target, so an interrupted run keeps what it measured."""
-    meta = {
-        **meta,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load average "
-        f"{os.getloadavg()[0]:.1f}",
-    }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "routing.json").write_text(
+    order = list(meta["workloads"])
+    rows = sorted(rows, key=lambda r: order.index(r.workload) if r.workload in order else 99)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(
         json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2) + "\n"
     )
-    (RESULTS / "routing.md").write_text(render_markdown(rows, meta))
-    plot(rows, RESULTS / "routing.png")
+    (folder / f"{name}.md").write_text(render_markdown(rows, meta))
+    plot(rows, folder / f"{name}.png")
 
 
 def run_target(
@@ -554,43 +643,78 @@ async def wait_ready(url: str, key: str | None, engines: int) -> None:
     raise TimeoutError("the gateway never listed the model")
 
 
-def summarize_goals(rows: list[Row]) -> None:
-    def row(target: str, workload: str) -> Row | None:
-        return next((r for r in rows if r.target == target and r.workload == workload), None)
+def goal_lines(rows: list[Row]) -> list[str]:
+    """Issue 16's routing goals against these rows, met or not, with the figures."""
 
+    def row(target: str, workload: str) -> Row | None:
+        found = next((r for r in rows if r.target == target and r.workload == workload), None)
+        return found if found and found.ttft_p90_s and found.output_tokens_per_s else None
+
+    def verdict(met: bool) -> str:
+        return "met" if met else "**not met**"
+
+    lines = []
     prefix, least = (
         row("ours-prefix_aware", "shared_prefix"),
         row("ours-least_load", "shared_prefix"),
     )
-    if prefix and least and prefix.ttft_p90_s and least.ttft_p90_s:
-        print(
-            f"shared prefix: p90 TTFT least_load / prefix_aware = {least.ttft_p90_s / prefix.ttft_p90_s:.1f}x"
+    if prefix and least:
+        assert prefix.ttft_p90_s and least.ttft_p90_s
+        ratio = least.ttft_p90_s / prefix.ttft_p90_s
+        lines.append(
+            f"shared_prefix, p90 TTFT at least 5x lower than least_load: "
+            f"{least.ttft_p90_s:.2f} s / {prefix.ttft_p90_s:.2f} s = {ratio:.1f}x, "
+            f"{verdict(ratio >= 5)}"
         )
         peers = [
-            r for r in rows if r.workload == "shared_prefix" and r.target.startswith("vllm-router")
+            r
+            for r in rows
+            if r.workload == "shared_prefix"
+            and r.target.startswith("vllm-router-")
+            and r.ttft_p90_s is not None
         ]
-        beaten = [
-            r.target
-            for r in peers
-            if r.ttft_p90_s is not None and r.ttft_p90_s <= prefix.ttft_p90_s
-        ]
-        print(f"  vllm-router modes at or below prefix_aware's p90: {beaten or 'none'}")
-    prefix, least = (
-        row("ours-prefix_aware", "azure_conv_trace"),
-        row("ours-least_load", "azure_conv_trace"),
-    )
-    if (
-        prefix
-        and least
-        and prefix.ttft_p90_s
-        and least.ttft_p90_s
-        and least.ttft_p50_s
-        and prefix.ttft_p50_s
-    ):
-        print(
-            f"azure trace: prefix_aware / least_load p50 {prefix.ttft_p50_s / least.ttft_p50_s:.3f}, "
-            f"p90 {prefix.ttft_p90_s / least.ttft_p90_s:.3f}"
+        if peers:
+            best = min(peers, key=lambda r: r.ttft_p90_s or 0.0)
+            assert best.ttft_p90_s
+            lines.append(
+                f"shared_prefix, p90 TTFT lower than every vllm-router mode ({len(peers)} "
+                f"measured): best {best.target} {best.ttft_p90_s:.2f} s against "
+                f"{prefix.ttft_p90_s:.2f} s ({best.ttft_p90_s / prefix.ttft_p90_s:.1f}x), "
+                f"{verdict(all((r.ttft_p90_s or 0) > prefix.ttft_p90_s for r in peers))}"
+            )
+        others = [least, *(r for r in peers if r.output_tokens_per_s)]
+        top = max(others, key=lambda r: r.output_tokens_per_s or 0.0)
+        assert prefix.output_tokens_per_s and top.output_tokens_per_s
+        lines.append(
+            f"shared_prefix, at equal or better output tokens/s: {prefix.output_tokens_per_s:.0f} "
+            f"against at most {top.output_tokens_per_s:.0f} ({top.target}), "
+            f"{verdict(prefix.output_tokens_per_s >= top.output_tokens_per_s)}"
         )
+    for workload, goal in (("azure_conv_trace", True), ("conversations", False)):
+        prefix, least = row("ours-prefix_aware", workload), row("ours-least_load", workload)
+        if not (prefix and least):
+            continue
+        ratios = {
+            "p50": (prefix.ttft_p50_s or 0) / (least.ttft_p50_s or 1),
+            "p90": (prefix.ttft_p90_s or 0) / (least.ttft_p90_s or 1),
+            "p99": (prefix.ttft_p99_s or 0) / (least.ttft_p99_s or 1),
+        }
+        throughput = (prefix.output_tokens_per_s or 0) / (least.output_tokens_per_s or 1)
+        figures = (
+            f"prefix_aware / least_load TTFT p50 {prefix.ttft_p50_s:.3f} / "
+            f"{least.ttft_p50_s:.3f} s = {ratios['p50']:.3f}, p90 {prefix.ttft_p90_s:.3f} / "
+            f"{least.ttft_p90_s:.3f} s = {ratios['p90']:.3f}, p99 {ratios['p99']:.3f}, "
+            f"output tok/s {throughput:.3f}"
+        )
+        if goal:
+            met = ratios["p50"] <= 1.05 and ratios["p90"] <= 1.05 and throughput >= 0.95
+            lines.append(
+                f"{workload}, within 5 % of least_load (TTFT p50 and p90 at most 1.05x, "
+                f"output tok/s at least 0.95x): {figures}, {verdict(met)}"
+            )
+        else:
+            lines.append(f"{workload} (no goal): {figures}")
+    return lines
 
 
 if __name__ == "__main__":
