@@ -12,7 +12,7 @@ import openai
 import pytest
 from sqlmodel import col, select
 
-from core.models import RequestLog
+from core.models import ApiKey, RequestLog
 from tests.factories import Seeded, seed
 from tests.gateway.conftest import MODEL, Engines, Registry, RunningGateway, serving
 
@@ -257,3 +257,34 @@ async def test_overhead_header_and_histogram_leave_the_engine_time_out(
     assert value(after, count_line) - value(before, count_line) == 2
     observed_s = value(after, sum_line) - value(before, sum_line)
     assert observed_s == pytest.approx((whole_overhead_ms + stream_overhead_ms) / 1000, abs=2e-6)
+
+
+async def test_a_key_used_through_the_gateway_shows_when_it_was_last_used(
+    gateway: RunningGateway,
+    seeded: Seeded,
+    engines: Engines,
+    registry: Registry,
+    sessionmaker,  # type: ignore[no-untyped-def]
+) -> None:
+    """`last_used_at` is written in batches (every 5 s) by the gateway, not per request."""
+    await engines.start("a")
+    await registry.put(registry.instance(engines.servers["a"].url))
+    await wait_for(lambda: serving(gateway.app, MODEL))
+    async with gateway.client(seeded.api_key) as client:
+        payload = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+        assert (await client.post("/v1/chat/completions", json=payload)).status_code == 200
+
+    async def last_used() -> object:
+        async with sessionmaker() as session:
+            row = await session.get(ApiKey, seeded.api_key_row.id)
+            assert row is not None
+            await session.refresh(row)
+            return row.last_used_at
+
+    seen = None
+    for _ in range(80):
+        seen = await last_used()
+        if seen is not None:
+            break
+        await asyncio.sleep(0.1)
+    assert seen is not None
