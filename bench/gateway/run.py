@@ -259,7 +259,8 @@ def _ms(text: str) -> float:
     return value * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
-def run_wrk(url: str, script: Path, connections: int, seconds: float) -> WrkResult:
+def run_wrk(url: str, script: Path, connections: int, seconds: float, start: int = 0) -> WrkResult:
+    """`start`: where the many-keys script begins in its key list (each wrk run restarts it)."""
     threads = 1 if connections == 1 else 2
     completed = subprocess.run(
         [
@@ -273,6 +274,8 @@ def run_wrk(url: str, script: Path, connections: int, seconds: float) -> WrkResu
             "-s",
             str(script),
             url,
+            "--",
+            str(start),
         ],
         capture_output=True,
         text=True,
@@ -324,7 +327,9 @@ function init(args)
     headers["Authorization"] = "Bearer " .. key
     requests[#requests + 1] = wrk.format("POST", nil, headers, "{body}")
   end
-  index = (thread_no or 0) * math.floor(#requests / 2)
+  -- Threads start half the list apart, from where the previous run left off (args[1]).
+  local start = tonumber(args[1] or "0")
+  index = (start + (thread_no or 0) * math.floor(#requests / 2)) % #requests
 end
 function request()
   index = index % #requests + 1
@@ -476,11 +481,15 @@ def measure(
         result.extra["requests_sent"] = warm.requests
         # Many keys: every key twice (each worker process has its own key cache) before the
         # measurement, so it does not see a fresh process looking up each key for the first
-        # time. At most 3 more warm-ups.
-        for _ in range(3):
+        # time. Each run goes on where the last one stopped (its two threads each sent about
+        # half its requests). At most 9 more warm-ups.
+        start = warm.requests // 2
+        for _ in range(9):
             if len(keys) == 1 or result.extra["requests_sent"] >= 2 * len(keys):
                 break
-            result.extra["requests_sent"] += run_wrk(url, script, 32, min(2.0, seconds)).requests
+            more = run_wrk(url, script, 32, min(2.0, seconds), start)
+            result.extra["requests_sent"] += more.requests
+            start += more.requests // 2
         cpu_before = tree_cpu_s(target.proc.pid) if target.proc else 0.0
         support_before = sum(tree_cpu_s(pid) for pid in target.support_pids)
         profiler = None
@@ -984,8 +993,8 @@ def case_description(case: str, meta: dict[str, object]) -> str:
         "them in turn (a Lua script, one key per request; the streamed requests too), so no key "
         "nears its limits but every request is admitted by its own Redis call (a key's rate is "
         "too low for leases). The warm-up sends every key twice (more warm-up rounds when "
-        "needed) so the key cache is warm; its entries live 30 s, so the lookups again in "
-        "PostgreSQL (one a key every 30 s) fall mostly after the 32-connection run. "
+        "needed, each going on where the last stopped) so the key cache is warm: its entries "
+        "live 600 s, longer than the run. "
         f"{meta.get('instances', MANY_KEYS_INSTANCES)} ready instances "
         "of the deployment (4 ports of the upstream nginx), scored by least load; vllm-router "
         "round-robins over the same 4, without auth."
