@@ -149,5 +149,6 @@ class Accounting:
         if not self._pending_tokens:
             return
         pending, self._pending_tokens = self._pending_tokens, {}
-        for (key_id, second), (delta, used) in pending.items():
-            await self.limiter.settle(key_id, second, delta, used)
+        await self.limiter.settle_many(
+            [(key_id, second, delta, used) for (key_id, second), (delta, used) in pending.items()]
+        )

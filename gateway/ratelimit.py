@@ -114,18 +114,24 @@ return {1, 0, used_req, used_tok, math.max(req_reset_ms, tok_reset_ms), grant, r
 # Settle a reservation: its bucket (the second it was made in) gets the difference between the
 # tokens used and those reserved; a bucket already out of the window gets nothing back, and the
 # tokens used are charged to the current second instead.
+# Settles several keys' reservations at once: KEYS[i] with ARGV (second, delta, used) at
+# 3i-1..3i+1 after the window in ARGV[1].
 _SETTLE = """
 local t = redis.call('TIME')
 local now_s = tonumber(t[1])
-local second = tonumber(ARGV[1])
-if second > now_s - tonumber(ARGV[4]) then
-  redis.call('HINCRBY', KEYS[1], second, ARGV[2])
-elseif tonumber(ARGV[3]) > 0 then
-  redis.call('HINCRBY', KEYS[1], now_s, ARGV[3])
+local window = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  local second = tonumber(ARGV[3 * i - 1])
+  if second > now_s - window then
+    redis.call('HINCRBY', key, second, ARGV[3 * i])
+  elseif tonumber(ARGV[3 * i + 1]) > 0 then
+    redis.call('HINCRBY', key, now_s, ARGV[3 * i + 1])
+  end
+  redis.call('EXPIRE', key, window * 2)
 end
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]) * 2)
-return 1
+return #KEYS
 """
+_SETTLE_BATCH = 500  # keys per call: bounds the time Redis spends in one script
 
 
 @dataclass(slots=True)
@@ -382,14 +388,23 @@ class RateLimiter:
         """Correct the reservation made in `second` by `delta` (tokens used minus reserved);
         `used` is charged now instead when that second left the window (second 0: nothing was
         reserved, as when the limiter was down at admission)."""
-        if not delta and not used:
-            return
-        keys = [rate_limit_key(key_id, "tpm", WINDOW_S)]
-        args: list[str | int] = [second, delta, used, WINDOW_S]
-        if self._fast is not None:
-            await self._fast.evalsha(self._settle_sha, keys, args)
-        else:
-            await self._settle(keys=keys, args=args)
+        await self.settle_many([(key_id, second, delta, used)])
+
+    async def settle_many(self, settlements: list[tuple[str, int, int, int]]) -> None:
+        """`settle` for many (key id, second, delta, used) at once: one script call per
+        `_SETTLE_BATCH` keys (one call per key cost a round trip's encoding each, per request,
+        with many keys at modest rates)."""
+        settlements = [item for item in settlements if item[2] or item[3]]
+        for start in range(0, len(settlements), _SETTLE_BATCH):
+            keys: list[str] = []
+            args: list[str | int] = [WINDOW_S]
+            for key_id, second, delta, used in settlements[start : start + _SETTLE_BATCH]:
+                keys.append(rate_limit_key(key_id, "tpm", WINDOW_S))
+                args += (second, delta, used)
+            if self._fast is not None:
+                await self._fast.evalsha(self._settle_sha, keys, args)
+            else:
+                await self._settle(keys=keys, args=args)
 
     def close(self) -> None:
         if self._fast is not None:

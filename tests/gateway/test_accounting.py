@@ -237,3 +237,31 @@ async def test_an_engine_refuses_requests_without_its_key_and_the_gateway_holds_
     finally:
         proc.terminate()
         await asyncio.to_thread(proc.wait, 10)
+
+
+async def test_settlements_of_many_keys_land_on_each_key(redis_url: str, redis_client: Any) -> None:
+    """The token settlements a flush sends for 1,200 keys (three script calls of at most 500)
+    each reach their own key's window, in both of the limiter's Redis clients."""
+    import redis.asyncio as aioredis
+
+    from core.redis_keys import rate_limit_key
+    from gateway.ratelimit import WINDOW_S, RateLimiter
+
+    for pipelined in (True, False):
+        fallback = aioredis.Redis.from_url(redis_url)
+        # A URL the pipelined client does not take leaves the limiter on redis-py.
+        limiter = RateLimiter(redis_url if pipelined else "rediss://nowhere:1", fallback)
+        second = int((await redis_client.time())[0])
+        keys = [str(uuid.uuid4()) for _ in range(1200)]
+        nothing = str(uuid.uuid4())
+        await limiter.settle_many(
+            [(key, second, index + 1, index + 1) for index, key in enumerate(keys)]
+            + [(nothing, second, 0, 0)]  # nothing to settle: sent nowhere
+        )
+        for index in (0, 1, 499, 500, 999, 1000, 1199):
+            key = rate_limit_key(keys[index], "tpm", WINDOW_S)
+            assert int(await redis_client.hget(key, str(second)) or 0) == index + 1
+            assert 0 < await redis_client.ttl(key) <= 2 * WINDOW_S
+        assert not await redis_client.exists(rate_limit_key(nothing, "tpm", WINDOW_S))
+        limiter.close()
+        await fallback.aclose()
