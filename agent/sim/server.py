@@ -301,18 +301,19 @@ def create_app(config: SimConfig) -> FastAPI:
         return "".join([token async for token in tokens_of(sim_request)])
 
     async def merged(sequences: list[SimRequest]) -> AsyncIterator[tuple[int, str, bool]]:
-        """(choice index, text, last) as the sequences produce tokens. Each token is held until
-        the next one, so the last one carries the finish reason, as in vLLM's streams."""
+        """(choice index, text, last) as the sequences produce tokens, each sent as it comes, as
+        vLLM sends them: a sequence ends at its max_tokens-th token, so that one is known to be
+        the last (it carries the finish reason) without waiting for the end of the stream."""
         queue: asyncio.Queue[tuple[int, str, bool] | BaseException] = asyncio.Queue()
 
         async def pump(index: int, sim_request: SimRequest) -> None:
             try:
-                held: str | None = None
+                count = 0
                 async for token in tokens_of(sim_request):
-                    if held is not None:
-                        await queue.put((index, held, False))
-                    held = token
-                await queue.put((index, held or "", True))
+                    count += 1
+                    await queue.put((index, token, count >= sim_request.max_tokens))
+                if count < sim_request.max_tokens:  # ended early: the end carries no text
+                    await queue.put((index, "", True))
             except Exception as exc:
                 await queue.put(exc)
 
