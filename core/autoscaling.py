@@ -15,7 +15,12 @@ restart its clock. No drain on the first round; never below min nor above max.
 Optional modes beyond the specification (each off by default, evaluated in bench/autoscale):
 `scale_down_active_per_gpu` (drain when the others could carry the load), `predictive`
 (scale up for the arrival rate projected one boot ahead), `slo_ttft_s` (scale up when the
-window's TTFT p95 exceeds the target) and `warm_spares` (instances kept beyond the need).
+window's TTFT p95 exceeds the target), `warm_spares` (instances kept beyond the need) and
+target tracking (`target_rps_per_gpu`): the fleet sized to the demand, desired =
+ceil(arrival rate / (per-GPU capacity x `target_utilization`)), ordered at once (booting
+instances count), drained towards the most wanted over the last `target_down_delay_s`, at most
+`scale_down_step` a round; the queue-wait, saturation and SLO triggers stay as safety nets
+(one `scale_up_step` beyond the target, and only while nothing boots).
 """
 
 from __future__ import annotations
@@ -80,6 +85,30 @@ class AutoscalingConfig(BaseModel):
     warm_spares: int = Field(
         default=0, ge=0, le=100, description="optional: instances kept beyond the need"
     )
+    target_rps_per_gpu: float | None = Field(
+        default=None,
+        gt=0,
+        le=100_000,
+        description="optional target tracking: requests per second one GPU serves within the "
+        "SLO (its calibrated capacity); the fleet is sized to the arrival rate at "
+        "`target_utilization` of it",
+    )
+    target_utilization: float = Field(
+        default=0.8,
+        gt=0,
+        le=1,
+        description="target tracking: share (0..1] of the per-GPU capacity to size the fleet for",
+    )
+    target_down_delay_s: float = Field(
+        default=300,
+        ge=0,
+        le=86_400,
+        description="target tracking: how long the fleet must have been above the need before "
+        "draining towards it (the most wanted over this time is kept)",
+    )
+    scale_down_step: int = Field(
+        default=1, ge=1, le=100, description="target tracking: instances drained at a time"
+    )
 
     @model_validator(mode="after")
     def _hysteresis(self) -> Self:
@@ -90,6 +119,10 @@ class AutoscalingConfig(BaseModel):
                 f"({self.scale_up_active_per_gpu}), or the policy would flap"
             )
         return self
+
+    @property
+    def target_tracking(self) -> bool:
+        return self.target_rps_per_gpu is not None
 
 
 @dataclass(frozen=True)
@@ -130,6 +163,15 @@ class PolicyState:
     trend_rate: float | None = None
     trend_at: float | None = None
     trend_slope: float = 0.0  # requests/s per second
+    # Target tracking: (time, instances wanted) over the last `target_down_delay_s`, only the
+    # entries that can still be the window's maximum (times rising, counts falling).
+    target_history: tuple[tuple[float, int], ...] = ()
+    target_since: float | None = None  # when target tracking began to record
+
+    def __post_init__(self) -> None:
+        # From JSON (a stored decision, continue-as-new) the history comes back as lists.
+        history = tuple((float(t), int(n)) for t, n in self.target_history)
+        object.__setattr__(self, "target_history", history)
 
 
 @dataclass(frozen=True)
@@ -196,7 +238,15 @@ def evaluate(
         supply = signals.completion_rate_rps / len(ready)
         needed = max(needed, math.ceil(signals.arrival_rate_rps * growth / supply - 0.05))
     floor = min_instances
-    if config.warm_spares:
+    desired: int | None = None
+    if config.target_tracking:
+        # The demand sets the size. The safety triggers add a step beyond it, and only while
+        # nothing boots: running requests swollen by a backlog being absorbed are not demand.
+        needed = 0
+        wanted_now = _desired(config, signals, gpus_per_instance, growth)
+        desired = min(max(wanted_now + config.warm_spares, floor), max_instances)
+        state = _record_target(config, state, desired, now)
+    elif config.warm_spares:
         floor = min(max(floor, needed + config.warm_spares), max_instances)
 
     if total < min_instances:
@@ -213,7 +263,7 @@ def evaluate(
 
     if total == 0:
         if signals.queued_requests > 0 or signals.active_requests > 0:
-            wanted = min(max_instances, max(config.scale_up_step, needed))
+            wanted = min(max_instances, max(config.scale_up_step, needed, desired or 0))
             return Decision(wanted, "requests waiting and no instance"), state
         return Decision(0, "no instance, no request"), state
 
@@ -224,17 +274,28 @@ def evaluate(
         state.up_since, state.up_seen, bool(up_reasons), now, config.window_s
     )
     state = replace(state, up_since=up_since, up_seen=up_seen)
+    # Target tracking orders at once what the load asks for (booting instances counted).
+    target_reason = None
+    if desired is not None and desired > total:
+        target_reason = _target_reason(config, signals, desired)
     if up_reasons and total < max_instances:
         held = now - (up_since if up_since is not None else now)
-        if held < config.scale_up_delay_s and total >= floor:
+        if held >= config.scale_up_delay_s or total < floor:
+            wanted = min(max_instances, max(total + config.scale_up_step, needed, floor))
+            wanted = max(wanted, desired or 0)
+            reasons = [*up_reasons, *([target_reason] if target_reason else [])]
+            return Decision(wanted - total, "; ".join(reasons)), state
+        if target_reason is None:
             reason = (
                 f"{'; '.join(up_reasons)} for {held:.0f} s (delay {config.scale_up_delay_s:.0f} s)"
             )
             return Decision(0, reason), state
-        wanted = min(max_instances, max(total + config.scale_up_step, needed, floor))
-        return Decision(wanted - total, "; ".join(up_reasons)), state
+    if desired is not None and target_reason is not None:
+        return Decision(desired - total, target_reason), state
     if up_reasons:
         return Decision(0, f"{'; '.join(up_reasons)}, at maximum ({max_instances})"), state
+    if desired is not None:
+        return _target_down(config, signals, state, ready, total, first_round, now)
 
     down_reason, count = _down_reason(config, signals, ready, total, floor)
     down_since, down_seen = _track(
@@ -317,7 +378,15 @@ def _trend(
         return replace(state, trend_rate=rate, trend_at=now)
     if now - state.trend_at < config.window_s:
         return state
-    slope = (rate - state.trend_rate) / (now - state.trend_at)
+    rise = rate - state.trend_rate
+    if config.target_tracking:
+        # Only a rise beyond the arrivals' own noise (two standard deviations of the difference
+        # of two Poisson counts over the window): target tracking keeps the most it wanted for
+        # `target_down_delay_s`, so a noisy slope would be paid for that long.
+        span = now - state.trend_at
+        noise = 2 * math.sqrt(max(rate + state.trend_rate, 0.0) * config.window_s) / config.window_s
+        rise = max(0.0, rise - noise) if span > 0 else 0.0
+    slope = rise / (now - state.trend_at)
     return replace(state, trend_rate=rate, trend_at=now, trend_slope=slope)
 
 
@@ -327,3 +396,68 @@ def _growth(config: AutoscalingConfig, signals: Signals, state: PolicyState) -> 
         return 1.0
     projected = signals.arrival_rate_rps + state.trend_slope * config.boot_s
     return min(projected / signals.arrival_rate_rps, 4.0)
+
+
+def _desired(
+    config: AutoscalingConfig, signals: Signals, gpus_per_instance: int, growth: float
+) -> int:
+    """Instances the arrival rate asks for at `target_utilization` of the per-GPU capacity. The
+    arrival rate is the demand, queued and refused requests included, and unlike the requests
+    running it does not swell while a backlog drains into new capacity."""
+    assert config.target_rps_per_gpu is not None
+    per_instance = config.target_rps_per_gpu * config.target_utilization * gpus_per_instance
+    return math.ceil(signals.arrival_rate_rps * growth / per_instance - 1e-9)
+
+
+def _target_reason(config: AutoscalingConfig, signals: Signals, desired: int) -> str:
+    return (
+        f"target tracking: {desired} instance(s) for {signals.arrival_rate_rps:.1f} req/s at "
+        f"{config.target_utilization:.0%} of capacity"
+    )
+
+
+def _record_target(
+    config: AutoscalingConfig, state: PolicyState, desired: int, now: float
+) -> PolicyState:
+    """The round's wish added to the sliding window of the last `target_down_delay_s`, kept as
+    the entries that can still be its maximum (a later, larger wish hides an earlier one)."""
+    horizon = now - config.target_down_delay_s
+    history = [(t, n) for t, n in state.target_history if t >= horizon and n > desired]
+    history.append((now, desired))
+    since = now if state.target_since is None else state.target_since
+    return replace(state, target_history=tuple(history), target_since=since)
+
+
+def _target_down(
+    config: AutoscalingConfig,
+    signals: Signals,
+    state: PolicyState,
+    ready: list[InstanceLoad],
+    total: int,
+    first_round: bool,
+    now: float,
+) -> tuple[Decision, PolicyState]:
+    """Drain towards the most instances wanted over the last `target_down_delay_s`: an instance
+    goes only once the fleet has not needed it for that long (from when that began)."""
+    keep = max(n for _, n in state.target_history)
+    if keep >= total:
+        return Decision(0, f"target tracking: {total} instance(s) wanted"), state
+    since = state.target_since if state.target_since is not None else now
+    recorded = now - since
+    if first_round or recorded < config.target_down_delay_s:
+        return Decision(
+            0,
+            f"target tracking: {keep} instance(s) wanted, {recorded:.0f} s recorded "
+            f"(delay {config.target_down_delay_s:.0f} s)",
+        ), state
+    if len(ready) < total or signals.queued_requests > 0:
+        return Decision(
+            0, f"target tracking: {keep} wanted, but instances boot or requests queue"
+        ), state
+    victims = drain_order(ready)[: min(config.scale_down_step, total - keep)]
+    return Decision(
+        -len(victims),
+        f"target tracking: at most {keep} instance(s) wanted over the last "
+        f"{config.target_down_delay_s:.0f} s",
+        tuple(i.id for i in victims),
+    ), state

@@ -93,12 +93,24 @@ def our_modes(capacity: Capacity, settings: ReplaySettings) -> dict[str, Autosca
     saturation = max(1.0, 0.75 * capacity.active)
     spec = AutoscalingConfig(scale_up_active_per_gpu=saturation, boot_s=settings.boot_s)
     capacity_down = spec.model_copy(update={"scale_down_active_per_gpu": saturation / 2})
+    # Target tracking: the fleet sized to the calibrated capacity, which is already 10 % below
+    # the SLO's cliff (so all of it is used); the saturation level at the requests running at
+    # that capacity and the SLO as safety triggers. Delays, steps: the config's defaults.
+    target = AutoscalingConfig(
+        scale_up_active_per_gpu=max(1.0, capacity.active),
+        slo_ttft_s=settings.slo_ttft_s,
+        boot_s=settings.boot_s,
+        target_rps_per_gpu=capacity.rps,
+        target_utilization=1.0,
+    )
     return {
         "spec": spec,
         "capacity-down": capacity_down,
         "predictive": capacity_down.model_copy(update={"predictive": True}),
         "slo": capacity_down.model_copy(update={"slo_ttft_s": settings.slo_ttft_s}),
         "warm-spare": capacity_down.model_copy(update={"warm_spares": 1}),
+        "target": target,
+        "target-predictive": target.model_copy(update={"predictive": True}),
     }
 
 
@@ -119,8 +131,9 @@ def policies(
     made["kubeai-inflight"] = lambda: (KubeAI(_Wish(0, 30, lo, hi)), start)
     made["rayserve-ongoing"] = lambda: (RayServe(_Wish(30, 600, lo, hi)), start)
     made["dstack-rps"] = lambda: (Dstack(capacity.rps, lo, hi), start)
+    oracle_round = min(5.0, settings.interval_s)
     made["oracle"] = lambda: (
-        Oracle(requests, InstanceModel(), settings.slo_ttft_s, settings.interval_s, lo, hi),
+        Oracle(requests, InstanceModel(), settings.slo_ttft_s, lo, hi, oracle_round),
         start,
     )
     return made

@@ -126,6 +126,8 @@ async def test_validation_messages(
         # and failing every autoscaler round.
         (body(alice, autoscaling={"scale_up_active_per_gpu": 0}), 422, "scale_up_active_per_gpu"),
         (body(alice, autoscaling={"window_s": "soon"}), 422, "window_s"),
+        (body(alice, autoscaling={"target_rps_per_gpu": 0}), 422, "target_rps_per_gpu"),
+        (body(alice, autoscaling={"target_utilization": 1.5}), 422, "target_utilization"),
         (body(alice, autoscaling={"target_in_flight_per_instance": 8}), 422, "Extra inputs"),
     ]
     for payload, code, message in cases:

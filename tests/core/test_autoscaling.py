@@ -180,9 +180,120 @@ def test_state_is_a_small_serializable_dataclass() -> None:
     assert PolicyState(**data) == state and state.up_since == 100.0
 
 
+# --- Target tracking: the fleet sized to the arrival rate -----------------------------------
+
+# 10 requests/s per GPU at 80 %: 8 requests/s per instance.
+TARGET = SPEC.model_copy(
+    update={"target_rps_per_gpu": 10.0, "target_utilization": 0.8, "target_down_delay_s": 300}
+)
+
+
+def fleet(n: int, booting: int = 0, active: float = 3, util: float = 0.5):  # type: ignore[no-untyped-def]
+    ready = [inst(f"r{k}", active, util, at=k) for k in range(n)]
+    return ready + [inst(f"b{k}", 0, None, ready=False, at=100 + k) for k in range(booting)]
+
+
+def follow(config, lo, hi, n, rounds):  # type: ignore[no-untyped-def]
+    """(time, rate) rounds on a fleet of `n` that follows the decisions (orders ready at once);
+    (time, delta, fleet after) per round."""
+    state, out = PolicyState(), []
+    for now, rate in rounds:
+        d, state = evaluate(config, lo, hi, sig(*fleet(n), rate=rate), state, now)
+        n += d.delta
+        out.append((now, d.delta, n))
+    return out
+
+
+def test_target_orders_what_the_arrival_rate_asks_for_at_once() -> None:
+    # 30 requests/s at 8 per instance: ceil(3.75) = 4 instances, ordered in the first round.
+    d = run(TARGET, 1, 10, [(0, sig(*fleet(1), rate=30.0))])[0]
+    assert d.delta == 3 and "target tracking: 4 instance(s) for 30.0 req/s at 80%" in d.reason
+    # Exactly at the target: no more.
+    assert run(TARGET, 1, 10, [(0, sig(*fleet(4), rate=32.0))])[0].delta == 0
+
+
+def test_target_counts_booting_instances_as_coming_capacity() -> None:
+    s = sig(*fleet(2, booting=2), rate=30.0, wait=20, queued=50)  # 4 wanted, 4 there
+    assert [d.delta for d in run(TARGET, 1, 10, [(t, s) for t in range(0, 301, 15)])] == [0] * 21
+    more = sig(*fleet(2, booting=2), rate=45.0)  # 6 wanted: the 2 beyond the booting ones
+    assert run(TARGET, 1, 10, [(0, more)])[0].delta == 2
+
+
+def test_target_never_orders_above_max_nor_keeps_below_min() -> None:
+    d = run(TARGET, 1, 5, [(0, sig(*fleet(2), rate=400.0))])[0]
+    assert d.delta == 3  # wanted 50, capped at 5
+    at_max = run(TARGET, 1, 5, [(0, sig(*fleet(5), rate=400.0))])[0]
+    assert at_max.delta == 0
+    # Idle for 20 minutes: down to the minimum of 2, not to 0 or 1.
+    assert follow(TARGET, 2, 8, 4, [(t, 0.0) for t in range(0, 1201, 15)])[-1][2] == 2
+
+
+def test_target_drains_only_after_the_down_delay_from_when_the_need_fell() -> None:
+    busy = [(t, sig(*fleet(6), rate=45.0)) for t in range(0, 601, 15)]  # 6 wanted
+    calm = [(t, sig(*fleet(6), rate=15.0)) for t in range(615, 1201, 15)]  # 2 wanted from 615
+    decisions = run(TARGET, 1, 10, busy + calm)
+    deltas = {now: d.delta for (now, _), d in zip(busy + calm, decisions, strict=True)}
+    assert all(v == 0 for t, v in deltas.items() if t < 915)  # held 300 s from 615
+    # Then one at a time (scale_down_step 1), the least loaded first (ties: the newest).
+    assert deltas[915] == -1 and decisions[(915 - 0) // 15].drain == ("r5",)
+    assert "at most 2 instance(s) wanted over the last 300 s" in decisions[915 // 15].reason
+
+
+def test_target_keeps_the_most_wanted_over_the_delay_and_drains_a_few_at_a_time() -> None:
+    step = TARGET.model_copy(update={"scale_down_step": 3})
+    # 2 wanted (15 requests/s), but one round at 900 s asks for 5 (36 requests/s).
+    out = follow(step, 1, 10, 8, [(t, 36.0 if t == 900 else 15.0) for t in range(0, 1501, 15)])
+    changes = [(t, delta, left) for t, delta, left in out if delta]
+    # 300 s recorded: 8 -> 5 -> 2, at most 3 a round; up to 5 at once at 900 s; back to 2 only
+    # once the wish for 5 has left the last 300 s.
+    assert changes == [(300, -3, 5), (315, -3, 2), (900, 3, 5), (1215, -3, 2)]
+
+
+def test_target_keeps_the_safety_triggers_but_not_while_instances_boot() -> None:
+    hot = sig(*fleet(2, active=4), rate=10.0, wait=8)  # 2 wanted, 2 there, queue wait 8 s
+    decisions = run(TARGET, 1, 10, [(0, hot), (30, hot)])
+    assert decisions[0].delta == 0 and "queue wait" in decisions[0].reason
+    assert decisions[1].delta == 1 and "average queue wait 8.0 s" in decisions[1].reason
+    booting = sig(*fleet(2, booting=1, active=4), rate=10.0, wait=8)
+    assert all(d.delta == 0 for d in run(TARGET, 1, 10, [(0, booting), (30, booting)]))
+
+
+def test_target_from_zero_orders_the_target() -> None:
+    d = run(TARGET, 0, 10, [(0, sig(queued=3, active=3, rate=20.0))])[0]
+    assert d.delta == 3 and "no instance" in d.reason  # ceil(20 / 8)
+
+
+def test_target_predictive_ignores_a_rise_within_the_arrivals_noise() -> None:
+    predictive = TARGET.model_copy(update={"predictive": True, "boot_s": 180})
+    # 40 -> 41 requests/s in a minute is within the noise (two sigma of the difference of two
+    # 60 s Poisson counts: 2.3/s): 41 / 8 -> 6 instances, as there are. 40 -> 46 is a trend:
+    # (6 - 2.3) / 60 s projected 180 s ahead, 57 requests/s: 8 instances.
+    noisy = run(
+        predictive, 1, 20, [(0, sig(*fleet(6), rate=40.0)), (60, sig(*fleet(6), rate=41.0))]
+    )
+    assert noisy[-1].delta == 0
+    rising = run(
+        predictive, 1, 20, [(0, sig(*fleet(6), rate=40.0)), (60, sig(*fleet(6), rate=46.0))]
+    )
+    assert rising[-1].delta > 0 and "target tracking" in rising[-1].reason
+
+
+def test_target_state_survives_json() -> None:
+    state = PolicyState()
+    for t, rate in [(0, 40.0), (15, 20.0), (30, 10.0)]:
+        _, state = evaluate(TARGET, 1, 10, sig(*fleet(5), rate=rate), state, t)
+    assert state.target_history == ((0.0, 5), (15.0, 3), (30.0, 2))
+    data = json.loads(json.dumps(dataclasses.asdict(state)))
+    assert PolicyState(**data) == state
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
+        ("target_rps_per_gpu", 0, "greater than 0"),
+        ("target_utilization", 1.5, "less than or equal to 1"),
+        ("target_down_delay_s", -1, "greater than or equal to 0"),
+        ("scale_down_step", 0, "greater than or equal to 1"),
         ("scale_up_active_per_gpu", 0, "greater than 0"),
         ("scale_up_queue_wait_s", "soon", "valid number"),
         ("scale_down_gpu_utilization", 1.5, "less than or equal to 1"),

@@ -1257,6 +1257,12 @@ export interface components {
              */
             scale_down_gpu_utilization: number;
             /**
+             * Scale Down Step
+             * @description target tracking: instances drained at a time
+             * @default 1
+             */
+            scale_down_step: number;
+            /**
              * Scale Up Active Per Gpu
              * @description active requests (running + queued) per GPU above which to scale up
              * @default 48
@@ -1285,6 +1291,23 @@ export interface components {
              * @description optional: scale up when the window's time-to-first-token p95 exceeds this
              */
             slo_ttft_s?: number | null;
+            /**
+             * Target Down Delay S
+             * @description target tracking: how long the fleet must have been above the need before draining towards it (the most wanted over this time is kept)
+             * @default 300
+             */
+            target_down_delay_s: number;
+            /**
+             * Target Rps Per Gpu
+             * @description optional target tracking: requests per second one GPU serves within the SLO (its calibrated capacity); the fleet is sized to the arrival rate at `target_utilization` of it
+             */
+            target_rps_per_gpu?: number | null;
+            /**
+             * Target Utilization
+             * @description target tracking: share (0..1] of the per-GPU capacity to size the fleet for
+             * @default 0.8
+             */
+            target_utilization: number;
             /**
              * Warm Spares
              * @description optional: instances kept beyond the need
@@ -1564,6 +1587,8 @@ export interface components {
          * @description The engine's own figures, from its Prometheus /metrics (vLLM names).
          */
         EngineLoad: {
+            /** Busy Pct */
+            busy_pct?: number | null;
             /** Generation Tokens Total */
             generation_tokens_total?: number | null;
             /** In Flight */
