@@ -8,8 +8,12 @@ vLLM. An engine step decodes one token for every running sequence in
 8192 - batch prompt tokens at 50 us per token plus 15 ms; a prompt's first token comes at the
 end of the step that finishes its prefill. At most 256 sequences and 131072 KV tokens (a request
 reserves prompt + output); the gateway sends an instance at most 64 requests per GPU and queues
-the rest (FIFO, 1000 at most, 503 after 30 s). 10 ms of HTTP overhead is added to every TTFT: the
-calibration measured 50 ms at concurrency 1 where the step model gives 41 ms.
+the rest (FIFO, 1000 at most, 503 after 30 s). 5 ms of HTTP overhead is added to every TTFT: at
+concurrency 1 the simulator's first token comes in 45 ms (`bench.sim.calibrate --concurrency 1
+--rounds 10`, twice) where the step model gives 41 ms. (The 50 ms in sim_calibration.json was
+measured while the simulator still held every token until the next, one decode step late.)
+A decoding batch gains one token per step: continuously between steps, once at the end of a step
+that carries prefill work (not bit by bit during it).
 
 Between events (a step's end, a completion, an arrival) a decoding batch is constant, so decode
 progress is one counter per instance: seconds of work, not steps, set the run time.
@@ -42,7 +46,7 @@ class InstanceModel:
     max_num_seqs: int = SimConfig.max_num_seqs
     max_num_batched_tokens: int = SimConfig.max_num_batched_tokens
     kv_cache_tokens: int = SimConfig.kv_cache_tokens
-    http_overhead_s: float = 0.010
+    http_overhead_s: float = 0.005
     max_inflight_per_gpu: int = 64  # gateway's INVENTIV_GATEWAY_MAX_INFLIGHT_PER_GPU default
     queue_size: int = 1000
     queue_deadline_s: float = 30.0
@@ -121,7 +125,10 @@ class Engine:
         while self.t < until or self.next_event() <= until:
             event = self.next_event()
             if event > until:
-                if self.decoding:
+                if self.step_end is not None:
+                    # Mid-step: its decode token comes at its end, not bit by bit before.
+                    self.busy_s += until - self.t
+                elif self.decoding:
                     self.v += (until - self.t) / self.model.decode_step_s(len(self.decoding))
                     self.busy_s += until - self.t
                 self.t = max(self.t, until)

@@ -39,6 +39,7 @@ class Inventiv:
     max_instances: int
     state: PolicyState = field(default_factory=PolicyState)
     boot_s: float | None = None
+    interval_s: float | None = None
 
     def decide(self, view: FleetView) -> tuple[int, list[str]]:
         w = self.config.window_s
@@ -72,6 +73,7 @@ class Static:
     """Provisioned at peak from the start; never scales."""
 
     boot_s: float | None = None
+    interval_s: float | None = None
 
     def decide(self, view: FleetView) -> tuple[int, list[str]]:
         return 0, []
@@ -112,6 +114,7 @@ class SkyServe:
     target_qps: float
     wish: _Wish
     boot_s: float | None = None
+    interval_s: float | None = None
 
     def decide(self, view: FleetView) -> tuple[int, list[str]]:
         target = math.ceil(view.arrival_rate(60) / self.target_qps)
@@ -123,6 +126,7 @@ class KubeAI:
     wish: _Wish
     target_requests: float = 100
     boot_s: float | None = None
+    interval_s: float | None = None
 
     def decide(self, view: FleetView) -> tuple[int, list[str]]:
         target = math.ceil(view.active_avg(600) / self.target_requests)
@@ -134,6 +138,7 @@ class RayServe:
     wish: _Wish
     target_ongoing: float = 2
     boot_s: float | None = None
+    interval_s: float | None = None
 
     def decide(self, view: FleetView) -> tuple[int, list[str]]:
         target = math.ceil(view.active_avg(30) / self.target_ongoing)
@@ -149,6 +154,7 @@ class Dstack:
     down_delay_s: float = 600
     last_scaled: float = -math.inf
     boot_s: float | None = None
+    interval_s: float | None = None
 
     def decide(self, view: FleetView) -> tuple[int, list[str]]:
         current = len(view.engines)
@@ -168,20 +174,23 @@ class Oracle:
     """The lower bound: knows the whole trace, boots in no time, and holds at each moment the
     fewest instances with which the modelled requests meet the SLO.
 
-    Every round it tries instance counts on the replay's own model (`Replay.what_if`: the fleet
-    and queue as they are, the next round's arrivals, run until the last of them is due its
-    first token) and keeps the smallest count with which every request due its first token
-    meets the SLO; requests no instance could serve in time (a prompt whose prefill alone takes
-    longer) and those already late do not count. It starts from the current count, so most
-    rounds cost two short what-if runs.
+    Every round (5 s, finer than any policy's) it tries instance counts on the replay's own
+    model (`Replay.what_if`: the fleet and queue as they are, the round's arrivals, run until
+    the last of them is due its first token) and keeps the smallest count with which every
+    request due its first token meets the SLO; requests no instance could serve in time (a
+    prompt whose prefill alone takes longer) and those already late do not count. A lower count
+    than now must also hold for `hold_s` ahead: a drain followed by an order soon after bills
+    both while the drained one finishes its requests. It starts from the current count, so most
+    rounds cost two or three short what-if runs.
     """
 
     requests: list[Request]
     model: InstanceModel
     slo_ttft_s: float
-    interval_s: float
     min_instances: int
     max_instances: int
+    interval_s: float | None = 5.0
+    hold_s: float = 15.0
     boot_s: float | None = 0.0
     trials: int = 0
 
@@ -191,24 +200,24 @@ class Oracle:
     def decide(self, view: FleetView) -> tuple[int, list[str]]:
         now = view.now
         start = bisect.bisect_right(self._times, now)
-        end = bisect.bisect_right(self._times, now + self.interval_s)
-        arrivals = self.requests[start:end]
-        until = now + self.interval_s + self.slo_ttft_s
+        round_s = view.replay.interval_s
 
-        def meets(count: int) -> bool:
+        def meets(count: int, horizon: float) -> bool:
             self.trials += 1
-            flights = view.replay.what_if(now, count, arrivals, until)
+            end = bisect.bisect_right(self._times, now + horizon)
+            until = now + horizon + self.slo_ttft_s
+            flights = view.replay.what_if(now, count, self.requests[start:end], until)
             return all(self._on_time(f, now) for f in flights)
 
         current = len(view.engines)
         count = min(max(current, self.min_instances), self.max_instances)
-        if meets(count):
-            while count > self.min_instances and meets(count - 1):
+        if meets(count, round_s):
+            while count > self.min_instances and meets(count - 1, max(round_s, self.hold_s)):
                 count -= 1
         else:
             while count < self.max_instances:
                 count += 1
-                if meets(count):
+                if meets(count, round_s):
                     break
         return count - current, []
 

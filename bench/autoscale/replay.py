@@ -110,7 +110,7 @@ class FleetView:
     def utilization(self, engine: Engine, window: float) -> float | None:
         """Busy share over the window; None until the instance has served a whole interval."""
         served = self.now - engine.ready_at
-        if served < self.replay.settings.interval_s:
+        if served < self.replay.interval_s:
             return None
         span = min(window, served)
         history = self.replay.busy_history[engine.id]
@@ -121,6 +121,7 @@ class FleetView:
 
 class Policy(Protocol):
     boot_s: float | None  # None: the replay's boot time
+    interval_s: float | None  # its round; None: the replay's
 
     def decide(self, view: FleetView) -> tuple[int, list[str]]:
         """(change in instance count, instances to drain for a negative change, may be [])."""
@@ -131,6 +132,7 @@ class _Hold:
     """No change: the policy of a what-if run, which has no ticks anyway."""
 
     boot_s: float | None = 0.0
+    interval_s: float | None = None
 
     def decide(self, view: FleetView) -> tuple[int, list[str]]:
         return 0, []
@@ -194,6 +196,7 @@ class Replay:
         self.settings = settings
         self.model = model or InstanceModel()
         self.boot_s = settings.boot_s if policy.boot_s is None else policy.boot_s
+        self.interval_s = policy.interval_s or settings.interval_s
         self.engines: list[Engine] = []
         self.queue: collections.deque[Flight] = collections.deque()
         self.flights: list[Flight] = []
@@ -310,7 +313,7 @@ class Replay:
         self.timeline.append(
             TimelinePoint(
                 now,
-                n / self.settings.interval_s,
+                n / self.interval_s,
                 len(alive) + max(delta, 0) - max(-delta, 0),
                 sum(1 for e in view.engines if e.is_ready(now)),
                 percentile(recent, 0.5) if recent else None,
@@ -318,7 +321,7 @@ class Replay:
         )
 
     def _since_tick(self, times: list[float], now: float) -> int:
-        return len(times) - bisect.bisect_right(times, now - self.settings.interval_s)
+        return len(times) - bisect.bisect_right(times, now - self.interval_s)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -342,7 +345,7 @@ class Replay:
             )
             tick_at = (
                 self._next_tick
-                if ticks and self._next_tick <= last_arrival + self.settings.interval_s
+                if ticks and self._next_tick <= last_arrival + self.interval_s
                 else math.inf
             )
             now = min(engine_at, boot_at, arrival_at, expire_at, tick_at)
@@ -367,7 +370,7 @@ class Replay:
                 self._next_arrival += 1
             else:
                 self._tick(now)
-                self._next_tick += self.settings.interval_s
+                self._next_tick += self.interval_s
 
     # -- what-if, for a clairvoyant policy -------------------------------------------------------
 

@@ -131,8 +131,9 @@ def policies(
     made["kubeai-inflight"] = lambda: (KubeAI(_Wish(0, 30, lo, hi)), start)
     made["rayserve-ongoing"] = lambda: (RayServe(_Wish(30, 600, lo, hi)), start)
     made["dstack-rps"] = lambda: (Dstack(capacity.rps, lo, hi), start)
+    oracle_round = min(5.0, settings.interval_s)
     made["oracle"] = lambda: (
-        Oracle(requests, InstanceModel(), settings.slo_ttft_s, settings.interval_s, lo, hi),
+        Oracle(requests, InstanceModel(), settings.slo_ttft_s, lo, hi, oracle_round),
         start,
     )
     return made
