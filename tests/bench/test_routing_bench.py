@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import httpx
+import pytest
 
 from bench.routing import run
 from bench.routing.run import Row
@@ -145,8 +146,14 @@ def test_merge_keeps_each_workload_with_the_run_it_came_from(tmp_path: Path) -> 
     ]
     assert written["rows"][2]["ttft_p90_s"] == 2.0  # the redone row, not the old one
     markdown = (tmp_path / "routing.md").read_text()
-    assert "Measured 2026-12-01 22:28 UTC, x86_64, 2 CPUs (load average ~7)." in markdown
-    assert "Measured 2026-12-03 05:00 UTC, m, load average 1.0-2.0 over its targets." in markdown
+    assert (
+        "Measured in the run started 2026-12-01 22:28 UTC, x86_64, 2 CPUs (load average ~7)."
+        in markdown
+    )
+    assert (
+        "Measured in the run started 2026-12-03 05:00 UTC, m, load average 1.0-2.0 over its targets."
+        in markdown
+    )
     assert "## Goals (issue 16)" in markdown
     # Merged again, the runs stay per workload.
     _, again = run.earlier_results(tmp_path / "routing.json", run.new_meta(FLEET))
@@ -170,3 +177,24 @@ def test_goal_lines_give_the_figures_met_or_not() -> None:
     assert "500 against at most 505 (vllm-router-round_robin), **not met**" in lines[2]
     assert lines[3].startswith("azure_conv_trace, within 5 % of least_load")
     assert "p90 0.120 / 0.110 s = 1.091" in lines[3] and lines[3].endswith("**not met**")
+
+
+def test_render_only_writes_the_report_again_from_the_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    meta = run.new_meta(FLEET)
+    meta["workloads"]["azure_conv_trace"] = "first 300 requests"
+    rows = [
+        row("ours-least_load", "azure_conv_trace", 0.0841, 0.110),
+        row("ours-prefix_aware", "azure_conv_trace", 0.0862, 0.112),
+    ]
+    run.write_results(rows, meta, tmp_path, "routing")
+    (tmp_path / "routing.md").write_text("stale")
+    monkeypatch.setattr("sys.argv", ["run", "--render-only", "--results", str(tmp_path)])
+    run.main()
+    markdown = (tmp_path / "routing.md").read_text()
+    assert markdown.startswith("# Fleet routing benchmark\n\n4 simulated engines")
+    # Three digits: a 5 % difference at 0.08 s shows.
+    assert "| ours-least_load | 0.084 | 0.110 | 0.165 |" in markdown
+    assert "| ours-prefix_aware | 0.086 | 0.112 |" in markdown
+    assert json.loads((tmp_path / "routing.json").read_text())["meta"]["fleet"] == meta["fleet"]
