@@ -25,6 +25,12 @@ async def wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-
         await asyncio.sleep(0.02)
 
 
+def metric_value(text: str, prefix: str) -> float:
+    """The value of the exposition line starting with `prefix` (0 when absent)."""
+    found = [line for line in text.splitlines() if line.startswith(prefix)]
+    return float(found[0][len(prefix) :]) if found else 0.0
+
+
 def assert_openai_error(body: dict, code: str | None) -> None:  # type: ignore[type-arg]
     error = body["error"]
     assert set(error) == {"message", "type", "param", "code"}
@@ -158,10 +164,6 @@ async def test_health_and_metrics(
     requests_line = f'inventiv_gateway_requests_total{{code="200",model="{MODEL}"}} '
     tokens_line = f'inventiv_gateway_output_tokens_total{{model="{MODEL}"}} '
 
-    def value(text: str, prefix: str) -> float:
-        found = [line for line in text.splitlines() if line.startswith(prefix)]
-        return float(found[0][len(prefix) :]) if found else 0.0
-
     async with gateway.client(seeded.api_key) as client:
         before = (await client.get("/metrics")).text
         for _ in range(3):
@@ -172,8 +174,8 @@ async def test_health_and_metrics(
         after = (await client.get("/metrics")).text
     assert health.status_code == 200
     assert ready.status_code == 200
-    assert value(after, requests_line) - value(before, requests_line) == 3
-    assert value(after, tokens_line) - value(before, tokens_line) == 9
+    assert metric_value(after, requests_line) - metric_value(before, requests_line) == 3
+    assert metric_value(after, tokens_line) - metric_value(before, tokens_line) == 9
     assert "inventiv_gateway_request_duration_seconds_bucket" in after
 
 
@@ -213,10 +215,6 @@ async def test_overhead_header_and_histogram_leave_the_engine_time_out(
     count_line = f'inventiv_gateway_overhead_seconds_count{{model="{MODEL}"}} '
     sum_line = f'inventiv_gateway_overhead_seconds_sum{{model="{MODEL}"}} '
 
-    def value(text: str, prefix: str) -> float:
-        found = [line for line in text.splitlines() if line.startswith(prefix)]
-        return float(found[0][len(prefix) :]) if found else 0.0
-
     async with gateway.client(seeded.api_key) as http:
         before = (await http.get("/metrics")).text
 
@@ -254,8 +252,8 @@ async def test_overhead_header_and_histogram_leave_the_engine_time_out(
     for overhead_ms, total_s in ((whole_overhead_ms, whole_s), (stream_overhead_ms, stream_s)):
         assert total_s >= engine_s
         assert 0 <= overhead_ms < (total_s - engine_s) * 1000 + 1, (overhead_ms, total_s)
-    assert value(after, count_line) - value(before, count_line) == 2
-    observed_s = value(after, sum_line) - value(before, sum_line)
+    assert metric_value(after, count_line) - metric_value(before, count_line) == 2
+    observed_s = metric_value(after, sum_line) - metric_value(before, sum_line)
     assert observed_s == pytest.approx((whole_overhead_ms + stream_overhead_ms) / 1000, abs=2e-6)
 
 
