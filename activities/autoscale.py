@@ -126,6 +126,8 @@ class AutoscaleActivities:
             queued_requests=window.queued_requests,
             arrival_rate_rps=window.arrival_rate_rps,
             completion_rate_rps=window.completion_rate_rps,
+            prompt_tokens_rps=window.prompt_tokens_rps,
+            output_tokens_rps=window.output_tokens_rps,
             ttft_p95_s=window.ttft_p95_s,
         )
         decision, state = evaluate(

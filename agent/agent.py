@@ -30,7 +30,7 @@ from agent.settings import AgentSettings
 from agent.supervisor import EngineState, EngineSupervisor
 from core.wire import AgentHeartbeat, AgentInfo, EngineLoad, GpuSample
 
-AGENT_VERSION = "0.1.10"
+AGENT_VERSION = "0.1.11"
 AGENT_BUILD_DATE = "2026-12-02"
 
 log = logging.getLogger("agent")

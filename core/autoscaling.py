@@ -16,11 +16,15 @@ Optional modes beyond the specification (each off by default, evaluated in bench
 `scale_down_active_per_gpu` (drain when the others could carry the load), `predictive`
 (scale up for the arrival rate projected one boot ahead), `slo_ttft_s` (scale up when the
 window's TTFT p95 exceeds the target), `warm_spares` (instances kept beyond the need) and
-target tracking (`target_rps_per_gpu`): the fleet sized to the demand, desired =
-ceil(arrival rate / (per-GPU capacity x `target_utilization`)), ordered at once (booting
-instances count), drained towards the most wanted over the last `target_down_delay_s`, at most
-`scale_down_step` a round; the queue-wait, saturation and SLO triggers stay as safety nets
-(one `scale_up_step` beyond the target, and only while nothing boots).
+target tracking: the fleet sized to the demand, desired = ceil(demand / (per-GPU capacity x
+`target_utilization`)), the demand measured in requests (`target_rps_per_gpu`: arrival rate
+over requests one GPU serves) or in tokens (`target_prompt_tokens_per_gpu` and
+`target_output_tokens_per_gpu`: the share of a GPU the finished requests' prompt and output
+tokens per second take; LLM requests differ tenfold in cost, so counting them alone sizes for
+the average one), ordered at once (booting instances count), drained towards the most wanted
+over the last `target_down_delay_s` (default: the boot time), at most `scale_down_step` a
+round; the queue-wait, saturation and SLO triggers stay as safety nets (one `scale_up_step`
+beyond the target, and only while nothing boots).
 """
 
 from __future__ import annotations
@@ -74,7 +78,10 @@ class AutoscalingConfig(BaseModel):
         description="optional: scale up for the arrival rate projected `boot_s` ahead",
     )
     boot_s: float = Field(
-        default=180, ge=0, le=86_400, description="expected boot time (predictive mode)"
+        default=180,
+        ge=0,
+        le=86_400,
+        description="expected boot time (predictive mode; target tracking's default down delay)",
     )
     slo_ttft_s: float | None = Field(
         default=None,
@@ -93,18 +100,34 @@ class AutoscalingConfig(BaseModel):
         "SLO (its calibrated capacity); the fleet is sized to the arrival rate at "
         "`target_utilization` of it",
     )
+    target_prompt_tokens_per_gpu: float | None = Field(
+        default=None,
+        gt=0,
+        le=100_000_000,
+        description="optional token-based target tracking (with `target_output_tokens_per_gpu`):"
+        " prompt tokens per second one GPU prefills; the demand is the share of GPUs the "
+        "finished requests' tokens take",
+    )
+    target_output_tokens_per_gpu: float | None = Field(
+        default=None,
+        gt=0,
+        le=100_000_000,
+        description="token-based target tracking: output tokens per second one GPU generates "
+        "at a full batch",
+    )
     target_utilization: float = Field(
         default=0.8,
         gt=0,
         le=1,
         description="target tracking: share (0..1] of the per-GPU capacity to size the fleet for",
     )
-    target_down_delay_s: float = Field(
-        default=300,
+    target_down_delay_s: float | None = Field(
+        default=None,
         ge=0,
         le=86_400,
         description="target tracking: how long the fleet must have been above the need before "
-        "draining towards it (the most wanted over this time is kept)",
+        "draining towards it (the most wanted over this time is kept); default `boot_s`: an "
+        "instance drained and ordered again costs a boot, as much as holding it that long",
     )
     scale_down_step: int = Field(
         default=1, ge=1, le=100, description="target tracking: instances drained at a time"
@@ -118,11 +141,27 @@ class AutoscalingConfig(BaseModel):
                 f"scale_down_active_per_gpu ({down}) must be below scale_up_active_per_gpu "
                 f"({self.scale_up_active_per_gpu}), or the policy would flap"
             )
+        tokens = (self.target_prompt_tokens_per_gpu, self.target_output_tokens_per_gpu)
+        if (tokens[0] is None) != (tokens[1] is None):
+            raise ValueError(
+                "target_prompt_tokens_per_gpu and target_output_tokens_per_gpu go together: "
+                "token-based target tracking needs both"
+            )
+        if tokens[0] is not None and self.target_rps_per_gpu is not None:
+            raise ValueError(
+                "target_rps_per_gpu and the token targets are two measures of the same demand: "
+                "set one of them"
+            )
         return self
 
     @property
     def target_tracking(self) -> bool:
-        return self.target_rps_per_gpu is not None
+        return self.target_rps_per_gpu is not None or self.target_prompt_tokens_per_gpu is not None
+
+    @property
+    def down_delay_s(self) -> float:
+        """Target tracking's down delay, the boot time unless set."""
+        return self.boot_s if self.target_down_delay_s is None else self.target_down_delay_s
 
 
 @dataclass(frozen=True)
@@ -147,6 +186,8 @@ class Signals:
     queued_requests: float  # waiting in the gateways' queues now
     arrival_rate_rps: float  # requests per second that came in over the window
     completion_rate_rps: float = 0.0  # requests per second that finished over the window
+    prompt_tokens_rps: float = 0.0  # prompt tokens per second of the requests that finished
+    output_tokens_rps: float = 0.0  # output tokens per second of the requests that finished
     ttft_p95_s: float | None = None  # time to first token, p95 over the window (SLO mode)
 
 
@@ -163,7 +204,7 @@ class PolicyState:
     trend_rate: float | None = None
     trend_at: float | None = None
     trend_slope: float = 0.0  # requests/s per second
-    # Target tracking: (time, instances wanted) over the last `target_down_delay_s`, only the
+    # Target tracking: (time, instances wanted) over the last down delay, only the
     # entries that can still be the window's maximum (times rising, counts falling).
     target_history: tuple[tuple[float, int], ...] = ()
     target_since: float | None = None  # when target tracking began to record
@@ -245,7 +286,10 @@ def evaluate(
         needed = 0
         wanted_now = _desired(config, signals, gpus_per_instance, growth)
         desired = min(max(wanted_now + config.warm_spares, floor), max_instances)
-        state = _record_target(config, state, desired, now)
+        # While instances boot, the fleet they complete is what is wanted: the down delay of
+        # an instance counts from when it could serve, not from its order (or it would go as
+        # soon as it is ready whenever the boot is as long as the delay).
+        state = _record_target(config, state, max(desired, total) if booting else desired, now)
     elif config.warm_spares:
         floor = min(max(floor, needed + config.warm_spares), max_instances)
 
@@ -398,20 +442,38 @@ def _growth(config: AutoscalingConfig, signals: Signals, state: PolicyState) -> 
     return min(projected / signals.arrival_rate_rps, 4.0)
 
 
+def _gpus_demanded(config: AutoscalingConfig, signals: Signals) -> float:
+    """GPUs the demand takes at full use. Requests: the arrival rate, queued and refused ones
+    included, which unlike the requests running does not swell while a backlog drains into new
+    capacity. Tokens: the prompt and output tokens per second of the requests that finished,
+    each over what one GPU processes of them."""
+    if config.target_rps_per_gpu is not None:
+        return signals.arrival_rate_rps / config.target_rps_per_gpu
+    assert config.target_prompt_tokens_per_gpu and config.target_output_tokens_per_gpu
+    return (
+        signals.prompt_tokens_rps / config.target_prompt_tokens_per_gpu
+        + signals.output_tokens_rps / config.target_output_tokens_per_gpu
+    )
+
+
 def _desired(
     config: AutoscalingConfig, signals: Signals, gpus_per_instance: int, growth: float
 ) -> int:
-    """Instances the arrival rate asks for at `target_utilization` of the per-GPU capacity. The
-    arrival rate is the demand, queued and refused requests included, and unlike the requests
-    running it does not swell while a backlog drains into new capacity."""
-    assert config.target_rps_per_gpu is not None
-    per_instance = config.target_rps_per_gpu * config.target_utilization * gpus_per_instance
-    return math.ceil(signals.arrival_rate_rps * growth / per_instance - 1e-9)
+    """Instances the demand asks for at `target_utilization` of the per-GPU capacity."""
+    per_instance = config.target_utilization * gpus_per_instance
+    return math.ceil(_gpus_demanded(config, signals) * growth / per_instance - 1e-9)
 
 
 def _target_reason(config: AutoscalingConfig, signals: Signals, desired: int) -> str:
+    if config.target_rps_per_gpu is not None:
+        demand = f"{signals.arrival_rate_rps:.1f} req/s"
+    else:
+        demand = (
+            f"{signals.prompt_tokens_rps:.0f} prompt + {signals.output_tokens_rps:.0f} output "
+            "tokens/s"
+        )
     return (
-        f"target tracking: {desired} instance(s) for {signals.arrival_rate_rps:.1f} req/s at "
+        f"target tracking: {desired} instance(s) for {demand} at "
         f"{config.target_utilization:.0%} of capacity"
     )
 
@@ -419,9 +481,9 @@ def _target_reason(config: AutoscalingConfig, signals: Signals, desired: int) ->
 def _record_target(
     config: AutoscalingConfig, state: PolicyState, desired: int, now: float
 ) -> PolicyState:
-    """The round's wish added to the sliding window of the last `target_down_delay_s`, kept as
+    """The round's wish added to the sliding window of the last down delay, kept as
     the entries that can still be its maximum (a later, larger wish hides an earlier one)."""
-    horizon = now - config.target_down_delay_s
+    horizon = now - config.down_delay_s
     history = [(t, n) for t, n in state.target_history if t >= horizon and n > desired]
     history.append((now, desired))
     since = now if state.target_since is None else state.target_since
@@ -437,18 +499,18 @@ def _target_down(
     first_round: bool,
     now: float,
 ) -> tuple[Decision, PolicyState]:
-    """Drain towards the most instances wanted over the last `target_down_delay_s`: an instance
+    """Drain towards the most instances wanted over the last down delay: an instance
     goes only once the fleet has not needed it for that long (from when that began)."""
     keep = max(n for _, n in state.target_history)
     if keep >= total:
         return Decision(0, f"target tracking: {total} instance(s) wanted"), state
     since = state.target_since if state.target_since is not None else now
     recorded = now - since
-    if first_round or recorded < config.target_down_delay_s:
+    if first_round or recorded < config.down_delay_s:
         return Decision(
             0,
             f"target tracking: {keep} instance(s) wanted, {recorded:.0f} s recorded "
-            f"(delay {config.target_down_delay_s:.0f} s)",
+            f"(delay {config.down_delay_s:.0f} s)",
         ), state
     if len(ready) < total or signals.queued_requests > 0:
         return Decision(
@@ -458,6 +520,6 @@ def _target_down(
     return Decision(
         -len(victims),
         f"target tracking: at most {keep} instance(s) wanted over the last "
-        f"{config.target_down_delay_s:.0f} s",
+        f"{config.down_delay_s:.0f} s",
         tuple(i.id for i in victims),
     ), state

@@ -20,6 +20,8 @@ class GatewayWindow:
     queued_requests: float  # waiting now
     arrival_rate_rps: float
     completion_rate_rps: float
+    prompt_tokens_rps: float  # prompt tokens per second of the requests that finished
+    output_tokens_rps: float  # output tokens per second of the requests that finished
     ttft_p95_s: float | None  # None: no first token in the window
     span_s: float  # the longest window actually covered by a replica
 
@@ -30,6 +32,8 @@ class GatewayWindow:
             "queued_requests": self.queued_requests,
             "arrival_rate_rps": round(self.arrival_rate_rps, 3),
             "completion_rate_rps": round(self.completion_rate_rps, 3),
+            "prompt_tokens_rps": round(self.prompt_tokens_rps, 1),
+            "output_tokens_rps": round(self.output_tokens_rps, 1),
             "ttft_p95_s": None if self.ttft_p95_s is None else round(self.ttft_p95_s, 3),
             "window_s": round(self.span_s, 1),
         }
@@ -52,7 +56,7 @@ def gateway_window(
     current: dict[str, GatewayLoad], before: dict[str, GatewayLoad]
 ) -> GatewayWindow:
     waited = routed = 0.0
-    active = queued = arrivals = completions = 0.0
+    active = queued = arrivals = completions = prompt_tokens = output_tokens = 0.0
     span = 0.0
     ttft: dict[float, int] = {}
     for replica, now in current.items():
@@ -70,6 +74,8 @@ def gateway_window(
         active += (now.active_request_s_total - base.active_request_s_total) / dt
         arrivals += (now.arrivals_total - base.arrivals_total) / dt
         completions += (now.completed_total - base.completed_total) / dt
+        prompt_tokens += (now.prompt_tokens_total - base.prompt_tokens_total) / dt
+        output_tokens += (now.output_tokens_total - base.output_tokens_total) / dt
         earlier = dict(base.ttft_buckets)
         for bound, count in now.ttft_buckets:
             ttft[bound] = ttft.get(bound, 0) + count - earlier.get(bound, 0)
@@ -79,6 +85,8 @@ def gateway_window(
         queued_requests=queued,
         arrival_rate_rps=arrivals,
         completion_rate_rps=completions,
+        prompt_tokens_rps=prompt_tokens,
+        output_tokens_rps=output_tokens,
         ttft_p95_s=_quantile(ttft, 0.95),
         span_s=span,
     )

@@ -151,6 +151,9 @@ class GatewayLoad(BaseModel):
     dequeued_total: int = 0  # left the queue: with an instance, or at the deadline
     queue_wait_s_total: float = 0.0  # summed wait of the requests that left the queue
     completed_total: int = 0  # finished on an instance (any outcome)
+    # Tokens of the requests that finished (the engine's usage; a cut stream: what it relayed).
+    prompt_tokens_total: int = 0
+    output_tokens_total: int = 0
     active_request_s_total: float = 0.0  # integral of running + queued requests over time
     # Time to first token, a cumulative histogram: (upper bound in seconds, count at or below).
     ttft_buckets: list[tuple[float, int]] = []

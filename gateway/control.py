@@ -241,6 +241,8 @@ class LoadPublisher:
                 dequeued_total=c.dequeued,
                 queue_wait_s_total=round(c.queue_wait_s, 6),
                 completed_total=c.completed,
+                prompt_tokens_total=c.prompt_tokens,
+                output_tokens_total=c.output_tokens,
                 active_request_s_total=round(c.active_request_s, 6),
                 ttft_buckets=ttft.get(model, []),
             )

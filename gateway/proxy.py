@@ -169,7 +169,8 @@ class Proxy:
                         "include_usage": True,
                     }
                     request.body = orjson.dumps(payload)
-            self.router.queue(deployment_id).counters.arrivals += 1
+            counters = self.router.queue(deployment_id).counters
+            counters.arrivals += 1
 
             # From here the client may leave at any time: cancel whatever we wait for.
             task = asyncio.current_task()
@@ -219,6 +220,9 @@ class Proxy:
                 elif watcher is not None:
                     watcher.cancel()
                 self.accounting.finish(request)
+                # The autoscaler's token-based demand: what the finished requests used.
+                counters.prompt_tokens += request.input_tokens
+                counters.output_tokens += request.output_tokens
                 if self.traces is not None:
                     self.traces.record(request)
         finally:

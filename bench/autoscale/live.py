@@ -649,7 +649,9 @@ def main(argv: list[str] | None = None) -> None:
     requests = trace_slice(args.trace, args.start_min, args.minutes, args.compress)
     model = instance_model(args.slowdown)
     capacity = calibrate(requests, ReplaySettings(slo_ttft_s=args.slo_ttft_s), model)
-    modes = our_modes(capacity, ReplaySettings(slo_ttft_s=args.slo_ttft_s, boot_s=args.boot_s))
+    modes = our_modes(
+        capacity, ReplaySettings(slo_ttft_s=args.slo_ttft_s, boot_s=args.boot_s), model
+    )
     if args.mode not in modes:
         parser.error(f"--mode: one of {', '.join(modes)}")
     config = modes[args.mode].model_copy(

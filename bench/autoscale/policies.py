@@ -43,6 +43,7 @@ class Inventiv:
 
     def decide(self, view: FleetView) -> tuple[int, list[str]]:
         w = self.config.window_s
+        prompt_tokens, output_tokens = view.token_rates(w)
         signals = Signals(
             instances=tuple(
                 InstanceLoad(
@@ -60,6 +61,8 @@ class Inventiv:
             queued_requests=view.queued,
             arrival_rate_rps=view.arrival_rate(w),
             completion_rate_rps=view.completion_rate(w),
+            prompt_tokens_rps=prompt_tokens,
+            output_tokens_rps=output_tokens,
             ttft_p95_s=view.ttft_p95(w),
         )
         decision, self.state = evaluate(

@@ -96,6 +96,13 @@ class FleetView:
     def completion_rate(self, window: float) -> float:
         return self._since(self.replay.done_times, window) / window
 
+    def token_rates(self, window: float) -> tuple[float, float]:
+        """Prompt and output tokens per second of the requests that finished in the window."""
+        r = self.replay
+        n = self._since(r.done_times, window)
+        prompt, output = r.done_prompt_tokens, r.done_output_tokens
+        return (prompt[-1] - prompt[-1 - n]) / window, (output[-1] - output[-1 - n]) / window
+
     def queue_wait_avg(self, window: float) -> float:
         """Mean queue wait of the requests that left the queue in the window (0 if none did)."""
         r = self.replay
@@ -205,6 +212,9 @@ class Replay:
         self.exit_waits: list[float] = []
         self.done_times: list[float] = []
         self.token_ttfts: list[float] = []
+        # Prompt and output tokens of the requests finished, cumulative (the gateway's usage).
+        self.done_prompt_tokens: list[int] = [0]
+        self.done_output_tokens: list[int] = [0]
         self.tick_times: list[float] = []
         self.tick_integrals: list[float] = []
         self.busy_history: dict[str, list[tuple[float, float]]] = {}
@@ -240,6 +250,8 @@ class Replay:
             # request's TTFT is counted in the window where it finishes.
             self.done_times.append(f.done)
             self.token_ttfts.append(f.first_token - f.req.arrival)
+            self.done_prompt_tokens.append(self.done_prompt_tokens[-1] + f.req.prompt)
+            self.done_output_tokens.append(self.done_output_tokens[-1] + f.req.output)
 
     # -- the gateway ---------------------------------------------------------------------------
 

@@ -42,24 +42,37 @@ class Capacity:
     rps: float  # 90 % of the arrival rate one instance serves with 99 % of TTFTs within the SLO
     active: float  # requests running + queued on it at that rate (Little's law, measured)
     work: float  # engine-seconds per second it serves at that rate (InstanceModel.work_s)
+    token_share: float  # its share of the engine's token throughputs at that rate (see below)
+
+
+def token_throughputs(model: InstanceModel) -> tuple[float, float]:
+    """Prompt tokens per second one GPU prefills and output tokens per second it generates at
+    a full batch (the gateway's in-flight cap): what an operator reads off the engine's own
+    benchmarks, here off the instance model."""
+    batch = model.max_inflight_per_gpu
+    return 1 / model.prefill_per_token_s, batch / model.decode_step_s(batch)
 
 
 def calibrate(requests: list[Request], settings: ReplaySettings, model: InstanceModel) -> Capacity:
-    def attainment(rate: float) -> tuple[float, float, float]:
+    prefill_tps, decode_tps = token_throughputs(model)
+
+    def attainment(rate: float) -> tuple[float, float, float, float]:
         load = poisson_like(requests, rate, CALIBRATION_S, seed=1)
         replay = Replay(load, Static(), settings, model, initial_instances=1)
         out = replay.run()
-        busy = sum(f.done - f.req.arrival for f in replay.flights if not f.refused)
+        served = [f for f in replay.flights if not f.refused]
+        busy = sum(f.done - f.req.arrival for f in served)
         work = sum(model.work_s(r) for r in load)
-        return out.slo_attainment, busy / CALIBRATION_S, work / CALIBRATION_S
+        share = sum(f.req.prompt / prefill_tps + f.req.output / decode_tps for f in served)
+        return out.slo_attainment, busy / CALIBRATION_S, work / CALIBRATION_S, share / CALIBRATION_S
 
     low, high = 0.1, 200.0
     for _ in range(12):
         mid = math.sqrt(low * high)
         low, high = (mid, high) if attainment(mid)[0] >= 0.99 else (low, mid)
     # The attainment falls off a cliff past that rate: 10 % below it is the usable capacity.
-    _, active, work = attainment(0.9 * low)
-    return Capacity(round(0.9 * low, 2), round(active, 1), round(work, 3))
+    _, active, work, share = attainment(0.9 * low)
+    return Capacity(round(0.9 * low, 2), round(active, 1), round(work, 3), round(share, 3))
 
 
 @dataclass
@@ -88,7 +101,9 @@ class WorkSizing:
         return min(max(target, self.min_instances), self.max_instances)
 
 
-def our_modes(capacity: Capacity, settings: ReplaySettings) -> dict[str, AutoscalingConfig]:
+def our_modes(
+    capacity: Capacity, settings: ReplaySettings, model: InstanceModel
+) -> dict[str, AutoscalingConfig]:
     # A quarter of headroom below the SLO's cliff covers the boot time's growth.
     saturation = max(1.0, 0.75 * capacity.active)
     spec = AutoscalingConfig(scale_up_active_per_gpu=saturation, boot_s=settings.boot_s)
@@ -103,6 +118,17 @@ def our_modes(capacity: Capacity, settings: ReplaySettings) -> dict[str, Autosca
         target_rps_per_gpu=capacity.rps,
         target_utilization=1.0,
     )
+    # The same in tokens: the engine's prefill and decode throughputs, sized at the share of
+    # them the calibrated capacity uses (the rest is batching and prefill overheads).
+    prefill_tps, decode_tps = token_throughputs(model)
+    tokens = target.model_copy(
+        update={
+            "target_rps_per_gpu": None,
+            "target_prompt_tokens_per_gpu": round(prefill_tps),
+            "target_output_tokens_per_gpu": round(decode_tps),
+            "target_utilization": capacity.token_share,
+        }
+    )
     return {
         "spec": spec,
         "capacity-down": capacity_down,
@@ -111,20 +137,22 @@ def our_modes(capacity: Capacity, settings: ReplaySettings) -> dict[str, Autosca
         "warm-spare": capacity_down.model_copy(update={"warm_spares": 1}),
         "target": target,
         "target-predictive": target.model_copy(update={"predictive": True}),
+        "target-tokens": tokens,
+        "target-tokens-predictive": tokens.model_copy(update={"predictive": True}),
     }
 
 
 def policies(
-    requests: list[Request], capacity: Capacity, settings: ReplaySettings
+    requests: list[Request], capacity: Capacity, settings: ReplaySettings, model: InstanceModel
 ) -> dict[str, Callable[[], tuple[Policy, int]]]:
     """name -> factory of (policy, instances ready at the start)."""
     lo, hi = settings.min_instances, settings.max_instances
-    sizing = WorkSizing(requests, InstanceModel(), capacity.work, lo, hi)
+    sizing = WorkSizing(requests, model, capacity.work, lo, hi)
     start = sizing.needed_at(0.0)
     last = requests[-1].arrival if requests else 0.0
     peak = max(sizing.needed_at(t) for t in _range(0.0, last, settings.interval_s))
     made: dict[str, Callable[[], tuple[Policy, int]]] = {}
-    for mode, config in our_modes(capacity, settings).items():
+    for mode, config in our_modes(capacity, settings, model).items():
         made[f"inventiv-{mode}"] = functools.partial(_ours, config, lo, hi, start)
     made["static-peak"] = lambda: (Static(), peak)
     made["skyserve-qps"] = lambda: (SkyServe(capacity.rps, _Wish(300, 1200, lo, hi)), start)
@@ -133,7 +161,7 @@ def policies(
     made["dstack-rps"] = lambda: (Dstack(capacity.rps, lo, hi), start)
     oracle_round = min(5.0, settings.interval_s)
     made["oracle"] = lambda: (
-        Oracle(requests, InstanceModel(), settings.slo_ttft_s, lo, hi, oracle_round),
+        Oracle(requests, model, settings.slo_ttft_s, lo, hi, oracle_round),
         start,
     )
     return made
@@ -162,7 +190,7 @@ def evaluate_trace(
     model = model or InstanceModel()
     capacity = calibrate(requests, settings, model)
     outcomes: dict[str, Outcome] = {}
-    for name, make in policies(requests, capacity, settings).items():
+    for name, make in policies(requests, capacity, settings, model).items():
         policy, initial = make()
         outcomes[name] = Replay(requests, policy, settings, model, initial).run()
     best = best_mode(outcomes)

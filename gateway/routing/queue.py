@@ -37,6 +37,8 @@ class QueueCounters:
     dequeued: int = 0
     queue_wait_s: float = 0.0
     completed: int = 0
+    prompt_tokens: int = 0
+    output_tokens: int = 0
     active_request_s: float = 0.0
     active_sampled_at: float | None = None  # monotonic time of the last `sample_active`
 

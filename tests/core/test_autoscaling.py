@@ -287,6 +287,77 @@ def test_target_state_survives_json() -> None:
     assert PolicyState(**data) == state
 
 
+# --- Token-based target tracking: the demand in GPU time, not in requests ----------------------
+
+# One GPU prefills 20,000 prompt tokens/s and generates 5,000 output tokens/s; sized at 80 %.
+TOKENS = SPEC.model_copy(
+    update={
+        "target_prompt_tokens_per_gpu": 20_000.0,
+        "target_output_tokens_per_gpu": 5_000.0,
+        "target_utilization": 0.8,
+        "target_down_delay_s": 300,
+    }
+)
+
+
+def test_tokens_size_the_fleet_by_what_the_requests_cost_not_how_many_they_are() -> None:
+    # The same 8 requests/s: short ones (500 prompt + 100 output tokens each) take
+    # 4,000 / 20,000 + 800 / 5,000 = 0.36 GPU, one instance at 80 %; long ones (4,000 + 400)
+    # take 1.6 + 0.64 = 2.24 GPUs, three instances. Counting requests sizes both the same.
+    short = sig(*fleet(1), rate=8.0, prompt_tokens_rps=4_000.0, output_tokens_rps=800.0)
+    long = sig(*fleet(1), rate=8.0, prompt_tokens_rps=32_000.0, output_tokens_rps=3_200.0)
+    assert run(TOKENS, 1, 10, [(0, short)])[0].delta == 0
+    d = run(TOKENS, 1, 10, [(0, long)])[0]
+    assert d.delta == 2
+    assert "3 instance(s) for 32000 prompt + 3200 output tokens/s at 80%" in d.reason
+    by_requests = [run(TARGET, 1, 10, [(0, s)])[0].delta for s in (short, long)]
+    assert by_requests == [0, 0]  # 8 requests/s at 8 per instance, whatever their size
+
+
+def test_tokens_drain_once_the_cost_has_fallen_for_the_delay() -> None:
+    heavy = dict(prompt_tokens_rps=40_000.0, output_tokens_rps=4_000.0)  # 2.8 GPUs: 4 wanted
+    light = dict(prompt_tokens_rps=8_000.0, output_tokens_rps=1_000.0)  # 0.6 GPU: 1 wanted
+    busy = [(t, sig(*fleet(4), rate=8.0, **heavy)) for t in range(0, 301, 15)]
+    calm = [(t, sig(*fleet(4), rate=8.0, **light)) for t in range(315, 901, 15)]
+    decisions = run(TOKENS, 1, 10, busy + calm)
+    deltas = {now: d.delta for (now, _), d in zip(busy + calm, decisions, strict=True)}
+    assert all(v == 0 for t, v in deltas.items() if t < 615)  # 300 s from when it fell
+    assert deltas[615] == -1
+
+
+def test_target_down_delay_defaults_to_the_boot_time() -> None:
+    # A drained instance ordered again costs a boot: holding it that long costs the same.
+    config = TARGET.model_copy(update={"target_down_delay_s": None, "boot_s": 120})
+    busy = [(t, sig(*fleet(3), rate=24.0)) for t in range(0, 301, 15)]  # 3 wanted
+    calm = [(t, sig(*fleet(3), rate=4.0)) for t in range(315, 601, 15)]  # 1 wanted from 315
+    decisions = run(config, 1, 10, busy + calm)
+    first = next(now for (now, _), d in zip(busy + calm, decisions, strict=True) if d.delta)
+    assert first == 435 and "over the last 120 s" in decisions[435 // 15].reason
+    assert AutoscalingConfig().down_delay_s == 180 == AutoscalingConfig().boot_s
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"target_prompt_tokens_per_gpu": 20_000}, "go together"),
+        ({"target_output_tokens_per_gpu": 5_000}, "go together"),
+        (
+            {
+                "target_rps_per_gpu": 8,
+                "target_prompt_tokens_per_gpu": 20_000,
+                "target_output_tokens_per_gpu": 5_000,
+            },
+            "set one of them",
+        ),
+        ({"target_prompt_tokens_per_gpu": 0, "target_output_tokens_per_gpu": 5}, "greater than 0"),
+    ],
+)
+def test_token_targets_are_validated(config: dict[str, float], message: str) -> None:
+    with pytest.raises(pydantic.ValidationError) as err:
+        AutoscalingConfig.model_validate(config)
+    assert message in str(err.value)
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [

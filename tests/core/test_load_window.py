@@ -19,7 +19,16 @@ def report(ts: float, started: float = 0.0, **counters: object) -> GatewayLoad:
 
 
 def test_rates_and_average_wait_over_the_window_count_requests_routed_at_once_as_zero() -> None:
-    before = {"a": report(100, arrivals_total=10, routed_at_once_total=10, completed_total=8)}
+    before = {
+        "a": report(
+            100,
+            arrivals_total=10,
+            routed_at_once_total=10,
+            completed_total=8,
+            prompt_tokens_total=6_000,
+            output_tokens_total=1_200,
+        )
+    }
     now = {
         "a": report(
             160,
@@ -28,6 +37,8 @@ def test_rates_and_average_wait_over_the_window_count_requests_routed_at_once_as
             dequeued_total=30,  # 30 waited 4 s each
             queue_wait_s_total=120,
             completed_total=68,
+            prompt_tokens_total=60_000,
+            output_tokens_total=12_000,
             active_request_s_total=600,
             queue_length=2,
             in_flight=9,
@@ -38,6 +49,7 @@ def test_rates_and_average_wait_over_the_window_count_requests_routed_at_once_as
     assert w.queue_wait_avg_s == 2.0  # 120 s over 60 requests, half of them without a wait
     assert w.active_requests == 10.0  # 600 request-seconds over 60 s
     assert w.queued_requests == 2 and w.span_s == 60
+    assert (w.prompt_tokens_rps, w.output_tokens_rps) == (900.0, 180.0)  # finished requests'
 
 
 def test_replicas_add_up_and_a_restarted_one_gives_its_current_figures_only() -> None:

@@ -259,7 +259,8 @@ async def test_model_starting_up_waits_then_is_served(
         await asyncio.sleep(0.5)
         await engines.start("late")
         await registry.put(registry.instance(engines.servers["late"].url))
-        assert (await waiting).status_code == 200
+        served = await waiting
+        assert served.status_code == 200
     await asyncio.sleep(0.5)
     watcher.cancel()
 
@@ -271,6 +272,13 @@ async def test_model_starting_up_waits_then_is_served(
     assert last.queue_length == 0
     assert (last.arrivals_total, last.rejected_total, last.dequeued_total) == (2, 1, 2)
     assert last.completed_total == 1
+    # The tokens the engine reported for the served request (token-based target tracking).
+    usage = served.json()["usage"]
+    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
+    assert (last.prompt_tokens_total, last.output_tokens_total) == (
+        usage["prompt_tokens"],
+        usage["completion_tokens"],
+    )
     assert last.queue_wait_s_total >= 1.9 + 0.5  # the 2 s deadline wait and the late one
     assert [load.arrivals_total for load in loads] == sorted(load.arrivals_total for load in loads)
     assert last.active_request_s_total >= 2.0  # one request queued for over 2 s
