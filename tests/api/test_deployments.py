@@ -128,6 +128,11 @@ async def test_validation_messages(
         (body(alice, autoscaling={"window_s": "soon"}), 422, "window_s"),
         (body(alice, autoscaling={"target_rps_per_gpu": 0}), 422, "target_rps_per_gpu"),
         (body(alice, autoscaling={"target_utilization": 1.5}), 422, "target_utilization"),
+        (
+            body(alice, autoscaling={"target_prompt_tokens_per_gpu": 20_000}),
+            422,
+            "target_prompt_tokens_per_gpu and target_output_tokens_per_gpu go together",
+        ),
         (body(alice, autoscaling={"target_in_flight_per_instance": 8}), 422, "Extra inputs"),
     ]
     for payload, code, message in cases:

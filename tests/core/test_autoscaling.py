@@ -336,6 +336,19 @@ def test_target_down_delay_defaults_to_the_boot_time() -> None:
     assert AutoscalingConfig().down_delay_s == 180 == AutoscalingConfig().boot_s
 
 
+def test_an_instance_is_not_drained_before_it_has_served_for_the_down_delay() -> None:
+    # Ordered at 0 for a brief rise, ready at 120 (the boot time as long as the delay): the need
+    # fell at 15, but the delay counts from when the instance could serve.
+    config = TARGET.model_copy(update={"target_down_delay_s": 120})
+    rounds = [(0, sig(*fleet(1), rate=12.0))]  # 2 wanted: one ordered
+    rounds += [(t, sig(*fleet(1, booting=1), rate=4.0)) for t in range(15, 120, 15)]
+    rounds += [(t, sig(*fleet(2), rate=4.0)) for t in range(120, 301, 15)]
+    deltas = [
+        (now, d.delta) for (now, _), d in zip(rounds, run(config, 1, 10, rounds), strict=True)
+    ]
+    assert [(now, d) for now, d in deltas if d][:2] == [(0, 1), (240, -1)]
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [

@@ -1229,7 +1229,7 @@ export interface components {
         AutoscalingConfig: {
             /**
              * Boot S
-             * @description expected boot time (predictive mode)
+             * @description expected boot time (predictive mode; target tracking's default down delay)
              * @default 180
              */
             boot_s: number;
@@ -1293,10 +1293,19 @@ export interface components {
             slo_ttft_s?: number | null;
             /**
              * Target Down Delay S
-             * @description target tracking: how long the fleet must have been above the need before draining towards it (the most wanted over this time is kept)
-             * @default 300
+             * @description target tracking: how long the fleet must have been above the need before draining towards it (the most wanted over this time is kept); default `boot_s`: an instance drained and ordered again costs a boot, as much as holding it that long
              */
-            target_down_delay_s: number;
+            target_down_delay_s?: number | null;
+            /**
+             * Target Output Tokens Per Gpu
+             * @description token-based target tracking: output tokens per second one GPU generates at a full batch
+             */
+            target_output_tokens_per_gpu?: number | null;
+            /**
+             * Target Prompt Tokens Per Gpu
+             * @description optional token-based target tracking (with `target_output_tokens_per_gpu`): prompt tokens per second one GPU prefills; the demand is the share of GPUs the finished requests' tokens take
+             */
+            target_prompt_tokens_per_gpu?: number | null;
             /**
              * Target Rps Per Gpu
              * @description optional target tracking: requests per second one GPU serves within the SLO (its calibrated capacity); the fleet is sized to the arrival rate at `target_utilization` of it

@@ -32,8 +32,10 @@ const POLICY_FIELDS = [
   { key: "scale_down_delay_s", label: "…for (s)", step: "30" },
   { key: "window_s", label: "Window the signals are averaged over (s)", step: "5" },
   { key: "target_rps_per_gpu", label: "Target tracking: requests/s one GPU serves within the SLO (empty: off)", step: "0.5" },
+  { key: "target_prompt_tokens_per_gpu", label: "…or by tokens: prompt tokens/s one GPU prefills (with the next; empty: off)", step: "100" },
+  { key: "target_output_tokens_per_gpu", label: "…and output tokens/s one GPU generates at a full batch", step: "100" },
   { key: "target_utilization", label: "…sized at this share of it (0–1)", step: "0.05" },
-  { key: "target_down_delay_s", label: "…drained towards the need after (s)", step: "30" },
+  { key: "target_down_delay_s", label: "…drained towards the need after (s; empty: the boot time)", step: "30" },
   { key: "scale_down_step", label: "…at most this many at a time", step: "1" },
 ];
 
