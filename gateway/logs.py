@@ -23,7 +23,10 @@ from gateway.metrics import LOGS_DROPPED
 
 log = logging.getLogger("inventiv.gateway.logs")
 
-_ROWS_PER_YIELD = 200  # about half a millisecond of the event loop per slice
+# Rows converted and encoded per slice of the event loop: about 0.3 ms (some 6 us a row, asyncpg's
+# encoding included), so a request that arrives meanwhile waits at most that long (200 rows held
+# it about 1.3 ms, the tail at one connection).
+_ROWS_PER_YIELD = 50
 
 # (epoch s, key id, project id, deployment id, instance id, model, tokens in, tokens out,
 #  ttft ms, latency ms, status, streamed)
@@ -83,9 +86,18 @@ class RequestLogWriter:
         self.buffer.append(row)
 
     async def flush(self) -> None:
-        """Write everything buffered; on a database error the rows stay for the next try."""
-        while self.buffer:
-            count = min(self.batch_size, len(self.buffer))
+        """Write the rows buffered when it was called, in batches of `batch_size`; rows that
+        requests add meanwhile wait for the next call. On a database error the rows stay for the
+        next try.
+
+        Not "until the buffer is empty": under steady traffic rows arrive while a batch is being
+        written, so that loop never slept. At 5,000 requests/s it wrote a COPY of ~16 rows back to
+        back, ~270 COPYs (each a PostgreSQL transaction) a second instead of one, at 3.5x the
+        PostgreSQL CPU and 1.2x the gateway's per request."""
+        pending = len(self.buffer)
+        while pending > 0 and self.buffer:
+            count = min(self.batch_size, pending, len(self.buffer))
+            pending -= count
             await self.pool.copy_records_to_table(
                 sql.REQUEST_LOGS.table,
                 records=self._records(count),

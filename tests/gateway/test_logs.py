@@ -61,3 +61,34 @@ async def test_outage_buffers_drops_oldest_and_recovers(db_url: str) -> None:
     finally:
         await admin.close()
         await pool.close()
+
+
+class _ChasedPool:
+    """A pool whose COPY sees a request add a row while it writes (steady traffic)."""
+
+    def __init__(self, writer: RequestLogWriter | None = None) -> None:
+        self.writer = writer
+        self.copies: list[list[str]] = []
+
+    async def copy_records_to_table(self, table: str, *, records, columns) -> None:  # type: ignore[no-untyped-def]
+        rows = [record[5] async for record in records]
+        assert self.writer is not None
+        self.writer.add(row(f"during-{len(self.copies)}"))
+        self.copies.append(rows)
+
+
+async def test_flush_writes_what_was_buffered_and_leaves_new_rows_for_the_next() -> None:
+    pool = _ChasedPool()
+    writer = RequestLogWriter(pool, batch_size=2, buffer_max=100)  # type: ignore[arg-type]
+    pool.writer = writer
+    for name in ("m1", "m2", "m3"):
+        writer.add(row(name))
+    await writer.flush()
+    # Two batches for the three rows there at the call, then it returns: the rows added during
+    # the writes wait (a flush that chased them never ended under steady traffic).
+    assert pool.copies == [["m1", "m2"], ["m3"]]
+    assert [r[5] for r in writer.buffer] == ["during-0", "during-1"]
+    assert writer.written == 3
+    await writer.flush()
+    assert pool.copies[2] == ["during-0", "during-1"]
+    assert [r[5] for r in writer.buffer] == ["during-2"]
