@@ -67,6 +67,12 @@ class GatewaySettings(BaseSettings):
         description="Routing 'prefix_aware': an instance holding the prefix is skipped when its "
         "load would exceed this factor times its fair share",
     )
+    prefix_load_slack: int = Field(
+        default=16,
+        ge=0,
+        description="Routing 'prefix_aware': ... and more than this many requests above the least "
+        "loaded instance's (few requests apart is noise, not overload; 0: the factor alone)",
+    )
     eject_after_failures: int = Field(
         default=3, ge=1, description="Consecutive failures before an instance is ejected"
     )

@@ -9,9 +9,10 @@ one hash names the whole prefix up to the end of its block. Each instance keeps 
 sent, least recently used first, bounded like the engine's cache; an instance that leaves or is
 ejected (its engine probably restarted) is forgotten (`forget`).
 
-The choice (`PrefixAware.pick`): among the instances whose load is within `load_factor` times
-their fair share (bounded imbalance), the one holding the longest prefix of the prompt, the less
-loaded on a tie; when no instance within the bound holds at least `min_match` of the prompt's
+The choice (`PrefixAware.pick`): among the instances not overloaded (bounded imbalance: load
+within `load_factor` times their fair share, or at most `load_slack` requests above the least
+loaded's, since a few requests apart is the arrivals' noise and a cached prefix saves its whole
+prefill), the one holding the longest prefix of the prompt, the less loaded on a tie; when no instance within the bound holds at least `min_match` of the prompt's
 blocks, the least loaded (which then caches it). Counters of the blocks routed and of those the
 index expected cached on the chosen instance let the guess be checked against the engines' own
 `vllm:prefix_cache_hits` / `vllm:prefix_cache_queries`.
@@ -139,6 +140,7 @@ class PrefixAware:
         block_chars: int,
         min_match: float,
         load_factor: float,
+        load_slack: int,
         load_stale_s: float,
         fallback: Strategy,
         on_routed: RoutedObserver | None = None,
@@ -147,6 +149,7 @@ class PrefixAware:
         self.block_chars = block_chars
         self.min_match = min_match
         self.load_factor = load_factor
+        self.load_slack = load_slack
         self.load_stale_s = load_stale_s
         self.fallback = fallback
         self.on_routed = on_routed
@@ -172,12 +175,13 @@ class PrefixAware:
         loads = [b.score(now, self.load_stale_s) * max(1, b.info.gpu_count) for b in candidates]
         total_load = sum(loads) + 1.0  # this request included
         total_gpus = sum(max(1, b.info.gpu_count) for b in candidates)
+        least = min(loads)
         best: Backend | None = None
         best_matched = 0
         best_load = math.inf
         for backend, load in zip(candidates, loads, strict=True):
             fair = total_load * max(1, backend.info.gpu_count) / total_gpus
-            if load + 1.0 > math.ceil(self.load_factor * fair):
+            if load + 1.0 > math.ceil(self.load_factor * fair) and load - least >= self.load_slack:
                 continue  # would be overloaded: the bounded-imbalance rule
             matched = self.index.matched(backend.instance_id, hashes)
             if matched > best_matched or (matched == best_matched and load < best_load):

@@ -148,6 +148,7 @@ def build_strategies(config: GatewaySettings) -> dict[RoutingStrategy, Strategy]
         config.prefix_block_chars,
         config.prefix_min_match,
         config.prefix_load_factor,
+        config.prefix_load_slack,
         config.load_stale_s,
         least_load,
         on_routed=_count_prefix_guess,

@@ -116,20 +116,32 @@ def test_a_prefix_stays_on_one_instance_and_tenants_spread() -> None:
 
 
 def test_an_overloaded_home_sends_its_prefix_to_the_least_loaded() -> None:
-    router = router_with(3)
+    router = router_with(3)  # prefix_load_factor 2, prefix_load_slack 16
     context = text("acme", 40 * BLOCK)
     home = router.pick("m", chat(context, "warm the cache"))
     assert home is not None
-    # The home instance carries 6 requests, the others none: over 1.5 x its fair share.
+    # 6 requests on the home, none elsewhere: over twice its fair share, but 6 requests apart
+    # is noise next to the prefill its cache saves: the home keeps its prefix.
     home.inflight += 5
+    kept = router.pick("m", chat(context, "a few more"))
+    assert kept is home
+    router.release(kept)
+    # 17 on it: over both bounds. The prefix goes to the least loaded.
+    home.inflight += 11
     other = router.pick("m", chat(context, "one more question"))
     assert other is not None and other is not home
     assert other.inflight == 1
+    # With the relative bound alone (slack 0), 6 against none is already overload.
+    strict = router_with(3, prefix_load_slack=0)
+    home = strict.pick("m", chat(context, "warm the cache"))
+    assert home is not None
+    home.inflight += 5
+    assert strict.pick("m", chat(context, "one more question")) is not home
     # Within the bound the cached instance wins again, even though it is the busier one.
     home.inflight -= 5
-    router.release(other)
-    other.inflight += 1
-    again = router.pick("m", chat(context, "and another"))
+    spilled = [b for b in strict.registry.backends.values() if b is not home and b.inflight]
+    spilled[0].inflight += 1
+    again = strict.pick("m", chat(context, "and another"))
     assert again is home
 
 
