@@ -92,3 +92,22 @@ async def test_flush_writes_what_was_buffered_and_leaves_new_rows_for_the_next()
     await writer.flush()
     assert pool.copies[2] == ["during-0", "during-1"]
     assert [r[5] for r in writer.buffer] == ["during-2"]
+
+
+async def test_ids_are_written_as_uuids_and_a_malformed_one_as_null(db_url: str) -> None:
+    dsn = db_url.replace("postgresql+asyncpg://", "postgresql://")
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    try:
+        writer = RequestLogWriter(pool, batch_size=10, buffer_max=10)
+        key, project = uuid.uuid4(), uuid.uuid4()
+        good = row("ids")
+        writer.add((good[0], str(key), str(project).upper(), None, "not-a-uuid", *good[5:]))
+        await writer.flush()
+        written = await pool.fetchrow(
+            "SELECT api_key_id, project_id, instance_id FROM request_logs WHERE model = 'ids'"
+        )
+        assert written is not None
+        assert (written["api_key_id"], written["project_id"]) == (key, project)
+        assert written["instance_id"] is None
+    finally:
+        await pool.close()
