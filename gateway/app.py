@@ -151,7 +151,7 @@ class Gateway:
             if self._limiter is not None:
                 await self._limiter.release_all()
             if self._logs is not None:
-                await asyncio.wait_for(self._logs.flush(), 10)
+                await asyncio.wait_for(self._logs.flush(until_empty=True), 10)
             if self._keys is not None:
                 await self._keys.flush_last_used()
         except (RedisError, OSError, asyncpg.PostgresError, TimeoutError) as exc:

@@ -66,14 +66,16 @@ async def test_outage_buffers_drops_oldest_and_recovers(db_url: str) -> None:
 class _ChasedPool:
     """A pool whose COPY sees a request add a row while it writes (steady traffic)."""
 
-    def __init__(self, writer: RequestLogWriter | None = None) -> None:
+    def __init__(self, writer: RequestLogWriter | None = None, adds: int = 100) -> None:
         self.writer = writer
+        self.adds = adds  # how many of the COPYs see a row added
         self.copies: list[list[str]] = []
 
     async def copy_records_to_table(self, table: str, *, records, columns) -> None:  # type: ignore[no-untyped-def]
         rows = [record[5] async for record in records]
         assert self.writer is not None
-        self.writer.add(row(f"during-{len(self.copies)}"))
+        if len(self.copies) < self.adds:
+            self.writer.add(row(f"during-{len(self.copies)}"))
         self.copies.append(rows)
 
 
@@ -92,6 +94,16 @@ async def test_flush_writes_what_was_buffered_and_leaves_new_rows_for_the_next()
     await writer.flush()
     assert pool.copies[2] == ["during-0", "during-1"]
     assert [r[5] for r in writer.buffer] == ["during-2"]
+
+
+async def test_the_shutdown_flush_writes_the_rows_added_meanwhile_too() -> None:
+    pool = _ChasedPool(adds=2)
+    writer = RequestLogWriter(pool, batch_size=2, buffer_max=100)  # type: ignore[arg-type]
+    pool.writer = writer
+    writer.add(row("m1"))
+    await writer.flush(until_empty=True)
+    assert pool.copies == [["m1"], ["during-0"], ["during-1"]]
+    assert not writer.buffer
 
 
 async def test_ids_are_written_as_uuids_and_a_malformed_one_as_null(db_url: str) -> None:
