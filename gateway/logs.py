@@ -95,9 +95,9 @@ class RequestLogWriter:
         for the next try.
 
         The periodic call does not wait for an empty buffer: under steady traffic rows arrive
-        while a batch is being written, so that loop never slept. At 5,000 requests/s it wrote a COPY of ~16 rows back to
-        back, ~270 COPYs (each a PostgreSQL transaction) a second instead of one, at 3.5x the
-        PostgreSQL CPU and 1.2x the gateway's per request."""
+        while a batch is being written, so that loop never slept. At 5,000 requests/s it wrote a
+        COPY of ~16 rows back to back, ~270 COPYs (each a PostgreSQL transaction) a second
+        instead of one, at 3.5x the PostgreSQL CPU and 1.2x the gateway's per request."""
         pending = len(self.buffer)
         while self.buffer and (until_empty or pending > 0):
             count = min(self.batch_size, len(self.buffer))
