@@ -21,7 +21,8 @@ target tracking: the fleet sized to the demand, desired = ceil(demand / (per-GPU
 over requests one GPU serves) or in tokens (`target_prompt_tokens_per_gpu` and
 `target_output_tokens_per_gpu`: the share of a GPU the finished requests' prompt and output
 tokens per second take; LLM requests differ tenfold in cost, so counting them alone sizes for
-the average one), ordered at once (booting instances count), drained towards the most wanted
+the average one), ordered once the need has exceeded the fleet for `scale_up_delay_s`
+(booting instances count), drained towards the most wanted
 over the last `target_down_delay_s` (default: the boot time), at most `scale_down_step` a
 round; the queue-wait, saturation and SLO triggers stay as safety nets (one `scale_up_step`
 beyond the target, and only while nothing boots).
@@ -208,6 +209,8 @@ class PolicyState:
     # entries that can still be the window's maximum (times rising, counts falling).
     target_history: tuple[tuple[float, int], ...] = ()
     target_since: float | None = None  # when target tracking began to record
+    target_up_since: float | None = None  # when the need began to exceed the fleet
+    target_up_seen: float | None = None  # when it last did
 
     def __post_init__(self) -> None:
         # From JSON (a stored decision, continue-as-new) the history comes back as lists.
@@ -318,10 +321,23 @@ def evaluate(
         state.up_since, state.up_seen, bool(up_reasons), now, config.window_s
     )
     state = replace(state, up_since=up_since, up_seen=up_seen)
-    # Target tracking orders at once what the load asks for (booting instances counted).
-    target_reason = None
-    if desired is not None and desired > total:
-        target_reason = _target_reason(config, signals, desired)
+    # Target tracking orders what the load asks for (booting instances counted) once the need
+    # has exceeded the fleet for the up delay: a window's noise above a step costs a boot.
+    target_reason = target_wait = None
+    if desired is not None:
+        short = desired > total
+        since, seen = _track(
+            state.target_up_since, state.target_up_seen, short, now, config.window_s
+        )
+        state = replace(state, target_up_since=since, target_up_seen=seen)
+        short_for = now - (since if since is not None else now)
+        if short and short_for >= config.scale_up_delay_s:
+            target_reason = _target_reason(config, signals, desired)
+        elif short:
+            target_wait = (
+                f"{_target_reason(config, signals, desired)} for {short_for:.0f} s "
+                f"(delay {config.scale_up_delay_s:.0f} s)"
+            )
     if up_reasons and total < max_instances:
         held = now - (up_since if up_since is not None else now)
         if held >= config.scale_up_delay_s or total < floor:
@@ -338,6 +354,8 @@ def evaluate(
         return Decision(desired - total, target_reason), state
     if up_reasons:
         return Decision(0, f"{'; '.join(up_reasons)}, at maximum ({max_instances})"), state
+    if target_wait is not None:
+        return Decision(0, target_wait), state
     if desired is not None:
         return _target_down(config, signals, state, ready, total, first_round, now)
 

@@ -183,8 +183,14 @@ def test_state_is_a_small_serializable_dataclass() -> None:
 # --- Target tracking: the fleet sized to the arrival rate -----------------------------------
 
 # 10 requests/s per GPU at 80 %: 8 requests/s per instance.
+# Orders at once (no up delay) unless a test says otherwise: sizing alone is tested here.
 TARGET = SPEC.model_copy(
-    update={"target_rps_per_gpu": 10.0, "target_utilization": 0.8, "target_down_delay_s": 300}
+    update={
+        "target_rps_per_gpu": 10.0,
+        "target_utilization": 0.8,
+        "target_down_delay_s": 300,
+        "scale_up_delay_s": 0,
+    }
 )
 
 
@@ -250,12 +256,29 @@ def test_target_keeps_the_most_wanted_over_the_delay_and_drains_a_few_at_a_time(
 
 
 def test_target_keeps_the_safety_triggers_but_not_while_instances_boot() -> None:
+    delayed = TARGET.model_copy(update={"scale_up_delay_s": 30})
     hot = sig(*fleet(2, active=4), rate=10.0, wait=8)  # 2 wanted, 2 there, queue wait 8 s
-    decisions = run(TARGET, 1, 10, [(0, hot), (30, hot)])
+    decisions = run(delayed, 1, 10, [(0, hot), (30, hot)])
     assert decisions[0].delta == 0 and "queue wait" in decisions[0].reason
     assert decisions[1].delta == 1 and "average queue wait 8.0 s" in decisions[1].reason
     booting = sig(*fleet(2, booting=1, active=4), rate=10.0, wait=8)
-    assert all(d.delta == 0 for d in run(TARGET, 1, 10, [(0, booting), (30, booting)]))
+    assert all(d.delta == 0 for d in run(delayed, 1, 10, [(0, booting), (30, booting)]))
+
+
+def test_target_orders_once_the_need_has_exceeded_the_fleet_for_the_up_delay() -> None:
+    delayed = TARGET.model_copy(update={"scale_up_delay_s": 30})
+    # One round asking for 4 (30 requests/s) among rounds asking for 2: no order.
+    blip = [(t, sig(*fleet(2), rate=30.0 if t == 60 else 12.0)) for t in range(0, 181, 15)]
+    assert all(d.delta == 0 for d in run(delayed, 1, 10, blip))
+    # Asking for 4 from 0 s on, with one round at 45 s within the fleet (jitter): ordered at
+    # 30 s, 30 s after the need began; the jitter does not restart the clock.
+    rising = [(0, 30.0), (15, 30.0), (30, 30.0)]
+    decisions = run(delayed, 1, 10, [(t, sig(*fleet(2), rate=r)) for t, r in rising])
+    assert [d.delta for d in decisions] == [0, 0, 2]
+    assert "for 15 s (delay 30 s)" in decisions[1].reason
+    jitter = [(0, 30.0), (15, 12.0), (30, 30.0)]
+    decisions = run(delayed, 1, 10, [(t, sig(*fleet(2), rate=r)) for t, r in jitter])
+    assert [d.delta for d in decisions] == [0, 0, 2]
 
 
 def test_target_from_zero_orders_the_target() -> None:
@@ -296,6 +319,7 @@ TOKENS = SPEC.model_copy(
         "target_output_tokens_per_gpu": 5_000.0,
         "target_utilization": 0.8,
         "target_down_delay_s": 300,
+        "scale_up_delay_s": 0,
     }
 )
 
