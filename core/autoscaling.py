@@ -20,8 +20,8 @@ target tracking: the fleet sized to the demand, desired = ceil(demand / (per-GPU
 `target_utilization`)), the demand measured in requests (`target_rps_per_gpu`: arrival rate
 over requests one GPU serves) or in tokens (`target_prompt_tokens_per_gpu` and
 `target_output_tokens_per_gpu`: the share of a GPU the finished requests' prompt and output
-tokens per second take; LLM requests differ tenfold in cost, so counting them alone sizes for
-the average one), ordered once the need has exceeded the fleet for `scale_up_delay_s`
+tokens per second take, scaled by arrivals over completions; LLM requests differ tenfold in
+cost, so counting them alone sizes for the average one), ordered once the need has exceeded the fleet for `scale_up_delay_s`
 (booting instances count), drained towards the most wanted
 over the last `target_down_delay_s` (default: the boot time), at most `scale_down_step` a
 round; the queue-wait, saturation and SLO triggers stay as safety nets (one `scale_up_step`
@@ -464,14 +464,18 @@ def _gpus_demanded(config: AutoscalingConfig, signals: Signals) -> float:
     """GPUs the demand takes at full use. Requests: the arrival rate, queued and refused ones
     included, which unlike the requests running does not swell while a backlog drains into new
     capacity. Tokens: the prompt and output tokens per second of the requests that finished,
-    each over what one GPU processes of them."""
+    each over what one GPU processes of them, scaled to the arrival rate (an overloaded fleet
+    finishes only what it can: its finished tokens measure its supply, not the demand)."""
     if config.target_rps_per_gpu is not None:
         return signals.arrival_rate_rps / config.target_rps_per_gpu
     assert config.target_prompt_tokens_per_gpu and config.target_output_tokens_per_gpu
-    return (
+    finished = (
         signals.prompt_tokens_rps / config.target_prompt_tokens_per_gpu
         + signals.output_tokens_rps / config.target_output_tokens_per_gpu
     )
+    if signals.completion_rate_rps <= 0:
+        return finished
+    return finished * signals.arrival_rate_rps / signals.completion_rate_rps
 
 
 def _desired(

@@ -630,7 +630,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--interval-s", type=float, default=5.0, help="autoscaler round")
     parser.add_argument("--window-s", type=float, default=20.0)
     parser.add_argument("--scale-up-delay-s", type=float, default=10.0)
-    parser.add_argument("--scale-down-delay-s", type=float, default=60.0)
+    parser.add_argument(
+        "--scale-down-delay-s", type=float, default=60.0, help="the down delay (target modes too)"
+    )
     parser.add_argument("--mode", default="capacity-down", help="one of bench.autoscale.run's")
     parser.add_argument("--min-instances", type=int, default=1)
     parser.add_argument("--max-instances", type=int, default=8)
@@ -659,6 +661,7 @@ def main(argv: list[str] | None = None) -> None:
             "window_s": args.window_s,
             "scale_up_delay_s": args.scale_up_delay_s,
             "scale_down_delay_s": args.scale_down_delay_s,
+            "target_down_delay_s": args.scale_down_delay_s,
         }
     )
     config = AutoscalingConfig.model_validate(config.model_dump())

@@ -338,6 +338,18 @@ def test_tokens_size_the_fleet_by_what_the_requests_cost_not_how_many_they_are()
     assert by_requests == [0, 0]  # 8 requests/s at 8 per instance, whatever their size
 
 
+def test_tokens_count_the_arrivals_an_overloaded_fleet_cannot_finish() -> None:
+    # One instance finishes 8 requests/s (2,000 prompt + 250 output tokens each: 0.8 + 0.4 =
+    # 1.2 GPUs of finished work) while 16 arrive: the demand is twice what it finishes, 2.4
+    # GPUs, 3 instances at 80 %; with arrivals equal to completions, 2 (1.2 / 0.8 = 1.5).
+    tokens = dict(prompt_tokens_rps=16_000.0, output_tokens_rps=2_000.0)
+    overloaded = sig(*fleet(1), rate=16.0, completion_rate_rps=8.0, **tokens)
+    steady = sig(*fleet(1), rate=8.0, completion_rate_rps=8.0, **tokens)
+    d = run(TOKENS, 1, 10, [(0, overloaded)])[0]
+    assert d.delta == 2 and "3 instance(s)" in d.reason
+    assert run(TOKENS, 1, 10, [(0, steady)])[0].delta == 1
+
+
 def test_tokens_drain_once_the_cost_has_fallen_for_the_delay() -> None:
     heavy = dict(prompt_tokens_rps=40_000.0, output_tokens_rps=4_000.0)  # 2.8 GPUs: 4 wanted
     light = dict(prompt_tokens_rps=8_000.0, output_tokens_rps=1_000.0)  # 0.6 GPU: 1 wanted
