@@ -274,15 +274,25 @@ async def test_a_tunnel_lost_past_the_health_deadline_takes_the_instance_out_of_
             took = await eventually(out_of_routing, deadline_s + 15, "out of routing")
             assert took <= deadline_s + 5, (took, deadline_s)
             assert time.monotonic() - lost_at >= settings.heartbeat_fresh_s - 1
-            async with sessionmaker() as session:
-                details = (
-                    await session.scalars(
-                        select(col(InstanceAction.detail)).where(
-                            col(InstanceAction.instance_id) == instance.id,
-                            col(InstanceAction.step) == "unhealthy",
+
+            details: list[str | None] = []
+
+            async def reason_logged() -> bool:
+                nonlocal details
+                async with sessionmaker() as session:
+                    details = list(
+                        await session.scalars(
+                            select(col(InstanceAction.detail)).where(
+                                col(InstanceAction.instance_id) == instance.id,
+                                col(InstanceAction.step) == "unhealthy",
+                            )
                         )
                     )
-                ).all()
-            assert details and "failed health checks" in (details[0] or ""), details
+                return bool(details)
+
+            # record_unhealthy takes the instance out of routing first, then logs why (the
+            # removal must not wait on PostgreSQL): the row may land just after the removal.
+            await eventually(reason_logged, 10, "the unhealthy action logged")
+            assert "failed health checks" in (details[0] or ""), details
         finally:
             await compute.close()
