@@ -119,6 +119,11 @@ class CloudInitEmulator:
         with self._ticking:
             self._tick()
 
+    async def catch_up(self) -> None:
+        """One tick now: act on what EC2 says at this moment (the loop looks only every 0.3 s
+        plus a tick's time, longer in a loaded process), as a hypervisor would at once."""
+        await asyncio.to_thread(self.tick)
+
     def _tick(self) -> None:
         reservations = self.ec2.describe_instances(
             Filters=[{"Name": "tag-key", "Values": [INSTANCE_TAG]}]

@@ -86,6 +86,7 @@ async def test_aws_instance_boots_serves_and_terminates(
 
             await terminate_instance(temporal_client, instance.workflow_id)
             await wait_state(sessionmaker, instance.id, S.terminated, timeout=120)
+            await machines.catch_up()  # EC2 says terminated: the emulator halts it now
             assert machines.booted == {}, "the machine's processes are gone"
     finally:
         await gateway.stop()
