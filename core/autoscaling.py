@@ -21,8 +21,8 @@ target tracking: the fleet sized to the demand, desired = ceil(demand / (per-GPU
 over requests one GPU serves) or in tokens (`target_prompt_tokens_per_gpu` and
 `target_output_tokens_per_gpu`: the share of a GPU the finished requests' prompt and output
 tokens per second take, scaled by arrivals over completions; LLM requests differ tenfold in
-cost, so counting them alone sizes for the average one), ordered once the need has exceeded the fleet for `scale_up_delay_s`
-(booting instances count), drained towards the most wanted
+cost, so counting them alone sizes for the average one), ordered once the need has exceeded
+the fleet for `scale_up_delay_s` (booting instances count), drained towards the most wanted
 over the last `target_down_delay_s` (default: the boot time), at most `scale_down_step` a
 round; the queue-wait, saturation and SLO triggers stay as safety nets (one `scale_up_step`
 beyond the target, and only while nothing boots).

@@ -270,8 +270,8 @@ def test_target_orders_once_the_need_has_exceeded_the_fleet_for_the_up_delay() -
     # One round asking for 4 (30 requests/s) among rounds asking for 2: no order.
     blip = [(t, sig(*fleet(2), rate=30.0 if t == 60 else 12.0)) for t in range(0, 181, 15)]
     assert all(d.delta == 0 for d in run(delayed, 1, 10, blip))
-    # Asking for 4 from 0 s on, with one round at 45 s within the fleet (jitter): ordered at
-    # 30 s, 30 s after the need began; the jitter does not restart the clock.
+    # Asking for 4 from 0 s on: ordered at 30 s, 30 s after the need began. With one round at
+    # 15 s within the fleet (jitter), still at 30 s: the jitter does not restart the clock.
     rising = [(0, 30.0), (15, 30.0), (30, 30.0)]
     decisions = run(delayed, 1, 10, [(t, sig(*fleet(2), rate=r)) for t, r in rising])
     assert [d.delta for d in decisions] == [0, 0, 2]
