@@ -9,8 +9,11 @@ instead of being buffered, unknown, by Temporal.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 import uuid
 from datetime import timedelta
+from typing import Any
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.api.enums.v1 import TaskQueueType
@@ -20,6 +23,7 @@ from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
     WorkflowFailureError,
+    WorkflowHandle,
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
@@ -43,6 +47,11 @@ from workflows.reconciler import ReconcilerWorkflow, reconciler_workflow_id
 COMMAND_TIMEOUT = timedelta(seconds=15)
 # How long the API's catalogue sync waits for a worker to read the provider's catalogue.
 CATALOGUE_TIMEOUT = timedelta(seconds=30)
+# Temporal's list of recent pollers is the task queue's root partition's: a running worker whose
+# polls sit on other partitions can be missing from it. So "no poller" is checked against the
+# truth: the catalogue workflow is started anyway and only when no worker has begun it within this
+# grace is answered with "no worker".
+NO_POLLER_GRACE = timedelta(seconds=3)
 
 
 class CommandError(Exception):
@@ -169,13 +178,10 @@ async def read_catalogue(
 ) -> CatalogueResult:
     """The provider kind's catalogue as a worker reads it (the SDKs are the worker's), waiting
     at most `timeout` (CATALOGUE_TIMEOUT). Raises `OrchestratorUnavailableError` when no worker
-    answered in time; the workflow's own execution timeout ends it if none ever picks it up."""
+    answered in time, after NO_POLLER_GRACE when Temporal lists no poller and none began it;
+    the workflow's own execution timeout ends it if none ever picks it up."""
     timeout = timeout or CATALOGUE_TIMEOUT
-    if not await _has_workers(client, task_queue):
-        raise OrchestratorUnavailableError(
-            f"no worker is polling task queue {task_queue!r}: start `inventiv worker` to read "
-            f"the {kind} catalogue"
-        )
+    polled = await _has_workers(client, task_queue)
     handle = await client.start_workflow(
         CatalogueWorkflow.run,
         CatalogueInput(kind),
@@ -183,6 +189,13 @@ async def read_catalogue(
         task_queue=task_queue,
         execution_timeout=timeout,
     )
+    if not polled and not await _picked_up(handle, min(NO_POLLER_GRACE, timeout / 2)):
+        with contextlib.suppress(RPCError):  # it may have ended meanwhile
+            await handle.terminate("no worker polls the task queue")
+        raise OrchestratorUnavailableError(
+            f"no worker is polling task queue {task_queue!r}: start `inventiv worker` to read "
+            f"the {kind} catalogue"
+        )
     unavailable = (
         f"no worker read the {kind} catalogue within {timeout.total_seconds():g} s (is a worker "
         f"running on task queue {task_queue!r}?)"
@@ -198,6 +211,24 @@ async def read_catalogue(
         raise OrchestratorUnavailableError(
             f"the worker could not read the {kind} catalogue: {exc.cause or exc}"
         ) from exc
+
+
+_FINISHED_BY_A_WORKER = frozenset(
+    {WorkflowExecutionStatus.COMPLETED, WorkflowExecutionStatus.FAILED}
+)
+
+
+async def _picked_up(handle: WorkflowHandle[Any, Any], grace: timedelta) -> bool:
+    """Whether a worker has begun the workflow (its first task started) or finished it within
+    `grace`; one timed out or terminated was not taken."""
+    deadline = time.monotonic() + grace.total_seconds()
+    while True:
+        described = await handle.describe()
+        if described.status in _FINISHED_BY_A_WORKER or described.history_length > 2:
+            return True  # past WorkflowExecutionStarted and WorkflowTaskScheduled
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.2)
 
 
 async def _has_workers(client: Client, task_queue: str) -> bool:

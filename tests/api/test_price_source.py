@@ -172,8 +172,29 @@ async def test_no_worker_is_a_503_that_says_so(
             refused = await client.post(f"{types_url}/sync", headers=h)
             assert refused.status_code == 503
             assert refused.json()["dependency"] == "temporal"
-            # at once, not after the catalogue timeout: no worker polls the task queue
+            # within the short grace, not after the catalogue timeout: no worker polls
             assert "no worker is polling task queue" in refused.json()["detail"]
             assert settings.task_queue in refused.json()["detail"]
             assert refused.headers["Retry-After"]
             assert (await client.get(types_url, headers=h)).json() == []  # nothing written
+
+
+async def test_a_worker_missing_from_temporals_poller_list_still_reads_the_catalogue(
+    client: httpx.AsyncClient,
+    admin: Tenant,
+    settings: Settings,
+    temporal_client: Client,
+    pricing: FakePricing,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Temporal lists the pollers of a task queue's root partition only; a worker whose polls sit
+    on the others is missing from it (a sync right after another got a 503 that way, in CI).
+    The answer must come from whether a worker takes the workflow, not from that list."""
+
+    async def listed_no_poller(client: Client, task_queue: str) -> bool:
+        return False
+
+    monkeypatch.setattr(workflows_client, "_has_workers", listed_no_poller)
+    async with running_worker(settings, temporal_client, aws(pricing.url)):
+        _, synced = await _sync(client, admin, "aws-unlisted")
+    assert {n: t["price_per_hour"] for n, t in synced.items()} == PRICES["eu-west-3"]
