@@ -207,6 +207,72 @@ async def test_gateway_traffic_scales_up_through_instances_and_back_down_by_drai
         await finish(sessionmaker, temporal_client, dep_id)
 
 
+async def test_token_target_tracking_sizes_on_the_tokens_the_gateway_served(
+    settings: Settings, sessionmaker, temporal_client
+) -> None:
+    """Our best mode in the benchmark, met as an operator would: only the output tokens the
+    gateway relayed can scale (the request-count triggers are set out of reach), and once the
+    traffic stops the fleet drains back to the minimum."""
+    async with sessionmaker() as session:
+        seeded = await seed(session, model=MODEL, engine_args=SLOW)
+    dep_id = seeded.deployment.id
+    await configure(
+        sessionmaker,
+        dep_id,
+        1,
+        3,
+        {
+            "window_s": 5,
+            "scale_up_active_per_gpu": 1000,
+            "scale_up_queue_wait_s": 1000,
+            "scale_up_delay_s": 1,
+            "target_prompt_tokens_per_gpu": 100_000,
+            # 6 streams of 120 tokens at 50 ms finish about 110 output tokens/s: 3 GPUs' worth
+            "target_output_tokens_per_gpu": 45,
+            "target_utilization": 1.0,
+            "target_down_delay_s": 3,
+        },
+    )
+    async with stack(settings, temporal_client) as (_, gateway_url):
+        await ensure_autoscaler(temporal_client, settings.task_queue, dep_id, interval_s=0.5)
+        await until(lambda: _ready(sessionmaker, dep_id, 1))
+
+        stop = asyncio.Event()
+        statuses: list[int] = []
+
+        async def user(gateway: httpx.AsyncClient) -> None:
+            while not stop.is_set():
+                statuses.append((await chat(gateway, seeded.api_key)).status_code)
+
+        async with httpx.AsyncClient(base_url=gateway_url, timeout=120) as gateway:
+            users = [asyncio.create_task(user(gateway)) for _ in range(6)]
+            await until(lambda: _ready(sessionmaker, dep_id, 3))
+            stop.set()
+            await asyncio.gather(*users)
+        assert statuses and set(statuses) == {200}
+        await until(lambda: _ready(sessionmaker, dep_id, 1))
+
+        async with sessionmaker() as session:
+            changes = (
+                await session.exec(
+                    select(ScalingDecision)
+                    .where(ScalingDecision.deployment_id == dep_id, ScalingDecision.delta != 0)
+                    .order_by(col(ScalingDecision.at))
+                )
+            ).all()
+        ups = [d for d in changes if d.delta > 0][1:]  # after the minimum's
+        downs = [d for d in changes if d.delta < 0]
+        assert ups and all(d.reason.startswith("target tracking:") for d in ups), [
+            d.reason for d in changes
+        ]
+        assert all("output tokens/s" in d.reason for d in ups)
+        assert all(d.inputs["output_tokens_rps"] > 45 for d in ups)
+        assert sum(d.delta for d in ups) == 2 and sum(d.delta for d in downs) == -2
+        # drained by the target (arrivals stopped: no demand), not by another trigger
+        assert all(d.reason.startswith("target tracking: at most") for d in downs)
+        await finish(sessionmaker, temporal_client, dep_id)
+
+
 async def test_scale_from_zero_a_waiting_request_wakes_the_autoscaler(
     settings: Settings, sessionmaker, temporal_client
 ) -> None:
