@@ -13,7 +13,9 @@ process is exact.
 
 from __future__ import annotations
 
+import gc
 import os
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -138,6 +140,14 @@ PREFIX_EXPECTED_HIT_BLOCKS = Counter(
     ["model"],
     registry=REGISTRY,
 )
+GC_PAUSES = Histogram(
+    "inventiv_gateway_gc_pause_seconds",
+    "Garbage-collector pauses of the gateway process, by generation: every request in flight "
+    "waits for each one",
+    ["generation"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25),
+    registry=REGISTRY,
+)
 LOGS_DROPPED = Counter(
     "inventiv_gateway_request_logs_dropped",
     "Request log rows dropped because the buffer was full while the database was down",
@@ -145,10 +155,35 @@ LOGS_DROPPED = Counter(
 )
 
 
+# (generation, seconds) of the collections not yet applied to GC_PAUSES: the collector's callback
+# only appends (observe() takes a lock a collection may have interrupted).
+_gc_pauses: list[tuple[int, float]] = []
+_gc_started = 0.0
+
+
+def _on_gc(phase: str, info: dict[str, int]) -> None:
+    global _gc_started
+    if phase == "start":
+        _gc_started = time.perf_counter()
+    elif len(_gc_pauses) < 10_000:
+        _gc_pauses.append((info["generation"], time.perf_counter() - _gc_started))
+
+
+def watch_gc_pauses() -> None:
+    """Time the collector's pauses in this process (GC_PAUSES), once per process."""
+    if _on_gc not in gc.callbacks:
+        gc.callbacks.append(_on_gc)
+
+
 def flush() -> None:
     """Apply every model's counts not yet applied (see the module's docstring)."""
     for model_metrics in _BY_MODEL.values():
         model_metrics.flush()
+    global _gc_pauses
+    if _gc_pauses:
+        pauses, _gc_pauses = _gc_pauses, []
+        for generation, seconds in pauses:
+            GC_PAUSES.labels(str(generation)).observe(seconds)
 
 
 async def flush_periodically() -> None:

@@ -40,6 +40,14 @@ GRACEFUL_S = 30  # in-flight requests get this long to finish on SIGTERM
 RESTART_MAX_DELAY_S = 30.0  # longest wait before a worker that keeps dying is started again
 RESTART_RESET_S = 60.0  # a worker that lived this long starts again after 1 s
 KEEP_ALIVE_S = 75  # idle client connections: longer than the usual 60 s of load balancers
+# Net new container objects between young collections (CPython's default: 700). At 700, with
+# request-log rows and token settlements waiting for their flush, a young collection came every
+# few dozen requests and moved the requests then in flight into the older generations, until a
+# full collection walked the whole heap: 15 of 13-55 ms in one benchmark run with 10,000 keys,
+# a pause every request in flight shared (README, Gateway benchmark). What a request allocates
+# is freed by reference counting (no cycles: tests/gateway/test_server.py), so collections are
+# needed only as the heap grows.
+GC_YOUNG_THRESHOLD = 50_000
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -55,7 +63,11 @@ def _listen(host: str, port: int) -> socket.socket:
 
 def serve() -> None:
     """Run one gateway process until SIGTERM/SIGINT (then drain and flush request logs)."""
+    from gateway import metrics
     from gateway.app import create_app
+
+    gc.set_threshold(GC_YOUNG_THRESHOLD)
+    metrics.watch_gc_pauses()
 
     settings = Settings()
     gateway_settings = GatewaySettings()
