@@ -151,18 +151,7 @@ async def test_gateway_traffic_scales_up_through_instances_and_back_down_by_drai
         await ensure_autoscaler(temporal_client, settings.task_queue, dep_id, interval_s=0.5)
         await until(lambda: _ready(sessionmaker, dep_id, 1))  # the minimum
 
-        stop = asyncio.Event()
-        statuses: list[int] = []
-
-        async def user(gateway: httpx.AsyncClient) -> None:
-            while not stop.is_set():
-                statuses.append((await chat(gateway, seeded.api_key)).status_code)
-
-        async with httpx.AsyncClient(base_url=gateway_url, timeout=120) as gateway:
-            users = [asyncio.create_task(user(gateway)) for _ in range(6)]
-            await until(lambda: _ready(sessionmaker, dep_id, 3))
-            stop.set()
-            await asyncio.gather(*users)
+        statuses = await _chat_until_ready(gateway_url, seeded.api_key, sessionmaker, dep_id, 3)
         assert statuses and set(statuses) == {200}, "no request failed while scaling"
 
         # Idle: drained back to the minimum, never below it.
@@ -237,18 +226,7 @@ async def test_token_target_tracking_sizes_on_the_tokens_the_gateway_served(
         await ensure_autoscaler(temporal_client, settings.task_queue, dep_id, interval_s=0.5)
         await until(lambda: _ready(sessionmaker, dep_id, 1))
 
-        stop = asyncio.Event()
-        statuses: list[int] = []
-
-        async def user(gateway: httpx.AsyncClient) -> None:
-            while not stop.is_set():
-                statuses.append((await chat(gateway, seeded.api_key)).status_code)
-
-        async with httpx.AsyncClient(base_url=gateway_url, timeout=120) as gateway:
-            users = [asyncio.create_task(user(gateway)) for _ in range(6)]
-            await until(lambda: _ready(sessionmaker, dep_id, 3))
-            stop.set()
-            await asyncio.gather(*users)
+        statuses = await _chat_until_ready(gateway_url, seeded.api_key, sessionmaker, dep_id, 3)
         assert statuses and set(statuses) == {200}
         await until(lambda: _ready(sessionmaker, dep_id, 1))
 
@@ -326,6 +304,25 @@ async def test_an_invalid_stored_policy_is_a_visible_decision(
         assert first is not None and first.action == "invalid_config"
         assert "scale_up_active_per_gpu" in first.reason and "junk" in first.reason
         await finish(sessionmaker, temporal_client, dep_id)
+
+
+async def _chat_until_ready(  # type: ignore[no-untyped-def]
+    gateway_url: str, key: str, sessionmaker, dep_id, instances: int, users: int = 6
+) -> list[int]:
+    """`users` streams of chats, each after the last, until `instances` are ready: the statuses."""
+    stop = asyncio.Event()
+    statuses: list[int] = []
+
+    async def user(gateway: httpx.AsyncClient) -> None:
+        while not stop.is_set():
+            statuses.append((await chat(gateway, key)).status_code)
+
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=120) as gateway:
+        running = [asyncio.create_task(user(gateway)) for _ in range(users)]
+        await until(lambda: _ready(sessionmaker, dep_id, instances))
+        stop.set()
+        await asyncio.gather(*running)
+    return statuses
 
 
 async def _ready(sessionmaker, dep_id, n: int) -> bool:  # type: ignore[no-untyped-def]
